@@ -1,0 +1,137 @@
+"""In-process predictor over the exported graphs, with segment_anything.SamPredictor's API.
+
+No torch: runners plus `samrt.processing`. Used by `make demo`, the export parity tests, and
+as the reference pipeline for the engines' accuracy checks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from samrt import processing as P
+from samrt.errors import InputError
+
+from .runner import OnnxRuntimeRunner, Runner
+
+__all__ = ["OnnxSamPredictor", "decode"]
+
+
+def decode(
+    decoder: Runner,
+    image_embeddings: np.ndarray,
+    point_coords: np.ndarray,
+    point_labels: np.ndarray,
+    mask_input: Optional[np.ndarray],
+    low_res_size: int,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Run the decoder for P prompts; `image_embeddings` is [1,...] (broadcast) or [P,...]."""
+    p = point_coords.shape[0]
+    if image_embeddings.shape[0] == 1 and p > 1:
+        image_embeddings = np.broadcast_to(image_embeddings, (p,) + image_embeddings.shape[1:])
+    if mask_input is None:
+        mask = np.zeros((p, 1, low_res_size, low_res_size), dtype=np.float32)
+        has = np.zeros((p,), dtype=np.float32)
+    else:
+        mask = np.asarray(mask_input, dtype=np.float32)
+        if mask.shape != (p, 1, low_res_size, low_res_size):
+            raise InputError(f"mask_input: got shape {mask.shape}, expected {(p, 1, low_res_size, low_res_size)}")
+        has = np.ones((p,), dtype=np.float32)
+    out = decoder.run({
+        "image_embeddings": np.ascontiguousarray(image_embeddings, dtype=np.float32),
+        "point_coords": point_coords,
+        "point_labels": point_labels,
+        "mask_input": mask,
+        "has_mask_input": has,
+    })
+    return out["low_res_masks"], out["iou_predictions"]
+
+
+class OnnxSamPredictor:
+    """`set_image` once, then `predict` per prompt, as segment_anything.SamPredictor."""
+
+    def __init__(self, encoder: Runner, decoder: Runner) -> None:
+        self.encoder = encoder
+        self.decoder = decoder
+        self.image_size = int(encoder.input_shapes["image"][-1])
+        self.low_res_size = int(decoder.input_shapes["mask_input"][-1])
+        self.reset_image()
+
+    @classmethod
+    def from_onnx(cls, encoder_path: str, decoder_path: str, device: str = "cpu") -> "OnnxSamPredictor":
+        return cls(OnnxRuntimeRunner(encoder_path, device), OnnxRuntimeRunner(decoder_path, device))
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features: Optional[np.ndarray] = None
+        self.original_size: Optional[Tuple[int, int]] = None
+        self.input_size: Optional[Tuple[int, int]] = None
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        if image_format not in ("RGB", "BGR"):
+            raise InputError(f"image_format: got {image_format!r}, expected 'RGB' or 'BGR'")
+        image = P.check_image(image)
+        if image_format == "BGR":
+            image = np.ascontiguousarray(image[..., ::-1])
+        x, input_size = P.preprocess_image(image, self.image_size)
+        self.reset_image()
+        self.features = self.encoder.run({"image": x})["image_embeddings"]
+        self.original_size = (int(image.shape[0]), int(image.shape[1]))
+        self.input_size = input_size
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> np.ndarray:
+        self._require_image()
+        return self.features
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+
+    def predict(
+        self,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        box: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns masks CxHxW (bool, or float logits), scores C, low-res logits Cx256x256."""
+        self._require_image()
+        coords, labels = P.build_prompt(point_coords, point_labels, box, self.original_size, self.image_size)
+        mask = None if mask_input is None else np.asarray(mask_input, dtype=np.float32)[None]
+        masks, scores, low_res = self.predict_batch(
+            coords[None], labels[None], mask_input=mask, multimask_output=multimask_output,
+            return_logits=return_logits, transformed=True,
+        )
+        return masks[0], scores[0], low_res[0]
+
+    def predict_batch(
+        self,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        boxes: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        transformed: bool = False,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """B prompts in one decoder call (mirrors SamPredictor.predict_torch, in numpy).
+
+        Unlike predict_torch, coordinates are in original-image pixels unless `transformed`
+        (then `point_coords`/`point_labels` are already decoder inputs and `boxes` is unused).
+        Returns masks BxCxHxW, scores BxC, low-res logits BxCx256x256.
+        """
+        self._require_image()
+        if transformed:
+            coords, labels = point_coords, point_labels
+        else:
+            coords, labels = P.build_prompts(point_coords, point_labels, boxes, self.original_size, self.image_size)
+        low_res, iou = decode(self.decoder, self.features, coords, labels, mask_input, self.low_res_size)
+        low_res, iou = P.select_masks(low_res, iou, multimask_output)
+        masks = P.upscale_masks(low_res, self.input_size, self.original_size, self.image_size)
+        if not return_logits:
+            masks = masks > 0.0
+        return masks, iou, low_res

@@ -1,0 +1,1 @@
+"""samrt.model_repository"""
