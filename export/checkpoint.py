@@ -83,6 +83,13 @@ def load_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r}: no such file")
     size = os.path.getsize(path)
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        raise CheckpointError(
+            f"checkpoint {path!r} ({size} bytes) cannot be read: not a complete zip archive as torch.save "
+            f"writes (first bytes {head!r}). Expected a SAM state-dict file; is the download truncated?"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:

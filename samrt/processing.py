@@ -172,7 +172,9 @@ def build_prompt(
 def _source_index(in_size: int, out_size: int, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """First `n` output rows of torch's bilinear (align_corners=False) resampling."""
     scale = np.float32(in_size / out_size)
-    src = scale * (np.arange(n, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
+    # torch's CPU kernel computes scale * (i + 0.5) - 0.5 with one rounding (a fused
+    # multiply-add): computing it in float64 and rounding once reproduces its indices.
+    src = (np.float64(scale) * (np.arange(n) + 0.5) - 0.5).astype(np.float32)
     src = np.maximum(src, np.float32(0.0))
     i0 = src.astype(np.int64)
     lam1 = (src - i0.astype(np.float32)).astype(np.float32)

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny models built through the same code path as the official ones."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from samrt.spec import get_config
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return get_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(tiny_cfg):
+    from samrt.export import random_sam
+
+    return random_sam(tiny_cfg, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_sam, tmp_path_factory):
+    """A checkpoint file in the official format (plain state dict), written by the test."""
+    from samrt.export import save_checkpoint
+
+    path = str(tmp_path_factory.mktemp("ckpt") / "sam_tiny.pth")
+    save_checkpoint(tiny_sam, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_sam, tiny_cfg, tmp_path_factory):
+    from samrt.export import export_sam
+
+    out = str(tmp_path_factory.mktemp("export_tiny"))
+    return export_sam(tiny_sam, tiny_cfg, out, random_init=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_export):
+    from samrt.engines import OnnxSamPredictor
+
+    return OnnxSamPredictor.from_onnx(tiny_export.encoder_path, tiny_export.decoder_path)
+
+
+def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth random colours plus noise: a non-trivial image of any size."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([np.sin(6 * xx + c) * np.cos(5 * yy - c) for c in range(3)], -1) * 100 + 128
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)

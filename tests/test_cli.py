@@ -1,0 +1,50 @@
+"""The `samrt` command: bad checkpoints give a clear error and exit code 2; export works."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from samrt.cli import main
+
+
+def test_export_random_init_says_so(tmp_path, capsys):
+    assert main(["export", "--model-type", "tiny", "--random-init", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "RANDOM-INIT WEIGHTS" in captured.err and "mean nothing" in captured.err
+    assert (tmp_path / "tiny.encoder.onnx").is_file() and (tmp_path / "tiny.decoder.onnx").is_file()
+    assert json.load(open(tmp_path / "export_report.json"))["random_init"] is True
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"not a zip file at all", "cannot be read"),
+        (None, "not a SAM checkpoint"),
+    ],
+)
+def test_bad_checkpoint_exit_code_and_message(tmp_path, capsys, content, match):
+    path = tmp_path / "bad.pth"
+    if content is None:
+        torch.save({"weight": torch.zeros(1)}, path)
+    else:
+        path.write_bytes(content)
+    assert main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_model_type_mismatch_via_cli(tiny_checkpoint, tmp_path, capsys):
+    assert main(["export", "--model-type", "vit_h", "--checkpoint", tiny_checkpoint, "--out", str(tmp_path)]) == 2
+    assert "asked for vit_h" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "samrt.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "export" in out.stdout
+
+
+def test_client_side_imports_need_no_torch():
+    code = "import sys, samrt.spec, samrt.processing, samrt.visualize; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
