@@ -1,0 +1,236 @@
+"""Server-side logic of the Triton models, in plain numpy (testable without Triton).
+
+The python-backend `model.py` files only convert between Triton tensors and these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from samrt import processing as P
+from samrt.errors import InputError
+
+__all__ = [
+    "EmbeddingCache",
+    "CacheEntry",
+    "UnknownImageError",
+    "decode_image_bytes",
+    "image_id_of",
+    "DecodeRequest",
+    "parse_decode_request",
+    "postprocess_decode",
+    "masks_to_rle",
+]
+
+
+class UnknownImageError(InputError):
+    """The image_id is not in the embedding cache (never encoded, or evicted)."""
+
+    def __init__(self, image_id: str) -> None:
+        super().__init__(
+            f"image_id {image_id!r}: not in the embedding cache (unknown or evicted); "
+            "encode the image again with sam_encode"
+        )
+        self.image_id = image_id
+
+
+@dataclass
+class CacheEntry:
+    embeddings: np.ndarray  # [C,E,E] float32
+    original_size: Tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.embeddings.nbytes)
+
+
+class EmbeddingCache:
+    """LRU cache of image embeddings, bounded in bytes. Thread-safe."""
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes: got {max_bytes}, expected > 0")
+        self.max_bytes = int(max_bytes)
+        self._items: "OrderedDict[str, CacheEntry]" = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __contains__(self, image_id: str) -> bool:
+        with self._lock:
+            return image_id in self._items
+
+    def get(self, image_id: str) -> CacheEntry:
+        with self._lock:
+            entry = self._items.get(image_id)
+            if entry is None:
+                self.misses += 1
+                raise UnknownImageError(image_id)
+            self._items.move_to_end(image_id)
+            self.hits += 1
+            return entry
+
+    def put(self, image_id: str, entry: CacheEntry) -> None:
+        if entry.nbytes > self.max_bytes:
+            raise ValueError(f"embedding of {entry.nbytes} bytes: larger than the cache ({self.max_bytes} bytes)")
+        with self._lock:
+            old = self._items.pop(image_id, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._items[image_id] = entry
+            self._bytes += entry.nbytes
+            while self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= evicted.nbytes
+                self.evictions += 1
+
+    def stats(self) -> Dict[str, int]:
+        return {"entries": len(self._items), "bytes": self._bytes, "max_bytes": self.max_bytes,
+                "hits": self.hits, "misses": self.misses, "evictions": self.evictions}
+
+
+def decode_image_bytes(data: bytes, max_pixels: Optional[int] = None) -> np.ndarray:
+    """JPEG/PNG/... bytes -> HxWx3 uint8 RGB."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise InputError(f"image_bytes: got {h}x{w} = {h * w} pixels, expected at most {max_pixels}")
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"image_bytes: got {len(data)} bytes that no image decoder reads "
+                         f"({type(e).__name__}), expected an encoded image (JPEG, PNG, ...)") from e
+
+
+def image_id_of(image: np.ndarray) -> str:
+    """A hash of the decoded pixels and their shape: the same picture gets the same id."""
+    h = hashlib.sha256()
+    h.update(np.asarray(image.shape, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class DecodeRequest:
+    """One sam_decode request after validation, as decoder inputs in the resized frame."""
+
+    image_id: str
+    point_coords: np.ndarray  # [P,N,2] float32, resized frame
+    point_labels: np.ndarray  # [P,N] float32
+    mask_input: Optional[np.ndarray]  # [P,1,m,m] or None
+    multimask_output: bool
+    original_size: Tuple[int, int]
+    input_size: Tuple[int, int]
+
+    @property
+    def num_prompts(self) -> int:
+        return int(self.point_coords.shape[0])
+
+
+def parse_decode_request(
+    image_ids: np.ndarray,
+    point_coords: np.ndarray,
+    point_labels: np.ndarray,
+    mask_input: Optional[np.ndarray],
+    multimask_output: Optional[np.ndarray],
+    original_size: Tuple[int, int],
+    image_size: int,
+    low_res_size: int,
+) -> DecodeRequest:
+    """Validate the wire tensors of one request (batch dim = prompts) and transform the points.
+
+    Wire: image_id [P,1] BYTES, point_coords [P,N,2] FP32 (original pixels), point_labels [P,N]
+    INT32, optional mask_input [P,1,m,m] FP32, optional multimask_output [P,1] BOOL.
+    """
+    ids = {(x.decode() if isinstance(x, bytes) else str(x)) for x in np.asarray(image_ids).reshape(-1)}
+    if len(ids) != 1:
+        raise InputError(f"image_id: got {len(ids)} different ids in one request, expected one image per request")
+    pc = np.asarray(point_coords)
+    pl = np.asarray(point_labels)
+    if pc.ndim != 3 or pc.shape[-1] != 2 or pc.shape[1] < 1:
+        raise InputError(f"point_coords: got shape {list(pc.shape)}, expected [P,N,2] with N >= 1")
+    if pl.shape != pc.shape[:2]:
+        raise InputError(f"point_labels: got shape {list(pl.shape)}, expected {list(pc.shape[:2])}")
+    if not np.all(np.isfinite(pc)):
+        raise InputError("point_coords: got non-finite values (NaN or inf), expected finite pixel coordinates")
+    bad = ~np.isin(pl, P.VALID_LABELS)
+    if bad.any():
+        raise InputError(f"point_labels: got {sorted(set(pl[bad].tolist()))}, expected values in {P.VALID_LABELS}")
+    no_prompt = np.all(pl == -1, axis=1)
+    if no_prompt.any():
+        raise InputError(f"prompt {int(np.argmax(no_prompt))}: got only padding labels (-1), expected a point or a box")
+    mask = None
+    if mask_input is not None:
+        mask = np.asarray(mask_input, dtype=np.float32)
+        want = (pc.shape[0], 1, low_res_size, low_res_size)
+        if mask.shape != want:
+            raise InputError(f"mask_input: got shape {list(mask.shape)}, expected {list(want)}")
+        if not np.all(np.isfinite(mask)):
+            raise InputError("mask_input: got non-finite values, expected finite low-res logits")
+    multi = True
+    if multimask_output is not None:
+        mm = np.asarray(multimask_output).reshape(-1).astype(bool)
+        if mm.size and not (mm == mm[0]).all():
+            raise InputError("multimask_output: got different values within one request, expected one value")
+        multi = bool(mm[0]) if mm.size else True
+    return DecodeRequest(
+        image_id=ids.pop(),
+        point_coords=P.apply_coords(pc, original_size, image_size),
+        point_labels=pl.astype(np.float32),
+        mask_input=mask,
+        multimask_output=multi,
+        original_size=original_size,
+        input_size=P.get_preprocess_shape(original_size[0], original_size[1], image_size),
+    )
+
+
+def postprocess_decode(
+    req: DecodeRequest,
+    low_res: np.ndarray,
+    iou: np.ndarray,
+    image_size: int,
+    requested: Sequence[str],
+) -> Dict[str, np.ndarray]:
+    """Decoder outputs of one request ([P,4,m,m], [P,4]) -> the requested wire outputs."""
+    low_res, iou = P.select_masks(low_res, iou, req.multimask_output)
+    out: Dict[str, np.ndarray] = {"iou_predictions": iou.astype(np.float32)}
+    if "low_res_masks" in requested:
+        out["low_res_masks"] = np.ascontiguousarray(low_res, dtype=np.float32)
+    if "masks" in requested or "masks_rle" in requested:
+        masks = P.upscale_masks(low_res, req.input_size, req.original_size, image_size) > 0.0
+        if "masks" in requested:
+            out["masks"] = masks
+        if "masks_rle" in requested:
+            out["masks_rle"] = masks_to_rle(masks)
+    return out
+
+
+def masks_to_rle(masks: np.ndarray) -> np.ndarray:
+    """Boolean [..., H, W] masks -> object array [...] of COCO RLE JSON (counts as a string)."""
+    from pycocotools import mask as mask_utils
+
+    lead = masks.shape[:-2]
+    flat = masks.reshape((-1,) + masks.shape[-2:])
+    rles = mask_utils.encode(np.asfortranarray(flat.transpose(1, 2, 0).astype(np.uint8)))
+    out = np.empty(len(rles), dtype=object)
+    for i, r in enumerate(rles):
+        out[i] = json.dumps({"size": [int(s) for s in r["size"]], "counts": r["counts"].decode()}).encode()
+    return out.reshape(lead)
