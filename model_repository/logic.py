@@ -157,6 +157,9 @@ def parse_decode_request(
 ) -> DecodeRequest:
     """Validate the wire tensors of one request (batch dim = prompts) and transform the points.
 
+    Without box corners (labels 2/3) and without explicit padding (-1) in the request, a padding
+    point is appended to every prompt, as SamPredictor does; otherwise the points are used as given.
+
     Wire: image_id [P,1] BYTES, point_coords [P,N,2] FP32 (original pixels), point_labels [P,N]
     INT32, optional mask_input [P,1,m,m] FP32, optional multimask_output [P,1] BOOL.
     """
@@ -191,10 +194,15 @@ def parse_decode_request(
         if mm.size and not (mm == mm[0]).all():
             raise InputError("multimask_output: got different values within one request, expected one value")
         multi = bool(mm[0]) if mm.size else True
+    coords, labels = P.apply_coords(pc, original_size, image_size), pl.astype(np.float32)
+    if not np.isin(pl, (-1, 2, 3)).any():
+        # As SamPredictor: without a box, a padding point (0, 0) with label -1 is appended.
+        coords = np.concatenate([coords, np.zeros((coords.shape[0], 1, 2), np.float32)], axis=1)
+        labels = np.concatenate([labels, np.full((labels.shape[0], 1), -1, np.float32)], axis=1)
     return DecodeRequest(
         image_id=ids.pop(),
-        point_coords=P.apply_coords(pc, original_size, image_size),
-        point_labels=pl.astype(np.float32),
+        point_coords=coords,
+        point_labels=labels,
         mask_input=mask,
         multimask_output=multi,
         original_size=original_size,

@@ -267,3 +267,62 @@ class SegmentModel:
             except (InputError, _BlsError) as e:
                 responses.append(_error(str(e)))
         return responses
+
+
+class AmgModel:
+    """sam_amg: automatic mask generation on the server, one round trip per image.
+
+    The image (and each crop) is embedded through sam_encode, so embeddings are cached like any
+    other; the decoder runs in this process in batches of points_per_batch; the answer is the
+    records as JSON with COCO RLE masks (compact on the wire)."""
+
+    def initialize(self, args) -> None:
+        from samrt.engines import OnnxRuntimeRunner
+
+        params = _params(args)
+        self.runner = OnnxRuntimeRunner(params["onnx_path"], params.get("device", "cpu"), _ort_threads())
+        self.image_size = int(params["image_size"])
+        self.max_pixels = int(params["max_pixels"])
+        self.low_res_size = int(self.runner.input_shapes["mask_input"][-1])
+
+    def execute(self, requests):
+        return [self._one(r) for r in requests]
+
+    def _one(self, request):
+        from samrt import amg
+
+        try:
+            image, data = _input(request, "image"), _input(request, "image_bytes")
+            if (image is None) == (data is None):
+                raise InputError("sam_amg: expected exactly one of image or image_bytes")
+            if image is None:
+                image = logic.decode_image_bytes(bytes(np.asarray(data).reshape(-1)[0]), self.max_pixels)
+            image = P.check_image(image, self.max_pixels)
+            raw = _input(request, "options")
+            fields = json.loads(bytes(raw.reshape(-1)[0]).decode()) if raw is not None else {}
+            known = set(amg.AmgOptions.__dataclass_fields__)
+            unknown = sorted(set(fields) - known)
+            if unknown:
+                raise InputError(f"options: got unknown {unknown}, expected names from {sorted(known)}")
+            records = amg.generate_masks(image, self._set_crop, amg.AmgOptions(**fields), "coco_rle")
+            return _response({"records": np.array([json.dumps(records).encode()], dtype=object)})
+        except (InputError, _BlsError, TypeError, ValueError) as e:
+            return _error(str(e))
+
+    def _set_crop(self, crop: np.ndarray):
+        from samrt.engines.predictor import decode
+
+        crop = np.ascontiguousarray(crop)
+        image_id = _bls("sam_encode", {"image": crop}, ["image_id"])["image_id"]
+        emb = _bls("sam_embedding_cache", {"image_id": image_id}, ["image_embeddings"])["image_embeddings"][None]
+        size = crop.shape[:2]
+        input_size = P.get_preprocess_shape(size[0], size[1], self.image_size)
+
+        def run(points: np.ndarray):
+            coords, labels = P.build_prompts(points[:, None, :], np.ones((len(points), 1), np.int32), None,
+                                             size, self.image_size)
+            low, iou = decode(self.runner, emb, coords, labels, None, self.low_res_size)
+            low, iou = P.select_masks(low, iou, True)
+            return P.upscale_masks(low, input_size, size, self.image_size), iou
+
+        return run

@@ -26,6 +26,7 @@ _MODEL_PY = {
     "sam_encode": "EncodeModel",
     "sam_decode": "DecodeModel",
     "sam_segment": "SegmentModel",
+    "sam_amg": "AmgModel",
 }
 
 
@@ -50,7 +51,7 @@ def _io(name: str, dtype: str, dims: List[int], optional: bool = False) -> dict:
 
 
 def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: RepoOptions) -> Dict[str, dict]:
-    """The five models' configs as dicts in ModelConfig's JSON form."""
+    """The six models' configs as dicts in ModelConfig's JSON form."""
     enc, dec = encoder_spec(cfg), decoder_spec(cfg)
     emb = [d for d in enc.tensor("image_embeddings").shape[1:]]
     img = [d for d in enc.tensor("image").shape[1:]]
@@ -106,6 +107,15 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
             "instance_group": [{"count": 1, "kind": kind}],
             "parameters": params(onnx_path=os.path.abspath(decoder_onnx), device=opts.device,
                                  image_size=cfg.image_size, spec=json.dumps(cfg.to_dict())),
+        },
+        "sam_amg": {
+            **common, "max_batch_size": 0,
+            "input": [_io("image", "uint8", [-1, -1, -1], optional=True), _io("image_bytes", "bytes", [1], optional=True),
+                      _io("options", "bytes", [1], optional=True)],
+            "output": [_io("records", "bytes", [1])],
+            "instance_group": [{"count": 1, "kind": kind}],
+            "parameters": params(onnx_path=os.path.abspath(decoder_onnx), device=opts.device,
+                                 image_size=cfg.image_size, max_pixels=opts.max_pixels),
         },
         "sam_segment": {
             **common, "max_batch_size": 0,

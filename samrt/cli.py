@@ -56,19 +56,94 @@ def cmd_export(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="export (if needed) and segment a generated sample from one click")
-    p.add_argument("--model-type", default="vit_b", choices=MODEL_TYPES[2:])
-    p.add_argument("--checkpoint", help="official checkpoint (default: seeded random init)")
+    p = sub.add_parser("demo", help="serve on tritonserver, segment a generated sample from one click, write an overlay")
+    p.add_argument("--checkpoint", help="SAM checkpoint (default: the embedded samrt_small model)")
+    p.add_argument("--model-type", default="auto", choices=MODEL_TYPES)
+    p.add_argument("--random-init", action="store_true", help="seeded random weights (masks mean nothing)")
     p.add_argument("--out", default="build/demo", help="output folder")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
-    from samrt.demo import run_local_demo
+    from samrt.demo import run_demo
 
-    result = run_local_demo(args.out, model_type=args.model_type, checkpoint=args.checkpoint)
+    result = run_demo(args.out, args.checkpoint, args.model_type, args.random_init)
     print(json.dumps(result, indent=2))
-    print(f"\noverlay written to {os.path.abspath(result['overlay'])}")
+    if result["random_init"]:
+        print("\nWARNING: random-init weights: the mask means nothing.")
+    print(f"\noverlay written to {result['overlay']}")
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the small SAM on generated scenes (seeded, resumable)")
+    p.add_argument("--out", required=True, help="state-dict file to write (official layout)")
+    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop resumably after this long")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from samrt.export.train import TrainOptions, train
+
+    opts = TrainOptions(steps=args.steps, threads=args.threads, max_minutes=args.max_minutes, seed=args.seed)
+    print(json.dumps(train(args.out, opts), indent=2))
+    return 0
+
+
+def _repo_options(p) -> None:
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--cache-bytes", type=int, default=512 * 1024 * 1024, help="embedding cache budget (LRU)")
+    p.add_argument("--max-prompts", type=int, default=256, help="prompts per sam_decode request")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image accepted by sam_encode")
+
+
+def _opts(args):
+    from samrt.model_repository.render import RepoOptions
+
+    return RepoOptions(device=args.device, cache_bytes=args.cache_bytes, max_prompts=args.max_prompts,
+                       max_pixels=args.max_pixels)
+
+
+def _add_build_repo(sub) -> None:
+    p = sub.add_parser("build-repo", help="render the Triton model repository for an export folder")
+    p.add_argument("--export", required=True, help="folder written by `samrt export`")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime"])
+    p.add_argument("--out", required=True)
+    _repo_options(p)
+    p.set_defaults(func=cmd_build_repo)
+
+
+def cmd_build_repo(args) -> int:
+    from samrt.model_repository.launch import repository_from_export
+
+    print(f"wrote {repository_from_export(args.export, args.out, _opts(args), args.backend)}")
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="export if needed, render the repository, run tritonserver until Ctrl-C")
+    p.add_argument("--checkpoint", help="SAM checkpoint (default: the embedded samrt_small model)")
+    p.add_argument("--model-type", default="auto", choices=MODEL_TYPES)
+    p.add_argument("--random-init", action="store_true", help="seeded random weights (masks mean nothing)")
+    p.add_argument("--build-dir", default="build/serve", help="where the export and repository go")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    _repo_options(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from samrt.model_repository.launch import prepare_repository, serve_forever
+    from samrt.model_repository.server import TritonServer
+
+    repo = prepare_repository(args.build_dir, args.checkpoint, args.model_type, _opts(args), args.random_init)
+    serve_forever(TritonServer(repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                               metrics_port=args.metrics_port, gpu=args.device == "cuda"))
     return 0
 
 
@@ -78,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_export(sub)
     _add_demo(sub)
+    _add_train(sub)
+    _add_build_repo(sub)
+    _add_serve(sub)
     return parser
 
 

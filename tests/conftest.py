@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 
+from samrt.model_repository.render import RepoOptions, render_repository
+
 from samrt.spec import get_config
 
 
@@ -45,6 +47,38 @@ def tiny_predictor(tiny_export):
     from samrt.engines import OnnxSamPredictor
 
     return OnnxSamPredictor.from_onnx(tiny_export.encoder_path, tiny_export.decoder_path)
+
+
+# -- a real tritonserver (from nvidia-pytriton) serving the tiny export, shared by the session --
+EMBEDDING_BYTES = 256 * 64 * 64 * 4
+CACHE_ENTRIES = 3
+MAX_PIXELS = 2000 * 2000
+MAX_PROMPTS = 64
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tiny_export, tiny_cfg, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("repo") / "repo")
+    opts = RepoOptions(cache_bytes=CACHE_ENTRIES * EMBEDDING_BYTES + 1024, max_pixels=MAX_PIXELS,
+                       max_prompts=MAX_PROMPTS, decoder_queue_delay_us=20000)
+    return render_repository(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, out, opts)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_repo):
+    from samrt.model_repository.server import TritonServer
+
+    with TritonServer(tiny_repo) as srv:
+        yield srv
+
+
+@pytest.fixture(params=["grpc", "http"])
+def client(server, request):
+    from samrt.client import SamClient
+
+    url = server.grpc_url if request.param == "grpc" else server.http_url
+    with SamClient(url, request.param, retries=0) as c:
+        yield c
 
 
 def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,261 @@
+"""SamClient: samrt's wire API over Triton's gRPC or HTTP client (tritonclient).
+
+Inputs are checked before anything is sent; server-side failures become typed errors;
+connection errors are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from samrt.errors import InputError, SamrtError
+
+__all__ = [
+    "SamClient",
+    "EncodeResult",
+    "ServerError",
+    "ImageNotCachedError",
+    "ServerUnavailableError",
+    "DEFAULT_OUTPUTS",
+]
+
+DEFAULT_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+_ALL_OUTPUTS = DEFAULT_OUTPUTS + ("masks_rle",)
+
+
+class ServerError(SamrtError):
+    """The server answered a request with an error."""
+
+
+class ImageNotCachedError(ServerError):
+    """The image_id is unknown to the server's embedding cache (never encoded, or evicted)."""
+
+
+class ServerUnavailableError(ServerError):
+    """No connection to the server after all retries."""
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    image_id: str
+    original_size: Tuple[int, int]
+
+
+def _protocol_module(protocol: str):
+    if protocol == "grpc":
+        import tritonclient.grpc as mod
+    elif protocol == "http":
+        import tritonclient.http as mod
+    else:
+        raise ValueError(f"protocol: got {protocol!r}, expected 'grpc' or 'http'")
+    return mod
+
+
+def _is_connection_error(e: Exception) -> bool:
+    text = str(e).lower()
+    return isinstance(e, (ConnectionError, OSError)) or any(
+        s in text for s in ("unavailable", "connection refused", "failed to connect", "connection reset",
+                            "broken pipe", "socket closed", "deadline")
+    ) and "not in the embedding cache" not in text
+
+
+def _ints(obj):
+    """gRPC's JSON writes int64 counters as strings: turn them back into ints."""
+    if isinstance(obj, dict):
+        return {k: _ints(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_ints(v) for v in obj]
+    return int(obj) if isinstance(obj, str) and obj.isdigit() else obj
+
+
+def _server_error(message: str) -> ServerError:
+    if "not in the embedding cache" in message:
+        return ImageNotCachedError(message)
+    return ServerError(message)
+
+
+def check_prompts(point_coords, point_labels, mask_input, multimask_output):
+    """Prompts -> wire arrays with the prompt as leading dim: [P,N,2] f32, [P,N] i32, [P,1,m,m], [P,1]."""
+    pc = np.asarray(point_coords, dtype=np.float32)
+    if pc.ndim == 2:
+        pc = pc[None]
+    pl = np.asarray(point_labels)
+    if pl.ndim == 1:
+        pl = pl[None]
+    if pc.ndim != 3 or pc.shape[-1] != 2:
+        raise InputError(f"point_coords: got shape {list(pc.shape)}, expected [N,2] or [P,N,2]")
+    if pl.shape != pc.shape[:2]:
+        raise InputError(f"point_labels: got shape {list(pl.shape)}, expected {list(pc.shape[:2])}")
+    if not np.issubdtype(pl.dtype, np.integer) and not np.all(np.equal(np.mod(pl, 1), 0)):
+        raise InputError(f"point_labels: got non-integer values of dtype {pl.dtype}, expected integers")
+    arrays = {"point_coords": np.ascontiguousarray(pc), "point_labels": pl.astype(np.int32)}
+    if mask_input is not None:
+        m = np.asarray(mask_input, dtype=np.float32)
+        if m.ndim == 3:
+            m = m[None]
+        if m.ndim != 4 or m.shape[0] != pc.shape[0] or m.shape[1] != 1:
+            raise InputError(f"mask_input: got shape {list(np.shape(mask_input))}, expected [1,256,256] or [P,1,256,256]")
+        arrays["mask_input"] = np.ascontiguousarray(m)
+    arrays["multimask_output"] = np.full((pc.shape[0], 1), bool(multimask_output))
+    return arrays
+
+
+class SamClient:
+    """Blocking client. `url` is host:port of the gRPC (default 8001) or HTTP (8000) endpoint."""
+
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        protocol: str = "grpc",
+        timeout: float = 120.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ) -> None:
+        self.url, self.protocol = url, protocol
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self._mod = _protocol_module(protocol)
+        if protocol == "http":
+            self._client = self._mod.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+        else:
+            self._client = self._mod.InferenceServerClient(url)
+
+    # -- transport -------------------------------------------------------------------------
+    def _input(self, name: str, array: np.ndarray, dtype: str):
+        t = self._mod.InferInput(name, list(array.shape), dtype)
+        t.set_data_from_numpy(array)
+        return t
+
+    def _call(self, fn, *args, **kwargs):
+        from tritonclient.utils import InferenceServerException
+
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except (InferenceServerException, ConnectionError, OSError) as e:
+                if not _is_connection_error(e) or attempt == self.retries:
+                    if _is_connection_error(e):
+                        raise ServerUnavailableError(f"{self.protocol}://{self.url}: {e}") from e
+                    raise _server_error(e.message() if hasattr(e, "message") else str(e)) from e
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def infer(self, model: str, inputs: Dict[str, Tuple[np.ndarray, str]], outputs: Sequence[str]) -> Dict[str, np.ndarray]:
+        """One request: {name: (array, triton dtype)} in, {name: array} out."""
+        def send():
+            ins = [self._input(k, a, d) for k, (a, d) in inputs.items()]
+            outs = [self._mod.InferRequestedOutput(o) for o in outputs]
+            if self.protocol == "grpc":
+                return self._client.infer(model, ins, outputs=outs, client_timeout=self.timeout)
+            return self._client.infer(model, ins, outputs=outs)
+
+        result = self._call(send)
+        return {o: result.as_numpy(o) for o in outputs}
+
+    def is_ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready())
+        except Exception:
+            return False
+
+    def wait_until_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        raise ServerUnavailableError(f"{self.protocol}://{self.url}: not ready after {timeout:.0f} s")
+
+    def statistics(self, model: str) -> dict:
+        """Triton's statistics of `model` as a dict, counters as ints for both protocols."""
+        if self.protocol == "grpc":
+            stats = self._call(self._client.get_inference_statistics, model, as_json=True)
+        else:
+            stats = self._call(self._client.get_inference_statistics, model)
+        return _ints(stats["model_stats"][0])
+
+    def model_info(self) -> dict:
+        """What the served model expects: image_size (encoder input side), low_res_size, max_prompts."""
+        if getattr(self, "_info", None) is None:
+            if self.protocol == "grpc":
+                cfg = self._call(self._client.get_model_config, "sam_decode", as_json=True)["config"]
+            else:
+                cfg = self._call(self._client.get_model_config, "sam_decode")
+            dims = {i["name"]: i["dims"] for i in cfg["input"]}
+            self._info = {
+                "image_size": int(cfg["parameters"]["image_size"]["string_value"]),
+                "low_res_size": int(dims["mask_input"][-1]),
+                "max_prompts": int(cfg.get("max_batch_size", 0)),
+            }
+        return self._info
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the wire API ----------------------------------------------------------------------
+    def encode(self, image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None) -> EncodeResult:
+        """Embed an image on the server (cached by pixel hash); returns its id and size."""
+        if (image is None) == (image_bytes is None):
+            raise InputError("encode: expected exactly one of image (HxWx3 uint8) or image_bytes")
+        if image is not None:
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or image.ndim != 3:
+                raise InputError(f"image: got dtype {image.dtype} shape {list(image.shape)}, expected HxWx3 uint8")
+            inputs = {"image": (np.ascontiguousarray(image), "UINT8")}
+        else:
+            inputs = {"image_bytes": (np.array([bytes(image_bytes)], dtype=object), "BYTES")}
+        out = self.infer("sam_encode", inputs, ["image_id", "original_size"])
+        size = out["original_size"].reshape(-1)
+        return EncodeResult(out["image_id"].reshape(-1)[0].decode(), (int(size[0]), int(size[1])))
+
+    def decode(
+        self,
+        image_id: str,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True,
+        outputs: Sequence[str] = DEFAULT_OUTPUTS,
+    ) -> Dict[str, np.ndarray]:
+        """P prompts for one encoded image. Coordinates in original-image pixels; labels 1 fg,
+        0 bg, 2/3 box corners, -1 padding. Returns arrays with the prompt as leading dim."""
+        bad = [o for o in outputs if o not in _ALL_OUTPUTS]
+        if bad:
+            raise InputError(f"outputs: got {bad}, expected names from {list(_ALL_OUTPUTS)}")
+        arrays = check_prompts(point_coords, point_labels, mask_input, multimask_output)
+        p = arrays["point_coords"].shape[0]
+        inputs = {"image_id": (np.full((p, 1), image_id.encode(), dtype=object), "BYTES"),
+                  "point_coords": (arrays["point_coords"], "FP32"), "point_labels": (arrays["point_labels"], "INT32"),
+                  "multimask_output": (arrays["multimask_output"], "BOOL")}
+        if "mask_input" in arrays:
+            inputs["mask_input"] = (arrays["mask_input"], "FP32")
+        return self.infer("sam_decode", inputs, list(outputs))
+
+    def segment(
+        self,
+        image: np.ndarray,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        multimask_output: bool = True,
+        outputs: Sequence[str] = DEFAULT_OUTPUTS,
+    ) -> Dict[str, np.ndarray]:
+        """One shot (sam_segment): image plus one prompt -> masks [C,H,W], scores [C], logits."""
+        arrays = check_prompts(point_coords, point_labels, None, multimask_output)
+        if arrays["point_coords"].shape[0] != 1:
+            raise InputError("segment: expected one prompt ([N,2] points); use encode + decode for many")
+        inputs = {"image": (np.ascontiguousarray(image, dtype=np.uint8), "UINT8"),
+                  "point_coords": (arrays["point_coords"][0], "FP32"),
+                  "point_labels": (arrays["point_labels"][0], "INT32"),
+                  "multimask_output": (arrays["multimask_output"][0], "BOOL")}
+        return self.infer("sam_segment", inputs, list(outputs))

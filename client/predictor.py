@@ -1,0 +1,133 @@
+"""TritonSamPredictor: segment_anything.SamPredictor's API over a samrt server.
+
+Switching existing code is one line: `predictor = TritonSamPredictor(SamClient(url))` instead
+of `SamPredictor(sam)`. Same methods, arguments, output shapes and dtypes (numpy).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+
+from samrt import processing as P
+from samrt.errors import InputError
+
+from ._client import ImageNotCachedError, SamClient
+
+__all__ = ["TritonSamPredictor"]
+
+
+class TritonSamPredictor:
+    def __init__(self, client: SamClient, keep_image: bool = True) -> None:
+        """`keep_image`: hold the image so that an evicted embedding is re-encoded transparently."""
+        self.client = client
+        self.keep_image = keep_image
+        info = client.model_info()
+        self.image_size = info["image_size"]
+        self.low_res_size = info["low_res_size"]
+        self.reset_image()
+
+    # -- image -----------------------------------------------------------------------------
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        if image_format not in ("RGB", "BGR"):
+            raise InputError(f"image_format: got {image_format!r}, expected 'RGB' or 'BGR'")
+        image = P.check_image(np.asarray(image))
+        if image_format == "BGR":
+            image = np.ascontiguousarray(image[..., ::-1])
+        self.reset_image()
+        result = self.client.encode(image)
+        self.image_id = result.image_id
+        self.original_size = result.original_size
+        self.input_size = P.get_preprocess_shape(*self.original_size, self.image_size)
+        self._image = image if self.keep_image else None
+        self.is_image_set = True
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.image_id: Optional[str] = None
+        self.original_size: Optional[Tuple[int, int]] = None
+        self.input_size: Optional[Tuple[int, int]] = None
+        self._image = None
+
+    def get_image_embedding(self):
+        raise NotImplementedError("the embedding stays on the server (sam_embedding_cache); use image_id")
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+
+    def _decode(self, coords, labels, mask_input, multimask_output, outputs):
+        try:
+            return self.client.decode(self.image_id, coords, labels, mask_input, multimask_output, outputs)
+        except ImageNotCachedError:
+            if self._image is None:
+                raise
+            self.image_id = self.client.encode(self._image).image_id  # evicted: encode again, once
+            return self.client.decode(self.image_id, coords, labels, mask_input, multimask_output, outputs)
+
+    # -- prompts ---------------------------------------------------------------------------
+    def predict(
+        self,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        box: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """masks CxHxW (bool, or float32 logits), scores C, low-res logits Cx256x256."""
+        self._require_image()
+        if point_coords is not None:
+            point_coords = np.asarray(point_coords)[None]
+            point_labels = None if point_labels is None else np.asarray(point_labels)[None]
+        if box is not None:
+            box = np.asarray(box, dtype=np.float64)
+            if box.size != 4:
+                raise InputError(f"box: got shape {box.shape}, expected 4 values XYXY")
+            box = box.reshape(1, 4)
+        mask = None if mask_input is None else np.asarray(mask_input, dtype=np.float32)[None]
+        masks, scores, low = self.predict_batch(point_coords, point_labels, box, mask, multimask_output, return_logits)
+        return masks[0], scores[0], low[0]
+
+    def predict_batch(
+        self,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        boxes: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """B prompts in one request (mirrors SamPredictor.predict_torch, in numpy).
+
+        Coordinates in original-image pixels: `point_coords` BxNx2, `point_labels` BxN, `boxes`
+        Bx4 XYXY, `mask_input` Bx1x256x256. Returns BxCxHxW masks, BxC scores, BxCx256x256 logits.
+        """
+        self._require_image()
+        if point_coords is None and boxes is None:
+            raise InputError("prompt: got no points and no box, expected at least one point or a box")
+        coords, labels = [], []
+        if point_coords is not None:
+            if point_labels is None:
+                raise InputError("point_labels: got None, expected one label per point when point_coords is given")
+            coords.append(np.asarray(point_coords, dtype=np.float32))
+            labels.append(np.asarray(point_labels))
+        if boxes is not None:
+            b = np.asarray(boxes, dtype=np.float32)
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise InputError(f"boxes: got shape {b.shape}, expected Bx4 XYXY")
+            coords.append(b.reshape(-1, 2, 2))
+            labels.append(np.tile(np.array([[2, 3]], dtype=np.int32), (b.shape[0], 1)))
+        if len(coords) == 2 and coords[0].shape[0] != coords[1].shape[0]:
+            raise InputError(f"boxes: got {coords[1].shape[0]} boxes for {coords[0].shape[0]} point prompts, expected as many")
+        c = np.concatenate(coords, axis=1)
+        l = np.concatenate([x.astype(np.int32) for x in labels], axis=1)
+        outputs = ["iou_predictions", "low_res_masks"] + ([] if return_logits else ["masks"])
+        out = self._decode(c, l, mask_input, multimask_output, outputs)
+        low = out["low_res_masks"]
+        if return_logits:
+            masks = P.upscale_masks(low, self.input_size, self.original_size, self.image_size)
+        else:
+            masks = out["masks"]
+        return masks, out["iou_predictions"], low

@@ -1,0 +1,82 @@
+"""`samrt serve` and `samrt build-repo` as library functions: export if needed, render, start."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from typing import Optional
+
+from samrt.errors import SamrtError
+from samrt.spec import SamConfig
+
+from .render import RepoOptions, render_repository
+from .server import TritonServer
+
+__all__ = ["repository_from_export", "prepare_repository", "serve_forever", "default_checkpoint"]
+
+
+def default_checkpoint() -> Optional[str]:
+    """The embedded default: the small SAM trained by samrt, shipped inside the package."""
+    import samrt
+
+    path = os.path.join(os.path.dirname(samrt.__file__), "assets", "sam_samrt_small.pth")
+    return path if os.path.isfile(path) else None
+
+
+def repository_from_export(export_dir: str, out_dir: str, opts: Optional[RepoOptions] = None,
+                           backend: str = "onnxruntime") -> str:
+    """Render a repository for the export in `export_dir` (reads its export_report.json)."""
+    if backend != "onnxruntime":
+        raise SamrtError(f"--backend: got {backend!r}; this build renders 'onnxruntime' (python-backend models)")
+    report_path = os.path.join(export_dir, "export_report.json")
+    if not os.path.isfile(report_path):
+        raise SamrtError(f"{export_dir}: no export_report.json; expected the folder written by `samrt export`")
+    with open(report_path) as f:
+        report = json.load(f)
+    if not report.get("passed"):
+        raise SamrtError(f"{report_path}: the export did not pass its check against PyTorch; not serving it")
+    cfg = SamConfig.from_dict(report["config"])
+    return render_repository(cfg, os.path.join(export_dir, report["encoder"]["path"]),
+                             os.path.join(export_dir, report["decoder"]["path"]), out_dir, opts)
+
+
+def prepare_repository(build_dir: str, checkpoint: Optional[str], model_type: str = "auto",
+                       opts: Optional[RepoOptions] = None, random_init: bool = False) -> str:
+    """Export (cached) and render; returns the repository path."""
+    from samrt.demo import ensure_export
+
+    if checkpoint is None and not random_init:
+        checkpoint = default_checkpoint()
+        if checkpoint is None:
+            raise SamrtError("no --checkpoint given and no embedded default model in this install; "
+                             "pass --checkpoint FILE or --random-init --model-type vit_b")
+    if random_init and model_type in ("auto", None):
+        raise SamrtError("--random-init needs --model-type (vit_b, vit_l, vit_h or tiny)")
+    export_dir = os.path.join(build_dir, "export")
+    report = ensure_export(export_dir, model_type, checkpoint)
+    print(f"model: {report['name']} ({'RANDOM-INIT, masks mean nothing' if report['random_init'] else report['checkpoint']})",
+          file=sys.stderr)
+    return repository_from_export(export_dir, os.path.join(build_dir, "repo"), opts)
+
+
+def serve_forever(server: TritonServer) -> None:
+    """Start, print the endpoints, block until Ctrl-C or SIGTERM, stop with nothing left behind."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        server.start()
+        print(f"tritonserver ready\n  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n"
+              f"  metrics {server.metrics_url}\n  log     {server.log_path}\nCtrl-C or SIGTERM stops it.", flush=True)
+        while not stop.is_set():
+            if server.process is None or server.process.poll() is not None:
+                raise SamrtError(f"tritonserver exited unexpectedly; log {server.log_path}:\n{server.log_tail()}")
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+        print("tritonserver stopped", flush=True)

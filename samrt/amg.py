@@ -1,0 +1,289 @@
+"""Automatic mask generation in numpy, step for step as segment_anything's
+SamAutomaticMaskGenerator: point grids per crop layer, batches of single-point prompts,
+predicted-IoU and stability-score filters, box NMS within and across crops, optional removal
+of small regions and holes, SA-1B style records (COCO RLE through pycocotools).
+
+No torch: it runs inside the server (`sam_amg`) with a decoder callable, so a client gets
+every mask of an image in one round trip, as RLE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = [
+    "AmgOptions",
+    "build_point_grid",
+    "generate_crop_boxes",
+    "stability_score",
+    "masks_to_boxes",
+    "box_nms",
+    "remove_small_regions",
+    "uncompressed_rle",
+    "generate_masks",
+]
+
+# decode(points [B,2] in crop pixels) -> (logits [B,3,h,w] at crop size, iou [B,3])
+DecodeFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
+# set_crop(crop image) -> DecodeFn for that crop
+CropFn = Callable[[np.ndarray], DecodeFn]
+
+
+@dataclass
+class AmgOptions:
+    """SamAutomaticMaskGenerator's parameters, with its defaults."""
+
+    points_per_side: Optional[int] = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    crop_n_layers: int = 0
+    crop_nms_thresh: float = 0.7
+    crop_overlap_ratio: float = 512 / 1500
+    crop_n_points_downscale_factor: int = 1
+    min_mask_region_area: int = 0
+
+    def validate(self) -> "AmgOptions":
+        if self.points_per_side is None or self.points_per_side < 1:
+            raise InputError(f"points_per_side: got {self.points_per_side}, expected a positive integer")
+        if self.points_per_batch < 1:
+            raise InputError(f"points_per_batch: got {self.points_per_batch}, expected >= 1")
+        if self.crop_n_layers < 0 or self.crop_n_layers > 4:
+            raise InputError(f"crop_n_layers: got {self.crop_n_layers}, expected 0..4")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_point_grid(n: int) -> np.ndarray:
+    """n x n points in [0, 1] x [0, 1], cell centres."""
+    offset = 1 / (2 * n)
+    side = np.linspace(offset, 1 - offset, n)
+    xs = np.tile(side[None, :], (n, 1))
+    ys = np.tile(side[:, None], (1, n))
+    return np.stack([xs, ys], axis=-1).reshape(-1, 2)
+
+
+def generate_crop_boxes(size: Tuple[int, int], n_layers: int, overlap_ratio: float) -> Tuple[List[List[int]], List[int]]:
+    """The full image, then 2^i x 2^i overlapping crops per layer i (XYXY)."""
+    im_h, im_w = size
+    short = min(im_h, im_w)
+    boxes, layers = [[0, 0, im_w, im_h]], [0]
+    for i in range(n_layers):
+        per_side = 2 ** (i + 1)
+        overlap = int(overlap_ratio * short * (2 / per_side))
+        cw = int(np.ceil((overlap * (per_side - 1) + im_w) / per_side))
+        ch = int(np.ceil((overlap * (per_side - 1) + im_h) / per_side))
+        for x0 in [int((cw - overlap) * k) for k in range(per_side)]:  # x outer, y inner, as SAM
+            for y0 in [int((ch - overlap) * k) for k in range(per_side)]:
+                boxes.append([x0, y0, min(x0 + cw, im_w), min(y0 + ch, im_h)])
+                layers.append(i + 1)
+    return boxes, layers
+
+
+def stability_score(logits: np.ndarray, threshold: float, offset: float) -> np.ndarray:
+    """IoU between the masks thresholded at threshold +- offset: [..., H, W] -> [...]."""
+    inter = (logits > threshold + offset).sum(axis=(-1, -2), dtype=np.int64)
+    union = (logits > threshold - offset).sum(axis=(-1, -2), dtype=np.int64)
+    return inter / np.maximum(union, 1) * (union > 0) + (union == 0) * 0.0
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """[N,H,W] bool -> [N,4] XYXY of the true pixels (0,0,0,0 for an empty mask), as SAM does."""
+    n = masks.shape[0]
+    if n == 0:
+        return np.zeros((0, 4), np.float32)
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    h, w = masks.shape[1:]
+    top = np.where(rows.any(1), rows.argmax(1), h)
+    bottom = np.where(rows.any(1), h - 1 - rows[:, ::-1].argmax(1), 0)
+    left = np.where(cols.any(1), cols.argmax(1), w)
+    right = np.where(cols.any(1), w - 1 - cols[:, ::-1].argmax(1), 0)
+    boxes = np.stack([left, top, right, bottom], 1).astype(np.float32)
+    empty = (right < left) | (bottom < top)
+    boxes[empty] = 0
+    return boxes
+
+
+def _box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    lt = np.maximum(box[:2], others[:, :2])
+    rb = np.minimum(box[2:], others[:, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(1)
+    return inter / np.maximum(area(box) + area(others) - inter, 1e-12)
+
+
+def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS (torchvision.ops.nms semantics): indices kept, by decreasing score."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    suppressed = np.zeros(len(boxes), bool)
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= _box_iou(boxes[i], boxes) > iou_threshold
+    return np.asarray(keep, dtype=np.int64)
+
+
+def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> Tuple[np.ndarray, bool]:
+    """Remove disconnected islands ('islands') or fill small holes ('holes'); 8-connectivity."""
+    from scipy import ndimage
+
+    correct_holes = mode == "holes"
+    working = (correct_holes ^ mask).astype(np.uint8)
+    labels, n = ndimage.label(working, structure=np.ones((3, 3), int))
+    sizes = np.bincount(labels.ravel())[1:]
+    small = [i + 1 for i, s in enumerate(sizes) if s < area_thresh]
+    if not small:
+        return mask, False
+    fill = [0] + small
+    if not correct_holes:
+        fill = [i for i in range(n + 1) if i not in fill]
+        if not fill:  # every region is small: keep the largest
+            fill = [int(np.argmax(sizes)) + 1]
+    return np.isin(labels, fill), True
+
+
+def uncompressed_rle(mask: np.ndarray) -> Dict:
+    """Column-major run lengths starting with the count of zeros (segment_anything's format)."""
+    flat = np.asarray(mask, dtype=bool).T.reshape(-1)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    idx = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(idx).tolist()
+    if flat.size and flat[0]:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def _coco_rle(mask: np.ndarray) -> Dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("utf-8")
+    return rle
+
+
+def _process_crop(set_crop: CropFn, image, crop_box, grid, opts: AmgOptions, orig_size) -> Dict[str, list]:
+    x0, y0, x1, y1 = crop_box
+    crop = image[y0:y1, x0:x1]
+    ch, cw = crop.shape[:2]
+    decode = set_crop(crop)
+    points_all = grid * np.array([[cw, ch]])
+    out = {"masks": [], "iou": [], "points": [], "stability": []}
+    for start in range(0, len(points_all), opts.points_per_batch):
+        points = points_all[start : start + opts.points_per_batch]
+        logits, iou = decode(points)
+        logits = logits.reshape((-1,) + logits.shape[-2:])
+        iou = iou.reshape(-1)
+        pts = np.repeat(points, logits.shape[0] // len(points), axis=0)
+        keep = iou > opts.pred_iou_thresh if opts.pred_iou_thresh > 0 else np.ones(len(iou), bool)
+        logits, iou, pts = logits[keep], iou[keep], pts[keep]
+        stab = stability_score(logits, 0.0, opts.stability_score_offset)
+        if opts.stability_score_thresh > 0:
+            keep = stab >= opts.stability_score_thresh
+            logits, iou, pts, stab = logits[keep], iou[keep], pts[keep], stab[keep]
+        masks = logits > 0.0
+        boxes = masks_to_boxes(masks)
+        near = _near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
+        keep = ~near
+        for k in np.flatnonzero(keep):
+            out["masks"].append(masks[k])
+            out["iou"].append(float(iou[k]))
+            out["points"].append(pts[k] + np.array([x0, y0]))
+            out["stability"].append(float(stab[k]))
+    if not out["masks"]:
+        return {"masks": [], "iou": [], "points": [], "stability": [], "boxes": [], "crop_boxes": []}
+    masks = np.stack(out["masks"])
+    boxes = masks_to_boxes(masks)
+    keep = box_nms(boxes, np.asarray(out["iou"], np.float32), opts.box_nms_thresh)
+    result = {k: [v[i] for i in keep] for k, v in out.items()}
+    full = []
+    for m in result["masks"]:  # uncrop to the full image
+        canvas = np.zeros(orig_size, bool)
+        canvas[y0:y1, x0:x1] = m
+        full.append(canvas)
+    result["masks"] = full
+    result["boxes"] = [boxes[i] + np.array([x0, y0, x0, y0], np.float32) for i in keep]
+    result["crop_boxes"] = [list(crop_box) for _ in keep]
+    return result
+
+
+def _near_crop_edge(boxes: np.ndarray, crop_box, orig_box, atol: float = 20.0) -> np.ndarray:
+    crop = np.asarray(crop_box, np.float32)
+    orig = np.asarray(orig_box, np.float32)
+    uncropped = boxes + np.array([crop[0], crop[1], crop[0], crop[1]], np.float32)
+    near_crop = np.isclose(uncropped, crop[None], atol=atol, rtol=0)
+    near_image = np.isclose(uncropped, orig[None], atol=atol, rtol=0)
+    return np.any(near_crop & ~near_image, axis=1)
+
+
+def generate_masks(image: np.ndarray, set_crop: CropFn, opts: AmgOptions, output_mode: str = "coco_rle") -> List[Dict]:
+    """All masks of `image` as SamAutomaticMaskGenerator.generate's records."""
+    if output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
+        raise InputError(f"output_mode: got {output_mode!r}, expected binary_mask, uncompressed_rle or coco_rle")
+    opts.validate()
+    orig_size = image.shape[:2]
+    crop_boxes, layers = generate_crop_boxes(orig_size, opts.crop_n_layers, opts.crop_overlap_ratio)
+    grids = [build_point_grid(int(opts.points_per_side / (opts.crop_n_points_downscale_factor ** i)))
+             for i in range(opts.crop_n_layers + 1)]
+    data: Dict[str, list] = {"masks": [], "iou": [], "points": [], "stability": [], "boxes": [], "crop_boxes": []}
+    for box, layer in zip(crop_boxes, layers):
+        part = _process_crop(set_crop, image, box, grids[layer], opts, orig_size)
+        for k in data:
+            data[k].extend(part[k])
+    if len(crop_boxes) > 1 and data["masks"]:
+        cb = np.asarray(data["crop_boxes"], np.float32)
+        scores = 1 / ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1]))
+        keep = box_nms(np.asarray(data["boxes"], np.float32), scores, opts.crop_nms_thresh)
+        data = {k: [v[i] for i in keep] for k, v in data.items()}
+    if opts.min_mask_region_area > 0 and data["masks"]:
+        data = _postprocess_small_regions(data, opts.min_mask_region_area, max(opts.box_nms_thresh, opts.crop_nms_thresh))
+    records = []
+    for i, m in enumerate(data["masks"]):
+        if output_mode == "coco_rle":
+            seg = _coco_rle(m)
+        elif output_mode == "uncompressed_rle":
+            seg = uncompressed_rle(m)
+        else:
+            seg = m
+        b = data["boxes"][i]
+        cb = data["crop_boxes"][i]
+        records.append({
+            "segmentation": seg,
+            "area": int(m.sum()),
+            "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+            "predicted_iou": float(data["iou"][i]),
+            "point_coords": [[float(v) for v in data["points"][i]]],
+            "stability_score": float(data["stability"][i]),
+            "crop_box": [float(cb[0]), float(cb[1]), float(cb[2] - cb[0]), float(cb[3] - cb[1])],
+        })
+    return records
+
+
+def _postprocess_small_regions(data, min_area: int, nms_thresh: float):
+    new_masks, scores = [], []
+    for m in data["masks"]:
+        m, changed = remove_small_regions(m, min_area, "holes")
+        unchanged = not changed
+        m, changed = remove_small_regions(m, min_area, "islands")
+        unchanged = unchanged and not changed
+        new_masks.append(m)
+        scores.append(float(unchanged))  # prefer masks that needed no change
+    masks = np.stack(new_masks)
+    boxes = masks_to_boxes(masks)
+    keep = box_nms(boxes, np.asarray(scores, np.float32), nms_thresh)
+    out = {k: [v[i] for i in keep] for k, v in data.items()}
+    for j, i in enumerate(keep):
+        if scores[i] == 0.0:  # recompute what changed
+            out["masks"][j] = masks[i]
+            out["boxes"][j] = boxes[i]
+    return out

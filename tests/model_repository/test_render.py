@@ -1,0 +1,41 @@
+"""The rendered repository: configs derive from the spec and parse as Triton's ModelConfig."""
+
+import os
+
+import pytest
+
+from samrt.model_repository.render import RepoOptions, model_configs, parse_config, render_repository
+from samrt.spec import decoder_spec, encoder_spec
+
+MODELS = ["sam_amg", "sam_decode", "sam_embedding_cache", "sam_encode", "sam_image_encoder", "sam_segment"]
+
+
+def test_every_model_is_rendered_and_parses(tiny_repo):
+    assert sorted(os.listdir(tiny_repo)) == MODELS
+    for name in MODELS:
+        cfg = parse_config(open(os.path.join(tiny_repo, name, "config.pbtxt")).read())
+        assert cfg.name == name and cfg.backend == "python"
+        model_py = open(os.path.join(tiny_repo, name, "1", "model.py")).read()
+        assert "import" in model_py and len(model_py.splitlines()) <= 3  # thin: logic lives in samrt
+
+
+def test_configs_follow_the_spec(tiny_cfg, tiny_export):
+    configs = model_configs(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, RepoOptions(max_prompts=32))
+    enc = encoder_spec(tiny_cfg)
+    assert configs["sam_image_encoder"]["input"][0]["dims"] == list(enc.tensor("image").shape[1:])
+    assert configs["sam_embedding_cache"]["output"][1]["dims"] == list(enc.tensor("image_embeddings").shape[1:])
+    m = decoder_spec(tiny_cfg).tensor("mask_input").shape[-1]
+    decode = configs["sam_decode"]
+    assert decode["max_batch_size"] == 32 and "dynamic_batching" in decode
+    assert {i["name"]: i["dims"] for i in decode["input"]}["mask_input"] == [1, m, m]
+    assert [o["name"] for o in decode["output"]] == ["masks", "iou_predictions", "low_res_masks", "masks_rle"]
+
+
+def test_missing_onnx_is_a_clear_error(tiny_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `samrt export` first"):
+        render_repository(tiny_cfg, str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"), str(tmp_path / "r"))
+
+
+def test_bad_config_text_is_rejected():
+    with pytest.raises(Exception, match="no_such_field"):
+        parse_config('name: "x"\nno_such_field: 3\n')

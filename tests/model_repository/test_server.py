@@ -1,0 +1,232 @@
+"""Against the real tritonserver: parity with SamPredictor, dynamic batching, the embedding
+cache, per-request errors, and a clean shutdown."""
+
+import io
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from samrt.client import ImageNotCachedError, SamClient, ServerError
+
+from ..conftest import random_image
+from ..conftest import CACHE_ENTRIES, MAX_PIXELS, MAX_PROMPTS
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_sam):
+    from segment_anything import SamPredictor
+
+    return SamPredictor(tiny_sam)
+
+
+def _assert_close(ref_masks, ref_scores, ref_low, out):
+    assert out["masks"].dtype == np.bool_ and out["masks"].shape == ref_masks.shape
+    assert (out["masks"] == ref_masks).mean() >= 0.9999
+    np.testing.assert_allclose(out["iou_predictions"], ref_scores, atol=1e-4)
+    np.testing.assert_allclose(out["low_res_masks"], ref_low, atol=1e-3)
+
+
+@pytest.mark.parametrize("h,w", [(333, 517), (1500, 1250)])
+def test_results_equal_sam_predictor(client, reference, h, w):
+    image = random_image(h, w, seed=h + w)
+    reference.set_image(image)
+    image_id = client.encode(image).image_id
+    pt, box = np.array([[w * 0.3, h * 0.6]]), np.array([w * 0.1, h * 0.1, w * 0.7, h * 0.8])
+    # one point, multimask
+    m, s, l = reference.predict(pt, np.array([1]), multimask_output=True)
+    _assert_close(m[None], s[None], l[None], client.decode(image_id, pt, [1], multimask_output=True))
+    # box + background point, single mask (box corners as labels 2 and 3, no padding)
+    m, s, l = reference.predict(pt, np.array([0]), box=box, multimask_output=False)
+    out = client.decode(image_id, np.concatenate([pt, box.reshape(2, 2)]), [0, 2, 3], multimask_output=False)
+    _assert_close(m[None], s[None], l[None], out)
+    # refinement with mask_input
+    m, s, l2 = reference.predict(pt, np.array([1]), mask_input=l, multimask_output=False)
+    _assert_close(m[None], s[None], l2[None], client.decode(image_id, pt, [1], mask_input=l, multimask_output=False))
+
+
+def test_many_prompts_in_one_request(client, reference):
+    image = random_image(480, 640, seed=3)
+    reference.set_image(image)
+    image_id = client.encode(image).image_id
+    rng = np.random.default_rng(0)
+    x0, y0 = rng.uniform(0, 400, 12), rng.uniform(0, 300, 12)
+    boxes = np.stack([x0, y0, x0 + rng.uniform(10, 200, 12), y0 + rng.uniform(10, 150, 12)], 1)
+    tb = reference.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float), (480, 640))
+    with torch.no_grad():
+        m, s, l = (t.numpy() for t in reference.predict_torch(None, None, tb, multimask_output=True))
+    out = client.decode(image_id, boxes.reshape(-1, 2, 2), np.tile([2, 3], (12, 1)))
+    _assert_close(m, s, l, out)
+
+
+def test_concurrent_clients_are_batched_and_get_their_own_answers(server, reference):
+    images = [random_image(300, 400, seed=s) for s in (10, 11)]
+    with SamClient(server.grpc_url) as c:
+        ids = [c.encode(im).image_id for im in images]
+        before = {b["batch_size"] for b in c.statistics("sam_decode").get("batch_stats", [])}
+    rng = np.random.default_rng(1)
+    jobs = [(i % 2, rng.uniform(20, 280, (1, 2))) for i in range(16)]
+    results = [None] * 16
+    start = threading.Barrier(16)
+
+    def work(k):
+        which, pt = jobs[k]
+        with SamClient(server.grpc_url) as c:
+            start.wait()
+            results[k] = c.decode(ids[which], pt, [1], outputs=["iou_predictions", "low_res_masks"])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with SamClient(server.grpc_url) as c:
+        sizes = {b["batch_size"] for b in c.statistics("sam_decode")["batch_stats"]}
+    assert max(sizes - before, default=1) > 1, f"no decoder batch larger than 1: {sizes}"
+    for k, (which, pt) in enumerate(jobs):
+        reference.set_image(images[which]) if k == 0 or jobs[k - 1][0] != which else None
+        _, s, l = reference.predict(pt, np.array([1]))
+        np.testing.assert_allclose(results[k]["iou_predictions"][0], s, atol=1e-4)
+        np.testing.assert_allclose(results[k]["low_res_masks"][0], l, atol=1e-3)
+
+
+def test_second_encode_runs_no_encoder(client):
+    image = random_image(200, 300, seed=42)
+    count = lambda: int(client.statistics("sam_image_encoder").get("inference_count", 0))
+    first = client.encode(image)
+    n = count()
+    second = client.encode(image)
+    assert second == first and count() == n
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    assert client.encode(image_bytes=png.getvalue()) == first and count() == n  # same pixels, same id
+
+
+def test_eviction_and_the_clear_error(client):
+    images = [random_image(64, 64, seed=100 + i) for i in range(CACHE_ENTRIES + 1)]
+    ids = [client.encode(im).image_id for im in images]
+    with pytest.raises(ImageNotCachedError, match="not in the embedding cache.*encode the image again"):
+        client.decode(ids[0], [[10, 10]], [1])
+    client.decode(ids[-1], [[10, 10]], [1])  # the newest is still there
+    assert client.encode(images[0]).image_id == ids[0]
+    client.decode(ids[0], [[10, 10]], [1])
+
+
+BAD_DECODES = [
+    (dict(point_coords=[[np.nan, 1.0]], point_labels=[1]), "non-finite"),
+    (dict(point_coords=[[np.inf, 1.0]], point_labels=[1]), "non-finite"),
+    (dict(point_coords=[[1.0, 1.0]], point_labels=[5]), r"got \[5\], expected values in"),
+    (dict(point_coords=[[1.0, 1.0]], point_labels=[-1]), "only padding labels"),
+    (dict(point_coords=np.zeros((MAX_PROMPTS + 1, 1, 2)), point_labels=np.ones((MAX_PROMPTS + 1, 1))), "batch-size must be <="),
+]
+
+
+@pytest.mark.parametrize("kwargs,match", BAD_DECODES)
+def test_bad_decode_gets_its_error_and_the_server_goes_on(client, kwargs, match):
+    image_id = client.encode(random_image(100, 100, seed=7)).image_id
+    with pytest.raises(ServerError, match=match):
+        client.decode(image_id, **kwargs)
+    assert client.decode(image_id, [[50, 50]], [1])["masks"].shape == (1, 3, 100, 100)
+
+
+def test_wrong_dtype_is_rejected(client):
+    image_id = client.encode(random_image(100, 100, seed=7)).image_id
+    with pytest.raises(ServerError, match="data-type is 'FP32', but model 'sam_decode' expects 'INT32'"):
+        client.infer("sam_decode", {"image_id": (np.array([[image_id.encode()]], dtype=object), "BYTES"),
+                                    "point_coords": (np.zeros((1, 1, 2), np.float32), "FP32"),
+                                    "point_labels": (np.ones((1, 1), np.float32), "FP32")}, ["iou_predictions"])
+
+
+BAD_ENCODES = [
+    (np.zeros((0, 0, 3), np.uint8), "empty image of 0x0"),
+    (np.zeros((10, 10, 2), np.uint8), r"got shape \(10, 10, 2\), expected HxWx3"),
+    (np.zeros((2001, 2000, 3), np.uint8), f"expected at most {MAX_PIXELS}"),
+    (b"this is not a png", "no image decoder reads"),
+]
+
+
+@pytest.mark.parametrize("payload,match", BAD_ENCODES)
+def test_bad_encode_gets_its_error_and_the_server_goes_on(client, payload, match):
+    if isinstance(payload, bytes):
+        inputs = {"image_bytes": (np.array([payload], dtype=object), "BYTES")}
+    else:
+        inputs = {"image": (payload, "UINT8")}
+    with pytest.raises(ServerError, match=match):
+        client.infer("sam_encode", inputs, ["image_id"])
+    assert client.encode(random_image(50, 60, seed=1)).original_size == (50, 60)
+
+
+def test_bad_requests_in_a_batch_leave_the_others_alone(server):
+    with SamClient(server.grpc_url) as c:
+        image_id = c.encode(random_image(120, 160, seed=9)).image_id
+    results = {}
+    start = threading.Barrier(8)
+
+    def work(k):
+        with SamClient(server.grpc_url) as c:
+            start.wait()
+            try:
+                coords = [[np.nan, 5.0]] if k % 2 else [[20.0 + k, 30.0]]
+                results[k] = c.decode(image_id, coords, [1])["masks"].shape
+            except ServerError as e:
+                results[k] = e
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for k in range(8):
+        if k % 2:
+            assert isinstance(results[k], ServerError) and "non-finite" in str(results[k])
+        else:
+            assert results[k] == (1, 3, 120, 160)
+
+
+def test_segment_one_shot(client, reference):
+    image = random_image(240, 320, seed=5)
+    reference.set_image(image)
+    m, s, l = reference.predict(np.array([[100, 120]]), np.array([1]))
+    _assert_close(m, s, l, client.segment(image, [[100, 120]], [1]))
+
+
+def test_rle_output_decodes_to_the_masks(client):
+    from pycocotools import mask as mask_utils
+    import json
+
+    image_id = client.encode(random_image(90, 130, seed=8)).image_id
+    out = client.decode(image_id, [[40, 40]], [1], outputs=["masks", "masks_rle"])
+    for c in range(3):
+        rle = json.loads(out["masks_rle"][0, c])
+        decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+        np.testing.assert_array_equal(decoded.astype(bool), out["masks"][0, c])
+
+
+def _processes_mentioning(text):
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_shutdown_leaves_no_process(tiny_repo, tmp_path):
+    from samrt.model_repository.server import TritonServer
+
+    srv = TritonServer(tiny_repo, work_dir=str(tmp_path / "work"))
+    srv.start()
+    with SamClient(srv.grpc_url) as c:
+        c.encode(random_image(32, 32))
+    pid = srv.process.pid
+    assert _processes_mentioning(str(tmp_path / "work"))  # the server is there while it runs
+    srv.stop()
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert _processes_mentioning(str(tmp_path / "work")) == []
+    assert not [p for p in _processes_mentioning("triton_python_backend_stub") if os.getpgid(p) == pid]
