@@ -8,10 +8,12 @@ from ._client import (
     ServerError,
     ServerUnavailableError,
 )
+from ._aio import AsyncSamClient
 from .amg import TritonSamAutomaticMaskGenerator
 from .predictor import TritonSamPredictor
 
 __all__ = [
+    "AsyncSamClient",
     "TritonSamAutomaticMaskGenerator",
     "TritonSamPredictor",
     "DEFAULT_OUTPUTS",

@@ -6,6 +6,7 @@ connection errors are retried with exponential backoff.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -114,8 +115,13 @@ class SamClient:
         timeout: float = 120.0,
         retries: int = 3,
         backoff: float = 0.5,
+        shared_memory: bool = False,
     ) -> None:
+        """`shared_memory`: pass numeric tensors through system shared memory (server on this host)."""
         self.url, self.protocol = url, protocol
+        self.shared_memory = shared_memory
+        self._shm = None  # (handle, name, size) of this client's region
+        self._sizes: Dict[str, Tuple[int, int]] = {}  # image_id -> original size, for output buffers
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self._mod = _protocol_module(protocol)
         if protocol == "http":
@@ -145,17 +151,92 @@ class SamClient:
                 delay *= 2
         raise AssertionError("unreachable")
 
-    def infer(self, model: str, inputs: Dict[str, Tuple[np.ndarray, str]], outputs: Sequence[str]) -> Dict[str, np.ndarray]:
-        """One request: {name: (array, triton dtype)} in, {name: array} out."""
+    def infer(
+        self,
+        model: str,
+        inputs: Dict[str, Tuple[np.ndarray, str]],
+        outputs: Sequence[str],
+        output_specs: Optional[Dict[str, Tuple[np.dtype, Tuple[int, ...]]]] = None,
+    ) -> Dict[str, np.ndarray]:
+        """One request: {name: (array, triton dtype)} in, {name: array} out. With shared memory,
+        numeric inputs and the outputs listed in `output_specs` (dtype, shape) go through it."""
+        use_shm = self.shared_memory
+        placed: Dict[str, Tuple[int, int]] = {}
+        if use_shm:
+            offset = 0
+            for name, (arr, dtype) in inputs.items():
+                if dtype != "BYTES":
+                    placed[name] = (offset, arr.nbytes)
+                    offset += -(-arr.nbytes // 64) * 64
+            for name, (dt, shape) in (output_specs or {}).items():
+                if name in outputs:
+                    n = int(np.prod(shape)) * np.dtype(dt).itemsize
+                    placed[name] = (offset, n)
+                    offset += -(-n // 64) * 64
+            self._ensure_region(offset)
+            from tritonclient.utils import shared_memory as shm
+
+            for name, (arr, dtype) in inputs.items():
+                if name in placed:
+                    shm.set_shared_memory_region(self._shm[0], [np.ascontiguousarray(arr)], offset=placed[name][0])
+
         def send():
-            ins = [self._input(k, a, d) for k, (a, d) in inputs.items()]
-            outs = [self._mod.InferRequestedOutput(o) for o in outputs]
+            ins, outs = [], []
+            for k, (a, d) in inputs.items():
+                t = self._mod.InferInput(k, list(a.shape), d)
+                if k in placed:
+                    t.set_shared_memory(self._shm[1], placed[k][1], offset=placed[k][0])
+                else:
+                    t.set_data_from_numpy(a)
+                ins.append(t)
+            for o in outputs:
+                r = self._mod.InferRequestedOutput(o)
+                if o in placed:
+                    r.set_shared_memory(self._shm[1], placed[o][1], offset=placed[o][0])
+                outs.append(r)
             if self.protocol == "grpc":
                 return self._client.infer(model, ins, outputs=outs, client_timeout=self.timeout)
             return self._client.infer(model, ins, outputs=outs)
 
         result = self._call(send)
-        return {o: result.as_numpy(o) for o in outputs}
+        out = {}
+        for o in outputs:
+            if o in placed:
+                from tritonclient.utils import shared_memory as shm
+
+                dt, shape = output_specs[o]
+                out[o] = shm.get_contents_as_numpy(self._shm[0], np.dtype(dt), shape, offset=placed[o][0]).copy()
+            else:
+                out[o] = result.as_numpy(o)
+        return out
+
+    def _ensure_region(self, nbytes: int) -> None:
+        if self._shm is not None and self._shm[2] >= nbytes:
+            return
+        import os
+        import uuid
+
+        from tritonclient.utils import shared_memory as shm
+
+        self._release_region()
+        size = max(nbytes, 1 << 20) * 2
+        name = f"samrt_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        handle = shm.create_shared_memory_region(name, "/" + name, size)
+        self._call(self._client.register_system_shared_memory, name, "/" + name, size)
+        self._shm = (handle, name, size)
+
+    def _release_region(self) -> None:
+        if self._shm is None:
+            return
+        from tritonclient.utils import shared_memory as shm
+
+        handle, name, _ = self._shm
+        self._shm = None
+        try:
+            self._client.unregister_system_shared_memory(name)
+        except Exception:
+            pass
+        shm.destroy_shared_memory_region(handle)
 
     def is_ready(self) -> bool:
         try:
@@ -180,21 +261,29 @@ class SamClient:
         return _ints(stats["model_stats"][0])
 
     def model_info(self) -> dict:
-        """What the served model expects: image_size (encoder input side), low_res_size, max_prompts."""
+        """What the served model expects (image_size, low_res_size, max_prompts) and, when the encoder
+        is an optimized engine, its accuracy report against fp32 (encoder_engine)."""
         if getattr(self, "_info", None) is None:
             if self.protocol == "grpc":
                 cfg = self._call(self._client.get_model_config, "sam_decode", as_json=True)["config"]
             else:
                 cfg = self._call(self._client.get_model_config, "sam_decode")
             dims = {i["name"]: i["dims"] for i in cfg["input"]}
+            if self.protocol == "grpc":
+                enc = self._call(self._client.get_model_config, "sam_image_encoder", as_json=True)["config"]
+            else:
+                enc = self._call(self._client.get_model_config, "sam_image_encoder")
+            report = enc.get("parameters", {}).get("engine_report", {}).get("string_value")
             self._info = {
                 "image_size": int(cfg["parameters"]["image_size"]["string_value"]),
                 "low_res_size": int(dims["mask_input"][-1]),
                 "max_prompts": int(cfg.get("max_batch_size", 0)),
+                "encoder_engine": json.loads(report) if report else None,
             }
         return self._info
 
     def close(self) -> None:
+        self._release_region()
         self._client.close()
 
     def __enter__(self):
@@ -206,18 +295,9 @@ class SamClient:
     # -- the wire API ----------------------------------------------------------------------
     def encode(self, image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None) -> EncodeResult:
         """Embed an image on the server (cached by pixel hash); returns its id and size."""
-        if (image is None) == (image_bytes is None):
-            raise InputError("encode: expected exactly one of image (HxWx3 uint8) or image_bytes")
-        if image is not None:
-            image = np.asarray(image)
-            if image.dtype != np.uint8 or image.ndim != 3:
-                raise InputError(f"image: got dtype {image.dtype} shape {list(image.shape)}, expected HxWx3 uint8")
-            inputs = {"image": (np.ascontiguousarray(image), "UINT8")}
-        else:
-            inputs = {"image_bytes": (np.array([bytes(image_bytes)], dtype=object), "BYTES")}
-        out = self.infer("sam_encode", inputs, ["image_id", "original_size"])
-        size = out["original_size"].reshape(-1)
-        return EncodeResult(out["image_id"].reshape(-1)[0].decode(), (int(size[0]), int(size[1])))
+        result = parse_encode(self.infer("sam_encode", encode_inputs(image, image_bytes), ["image_id", "original_size"]))
+        self._sizes[result.image_id] = result.original_size
+        return result
 
     def decode(
         self,
@@ -230,17 +310,14 @@ class SamClient:
     ) -> Dict[str, np.ndarray]:
         """P prompts for one encoded image. Coordinates in original-image pixels; labels 1 fg,
         0 bg, 2/3 box corners, -1 padding. Returns arrays with the prompt as leading dim."""
-        bad = [o for o in outputs if o not in _ALL_OUTPUTS]
-        if bad:
-            raise InputError(f"outputs: got {bad}, expected names from {list(_ALL_OUTPUTS)}")
-        arrays = check_prompts(point_coords, point_labels, mask_input, multimask_output)
-        p = arrays["point_coords"].shape[0]
-        inputs = {"image_id": (np.full((p, 1), image_id.encode(), dtype=object), "BYTES"),
-                  "point_coords": (arrays["point_coords"], "FP32"), "point_labels": (arrays["point_labels"], "INT32"),
-                  "multimask_output": (arrays["multimask_output"], "BOOL")}
-        if "mask_input" in arrays:
-            inputs["mask_input"] = (arrays["mask_input"], "FP32")
-        return self.infer("sam_decode", inputs, list(outputs))
+        inputs = decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs)
+        specs = None
+        if self.shared_memory and image_id in self._sizes:
+            p, c = inputs["point_coords"][0].shape[0], 3 if multimask_output else 1
+            m = self.model_info()["low_res_size"]
+            specs = {"masks": (np.bool_, (p, c) + self._sizes[image_id]), "iou_predictions": (np.float32, (p, c)),
+                     "low_res_masks": (np.float32, (p, c, m, m))}
+        return self.infer("sam_decode", inputs, list(outputs), specs)
 
     def segment(
         self,
@@ -251,11 +328,45 @@ class SamClient:
         outputs: Sequence[str] = DEFAULT_OUTPUTS,
     ) -> Dict[str, np.ndarray]:
         """One shot (sam_segment): image plus one prompt -> masks [C,H,W], scores [C], logits."""
-        arrays = check_prompts(point_coords, point_labels, None, multimask_output)
-        if arrays["point_coords"].shape[0] != 1:
-            raise InputError("segment: expected one prompt ([N,2] points); use encode + decode for many")
-        inputs = {"image": (np.ascontiguousarray(image, dtype=np.uint8), "UINT8"),
-                  "point_coords": (arrays["point_coords"][0], "FP32"),
-                  "point_labels": (arrays["point_labels"][0], "INT32"),
-                  "multimask_output": (arrays["multimask_output"][0], "BOOL")}
-        return self.infer("sam_segment", inputs, list(outputs))
+        return self.infer("sam_segment", segment_inputs(image, point_coords, point_labels, multimask_output), list(outputs))
+
+
+def encode_inputs(image: Optional[np.ndarray], image_bytes: Optional[bytes]) -> Dict[str, Tuple[np.ndarray, str]]:
+    if (image is None) == (image_bytes is None):
+        raise InputError("encode: expected exactly one of image (HxWx3 uint8) or image_bytes")
+    if image is not None:
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(f"image: got dtype {image.dtype} shape {list(image.shape)}, expected HxWx3 uint8")
+        return {"image": (np.ascontiguousarray(image), "UINT8")}
+    return {"image_bytes": (np.array([bytes(image_bytes)], dtype=object), "BYTES")}
+
+
+def parse_encode(out: Dict[str, np.ndarray]) -> EncodeResult:
+    size = out["original_size"].reshape(-1)
+    return EncodeResult(out["image_id"].reshape(-1)[0].decode(), (int(size[0]), int(size[1])))
+
+
+def decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs):
+    bad = [o for o in outputs if o not in _ALL_OUTPUTS]
+    if bad:
+        raise InputError(f"outputs: got {bad}, expected names from {list(_ALL_OUTPUTS)}")
+    arrays = check_prompts(point_coords, point_labels, mask_input, multimask_output)
+    p = arrays["point_coords"].shape[0]
+    inputs = {"image_id": (np.full((p, 1), image_id.encode(), dtype=object), "BYTES"),
+              "point_coords": (arrays["point_coords"], "FP32"), "point_labels": (arrays["point_labels"], "INT32"),
+              "multimask_output": (arrays["multimask_output"], "BOOL")}
+    if "mask_input" in arrays:
+        inputs["mask_input"] = (arrays["mask_input"], "FP32")
+    return inputs
+
+
+def segment_inputs(image, point_coords, point_labels, multimask_output):
+    arrays = check_prompts(point_coords, point_labels, None, multimask_output)
+    if arrays["point_coords"].shape[0] != 1:
+        raise InputError("segment: expected one prompt ([N,2] points); use encode + decode for many")
+    inputs = encode_inputs(image, None)
+    inputs.update({"point_coords": (arrays["point_coords"][0], "FP32"),
+                   "point_labels": (arrays["point_labels"][0], "INT32"),
+                   "multimask_output": (arrays["multimask_output"][0], "BOOL")})
+    return inputs

@@ -27,8 +27,11 @@ def default_checkpoint() -> Optional[str]:
 
 
 def repository_from_export(export_dir: str, out_dir: str, opts: Optional[RepoOptions] = None,
-                           backend: str = "onnxruntime") -> str:
-    """Render a repository for the export in `export_dir` (reads its export_report.json)."""
+                           backend: str = "onnxruntime", precision: str = "fp32") -> str:
+    """Render a repository for the export in `export_dir` (reads its export_report.json).
+
+    `precision` other than fp32 serves the encoder engine built by `samrt build-engine` into the
+    same folder; its accuracy report goes into the repository and the encoder's config."""
     if backend != "onnxruntime":
         raise SamrtError(f"--backend: got {backend!r}; this build renders 'onnxruntime' (python-backend models)")
     report_path = os.path.join(export_dir, "export_report.json")
@@ -39,12 +42,27 @@ def repository_from_export(export_dir: str, out_dir: str, opts: Optional[RepoOpt
     if not report.get("passed"):
         raise SamrtError(f"{report_path}: the export did not pass its check against PyTorch; not serving it")
     cfg = SamConfig.from_dict(report["config"])
-    return render_repository(cfg, os.path.join(export_dir, report["encoder"]["path"]),
-                             os.path.join(export_dir, report["decoder"]["path"]), out_dir, opts)
+    encoder = os.path.join(export_dir, report["encoder"]["path"])
+    engine_report = None
+    if precision != "fp32":
+        from samrt.engines.build import engine_path
+
+        engine = engine_path(encoder, export_dir, "onnxruntime", precision)
+        if not os.path.isfile(engine) or not os.path.isfile(engine + ".report.json"):
+            raise SamrtError(f"--precision {precision}: no {engine} with its report; build it first with "
+                             f"`samrt build-engine --onnx {encoder} --precision {precision} --out {export_dir}`")
+        with open(engine + ".report.json") as f:
+            engine_report = json.load(f)
+        if not engine_report["gate"]["passed"]:
+            raise SamrtError(f"{engine}: its accuracy gate failed; not serving it")
+        encoder = engine
+    repo = render_repository(cfg, encoder, os.path.join(export_dir, report["decoder"]["path"]), out_dir, opts,
+                             engine_report=engine_report)
+    return repo
 
 
 def prepare_repository(build_dir: str, checkpoint: Optional[str], model_type: str = "auto",
-                       opts: Optional[RepoOptions] = None, random_init: bool = False) -> str:
+                       opts: Optional[RepoOptions] = None, random_init: bool = False, precision: str = "fp32") -> str:
     """Export (cached) and render; returns the repository path."""
     from samrt.demo import ensure_export
 
@@ -57,9 +75,15 @@ def prepare_repository(build_dir: str, checkpoint: Optional[str], model_type: st
         raise SamrtError("--random-init needs --model-type (vit_b, vit_l, vit_h or tiny)")
     export_dir = os.path.join(build_dir, "export")
     report = ensure_export(export_dir, model_type, checkpoint)
+    if precision != "fp32":
+        from samrt.engines.build import build_engine, engine_path
+
+        encoder = os.path.join(export_dir, report["encoder"]["path"])
+        if not os.path.isfile(engine_path(encoder, export_dir, "onnxruntime", precision) + ".report.json"):
+            build_engine(encoder, export_dir, "onnxruntime", precision)
     print(f"model: {report['name']} ({'RANDOM-INIT, masks mean nothing' if report['random_init'] else report['checkpoint']})",
           file=sys.stderr)
-    return repository_from_export(export_dir, os.path.join(build_dir, "repo"), opts)
+    return repository_from_export(export_dir, os.path.join(build_dir, "repo"), opts, precision=precision)
 
 
 def serve_forever(server: TritonServer) -> None:

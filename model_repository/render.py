@@ -144,7 +144,8 @@ def _to_pbtxt(name: str, config: dict) -> str:
 
 
 def render_repository(
-    cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, out_dir: str, opts: Optional[RepoOptions] = None
+    cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, out_dir: str, opts: Optional[RepoOptions] = None,
+    engine_report: Optional[dict] = None,
 ) -> str:
     """Write `out_dir/<model>/config.pbtxt` and `out_dir/<model>/1/model.py` for every model."""
     opts = opts or RepoOptions()
@@ -153,7 +154,12 @@ def render_repository(
             raise FileNotFoundError(f"{path}: no such ONNX file (run `samrt export` first)")
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)
-    for name, config in model_configs(cfg, encoder_onnx, decoder_onnx, opts).items():
+    configs = model_configs(cfg, encoder_onnx, decoder_onnx, opts)
+    if engine_report is not None:  # served results carry the engine's accuracy report
+        summary = {"engine": engine_report["engine"], "precision": engine_report["precision"],
+                   "accuracy": engine_report["accuracy"], "gate": engine_report["gate"]}
+        configs["sam_image_encoder"]["parameters"]["engine_report"] = {"string_value": json.dumps(summary)}
+    for name, config in configs.items():
         os.makedirs(os.path.join(out_dir, name, "1"))
         text = _to_pbtxt(name, config)
         parse_config(text)
@@ -162,4 +168,7 @@ def render_repository(
         with open(os.path.join(out_dir, name, "1", "model.py"), "w") as f:
             f.write(f'"""Rendered by samrt; the logic lives in samrt.model_repository."""\n'
                     f"from samrt.model_repository.python_models import {_MODEL_PY[name]} as TritonPythonModel  # noqa: F401\n")
+    if engine_report is not None:
+        with open(os.path.join(out_dir, "sam_image_encoder", "engine_report.json"), "w") as f:
+            json.dump(engine_report, f, indent=2)
     return out_dir

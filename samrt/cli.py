@@ -95,6 +95,8 @@ def cmd_train(args) -> int:
 
 def _repo_options(p) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="encoder engine to serve (built by `samrt build-engine`; its report travels along)")
     p.add_argument("--cache-bytes", type=int, default=512 * 1024 * 1024, help="embedding cache budget (LRU)")
     p.add_argument("--max-prompts", type=int, default=256, help="prompts per sam_decode request")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image accepted by sam_encode")
@@ -119,7 +121,7 @@ def _add_build_repo(sub) -> None:
 def cmd_build_repo(args) -> int:
     from samrt.model_repository.launch import repository_from_export
 
-    print(f"wrote {repository_from_export(args.export, args.out, _opts(args), args.backend)}")
+    print(f"wrote {repository_from_export(args.export, args.out, _opts(args), args.backend, args.precision)}")
     return 0
 
 
@@ -141,9 +143,96 @@ def cmd_serve(args) -> int:
     from samrt.model_repository.launch import prepare_repository, serve_forever
     from samrt.model_repository.server import TritonServer
 
-    repo = prepare_repository(args.build_dir, args.checkpoint, args.model_type, _opts(args), args.random_init)
+    repo = prepare_repository(args.build_dir, args.checkpoint, args.model_type, _opts(args), args.random_init,
+                              args.precision)
     serve_forever(TritonServer(repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                                metrics_port=args.metrics_port, gpu=args.device == "cuda"))
+    return 0
+
+
+def _client_args(p) -> None:
+    p.add_argument("--url", default="localhost:8001", help="server endpoint (gRPC 8001 or HTTP 8000)")
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    p.add_argument("--timeout", type=float, default=300.0)
+
+
+def _add_segment(sub) -> None:
+    p = sub.add_parser("segment", help="segment an image from clicks and/or a box through a samrt server")
+    p.add_argument("image")
+    p.add_argument("--point", action="append", default=[], help="x,y or x,y:label (1 fg, 0 bg); repeatable")
+    p.add_argument("--box", help="x0,y0,x1,y1")
+    p.add_argument("--out", required=True, help="mask PNG to write")
+    p.add_argument("--overlay", help="overlay PNG to write")
+    _client_args(p)
+    p.set_defaults(func=cmd_segment)
+
+
+def cmd_segment(args) -> int:
+    from samrt.client import SamClient
+    from samrt.client.cli import segment_file
+
+    with SamClient(args.url, args.protocol, timeout=args.timeout) as client:
+        print(json.dumps(segment_file(client, args.image, args.point, args.box, args.out, args.overlay), indent=2))
+    return 0
+
+
+def _add_amg(sub) -> None:
+    p = sub.add_parser("amg", help="automatic masks for a folder of images: one SA-1B style JSON each")
+    p.add_argument("folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--points-per-side", type=int, default=32)
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    p.add_argument("--stability-score-thresh", type=float, default=0.95)
+    p.add_argument("--crop-n-layers", type=int, default=0)
+    p.add_argument("--min-mask-region-area", type=int, default=0)
+    _client_args(p)
+    p.set_defaults(func=cmd_amg)
+
+
+def cmd_amg(args) -> int:
+    from samrt.client import SamClient
+    from samrt.client.cli import amg_folder
+
+    with SamClient(args.url, args.protocol, timeout=args.timeout) as client:
+        paths = amg_folder(client, args.folder, args.out, points_per_side=args.points_per_side,
+                           pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
+                           crop_n_layers=args.crop_n_layers, min_mask_region_area=args.min_mask_region_area)
+    print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+def _add_build_engine(sub) -> None:
+    p = sub.add_parser("build-engine", help="an optimized encoder engine with its accuracy report and gate")
+    p.add_argument("--onnx", required=True, help="an export's *.encoder.onnx")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--precision", default="int8", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--calib-images", help="folder of calibration images for int8 (default: generated scenes)")
+    p.add_argument("--out", required=True, help="output folder (usually the export folder)")
+    p.add_argument("--min-mean-iou", type=float, default=0.98, help="accuracy gate: mean mask IoU against fp32")
+    p.add_argument("--eval-images", type=int, default=8, help="held-out scenes for the accuracy check")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(func=cmd_build_engine)
+
+
+def cmd_build_engine(args) -> int:
+    from samrt.engines.build import build_engine
+
+    calib = None
+    if args.calib_images:
+        from samrt.client.cli import IMAGE_SUFFIXES, load_image
+
+        names = sorted(f for f in os.listdir(args.calib_images) if f.lower().endswith(IMAGE_SUFFIXES))
+        if not names:
+            raise SamrtError(f"--calib-images {args.calib_images}: no images found")
+        calib = [load_image(os.path.join(args.calib_images, n)) for n in names]
+    report = build_engine(args.onnx, args.out, args.backend, args.precision, calib, args.min_mean_iou,
+                          args.eval_images, device=args.device)
+    acc, speed = report["accuracy"], report["speed"]
+    print(f"wrote {report['path']} ({report['bytes'] / 2**20:.1f} MiB)\n"
+          f"accuracy vs fp32: mean mask IoU {acc['mean_mask_iou']:.4f}, worst {acc['worst_mask_iou']:.4f}, "
+          f"max score diff {acc['max_score_diff']:.4f}\n"
+          f"speed: fp32 {speed['fp32_ms']:.0f} ms, engine {speed['engine_ms']:.0f} ms ({speed['speedup']:.2f}x)\n"
+          f"report {report['report_path']}")
     return 0
 
 
@@ -156,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_build_repo(sub)
     _add_serve(sub)
+    _add_segment(sub)
+    _add_amg(sub)
+    _add_build_engine(sub)
     return parser
 
 

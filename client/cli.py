@@ -1,0 +1,95 @@
+"""Library functions behind `samrt segment` and `samrt amg` (the CLI only parses arguments)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from samrt.errors import InputError
+from samrt.visualize import overlay, save_png
+
+from ._client import SamClient
+from .amg import TritonSamAutomaticMaskGenerator
+from .predictor import TritonSamPredictor
+
+__all__ = ["parse_point", "parse_box", "segment_file", "amg_folder", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def parse_point(text: str) -> Tuple[float, float, int]:
+    """'x,y' (foreground) or 'x,y:label' -> (x, y, label)."""
+    try:
+        xy, _, label = text.partition(":")
+        x, y = (float(v) for v in xy.split(","))
+        return x, y, int(label) if label else 1
+    except ValueError:
+        raise InputError(f"--point: got {text!r}, expected x,y or x,y:label (label 1 foreground, 0 background)") from None
+
+
+def parse_box(text: str) -> np.ndarray:
+    try:
+        box = np.array([float(v) for v in text.split(",")])
+    except ValueError:
+        box = np.zeros(0)
+    if box.shape != (4,):
+        raise InputError(f"--box: got {text!r}, expected x0,y0,x1,y1")
+    return box
+
+
+def load_image(path: str) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError) as e:
+        raise InputError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
+
+
+def segment_file(client: SamClient, path: str, points: Sequence[str], box: Optional[str], out: str,
+                 overlay_path: Optional[str] = None, multimask: bool = True) -> dict:
+    """Segment one image from clicks and/or a box; write the best mask as PNG (and an overlay)."""
+    image = load_image(path)
+    pts = [parse_point(p) for p in points]
+    if not pts and box is None:
+        raise InputError("segment: got no --point and no --box, expected at least one")
+    predictor = TritonSamPredictor(client)
+    predictor.set_image(image)
+    coords = np.array([p[:2] for p in pts]) if pts else None
+    labels = np.array([p[2] for p in pts]) if pts else None
+    masks, scores, _ = predictor.predict(coords, labels, None if box is None else parse_box(box),
+                                         multimask_output=multimask and len(pts) <= 1)
+    best = int(np.argmax(scores))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    Image.fromarray(masks[best].astype(np.uint8) * 255).save(out)
+    if overlay_path:
+        save_png(overlay_path, overlay(image, masks[best], coords, labels))
+    return {"image": path, "mask": out, "overlay": overlay_path, "score": float(scores[best]),
+            "area": int(masks[best].sum())}
+
+
+def amg_folder(client: SamClient, folder: str, out_dir: str, progress: bool = True, **amg_kwargs) -> List[str]:
+    """One SA-1B style JSON (image info + COCO RLE annotations) per image of `folder`."""
+    from tqdm import tqdm
+
+    if not os.path.isdir(folder):
+        raise InputError(f"{folder}: not a folder; expected a folder of images")
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    generator = TritonSamAutomaticMaskGenerator(client, output_mode="coco_rle", **amg_kwargs)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for i, name in enumerate(tqdm(files, desc="amg", disable=not progress)):
+        image = load_image(os.path.join(folder, name))
+        records = generator.generate(image)
+        doc = {"image": {"image_id": i, "file_name": name, "height": image.shape[0], "width": image.shape[1]},
+               "annotations": [{"id": k, **r} for k, r in enumerate(records)]}
+        path = os.path.join(out_dir, os.path.splitext(name)[0] + ".json")
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        written.append(path)
+    return written

@@ -1,0 +1,106 @@
+"""SamClient and AsyncSamClient: shared memory, asyncio, retries across a restart, the CLI."""
+
+import asyncio
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from samrt.client import AsyncSamClient, SamClient, ServerUnavailableError
+from samrt.errors import InputError
+
+from ..conftest import random_image
+
+pytestmark = pytest.mark.triton
+
+
+def test_shared_memory_gives_the_same_answers(server):
+    image = random_image(300, 200, seed=12)
+    with SamClient(server.grpc_url) as plain, SamClient(server.grpc_url, shared_memory=True) as shm:
+        a, b = plain.encode(image), shm.encode(image)
+        assert a == b
+        x = plain.decode(a.image_id, [[50, 60]], [1])
+        y = shm.decode(b.image_id, [[50, 60]], [1])
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+        assert shm._shm is not None  # the region really was used
+    assert shm._shm is None  # and released on close
+
+
+def test_async_client(server):
+    image = random_image(120, 90, seed=13)
+
+    async def main():
+        async with AsyncSamClient(server.grpc_url) as c:
+            enc = await c.encode(image)
+            outs = await asyncio.gather(*[c.decode(enc.image_id, [[10 + i, 20]], [1]) for i in range(4)])
+            stats = await c.statistics("sam_decode")
+            return enc, outs, stats
+
+    enc, outs, stats = asyncio.run(main())
+    with SamClient(server.grpc_url) as c:
+        for i, out in enumerate(outs):
+            np.testing.assert_array_equal(out["masks"], c.decode(enc.image_id, [[10 + i, 20]], [1])["masks"])
+    assert stats["inference_count"] >= 4
+
+
+def test_unreachable_server_is_a_typed_error():
+    from samrt.model_repository.server import free_port
+
+    with SamClient(f"127.0.0.1:{free_port()}", retries=1, backoff=0.05) as c:
+        with pytest.raises(ServerUnavailableError):
+            c.encode(random_image(8, 8))
+
+
+def test_retries_across_a_server_restart(tiny_repo, tmp_path):
+    from samrt.model_repository.server import TritonServer, free_port
+
+    ports = dict(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    srv = TritonServer(tiny_repo, work_dir=str(tmp_path / "w"), **ports).start()
+    client = SamClient(srv.grpc_url, retries=6, backoff=0.5)
+    image_id = client.encode(random_image(64, 64, seed=1)).image_id
+    srv.stop()
+    restarted = {}
+
+    def restart():
+        time.sleep(1.0)
+        restarted["server"] = TritonServer(tiny_repo, work_dir=str(tmp_path / "w"), **ports).start()
+
+    t = threading.Thread(target=restart)
+    t.start()
+    try:
+        result = client.encode(random_image(64, 64, seed=1))  # retried until the new server answers
+        assert result.image_id == image_id
+        assert client.decode(image_id, [[5, 5]], [1])["masks"].shape == (1, 3, 64, 64)
+    finally:
+        t.join()
+        client.close()
+        restarted["server"].stop()
+
+
+def test_cli_segment_and_amg(server, tmp_path, capsys):
+    from samrt.cli import main
+
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    for i in range(2):
+        Image.fromarray(random_image(96, 128, seed=40 + i)).save(img_dir / f"im{i}.png")
+    url = ["--url", server.grpc_url]
+    assert main(["segment", str(img_dir / "im0.png"), "--point", "40,50", "--point", "90,20:0", "--box", "5,5,100,80",
+                 "--out", str(tmp_path / "mask.png"), "--overlay", str(tmp_path / "ov.png")] + url) == 0
+    mask = np.asarray(Image.open(tmp_path / "mask.png"))
+    assert mask.shape == (96, 128) and set(np.unique(mask)) <= {0, 255}
+    assert (tmp_path / "ov.png").is_file()
+    assert main(["amg", str(img_dir), "--out", str(tmp_path / "masks"), "--points-per-side", "4",
+                 "--pred-iou-thresh", "0", "--stability-score-thresh", "0"] + url) == 0
+    docs = sorted(os.listdir(tmp_path / "masks"))
+    assert docs == ["im0.json", "im1.json"]
+    doc = json.load(open(tmp_path / "masks" / "im0.json"))
+    assert doc["image"]["height"] == 96 and doc["annotations"]
+    assert set(doc["annotations"][0]) >= {"segmentation", "area", "bbox", "predicted_iou", "stability_score"}
+    assert main(["segment", str(img_dir / "im0.png"), "--point", "oops", "--out", str(tmp_path / "m.png")] + url) == 2
+    assert "--point: got 'oops'" in capsys.readouterr().err
