@@ -110,7 +110,7 @@ def build_engine(
     speed_repeats: int = 3,
     device: str = "cpu",
 ) -> dict:
-    """Build an encoder engine from `onnx_path` (an export's *.encoder.onnx), check it, report.
+    """Build an engine from an export's *.encoder.onnx or *.decoder.onnx, check it, report.
 
     Raises EngineAccuracyError after writing the report when the gate fails.
     """
@@ -120,15 +120,21 @@ def build_engine(
         raise SamrtError(f"--backend: got {backend!r}, expected one of {BACKENDS}")
     if precision not in PRECISIONS:
         raise SamrtError(f"--precision: got {precision!r}, expected one of {PRECISIONS}")
-    if not onnx_path.endswith(".encoder.onnx") or not os.path.isfile(onnx_path):
-        raise SamrtError(f"--onnx: got {onnx_path!r}, expected an existing *.encoder.onnx written by `samrt export`")
+    is_decoder = onnx_path.endswith(".decoder.onnx")
+    if not (onnx_path.endswith(".encoder.onnx") or is_decoder) or not os.path.isfile(onnx_path):
+        raise SamrtError(f"--onnx: got {onnx_path!r}, expected an existing *.encoder.onnx or *.decoder.onnx "
+                         "written by `samrt export`")
+    encoder_path = onnx_path.replace(".decoder.onnx", ".encoder.onnx")
     decoder_path = onnx_path.replace(".encoder.onnx", ".decoder.onnx")
     os.makedirs(out_dir, exist_ok=True)
     out = engine_path(onnx_path, out_dir, backend, precision)
-    reference = OnnxRuntimeRunner(onnx_path, device)
+    reference = OnnxRuntimeRunner(encoder_path, device)
+    ref_decoder = OnnxRuntimeRunner(decoder_path, device)
     image_size = int(reference.input_shapes["image"][-1])
     held_out = eval_scenes(eval_images)
     calibration = list(calibration_images) if calibration_images is not None else None
+    if precision == "int8" and is_decoder:
+        raise SamrtError("--precision int8: the decoder stays in float (fp32 or fp16); quantise the encoder")
     if precision == "int8" and not calibration:
         from samrt.scenes import scene_for_index
 
@@ -149,27 +155,43 @@ def build_engine(
             details["calibration_images"] = len(calibration)
         engine = OnnxRuntimeRunner(out, device)
     else:
+        from samrt.spec import SamConfig, decoder_spec, encoder_spec
+
         from .tensorrt_engine import TensorRTRunner, plan_from_onnx, profiles_from_spec
 
+        with open(os.path.join(os.path.dirname(onnx_path), "export_report.json")) as f:
+            cfg = SamConfig.from_dict(json.load(f)["config"])
         source, fp16_onnx = onnx_path, None
         if precision == "int8":
             source = ortx.int8_onnx_from_onnx(onnx_path, out + ".qdq.onnx", calibration, image_size)
         if precision == "fp16":
             fp16_onnx = ortx.fp16_onnx_from_onnx(onnx_path, out + ".fp16.onnx")
-        spec = _encoder_spec_of(reference)
-        details.update(plan_from_onnx(source, out, precision, profiles_from_spec(spec, {"batch": (1, 1, 4)}),
+        if is_decoder:
+            profile = profiles_from_spec(decoder_spec(cfg), {"num_prompts": (1, 16, 256), "num_points": (1, 3, 16)})
+        else:
+            profile = profiles_from_spec(encoder_spec(cfg), {"batch": (1, 1, 4)})
+        details.update(plan_from_onnx(source, out, precision, profile,
                                       timing_cache=os.path.join(out_dir, "timing.cache"), fp16_onnx_path=fp16_onnx))
         engine = TensorRTRunner(out)
     build_s = time.perf_counter() - t0
 
-    decoder = OnnxRuntimeRunner(decoder_path, device)
-    accuracy = accuracy_against_fp32(reference, engine, decoder, held_out)
-    sample = P.preprocess_image(held_out[0].image, image_size)[0]
-    speed = {
-        "timed": "encoder run on one preprocessed image (median of repeats, after one warm-up)",
-        "fp32_ms": _median_ms(lambda: reference.run({"image": sample}), speed_repeats),
-        "engine_ms": _median_ms(lambda: engine.run({"image": sample}), speed_repeats),
-    }
+    if is_decoder:
+        accuracy = accuracy_against_fp32(reference, reference, ref_decoder, held_out, engine_decoder=engine)
+        emb = reference.run({"image": P.preprocess_image(held_out[0].image, image_size)[0]})["image_embeddings"]
+        coords = np.tile(np.array([[[100.0, 100.0], [0.0, 0.0]]], np.float32), (16, 1, 1))
+        labels = np.tile(np.array([[1.0, -1.0]], np.float32), (16, 1))
+        m = int(ref_decoder.input_shapes["mask_input"][-1])
+        speed = {"timed": "decoder run for 16 single-click prompts (median of repeats, after one warm-up)",
+                 "fp32_ms": _median_ms(lambda: decode(ref_decoder, emb, coords, labels, None, m), speed_repeats),
+                 "engine_ms": _median_ms(lambda: decode(engine, emb, coords, labels, None, m), speed_repeats)}
+    else:
+        accuracy = accuracy_against_fp32(reference, engine, ref_decoder, held_out)
+        sample = P.preprocess_image(held_out[0].image, image_size)[0]
+        speed = {
+            "timed": "encoder run on one preprocessed image (median of repeats, after one warm-up)",
+            "fp32_ms": _median_ms(lambda: reference.run({"image": sample}), speed_repeats),
+            "engine_ms": _median_ms(lambda: engine.run({"image": sample}), speed_repeats),
+        }
     speed["speedup"] = speed["fp32_ms"] / speed["engine_ms"]
     passed = accuracy["mean_mask_iou"] is not None and accuracy["mean_mask_iou"] >= min_mean_iou
     import onnxruntime
@@ -184,7 +206,8 @@ def build_engine(
         "source_sha256": _sha256(onnx_path),
         "bytes": os.path.getsize(out),
         "source_bytes": os.path.getsize(onnx_path),
-        "input_shapes": {k: list(v) for k, v in reference.input_shapes.items()},
+        "graph": "decoder" if is_decoder else "encoder",
+        "input_shapes": {k: list(v) for k, v in (ref_decoder if is_decoder else reference).input_shapes.items()},
         "versions": {"onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
                      "machine": platform.machine(), "processor": platform.processor()},
         "build_s": round(build_s, 2),
@@ -208,8 +231,3 @@ def build_engine(
     return report
 
 
-def _encoder_spec_of(runner: Runner):
-    from samrt.spec import GraphSpec, TensorSpec
-
-    shape = runner.input_shapes["image"]
-    return GraphSpec("encoder", (TensorSpec("image", "float32", ("batch",) + tuple(shape[1:])),))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,7 +16,11 @@ from samrt.spec import SamConfig
 from .render import RepoOptions, render_repository
 from .server import TritonServer
 
-__all__ = ["repository_from_export", "prepare_repository", "serve_forever", "default_checkpoint"]
+# --backend of build-repo: python-backend models running ONNX Runtime (CPU here), or the production
+# variant for NVIDIA's Triton container with native backends for encoder and decoder.
+BACKENDS = {"onnxruntime": None, "onnxruntime-native": "onnxruntime", "tensorrt": "tensorrt"}
+
+__all__ = ["BACKENDS", "repository_from_export", "prepare_repository", "serve_forever", "default_checkpoint"]
 
 
 def default_checkpoint() -> Optional[str]:
@@ -32,8 +37,8 @@ def repository_from_export(export_dir: str, out_dir: str, opts: Optional[RepoOpt
 
     `precision` other than fp32 serves the encoder engine built by `samrt build-engine` into the
     same folder; its accuracy report goes into the repository and the encoder's config."""
-    if backend != "onnxruntime":
-        raise SamrtError(f"--backend: got {backend!r}; this build renders 'onnxruntime' (python-backend models)")
+    if backend not in BACKENDS:
+        raise SamrtError(f"--backend: got {backend!r}, expected one of {BACKENDS}")
     report_path = os.path.join(export_dir, "export_report.json")
     if not os.path.isfile(report_path):
         raise SamrtError(f"{export_dir}: no export_report.json; expected the folder written by `samrt export`")
@@ -43,21 +48,29 @@ def repository_from_export(export_dir: str, out_dir: str, opts: Optional[RepoOpt
         raise SamrtError(f"{report_path}: the export did not pass its check against PyTorch; not serving it")
     cfg = SamConfig.from_dict(report["config"])
     encoder = os.path.join(export_dir, report["encoder"]["path"])
+    decoder = os.path.join(export_dir, report["decoder"]["path"])
+    opts = dataclasses.replace(opts or RepoOptions(), native=BACKENDS[backend])
     engine_report = None
-    if precision != "fp32":
-        from samrt.engines.build import engine_path
+    from samrt.engines.build import engine_path
 
-        engine = engine_path(encoder, export_dir, "onnxruntime", precision)
+    kind = "tensorrt" if backend == "tensorrt" else "onnxruntime"
+    if precision != "fp32" or backend == "tensorrt":
+        engine = engine_path(encoder, export_dir, kind, precision)
         if not os.path.isfile(engine) or not os.path.isfile(engine + ".report.json"):
             raise SamrtError(f"--precision {precision}: no {engine} with its report; build it first with "
-                             f"`samrt build-engine --onnx {encoder} --precision {precision} --out {export_dir}`")
+                             f"`samrt build-engine --onnx {encoder} --backend {kind} --precision {precision} --out {export_dir}`")
         with open(engine + ".report.json") as f:
             engine_report = json.load(f)
         if not engine_report["gate"]["passed"]:
             raise SamrtError(f"{engine}: its accuracy gate failed; not serving it")
         encoder = engine
-    repo = render_repository(cfg, encoder, os.path.join(export_dir, report["decoder"]["path"]), out_dir, opts,
-                             engine_report=engine_report)
+    if backend == "tensorrt":
+        decoder = engine_path(decoder, export_dir, "tensorrt", "fp16")
+        if not os.path.isfile(decoder):
+            raise SamrtError(f"--backend tensorrt: no {decoder}; build it first with `samrt build-engine --onnx "
+                             f"{os.path.join(export_dir, report['decoder']['path'])} --backend tensorrt --precision fp16 "
+                             f"--out {export_dir} --device cuda`")
+    repo = render_repository(cfg, encoder, decoder, out_dir, opts, engine_report=engine_report)
     return repo
 
 

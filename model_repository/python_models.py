@@ -71,6 +71,27 @@ class _BlsError(RuntimeError):
     """An error answered by a model called through BLS; its message goes to the caller as is."""
 
 
+class BlsRunner:
+    """samrt.engines.Runner over a model of the same server (the production variant's native decoder)."""
+
+    def __init__(self, model_name: str, mask_size: int) -> None:
+        self.model_name = model_name
+        self.output_names = ["low_res_masks", "iou_predictions"]
+        self.input_shapes = {"mask_input": ("num_prompts", 1, mask_size, mask_size)}
+
+    def run(self, feeds, outputs=None):
+        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()}
+        return _bls(self.model_name, feeds, list(outputs or self.output_names))
+
+
+def _decoder_runner(params):
+    if params.get("decoder_model"):
+        return BlsRunner(params["decoder_model"], int(params["low_res_size"]))
+    from samrt.engines import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(params["onnx_path"], params.get("device", "cpu"), _ort_threads())
+
+
 def _ort_threads() -> int:
     return int(os.environ.get("SAMRT_ORT_THREADS", "0")) or (os.cpu_count() or 1)
 
@@ -174,10 +195,8 @@ class DecodeModel:
     batched by Triton, run through the decoder together (one run per distinct point count)."""
 
     def initialize(self, args) -> None:
-        from samrt.engines import OnnxRuntimeRunner
-
         params = _params(args)
-        self.runner = OnnxRuntimeRunner(params["onnx_path"], params.get("device", "cpu"), _ort_threads())
+        self.runner = _decoder_runner(params)
         self.image_size = int(params["image_size"])
         self.low_res_size = int(self.runner.input_shapes["mask_input"][-1])
 
@@ -277,10 +296,8 @@ class AmgModel:
     records as JSON with COCO RLE masks (compact on the wire)."""
 
     def initialize(self, args) -> None:
-        from samrt.engines import OnnxRuntimeRunner
-
         params = _params(args)
-        self.runner = OnnxRuntimeRunner(params["onnx_path"], params.get("device", "cpu"), _ort_threads())
+        self.runner = _decoder_runner(params)
         self.image_size = int(params["image_size"])
         self.max_pixels = int(params["max_pixels"])
         self.low_res_size = int(self.runner.input_shapes["mask_input"][-1])

@@ -20,6 +20,8 @@ __all__ = ["RepoOptions", "render_repository", "model_configs", "parse_config"]
 _TYPES = {"float32": "TYPE_FP32", "int32": "TYPE_INT32", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL",
           "bytes": "TYPE_STRING"}
 
+NATIVE_PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+
 _MODEL_PY = {
     "sam_embedding_cache": "CacheModel",
     "sam_image_encoder": "ImageEncoderModel",
@@ -40,6 +42,11 @@ class RepoOptions:
     max_pixels: int = 4096 * 4096
     encoder_max_batch: int = 4
     decoder_queue_delay_us: int = 5000
+    dynamic_batching: bool = True  # off: every sam_decode request runs alone (for comparison)
+    # None: python-backend models running ONNX Runtime (what runs on CPU here).
+    # "onnxruntime" / "tensorrt": the production variant for NVIDIA's Triton container, with
+    # native backends for encoder and decoder (sam_image_encoder, sam_prompt_decoder).
+    native: Optional[str] = None
     encoder_queue_delay_us: int = 2000
 
 
@@ -74,7 +81,7 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
     def params(**kw) -> dict:
         return {k: {"string_value": str(v)} for k, v in kw.items()}
 
-    return {
+    configs = {
         "sam_embedding_cache": {
             **common, "max_batch_size": 0,
             "input": [_io("image_id", "bytes", [1]), _io("image_embeddings", "float32", emb, optional=True),
@@ -103,7 +110,8 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
             **common, "max_batch_size": opts.max_prompts,
             "input": [_io("image_id", "bytes", [1])] + prompts_in,
             "output": masks_out,
-            "dynamic_batching": {"max_queue_delay_microseconds": opts.decoder_queue_delay_us},
+            **({"dynamic_batching": {"max_queue_delay_microseconds": opts.decoder_queue_delay_us}}
+               if opts.dynamic_batching else {}),
             "instance_group": [{"count": 1, "kind": kind}],
             "parameters": params(onnx_path=os.path.abspath(decoder_onnx), device=opts.device,
                                  image_size=cfg.image_size, spec=json.dumps(cfg.to_dict())),
@@ -125,6 +133,30 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
             "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
         },
     }
+    if opts.native:
+        if opts.native not in NATIVE_PLATFORMS:
+            raise ValueError(f"native: got {opts.native!r}, expected one of {sorted(NATIVE_PLATFORMS)}")
+        platform = NATIVE_PLATFORMS[opts.native][0]
+        configs["sam_image_encoder"] = {
+            "platform": platform, "max_batch_size": opts.encoder_max_batch,
+            "input": [_io("image", "float32", img)], "output": [_io("image_embeddings", "float32", emb)],
+            "dynamic_batching": {"max_queue_delay_microseconds": opts.encoder_queue_delay_us},
+            "instance_group": [{"count": 1, "kind": kind}],
+        }
+        has_mask = _io("has_mask_input", "float32", [1])
+        has_mask["reshape"] = {"shape": []}  # the graph's [P] is Triton's batch dim alone
+        configs["sam_prompt_decoder"] = {
+            "platform": platform, "max_batch_size": opts.max_prompts,
+            "input": [_io("image_embeddings", "float32", emb), _io("point_coords", "float32", [-1, 2]),
+                      _io("point_labels", "float32", [-1]), _io("mask_input", "float32", [1, m, m]), has_mask],
+            "output": [_io("low_res_masks", "float32", [cfg.num_mask_tokens, m, m]),
+                       _io("iou_predictions", "float32", [cfg.num_mask_tokens])],
+            "instance_group": [{"count": 1, "kind": kind}],
+        }
+        for name in ("sam_decode", "sam_amg"):
+            configs[name]["parameters"]["decoder_model"] = {"string_value": "sam_prompt_decoder"}
+            configs[name]["parameters"]["low_res_size"] = {"string_value": str(m)}
+    return configs
 
 
 def parse_config(text: str):
@@ -165,6 +197,10 @@ def render_repository(
         parse_config(text)
         with open(os.path.join(out_dir, name, "config.pbtxt"), "w") as f:
             f.write(text)
+        if "platform" in config:  # native backend: the model file goes into the version folder
+            source = encoder_onnx if name == "sam_image_encoder" else decoder_onnx
+            shutil.copy(source, os.path.join(out_dir, name, "1", NATIVE_PLATFORMS[opts.native][1]))
+            continue
         with open(os.path.join(out_dir, name, "1", "model.py"), "w") as f:
             f.write(f'"""Rendered by samrt; the logic lives in samrt.model_repository."""\n'
                     f"from samrt.model_repository.python_models import {_MODEL_PY[name]} as TritonPythonModel  # noqa: F401\n")

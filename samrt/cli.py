@@ -112,7 +112,9 @@ def _opts(args):
 def _add_build_repo(sub) -> None:
     p = sub.add_parser("build-repo", help="render the Triton model repository for an export folder")
     p.add_argument("--export", required=True, help="folder written by `samrt export`")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime"])
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "onnxruntime-native", "tensorrt"],
+                   help="onnxruntime: python-backend models (runs on CPU here); onnxruntime-native / tensorrt: "
+                        "the production variant for NVIDIA's Triton container (rendered here, not run)")
     p.add_argument("--out", required=True)
     _repo_options(p)
     p.set_defaults(func=cmd_build_repo)
@@ -236,6 +238,44 @@ def cmd_build_engine(args) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="latency and throughput benchmarks (rows as JSON/CSV with the machine, plots)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    for kind in ("engines", "serve", "amg"):
+        k = kinds.add_parser(kind)
+        k.add_argument("--out", required=True, help="results folder, e.g. benchmarks/results/<machine>/")
+        k.add_argument("--quick", action="store_true", help="a smoke run in under two minutes")
+        k.add_argument("--build-dir", default="build/bench")
+        if kind != "amg":
+            k.add_argument("--model-type", default="vit_b", choices=MODEL_TYPES[2:])
+            k.add_argument("--checkpoint")
+        if kind != "engines":
+            k.add_argument("--url", help="a running server's gRPC endpoint (default: start servers here)"
+                           if kind == "serve" else "a running server's gRPC endpoint", required=kind == "amg")
+        if kind == "serve":
+            k.add_argument("--concurrency", default="1,2,4,8,16,32")
+            k.add_argument("--clicks", type=int, default=20)
+        if kind == "amg":
+            k.add_argument("--images", help="folder of images (default: generated scenes)")
+            k.add_argument("--points-per-side", type=int, default=32)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from samrt.benchmarks import run
+
+    if args.kind == "engines":
+        paths = run.run_engines(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir)
+    elif args.kind == "serve":
+        conc = [int(c) for c in args.concurrency.split(",")]
+        paths = run.run_serve(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.url,
+                              conc, args.clicks)
+    else:
+        paths = run.run_amg(args.out, args.url, args.images, args.quick, args.points_per_side)
+    print("\n".join(f"wrote {p}" for p in paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samrt", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -248,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment(sub)
     _add_amg(sub)
     _add_build_engine(sub)
+    _add_bench(sub)
     return parser
 
 

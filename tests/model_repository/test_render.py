@@ -39,3 +39,33 @@ def test_missing_onnx_is_a_clear_error(tiny_cfg, tmp_path):
 def test_bad_config_text_is_rejected():
     with pytest.raises(Exception, match="no_such_field"):
         parse_config('name: "x"\nno_such_field: 3\n')
+
+
+@pytest.mark.parametrize("native,ext", [("onnxruntime", "model.onnx"), ("tensorrt", "model.plan")])
+def test_production_variant_is_rendered_and_schema_checked(tiny_cfg, tiny_export, tmp_path, native, ext):
+    out = render_repository(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, str(tmp_path / "r"),
+                            RepoOptions(native=native, device="cuda"))
+    names = sorted(os.listdir(out))
+    assert "sam_prompt_decoder" in names
+    for name in ("sam_image_encoder", "sam_prompt_decoder"):
+        cfg = parse_config(open(os.path.join(out, name, "config.pbtxt")).read())
+        assert cfg.platform == ("onnxruntime_onnx" if native == "onnxruntime" else "tensorrt_plan")
+        assert os.path.isfile(os.path.join(out, name, "1", ext))
+        assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
+    dec = parse_config(open(os.path.join(out, "sam_prompt_decoder", "config.pbtxt")).read())
+    assert [i.name for i in dec.input] == decoder_spec(tiny_cfg).input_names
+    assert list(dec.input[4].reshape.shape) == []  # has_mask_input [P]: Triton's batch dim alone
+    decode = parse_config(open(os.path.join(out, "sam_decode", "config.pbtxt")).read())
+    assert decode.parameters["decoder_model"].string_value == "sam_prompt_decoder"
+
+
+def test_build_repo_cli_production_variant(tiny_export, tmp_path, capsys):
+    from samrt.cli import main
+
+    export_dir = os.path.dirname(tiny_export.encoder_path)
+    assert main(["build-repo", "--export", export_dir, "--backend", "onnxruntime-native", "--device", "cuda",
+                 "--out", str(tmp_path / "native")]) == 0
+    assert os.path.isfile(tmp_path / "native" / "sam_prompt_decoder" / "1" / "model.onnx")
+    assert main(["build-repo", "--export", export_dir, "--backend", "tensorrt", "--precision", "fp16",
+                 "--out", str(tmp_path / "trt")]) == 2
+    assert "build it first with `samrt build-engine" in capsys.readouterr().err

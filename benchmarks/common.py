@@ -1,0 +1,93 @@
+"""What every benchmark row carries: the machine, the library versions, the timed region, and
+latency statistics (medians and percentiles over repeats, warm-up reported apart)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import time
+from typing import Callable, Dict, Iterable, List, Optional
+
+import numpy as np
+
+__all__ = ["machine_info", "latency_stats", "time_calls", "write_rows", "BUDGET_MS"]
+
+BUDGET_MS = 50.0  # SAM's "amortized real time" per click
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu() -> Optional[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def machine_info() -> Dict[str, object]:
+    versions = {}
+    for mod in ("numpy", "onnxruntime", "torch", "tritonclient"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            versions[mod] = None
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": mem, "gpu": _gpu(),
+            "python": platform.python_version(), "os": platform.platform(), **{f"{k}_version": v for k, v in versions.items()}}
+
+
+def latency_stats(ms: Iterable[float]) -> Dict[str, float]:
+    a = np.asarray(list(ms), dtype=np.float64)
+    return {"n": int(a.size), "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "min_ms": float(a.min())}
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Dict[str, float]:
+    """Warm-up calls (timed apart, reported as warmup_ms), then `repeats` timed calls."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    warm = (time.perf_counter() - t0) * 1e3
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return {**latency_stats(times), "warmup_ms": warm, "warmup_calls": warmup}
+
+
+def write_rows(rows: List[dict], out_dir: str, name: str) -> Dict[str, str]:
+    """rows -> <out>/<name>.json (with the machine) and <out>/<name>.csv (flat)."""
+    os.makedirs(out_dir, exist_ok=True)
+    machine = machine_info()
+    rows = [{**r, "machine": machine} for r in rows]
+    jpath, cpath = os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.csv")
+    with open(jpath, "w") as f:
+        json.dump({"machine": machine, "rows": rows}, f, indent=2, default=str)
+    flat = [{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items() if k != "machine"}
+            | {"cpu": machine["cpu"], "cores": machine["cores"], "gpu": machine["gpu"]} for r in rows]
+    keys = sorted({k for r in flat for k in r})
+    with open(cpath, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(flat)
+    return {"json": jpath, "csv": cpath}

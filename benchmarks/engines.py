@@ -1,0 +1,104 @@
+"""Engine-level latency, in one run so ratios hold on a noisy machine.
+
+Timed regions: the encoder on one preprocessed image (no preprocessing); the decoder for P
+prompts of N points each on one cached embedding (no postprocessing). PyTorch eager fp32 is the
+reference; every ONNX Runtime engine samrt can build on this machine is measured beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from .common import time_calls
+
+__all__ = ["bench_engines"]
+
+
+def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, build_dir: str = "build/bench",
+                  quick: bool = False, prompts: Sequence[int] = (1, 4, 16, 64, 256), points: Sequence[int] = (1, 4),
+                  precisions: Sequence[str] = ("fp32", "int8", "fp16")) -> List[dict]:
+    import torch
+
+    from samrt import processing as P
+    from samrt.demo import ensure_export
+    from samrt.engines import OnnxRuntimeRunner
+    from samrt.engines.build import build_engine, engine_path
+    from samrt.engines.predictor import decode
+    from samrt.evaluation import eval_scenes
+    from samrt.export import load_sam, random_sam
+    from samrt.export.wrappers import SamDecoderOnnx
+    from samrt.spec import get_config
+
+    repeats = 2 if quick else 5
+    if quick:
+        prompts, points = (1, 16), (1,)
+    export_dir = os.path.join(build_dir, model_type if not checkpoint else "checkpoint")
+    report = ensure_export(export_dir, model_type if not checkpoint else "auto", checkpoint)
+    if checkpoint:
+        sam, cfg = load_sam(checkpoint)
+    else:
+        cfg = get_config(model_type)
+        sam = random_sam(cfg, seed=0)
+    name = report["name"]
+    encoder_onnx = os.path.join(export_dir, report["encoder"]["path"])
+    image = eval_scenes(1)[0].image
+    x, _ = P.preprocess_image(image, cfg.image_size)
+    base = {"bench": "engines", "model": name, "random_init": report["random_init"], "image_size": cfg.image_size,
+            "torch_threads": torch.get_num_threads()}
+    rows = []
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        rows.append({**base, "stage": "encoder", "backend": "pytorch-eager", "precision": "fp32",
+                     "timed": "image_encoder on one preprocessed image", **time_calls(lambda: sam.image_encoder(xt), repeats)})
+    engines = {"fp32": encoder_onnx}
+    for precision in precisions:
+        if precision == "fp32" and quick:
+            continue
+        path = engine_path(encoder_onnx, export_dir, "onnxruntime", precision)
+        if not os.path.isfile(path + ".report.json"):
+            try:
+                build_engine(encoder_onnx, export_dir, "onnxruntime", precision, min_mean_iou=0.0,
+                             eval_images=2 if quick else 8, speed_repeats=1)
+            except Exception as e:  # report what could not be built, measure the rest
+                rows.append({**base, "stage": "encoder", "backend": "onnxruntime", "precision": precision,
+                             "error": f"{type(e).__name__}: {e}"})
+                continue
+        engines[f"{precision}-engine" if precision == "fp32" else precision] = path
+    for label, path in engines.items():
+        runner = OnnxRuntimeRunner(path)
+        acc = None
+        if os.path.isfile(path + ".report.json"):
+            with open(path + ".report.json") as f:
+                acc = json.load(f)["accuracy"]
+        precision = label.replace("-engine", "")
+        rows.append({**base, "stage": "encoder", "backend": "onnxruntime" + ("-opt" if label == "fp32-engine" else ""),
+                     "precision": precision, "engine": os.path.basename(path), "accuracy_vs_fp32": acc,
+                     "timed": "encoder session.run on one preprocessed image",
+                     **time_calls(lambda: runner.run({"image": x}), repeats)})
+
+    # Decoder against prompt count and point count.
+    decoder = OnnxRuntimeRunner(os.path.join(export_dir, report["decoder"]["path"]))
+    emb = OnnxRuntimeRunner(encoder_onnx).run({"image": x})["image_embeddings"]
+    torch_decoder = SamDecoderOnnx(sam).eval()
+    rng = np.random.default_rng(0)
+    for n in points:
+        for p in prompts:
+            coords = rng.uniform(0, cfg.image_size, (p, n + 1, 2)).astype(np.float32)
+            labels = np.concatenate([np.ones((p, n)), -np.ones((p, 1))], 1).astype(np.float32)
+            common = {**base, "stage": "decoder", "num_prompts": p, "num_points": n, "precision": "fp32"}
+            r = max(2, repeats if p <= 64 else 2)
+            stats = time_calls(lambda: decode(decoder, emb, coords, labels, None, cfg.low_res_size), r)
+            rows.append({**common, "backend": "onnxruntime", "timed": "decoder run for P prompts (one embedding)",
+                         "ms_per_prompt": stats["p50_ms"] / p, **stats})
+            with torch.no_grad():
+                te = torch.from_numpy(emb).expand(p, -1, -1, -1)
+                tc, tl = torch.from_numpy(coords), torch.from_numpy(labels)
+                tm, th = torch.zeros(p, 1, cfg.low_res_size, cfg.low_res_size), torch.zeros(p)
+                stats = time_calls(lambda: torch_decoder(te, tc, tl, tm, th), r)
+            rows.append({**common, "backend": "pytorch-eager", "timed": "prompt encoder + mask decoder for P prompts",
+                         "ms_per_prompt": stats["p50_ms"] / p, **stats})
+    return rows

@@ -1,0 +1,130 @@
+"""Serving-level latency: interactive sessions against a samrt server.
+
+A session is one encode plus K clicks (each click waits for its mask before the next). Per
+configuration (protocol, shared memory, dynamic batching, concurrency): click-to-mask
+p50/p90/p99, throughput, and amortized ms per click = (encode + K clicks) / K, with the verdict
+against the 50 ms budget. The reference is SamPredictor in one process doing the same work.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .common import BUDGET_MS, latency_stats
+
+__all__ = ["run_sessions", "bench_serve", "reference_sessions"]
+
+
+def run_sessions(url: str, protocol: str, concurrency: int, clicks: int, images: Sequence[np.ndarray],
+                 shared_memory: bool = False) -> Dict[str, object]:
+    """`concurrency` clients, each one session on its own image; returns latencies and throughput."""
+    from samrt.client import SamClient
+
+    encode_ms: List[float] = []
+    click_ms: List[float] = []
+    errors: List[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(concurrency)
+    rng = np.random.default_rng(concurrency)
+    plans = [rng.uniform(0.1, 0.9, (clicks, 2)) for _ in range(concurrency)]
+
+    def client(k: int) -> None:
+        image = images[k % len(images)]
+        h, w = image.shape[:2]
+        try:
+            with SamClient(url, protocol, shared_memory=shared_memory) as c:
+                barrier.wait()
+                t0 = time.perf_counter()
+                enc = c.encode(image)
+                t1 = time.perf_counter()
+                mine = []
+                for x, y in plans[k]:
+                    t = time.perf_counter()
+                    c.decode(enc.image_id, [[x * w, y * h]], [1], outputs=["masks", "iou_predictions"])
+                    mine.append((time.perf_counter() - t) * 1e3)
+            with lock:
+                encode_ms.append((t1 - t0) * 1e3)
+                click_ms.extend(mine)
+        except Exception as e:  # a failed client is reported, not hidden
+            with lock:
+                errors.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"encode_ms": encode_ms, "click_ms": click_ms, "wall_s": wall, "errors": errors}
+
+
+def _summary(res: Dict[str, object], clicks: int, concurrency: int) -> dict:
+    click = latency_stats(res["click_ms"]) if res["click_ms"] else {}
+    enc = float(np.mean(res["encode_ms"])) if res["encode_ms"] else None
+    amortized = (enc + float(np.sum(res["click_ms"])) / max(concurrency, 1)) / clicks if enc is not None else None
+    return {
+        "clicks_per_session": clicks,
+        "click_to_mask": click,
+        "encode_mean_ms": enc,
+        "amortized_ms_per_click": amortized,
+        "throughput_clicks_per_s": len(res["click_ms"]) / res["wall_s"] if res["wall_s"] else None,
+        "errors": res["errors"][:3],
+        "budget_ms": BUDGET_MS,
+        "budget_met_p50": bool(click and click["p50_ms"] <= BUDGET_MS),
+        "budget_met_amortized": bool(amortized is not None and amortized <= BUDGET_MS),
+    }
+
+
+def reference_sessions(sam, images: Sequence[np.ndarray], clicks: int) -> dict:
+    """SamPredictor in one process: the same sessions, one after another."""
+    import torch
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(sam)
+    rng = np.random.default_rng(1)
+    enc, click = [], []
+    with torch.no_grad():
+        for image in images:
+            h, w = image.shape[:2]
+            t = time.perf_counter()
+            predictor.set_image(image)
+            enc.append((time.perf_counter() - t) * 1e3)
+            for x, y in rng.uniform(0.1, 0.9, (clicks, 2)):
+                t = time.perf_counter()
+                predictor.predict(np.array([[x * w, y * h]]), np.array([1]))
+                click.append((time.perf_counter() - t) * 1e3)
+    res = {"encode_ms": enc, "click_ms": click, "wall_s": sum(enc + click) / 1e3, "errors": []}
+    return _summary(res, clicks, 1)
+
+
+def bench_serve(repo_for: Dict[str, str], images: Sequence[np.ndarray], concurrency: Sequence[int] = (1, 2, 4, 8, 16, 32),
+                clicks: int = 20, protocols: Sequence[str] = ("grpc", "http"), shared_memory: bool = True,
+                base: Optional[dict] = None, url: Optional[str] = None) -> List[dict]:
+    """`repo_for`: {"on": repo with dynamic batching, "off": repo without} (servers started here),
+    or `url` of a running server (then only that configuration is measured)."""
+    from samrt.model_repository.server import TritonServer
+
+    rows = []
+    configs = [("external", None)] if url else list(repo_for.items())
+    for batching, repo in configs:
+        server = None if url else TritonServer(repo, work_dir=os.path.join(os.path.dirname(repo), f"work_{batching}")).start()
+        try:
+            variants = [(p, False) for p in protocols] + ([("grpc", True)] if shared_memory else [])
+            for protocol, shm in variants:
+                target = url or (server.grpc_url if protocol == "grpc" else server.http_url)
+                for c in concurrency:
+                    res = run_sessions(target, protocol, c, clicks, images, shm)
+                    rows.append({**(base or {}), "bench": "serve", "dynamic_batching": batching, "protocol": protocol,
+                                 "shared_memory": shm, "concurrency": c,
+                                 "timed": "client side: encode, then each click until its mask arrives",
+                                 **_summary(res, clicks, c)})
+        finally:
+            if server:
+                server.stop()
+    return rows
