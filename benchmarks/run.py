@@ -52,9 +52,13 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
     from .perf_analyzer import run_perf_analyzer, write_decode_input_data
     from .serve import bench_serve, reference_sessions
 
+    from .serve import DEFAULT_VARIANTS
+
+    variants = DEFAULT_VARIANTS
     if quick:
         concurrency, clicks = [c for c in concurrency if c <= 4][:2] or [1], min(clicks, 5)
-    images = _images(max(concurrency), 320 if quick else None)
+        variants = (("on", "grpc", False),)
+    images = _images(max(concurrency) * len(variants), 320 if quick else None)
     rows: List[dict] = []
     repos: Dict[str, str] = {}
     base = {"model": "external", "random_init": None}
@@ -70,8 +74,9 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
         rows.append({**base, "bench": "serve", "dynamic_batching": "n/a", "protocol": "in-process (SamPredictor)",
                      "shared_memory": False, "concurrency": 1, "timed": "SamPredictor.set_image, then predict per click",
                      **ref})
-    protocols = ("grpc",) if quick else ("grpc", "http")
-    rows += bench_serve(repos, images, concurrency, clicks, protocols, shared_memory=not quick, base=base, url=url)
+    if url:
+        variants = tuple(v for v in variants if v[0] == "on")  # one server as given: batching as it is
+    rows += bench_serve(repos, images, concurrency, clicks, variants, base=base, url=url)
     if not quick:  # Triton's own load generator, where its binary is installed
         from samrt.model_repository.server import TritonServer
 

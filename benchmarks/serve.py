@@ -103,25 +103,32 @@ def reference_sessions(sam, images: Sequence[np.ndarray], clicks: int) -> dict:
     return _summary(res, clicks, 1)
 
 
-def bench_serve(repo_for: Dict[str, str], images: Sequence[np.ndarray], concurrency: Sequence[int] = (1, 2, 4, 8, 16, 32),
-                clicks: int = 20, protocols: Sequence[str] = ("grpc", "http"), shared_memory: bool = True,
-                base: Optional[dict] = None, url: Optional[str] = None) -> List[dict]:
-    """`repo_for`: {"on": repo with dynamic batching, "off": repo without} (servers started here),
-    or `url` of a running server (then only that configuration is measured)."""
+DEFAULT_VARIANTS = (("on", "grpc", False), ("on", "http", False), ("on", "grpc", True), ("off", "grpc", False))
+
+
+def bench_serve(repo_for: Dict[str, str], images: Sequence[np.ndarray], concurrency: Sequence[int] = (1, 4, 16),
+                clicks: int = 10, variants: Sequence[tuple] = DEFAULT_VARIANTS, base: Optional[dict] = None,
+                url: Optional[str] = None) -> List[dict]:
+    """`variants`: (dynamic batching "on"/"off", protocol, shared memory). Servers for `repo_for`
+    {"on": repo, "off": repo} are started here; with `url` only that server is measured. Each
+    variant uses its own images, so every encode is a cache miss (a real encode)."""
     from samrt.model_repository.server import TritonServer
 
     rows = []
-    configs = [("external", None)] if url else list(repo_for.items())
-    for batching, repo in configs:
-        server = None if url else TritonServer(repo, work_dir=os.path.join(os.path.dirname(repo), f"work_{batching}")).start()
+    per_variant = max(concurrency)
+    for batching in (["external"] if url else sorted({v[0] for v in variants})):
+        server = None if url else TritonServer(repo_for[batching], work_dir=os.path.join(
+            os.path.dirname(repo_for[batching]), f"work_{batching}")).start()
         try:
-            variants = [(p, False) for p in protocols] + ([("grpc", True)] if shared_memory else [])
-            for protocol, shm in variants:
+            for i, (b, protocol, shm) in enumerate(variants):
+                if not url and b != batching:
+                    continue
                 target = url or (server.grpc_url if protocol == "grpc" else server.http_url)
+                imgs = [images[(i * per_variant + k) % len(images)] for k in range(per_variant)]
                 for c in concurrency:
-                    res = run_sessions(target, protocol, c, clicks, images, shm)
-                    rows.append({**(base or {}), "bench": "serve", "dynamic_batching": batching, "protocol": protocol,
-                                 "shared_memory": shm, "concurrency": c,
+                    res = run_sessions(target, protocol, c, clicks, imgs[:c], shm)
+                    rows.append({**(base or {}), "bench": "serve", "dynamic_batching": b if not url else "as served",
+                                 "protocol": protocol, "shared_memory": shm, "concurrency": c,
                                  "timed": "client side: encode, then each click until its mask arrives",
                                  **_summary(res, clicks, c)})
         finally:

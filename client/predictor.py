@@ -12,13 +12,14 @@ import numpy as np
 
 from samrt import processing as P
 from samrt.errors import InputError
+from samrt.predictor_api import SamPredictorAPI
 
 from ._client import ImageNotCachedError, SamClient
 
 __all__ = ["TritonSamPredictor"]
 
 
-class TritonSamPredictor:
+class TritonSamPredictor(SamPredictorAPI):
     def __init__(self, client: SamClient, keep_image: bool = True) -> None:
         """`keep_image`: hold the image so that an evicted embedding is re-encoded transparently."""
         self.client = client
@@ -30,11 +31,7 @@ class TritonSamPredictor:
 
     # -- image -----------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        if image_format not in ("RGB", "BGR"):
-            raise InputError(f"image_format: got {image_format!r}, expected 'RGB' or 'BGR'")
-        image = P.check_image(np.asarray(image))
-        if image_format == "BGR":
-            image = np.ascontiguousarray(image[..., ::-1])
+        image = self._rgb(image, image_format)
         self.reset_image()
         result = self.client.encode(image)
         self.image_id = result.image_id
@@ -53,10 +50,6 @@ class TritonSamPredictor:
     def get_image_embedding(self):
         raise NotImplementedError("the embedding stays on the server (sam_embedding_cache); use image_id")
 
-    def _require_image(self) -> None:
-        if not self.is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-
     def _decode(self, coords, labels, mask_input, multimask_output, outputs):
         try:
             return self.client.decode(self.image_id, coords, labels, mask_input, multimask_output, outputs)
@@ -66,30 +59,7 @@ class TritonSamPredictor:
             self.image_id = self.client.encode(self._image).image_id  # evicted: encode again, once
             return self.client.decode(self.image_id, coords, labels, mask_input, multimask_output, outputs)
 
-    # -- prompts ---------------------------------------------------------------------------
-    def predict(
-        self,
-        point_coords: Optional[np.ndarray] = None,
-        point_labels: Optional[np.ndarray] = None,
-        box: Optional[np.ndarray] = None,
-        mask_input: Optional[np.ndarray] = None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """masks CxHxW (bool, or float32 logits), scores C, low-res logits Cx256x256."""
-        self._require_image()
-        if point_coords is not None:
-            point_coords = np.asarray(point_coords)[None]
-            point_labels = None if point_labels is None else np.asarray(point_labels)[None]
-        if box is not None:
-            box = np.asarray(box, dtype=np.float64)
-            if box.size != 4:
-                raise InputError(f"box: got shape {box.shape}, expected 4 values XYXY")
-            box = box.reshape(1, 4)
-        mask = None if mask_input is None else np.asarray(mask_input, dtype=np.float32)[None]
-        masks, scores, low = self.predict_batch(point_coords, point_labels, box, mask, multimask_output, return_logits)
-        return masks[0], scores[0], low[0]
-
+    # -- prompts: predict() comes from SamPredictorAPI -------------------------------------
     def predict_batch(
         self,
         point_coords: Optional[np.ndarray] = None,

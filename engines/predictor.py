@@ -12,6 +12,7 @@ import numpy as np
 
 from samrt import processing as P
 from samrt.errors import InputError
+from samrt.predictor_api import SamPredictorAPI
 
 from .runner import OnnxRuntimeRunner, Runner
 
@@ -48,7 +49,7 @@ def decode(
     return out["low_res_masks"], out["iou_predictions"]
 
 
-class OnnxSamPredictor:
+class OnnxSamPredictor(SamPredictorAPI):
     """`set_image` once, then `predict` per prompt, as segment_anything.SamPredictor."""
 
     def __init__(self, encoder: Runner, decoder: Runner) -> None:
@@ -69,11 +70,7 @@ class OnnxSamPredictor:
         self.input_size: Optional[Tuple[int, int]] = None
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        if image_format not in ("RGB", "BGR"):
-            raise InputError(f"image_format: got {image_format!r}, expected 'RGB' or 'BGR'")
-        image = P.check_image(image)
-        if image_format == "BGR":
-            image = np.ascontiguousarray(image[..., ::-1])
+        image = self._rgb(image, image_format)
         x, input_size = P.preprocess_image(image, self.image_size)
         self.reset_image()
         self.features = self.encoder.run({"image": x})["image_embeddings"]
@@ -85,29 +82,6 @@ class OnnxSamPredictor:
         self._require_image()
         return self.features
 
-    def _require_image(self) -> None:
-        if not self.is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-
-    def predict(
-        self,
-        point_coords: Optional[np.ndarray] = None,
-        point_labels: Optional[np.ndarray] = None,
-        box: Optional[np.ndarray] = None,
-        mask_input: Optional[np.ndarray] = None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Returns masks CxHxW (bool, or float logits), scores C, low-res logits Cx256x256."""
-        self._require_image()
-        coords, labels = P.build_prompt(point_coords, point_labels, box, self.original_size, self.image_size)
-        mask = None if mask_input is None else np.asarray(mask_input, dtype=np.float32)[None]
-        masks, scores, low_res = self.predict_batch(
-            coords[None], labels[None], mask_input=mask, multimask_output=multimask_output,
-            return_logits=return_logits, transformed=True,
-        )
-        return masks[0], scores[0], low_res[0]
-
     def predict_batch(
         self,
         point_coords: Optional[np.ndarray] = None,
@@ -116,19 +90,15 @@ class OnnxSamPredictor:
         mask_input: Optional[np.ndarray] = None,
         multimask_output: bool = True,
         return_logits: bool = False,
-        transformed: bool = False,
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """B prompts in one decoder call (mirrors SamPredictor.predict_torch, in numpy).
 
-        Unlike predict_torch, coordinates are in original-image pixels unless `transformed`
-        (then `point_coords`/`point_labels` are already decoder inputs and `boxes` is unused).
+        Unlike predict_torch, coordinates are in original-image pixels: `point_coords` BxNx2,
+        `point_labels` BxN, `boxes` Bx4 XYXY, `mask_input` Bx1x256x256.
         Returns masks BxCxHxW, scores BxC, low-res logits BxCx256x256.
         """
         self._require_image()
-        if transformed:
-            coords, labels = point_coords, point_labels
-        else:
-            coords, labels = P.build_prompts(point_coords, point_labels, boxes, self.original_size, self.image_size)
+        coords, labels = P.build_prompts(point_coords, point_labels, boxes, self.original_size, self.image_size)
         low_res, iou = decode(self.decoder, self.features, coords, labels, mask_input, self.low_res_size)
         low_res, iou = P.select_masks(low_res, iou, multimask_output)
         masks = P.upscale_masks(low_res, self.input_size, self.original_size, self.image_size)

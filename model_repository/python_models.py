@@ -96,6 +96,17 @@ def _ort_threads() -> int:
     return int(os.environ.get("SAMRT_ORT_THREADS", "0")) or (os.cpu_count() or 1)
 
 
+def _image_from_request(request, max_pixels: int, model: str) -> np.ndarray:
+    """`image` (UINT8 HxWx3) or `image_bytes` (an encoded image), checked against the pixel limit."""
+    image, data = _input(request, "image"), _input(request, "image_bytes")
+    if (image is None) == (data is None):
+        raise InputError(f"{model}: got " + ("both image and image_bytes" if image is not None else
+                         "neither image nor image_bytes") + ", expected exactly one of them")
+    if image is None:
+        image = logic.decode_image_bytes(bytes(np.asarray(data).reshape(-1)[0]), max_pixels)
+    return P.check_image(image, max_pixels)
+
+
 def _ids(arr: np.ndarray) -> str:
     v = np.asarray(arr).reshape(-1)[0]
     return v.decode() if isinstance(v, bytes) else str(v)
@@ -171,13 +182,7 @@ class EncodeModel:
 
     def _one(self, request):
         try:
-            image, data = _input(request, "image"), _input(request, "image_bytes")
-            if (image is None) == (data is None):
-                raise InputError("sam_encode: got " + ("both image and image_bytes" if image is not None else
-                                 "neither image nor image_bytes") + ", expected exactly one of them")
-            if image is None:
-                image = logic.decode_image_bytes(bytes(np.asarray(data).reshape(-1)[0]), self.max_pixels)
-            image = P.check_image(image, self.max_pixels)
+            image = _image_from_request(request, self.max_pixels, "sam_encode")
             image_id = logic.image_id_of(image)
             size = np.asarray(image.shape[:2], dtype=np.int32)
             if not _bls("sam_embedding_cache", {"image_id": np.array([image_id.encode()], dtype=object)}, ["found"])["found"][0]:
@@ -309,12 +314,7 @@ class AmgModel:
         from samrt import amg
 
         try:
-            image, data = _input(request, "image"), _input(request, "image_bytes")
-            if (image is None) == (data is None):
-                raise InputError("sam_amg: expected exactly one of image or image_bytes")
-            if image is None:
-                image = logic.decode_image_bytes(bytes(np.asarray(data).reshape(-1)[0]), self.max_pixels)
-            image = P.check_image(image, self.max_pixels)
+            image = _image_from_request(request, self.max_pixels, "sam_amg")
             raw = _input(request, "options")
             fields = json.loads(bytes(raw.reshape(-1)[0]).decode()) if raw is not None else {}
             known = set(amg.AmgOptions.__dataclass_fields__)

@@ -203,6 +203,45 @@ def cmd_amg(args) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="point/box mIoU on the held-out generated scenes (the paper's figures)")
+    p.add_argument("--checkpoint", help="SAM checkpoint (default: the embedded samrt_small model)")
+    p.add_argument("--onnx-dir", help="evaluate an export folder through ONNX Runtime instead of PyTorch")
+    p.add_argument("--scenes", type=int, default=60)
+    p.add_argument("--out", help="JSON file for the figures")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from samrt.evaluation import eval_scenes, evaluate
+
+    if args.onnx_dir:
+        from samrt.engines import OnnxSamPredictor
+
+        with open(os.path.join(args.onnx_dir, "export_report.json")) as f:
+            rep = json.load(f)
+        predictor = OnnxSamPredictor.from_onnx(os.path.join(args.onnx_dir, rep["encoder"]["path"]),
+                                               os.path.join(args.onnx_dir, rep["decoder"]["path"]))
+        source = args.onnx_dir
+    else:
+        from segment_anything import SamPredictor
+
+        from samrt.export import load_sam
+        from samrt.model_repository.launch import default_checkpoint
+
+        source = args.checkpoint or default_checkpoint()
+        if source is None:
+            raise SamrtError("no --checkpoint and no embedded model in this install")
+        predictor = SamPredictor(load_sam(source)[0])
+    result = {"source": source, **evaluate(predictor, eval_scenes(args.scenes), progress=True)}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
 def _add_build_engine(sub) -> None:
     p = sub.add_parser("build-engine", help="an optimized encoder engine with its accuracy report and gate")
     p.add_argument("--onnx", required=True, help="an export's *.encoder.onnx")
@@ -253,8 +292,8 @@ def _add_bench(sub) -> None:
             k.add_argument("--url", help="a running server's gRPC endpoint (default: start servers here)"
                            if kind == "serve" else "a running server's gRPC endpoint", required=kind == "amg")
         if kind == "serve":
-            k.add_argument("--concurrency", default="1,2,4,8,16,32")
-            k.add_argument("--clicks", type=int, default=20)
+            k.add_argument("--concurrency", default="1,4,16")
+            k.add_argument("--clicks", type=int, default=10)
         if kind == "amg":
             k.add_argument("--images", help="folder of images (default: generated scenes)")
             k.add_argument("--points-per-side", type=int, default=32)
@@ -289,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_amg(sub)
     _add_build_engine(sub)
     _add_bench(sub)
+    _add_eval(sub)
     return parser
 
 

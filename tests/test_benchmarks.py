@@ -49,7 +49,7 @@ def test_serve_and_amg_quick(tmp_path, server):
     paths = run_serve(str(tmp_path / "out"), "tiny", None, quick=True, build_dir=str(tmp_path / "b"),
                       url=server.grpc_url, concurrency=[1, 2], clicks=3)
     rows = json.load(open(paths["json"]))["rows"]
-    assert [r["concurrency"] for r in rows] == [1, 2]
+    assert [r["concurrency"] for r in rows] == [1, 2] and all(r["dynamic_batching"] == "as served" for r in rows)
     for r in rows:
         assert not r["errors"]
         _check_stats(r["click_to_mask"])

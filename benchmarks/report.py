@@ -1,0 +1,74 @@
+"""Markdown tables from benchmark results (what the README shows): `python -m samrt.benchmarks.report DIR`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import List
+
+
+def _load(path: str) -> List[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["rows"]
+
+
+def engines_table(rows: List[dict]) -> str:
+    enc = [r for r in rows if r.get("stage") == "encoder" and "p50_ms" in r]
+    if not enc:
+        return ""
+    ref = next((r["p50_ms"] for r in enc if r["backend"] == "pytorch-eager"), None)
+    out = [f"Encoder, {enc[0]['model']} ({'random init' if enc[0]['random_init'] else 'trained'}), one image, "
+           f"{enc[0]['machine']['cpu']} × {enc[0]['machine']['cores']} cores:", "",
+           "| backend | precision | p50 ms | p90 ms | vs PyTorch | mean mask IoU vs fp32 |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in enc:
+        acc = (r.get("accuracy_vs_fp32") or {}).get("mean_mask_iou")
+        out.append(f"| {r['backend']} | {r['precision']} | {r['p50_ms']:.0f} | {r['p90_ms']:.0f} | "
+                   f"{ref / r['p50_ms']:.2f}× | {'' if acc is None else f'{acc:.4f}'} |")
+    dec = [r for r in rows if r.get("stage") == "decoder" and r.get("num_points") == 1]
+    if dec:
+        out += ["", "Decoder, P prompts of one click on one embedding:", "",
+                "| P | ONNX Runtime p50 ms | ms per prompt | PyTorch eager p50 ms |", "| --- | --- | --- | --- |"]
+        for p in sorted({r["num_prompts"] for r in dec}):
+            o = next(r for r in dec if r["num_prompts"] == p and r["backend"] == "onnxruntime")
+            t = next(r for r in dec if r["num_prompts"] == p and r["backend"] == "pytorch-eager")
+            out.append(f"| {p} | {o['p50_ms']:.1f} | {o['ms_per_prompt']:.1f} | {t['p50_ms']:.1f} |")
+    return "\n".join(out)
+
+
+def serve_table(rows: List[dict]) -> str:
+    srv = [r for r in rows if r.get("bench") == "serve" and r.get("click_to_mask")]
+    if not srv:
+        return ""
+    out = [f"Interactive sessions ({srv[0]['model']}): encode + {srv[0]['clicks_per_session']} clicks per client; "
+           "click-to-mask measured at the client:", "",
+           "| batching | protocol | shm | clients | click p50 ms | p90 | p99 | clicks/s | amortized ms/click | 50 ms budget (p50 / amortized) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in srv:
+        c = r["click_to_mask"]
+        verdict = f"{'met' if r['budget_met_p50'] else 'missed'} / {'met' if r['budget_met_amortized'] else 'missed'}"
+        out.append(f"| {r['dynamic_batching']} | {r['protocol']} | {'yes' if r['shared_memory'] else 'no'} | "
+                   f"{r['concurrency']} | {c['p50_ms']:.0f} | {c['p90_ms']:.0f} | {c['p99_ms']:.0f} | "
+                   f"{r['throughput_clicks_per_s']:.1f} | {r['amortized_ms_per_click']:.0f} | {verdict} |")
+    return "\n".join(out)
+
+
+def amg_table(rows: List[dict]) -> str:
+    if not rows:
+        return ""
+    r = rows[0]
+    return (f"Automatic masks through `sam_amg` ({r['points_per_side']}² points): {r['images_per_s']:.3f} images/s "
+            f"(p50 {r['p50_ms'] / 1e3:.1f} s per image), {r['masks_per_image']:.1f} masks per image over {r['images']} images.")
+
+
+def main(folder: str) -> None:
+    for name, fn in (("engines", engines_table), ("serve", serve_table), ("amg", amg_table)):
+        text = fn(_load(os.path.join(folder, f"{name}.json")))
+        if text:
+            print(text + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
