@@ -113,6 +113,9 @@ def decode_image_bytes(data: bytes, max_pixels: Optional[int] = None) -> np.ndar
             if max_pixels is not None and w * h > max_pixels:
                 raise InputError(f"image_bytes: got {h}x{w} = {h * w} pixels, expected at most {max_pixels}")
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:
+        raise InputError(f"image_bytes: got an image larger than the decoder accepts ({e}); "
+                         f"expected at most {max_pixels} pixels") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, InputError):
             raise

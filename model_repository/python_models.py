@@ -49,6 +49,12 @@ def _error(message: str):
     return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message))
 
 
+def _unexpected(model: str, e: Exception):
+    """An error nobody planned for still answers its own request only, and is logged."""
+    log.exception("%s: unexpected error", model)
+    return _error(f"{model}: internal error ({type(e).__name__}: {e}); the server goes on")
+
+
 def _response(outputs: Dict[str, np.ndarray]):
     pb = _pb()
     return pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in outputs.items()])
@@ -141,6 +147,8 @@ class CacheModel:
                 }))
             except (InputError, ValueError) as e:
                 responses.append(_error(str(e)))
+            except Exception as e:  # one response per request, whatever happens
+                responses.append(_unexpected("sam_embedding_cache", e))
         return responses
 
 
@@ -193,6 +201,8 @@ class EncodeModel:
             return _response({"image_id": np.array([image_id.encode()], dtype=object), "original_size": size})
         except (InputError, _BlsError) as e:
             return _error(str(e))
+        except Exception as e:
+            return _unexpected("sam_encode", e)
 
 
 class DecodeModel:
@@ -224,6 +234,8 @@ class DecodeModel:
                 )
             except (InputError, _BlsError) as e:
                 responses[i] = _error(str(e))
+            except Exception as e:
+                responses[i] = _unexpected("sam_decode", e)
         by_points = defaultdict(list)
         for i, req in parsed.items():
             by_points[req.point_coords.shape[1]].append(i)
@@ -275,12 +287,14 @@ class SegmentModel:
             try:
                 enc_in = {k: v for k in ("image", "image_bytes") if (v := _input(request, k)) is not None}
                 image_id = _bls("sam_encode", enc_in, ["image_id"])["image_id"]
-                coords = _input(request, "point_coords")
-                if coords is None or coords.ndim != 2:
-                    raise InputError(f"point_coords: got {None if coords is None else list(coords.shape)}, expected [N,2]")
+                coords, labels = _input(request, "point_coords"), _input(request, "point_labels")
+                if coords is None or coords.ndim != 2 or labels is None:
+                    raise InputError("sam_segment: expected point_coords [N,2] and point_labels [N], got "
+                                     f"{None if coords is None else list(coords.shape)} and "
+                                     f"{None if labels is None else list(labels.shape)}")
                 dec_in = {"image_id": np.array([image_id.reshape(-1)[0]], dtype=object).reshape(1, 1),
                           "point_coords": coords[None].astype(np.float32),
-                          "point_labels": _input(request, "point_labels")[None]}
+                          "point_labels": labels[None]}
                 for opt in ("mask_input", "multimask_output"):
                     v = _input(request, opt)
                     if v is not None:
@@ -290,6 +304,8 @@ class SegmentModel:
                 responses.append(_response({k: v[0] for k, v in out.items()}))
             except (InputError, _BlsError) as e:
                 responses.append(_error(str(e)))
+            except Exception as e:
+                responses.append(_unexpected("sam_segment", e))
         return responses
 
 
@@ -325,6 +341,8 @@ class AmgModel:
             return _response({"records": np.array([json.dumps(records).encode()], dtype=object)})
         except (InputError, _BlsError, TypeError, ValueError) as e:
             return _error(str(e))
+        except Exception as e:
+            return _unexpected("sam_amg", e)
 
     def _set_crop(self, crop: np.ndarray):
         from samrt.engines.predictor import decode

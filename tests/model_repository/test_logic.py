@@ -1,0 +1,82 @@
+"""Server-side logic without Triton: the LRU cache, request parsing, RLE."""
+
+import json
+
+import numpy as np
+import pytest
+
+from samrt.errors import InputError
+from samrt.model_repository import logic
+
+
+def _entry(n=10):
+    return logic.CacheEntry(np.zeros(n, np.float32), (4, 5))
+
+
+def test_cache_is_lru_and_bounded_in_bytes():
+    cache = logic.EmbeddingCache(max_bytes=100)  # 2 entries of 40 bytes fit, 3 do not
+    cache.put("a", _entry())
+    cache.put("b", _entry())
+    cache.get("a")  # a is now the most recent
+    cache.put("c", _entry())
+    assert "b" not in cache and "a" in cache and "c" in cache
+    assert cache.nbytes == 80 and cache.stats()["evictions"] == 1
+    with pytest.raises(logic.UnknownImageError, match="'b': not in the embedding cache"):
+        cache.get("b")
+    cache.put("a", _entry(5))  # replacing an entry updates the byte count
+    assert cache.nbytes == 60
+    with pytest.raises(ValueError, match="larger than the cache"):
+        cache.put("big", _entry(100))
+
+
+def _parse(coords, labels, **kw):
+    return logic.parse_decode_request(np.array([[b"id"]] * len(coords), dtype=object), np.asarray(coords, np.float32),
+                                      np.asarray(labels, np.int32), kw.get("mask"), kw.get("multi"), (512, 1024), 1024, 256)
+
+
+def test_padding_point_is_added_as_sam_predictor_does():
+    r = _parse([[[10, 20]]], [[1]])
+    np.testing.assert_array_equal(r.point_labels, [[1, -1]])
+    np.testing.assert_allclose(r.point_coords, [[[10, 20], [0, 0]]])  # 1024 frame: scale 1 here
+    r = _parse([[[10, 20], [1, 1], [9, 9]]], [[0, 2, 3]])  # a box: no padding
+    np.testing.assert_array_equal(r.point_labels, [[0, 2, 3]])
+    r = _parse([[[10, 20], [0, 0]]], [[1, -1]])  # explicit padding: used as given
+    assert r.point_labels.shape == (1, 2)
+    assert r.input_size == (512, 1024) and r.multimask_output is True
+
+
+def test_request_errors():
+    with pytest.raises(InputError, match="different ids in one request"):
+        logic.parse_decode_request(np.array([[b"a"], [b"b"]], dtype=object), np.zeros((2, 1, 2), np.float32),
+                                   np.ones((2, 1), np.int32), None, None, (10, 10), 1024, 256)
+    with pytest.raises(InputError, match=r"mask_input: got shape \[1, 1, 64, 64\], expected \[1, 1, 256, 256\]"):
+        _parse([[[1, 1]]], [[1]], mask=np.zeros((1, 1, 64, 64), np.float32))
+    with pytest.raises(InputError, match="multimask_output: got different values"):
+        _parse([[[1, 1]], [[2, 2]]], [[1], [1]], multi=np.array([[True], [False]]))
+
+
+def test_masks_to_rle_roundtrip():
+    from pycocotools import mask as mask_utils
+
+    masks = np.random.default_rng(0).uniform(size=(2, 3, 7, 9)) > 0.5
+    rles = logic.masks_to_rle(masks)
+    assert rles.shape == (2, 3)
+    for idx in np.ndindex(2, 3):
+        r = json.loads(rles[idx])
+        back = mask_utils.decode({"size": r["size"], "counts": r["counts"].encode()})
+        np.testing.assert_array_equal(back.astype(bool), masks[idx])
+
+
+def test_image_bytes_errors():
+    with pytest.raises(InputError, match="got 3 bytes that no image decoder reads"):
+        logic.decode_image_bytes(b"abc")
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20)).save(buf, format="PNG")
+    with pytest.raises(InputError, match="got 20x30 = 600 pixels, expected at most 100"):
+        logic.decode_image_bytes(buf.getvalue(), max_pixels=100)
+    assert logic.decode_image_bytes(buf.getvalue()).shape == (20, 30, 3)
+    assert logic.image_id_of(np.zeros((2, 2, 3), np.uint8)) != logic.image_id_of(np.zeros((2, 3, 3), np.uint8))
