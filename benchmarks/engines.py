@@ -36,7 +36,7 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
     repeats = 2 if quick else 5
     if quick:
         prompts, points = (1, 16), (1,)
-    export_dir = os.path.join(build_dir, model_type if not checkpoint else "checkpoint")
+    export_dir = os.path.join(build_dir, "export_" + (model_type if not checkpoint else "checkpoint"))
     report = ensure_export(export_dir, model_type if not checkpoint else "auto", checkpoint)
     if checkpoint:
         sam, cfg = load_sam(checkpoint)

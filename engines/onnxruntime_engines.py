@@ -66,6 +66,17 @@ def fp16_onnx_from_onnx(src: str, dst: str, keep_fp32_ops: Sequence[str] = FP32_
     return dst
 
 
+def weight_nodes(model_path: str, ops: Iterable[str] = ("MatMul", "Conv", "Gemm")) -> List[str]:
+    """Names of the linear layers: the given op types with a weight initializer among their inputs.
+    Activation-by-activation products (attention scores, attention times values) are left out."""
+    import onnx
+
+    graph = onnx.load(model_path, load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    ops = set(ops)
+    return [n.name for n in graph.node if n.op_type in ops and any(i in weights for i in n.input)]
+
+
 def sensitive_nodes(model_path: str, ops: Iterable[str] = ("LayerNormalization", "Softmax"),
                     name_parts: Iterable[str] = ("neck",)) -> List[str]:
     """Node names to keep in float: the given op types and every node of the encoder's neck."""
@@ -96,8 +107,9 @@ class ImageCalibrationReader:
 
 def int8_onnx_from_onnx(src: str, dst: str, calibration_images: Sequence[np.ndarray], image_size: int,
                         exclude: Optional[Sequence[str]] = None, per_channel: bool = True) -> str:
-    """INT8 static quantisation in QDQ form (weights int8 per channel, activations uint8),
-    calibrated on `calibration_images`; LayerNorm, Softmax and the neck stay in float."""
+    """INT8 static quantisation in QDQ form (weights int8 per channel, activations uint8) of the
+    linear layers, calibrated on `calibration_images`; LayerNorm, Softmax, the attention products
+    and the neck stay in float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -110,15 +122,20 @@ def int8_onnx_from_onnx(src: str, dst: str, calibration_images: Sequence[np.ndar
         pass
 
     try:
+        excluded = set(exclude if exclude is not None else sensitive_nodes(pre))
         quantize_static(
             pre, dst, Reader(calibration_images, image_size),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul", "Conv", "Gemm"],
+            # Linear layers only: the attention products stay in float (more accurate, and their
+            # 4096x4096 score maps would make calibration need tens of GB for vit_b).
+            nodes_to_quantize=[n for n in weight_nodes(pre) if n not in excluded],
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(exclude if exclude is not None else sensitive_nodes(pre)),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            nodes_to_exclude=sorted(excluded),
+            # Merge the calibration ranges after every image instead of keeping all outputs.
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": 1},
         )
     finally:
         if os.path.exists(pre):

@@ -215,8 +215,12 @@ def _lr(step: int, opts: TrainOptions) -> float:
     return opts.lr * 0.5 * (1 + np.cos(np.pi * min(1.0, frac)))
 
 
-def train(out_path: str, opts: TrainOptions, cfg: SamConfig = SMALL_CONFIG, state_path: Optional[str] = None) -> dict:
-    """Train (or resume) and write the official-format state dict to `out_path`."""
+def train(out_path: str, opts: TrainOptions, cfg: SamConfig = SMALL_CONFIG, state_path: Optional[str] = None,
+          init: Optional[str] = None) -> dict:
+    """Train (or resume) and write the official-format state dict to `out_path`.
+
+    `init`: start from these weights (an official-format state dict, e.g. an earlier run's
+    checkpoint) with a fresh optimizer and schedule; ignored when a state file resumes the run."""
     from tqdm import tqdm
 
     if opts.threads:
@@ -233,6 +237,9 @@ def train(out_path: str, opts: TrainOptions, cfg: SamConfig = SMALL_CONFIG, stat
         optim.load_state_dict(state["optimizer"])
         step, elapsed, history = state["step"], state["elapsed_s"], state["history"]
         log.warning("resuming from %s at step %d", state_path, step)
+    elif init:
+        sam.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+        log.warning("starting from the weights in %s", init)
     started = time.perf_counter() - elapsed
     bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True)
 

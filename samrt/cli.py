@@ -82,14 +82,17 @@ def _add_train(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop resumably after this long")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--init", help="start from these weights (e.g. export/checkpoints/samrt_small.step2400.pth)")
+    p.add_argument("--curriculum-steps", type=int, default=800, help="steps of large objects first (0: none)")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args) -> int:
     from samrt.export.train import TrainOptions, train
 
-    opts = TrainOptions(steps=args.steps, threads=args.threads, max_minutes=args.max_minutes, seed=args.seed)
-    print(json.dumps(train(args.out, opts), indent=2))
+    opts = TrainOptions(steps=args.steps, threads=args.threads, max_minutes=args.max_minutes, seed=args.seed,
+                        curriculum_steps=args.curriculum_steps)
+    print(json.dumps(train(args.out, opts, init=args.init), indent=2))
     return 0
 
 
