@@ -21,7 +21,8 @@ def plot_all(rows: List[dict], out_dir: str) -> List[str]:
         labels = [f"{r['backend']}\n{r['precision']}" for r in enc]
         ax.bar(labels, [r["p50_ms"] for r in enc], color="#4C72B0")
         ax.set_ylabel("encoder p50 (ms)")
-        ax.set_title(f"Encoder ablation ladder ({enc[0]['model']}, {enc[0]['machine']['cpu'][:40]})", fontsize=9)
+        cpu = (enc[0].get("machine") or {}).get("cpu", "")
+        ax.set_title(f"Encoder ablation ladder ({enc[0]['model']}, {cpu[:40]})", fontsize=9)
         fig.tight_layout()
         written.append(os.path.join(out_dir, "encoder_ladder.png"))
         fig.savefig(written[-1], dpi=110)

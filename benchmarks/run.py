@@ -13,6 +13,14 @@ from .plots import plot_all
 __all__ = ["run_engines", "run_serve", "run_amg"]
 
 
+def _saved(paths: Dict[str, str]) -> List[dict]:
+    """The rows as written (each with the machine's description)."""
+    import json
+
+    with open(paths["json"]) as f:
+        return json.load(f)["rows"]
+
+
 def _images(n: int, size: Optional[int] = None) -> List[np.ndarray]:
     from samrt.scenes import scene_for_index
 
@@ -39,7 +47,7 @@ def run_engines(out: str, model_type: str, checkpoint: Optional[str], quick: boo
 
     rows = bench_engines(model_type, checkpoint, build_dir, quick)
     paths = write_rows(rows, out, "engines")
-    plot_all(rows, out)
+    plot_all(_saved(paths), out)
     return paths
 
 
@@ -97,7 +105,7 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
             if server:
                 server.stop()
     paths = write_rows(rows, out, "serve")
-    plot_all(rows, out)
+    plot_all(_saved(paths), out)
     return paths
 
 

@@ -139,7 +139,7 @@ def build_engine(
         from samrt.scenes import scene_for_index
 
         # Calibration scenes come from a stream disjoint from training and from the held-out set.
-        calibration = [scene_for_index(i, stream=7).image for i in range(16)]
+        calibration = [scene_for_index(i, stream=7).image for i in range(8)]
     t0 = time.perf_counter()
     details: Dict[str, object] = {}
     from . import onnxruntime_engines as ortx
