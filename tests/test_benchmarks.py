@@ -8,9 +8,8 @@ import pytest
 from samrt.benchmarks.common import latency_stats, machine_info, write_rows
 
 
-def _check_stats(row):
-    assert row["n"] >= 1 and 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
-    assert row["timed"]
+def _check_stats(stats):
+    assert stats["n"] >= 1 and 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
 
 
 def test_machine_info_and_rows(tmp_path):
@@ -32,11 +31,13 @@ def test_engines_quick(tmp_path):
     assert any(r["precision"] == "int8" for r in enc)
     for r in enc:
         _check_stats(r)
+        assert r["timed"]
         assert r["warmup_ms"] > 0 and r["machine"]["cpu"]
     dec = [r for r in rows if r["stage"] == "decoder"]
     assert {r["num_prompts"] for r in dec} == {1, 16}
     for r in dec:
         _check_stats(r)
+        assert r["timed"]
         assert r["ms_per_prompt"] > 0
     assert os.path.isfile(tmp_path / "out" / "encoder_ladder.png")
     assert os.path.isfile(tmp_path / "out" / "decoder_vs_prompts.png")
@@ -51,7 +52,7 @@ def test_serve_and_amg_quick(tmp_path, server):
     rows = json.load(open(paths["json"]))["rows"]
     assert [r["concurrency"] for r in rows] == [1, 2] and all(r["dynamic_batching"] == "as served" for r in rows)
     for r in rows:
-        assert not r["errors"]
+        assert not r["errors"] and r["timed"] and r["warmup_ms"] > 0
         _check_stats(r["click_to_mask"])
         assert r["click_to_mask"]["n"] == 3 * r["concurrency"]
         assert r["amortized_ms_per_click"] > 0 and r["throughput_clicks_per_s"] > 0

@@ -30,7 +30,7 @@ def test_any_size_and_aspect():
 
 
 class _Oracle:
-    """Returns the ground truth (or nothing): exercises the metric code, not a model."""
+    """Returns the (single) ground truth, or nothing: exercises the metric code, not a model."""
 
     def __init__(self, scene_masks, empty=False):
         self.masks, self.empty = scene_masks, empty
@@ -39,8 +39,7 @@ class _Oracle:
         self.shape = image.shape[:2]
 
     def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True):
-        x, y = (point_coords[0] if point_coords is not None else box[:2] + 1).astype(int)
-        gt = next(m for m in self.masks if m[y, x]) if not self.empty else np.zeros(self.shape, bool)
+        gt = self.masks[0] if not self.empty else np.zeros(self.shape, bool)
         n = 3 if multimask_output else 1
         return np.stack([gt] * n), np.linspace(1, 0.5, n), np.zeros((n, 64, 64), np.float32)
 
@@ -82,3 +81,15 @@ def test_train_two_steps_then_resume(tmp_path):
     assert all(np.isfinite(h["loss"]) for h in history)
     sam, detected = load_sam(out)  # the official layout: loads like any checkpoint
     assert detected.encoder_embed_dim == 32 and detected.image_size == 64
+
+    from segment_anything import SamPredictor
+
+    from samrt.evaluation import eval_scenes
+    from samrt.export.model_card import write_model_card
+
+    figures = evaluate(SamPredictor(sam), eval_scenes(1))
+    assert 0.0 <= figures["miou_1pt_oracle"] <= 1.0 and set(figures["miou_clicks"]) == {"1", "2", "3", "5"}
+    json.dump(figures, open(tmp_path / "eval.json", "w"))
+    card = open(write_model_card(out, out + ".train.json", str(tmp_path / "eval.json"), str(tmp_path / "CARD.md"),
+                                 "a test machine")).read()
+    assert "3 steps" in card and "oracle best of 3" in card and "embed 32" in card
