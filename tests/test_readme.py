@@ -24,6 +24,15 @@ def test_plain_tritonclient_example_runs(server):
     assert scope["scores"].shape == (1, 3)
 
 
+@pytest.mark.triton
+def test_sdk_example_runs(server):
+    code = _block("readme-example: sdk").replace("localhost:8001", server.grpc_url)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["masks"].shape == (2, 3, 480, 640) and scope["scores"].shape == (2, 3)
+    assert isinstance(scope["records"], list)
+
+
 def test_every_samrt_command_in_the_readme_parses():
     from samrt.cli import build_parser
 
