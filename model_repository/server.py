@@ -9,6 +9,7 @@ group (server and stubs), then SIGKILL after a timeout, so no process is left be
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import shutil
@@ -134,6 +135,7 @@ class TritonServer:
             env=self.environment(), start_new_session=True,
         )
         log.close()
+        atexit.register(self.stop)  # a safety net: no server outlives the process that started it
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

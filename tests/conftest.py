@@ -64,8 +64,9 @@ def tiny_repo(tiny_export, tiny_cfg, tmp_path_factory):
     return render_repository(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, out, opts)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(tiny_repo):
+    """Module-scoped: each module's server (and its stubs' memory) is gone before the next module."""
     from samrt.model_repository.server import TritonServer
 
     with TritonServer(tiny_repo) as srv:
