@@ -45,17 +45,7 @@ class SamPredictorAPI:
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """masks CxHxW (bool, or float32 logits), scores C, low-res logits Cx256x256."""
         self._require_image()
-        if point_coords is not None:
-            pc = np.asarray(point_coords)
-            if pc.ndim != 2:
-                raise InputError(f"point_coords: got shape {pc.shape}, expected Nx2 (x, y)")
-            point_coords = pc[None]
-            point_labels = None if point_labels is None else np.asarray(point_labels)[None]
-        if box is not None:
-            b = np.asarray(box, dtype=np.float64)
-            if b.size != 4:
-                raise InputError(f"box: got shape {b.shape}, expected 4 values XYXY")
-            box = b.reshape(1, 4)
+        point_coords, point_labels, box = P.one_prompt_as_batch(point_coords, point_labels, box)
         mask = None if mask_input is None else np.asarray(mask_input, dtype=np.float32)[None]
         masks, scores, low = self.predict_batch(point_coords, point_labels, box, mask, multimask_output, return_logits)
         return masks[0], scores[0], low[0]

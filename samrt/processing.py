@@ -24,6 +24,7 @@ __all__ = [
     "apply_coords",
     "apply_boxes",
     "build_prompt",
+    "one_prompt_as_batch",
     "build_prompts",
     "interpolate_bilinear",
     "upscale_masks",
@@ -146,6 +147,24 @@ def build_prompts(
             np.concatenate(labels, axis=1).astype(np.float32))
 
 
+def one_prompt_as_batch(
+    point_coords: Optional[np.ndarray], point_labels: Optional[np.ndarray], box: Optional[np.ndarray]
+) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
+    """SamPredictor.predict's single prompt (Nx2 points, N labels, 4 box) -> a batch of one."""
+    if point_coords is not None:
+        pc = np.asarray(point_coords)
+        if pc.ndim != 2:
+            raise InputError(f"point_coords: got shape {pc.shape}, expected Nx2 (x, y)")
+        point_coords = pc[None]
+        point_labels = None if point_labels is None else np.asarray(point_labels)[None]
+    if box is not None:
+        b = np.asarray(box, dtype=np.float64)
+        if b.size != 4:
+            raise InputError(f"box: got shape {b.shape}, expected 4 values XYXY")
+        box = b.reshape(1, 4)
+    return point_coords, point_labels, box
+
+
 def build_prompt(
     point_coords: Optional[np.ndarray],
     point_labels: Optional[np.ndarray],
@@ -154,18 +173,7 @@ def build_prompt(
     image_size: int = 1024,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """One prompt as SamPredictor.predict takes it (Nx2 points, N labels, 4 box) -> [N,2], [N]."""
-    if point_coords is not None:
-        pc = np.asarray(point_coords)
-        if pc.ndim != 2:
-            raise InputError(f"point_coords: got shape {pc.shape}, expected Nx2 (x, y)")
-        point_coords = pc[None]
-        point_labels = None if point_labels is None else np.asarray(point_labels)[None]
-    if box is not None:
-        b = np.asarray(box)
-        if b.size != 4:
-            raise InputError(f"box: got shape {b.shape}, expected 4 values XYXY")
-        box = b.reshape(1, 4)
-    coords, labels = build_prompts(point_coords, point_labels, box, original_size, image_size)
+    coords, labels = build_prompts(*one_prompt_as_batch(point_coords, point_labels, box), original_size, image_size)
     return coords[0], labels[0]
 
 
