@@ -228,7 +228,6 @@ def train(out_path: str, opts: TrainOptions, cfg: SamConfig = SMALL_CONFIG, stat
     state_path = state_path or out_path + ".state"
     torch.manual_seed(opts.seed)
     sam = build_sam(cfg).train()
-    decoder = SamDecoderOnnx(sam)
     optim = torch.optim.AdamW(sam.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     step, elapsed, history = 0, 0.0, []
     if os.path.isfile(state_path):
@@ -240,6 +239,9 @@ def train(out_path: str, opts: TrainOptions, cfg: SamConfig = SMALL_CONFIG, stat
     elif init:
         sam.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
         log.warning("starting from the weights in %s", init)
+    # Built after the weights are loaded: the wrapper holds the dense positional encoding computed
+    # from the prompt encoder's (fixed, random) Gaussian matrix, which comes from the checkpoint.
+    decoder = SamDecoderOnnx(sam)
     started = time.perf_counter() - elapsed
     bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True)
 

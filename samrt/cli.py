@@ -81,7 +81,8 @@ def _add_train(sub) -> None:
     p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop resumably after this long")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="scene stream (use a new one when continuing from --init)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine to 0)")
     p.add_argument("--init", help="start from these weights (e.g. export/checkpoints/samrt_small.step2400.pth)")
     p.add_argument("--curriculum-steps", type=int, default=800, help="steps of large objects first (0: none)")
     p.set_defaults(func=cmd_train)
@@ -91,7 +92,7 @@ def cmd_train(args) -> int:
     from samrt.export.train import TrainOptions, train
 
     opts = TrainOptions(steps=args.steps, threads=args.threads, max_minutes=args.max_minutes, seed=args.seed,
-                        curriculum_steps=args.curriculum_steps)
+                        lr=args.lr, curriculum_steps=args.curriculum_steps)
     print(json.dumps(train(args.out, opts, init=args.init), indent=2))
     return 0
 

@@ -93,3 +93,31 @@ def test_train_two_steps_then_resume(tmp_path):
     card = open(write_model_card(out, out + ".train.json", str(tmp_path / "eval.json"), str(tmp_path / "CARD.md"),
                                  "a test machine")).read()
     assert "3 steps" in card and "oracle best of 3" in card and "embed 32" in card
+
+
+def test_train_from_init_uses_the_checkpoints_positional_encoding(tmp_path, monkeypatch):
+    """The decoder wrapper caches the dense PE; it must come from --init, not from the seed's init."""
+    import torch
+
+    from samrt.export import train as train_mod
+    from samrt.export.checkpoint import build_sam
+    from samrt.spec import SamConfig
+
+    cfg = SamConfig("mini", 32, 1, 1, (0,), image_size=64, window_size=2, decoder_mlp_dim=64)
+    torch.manual_seed(123)
+    init = build_sam(cfg)
+    torch.save(init.state_dict(), tmp_path / "init.pth")
+    seen = []
+    real_step = train_mod.train_step
+
+    def spy(sam, decoder, *args, **kwargs):
+        seen.append((decoder.image_pe.clone(), sam.prompt_encoder.get_dense_pe().detach().clone()))
+        return real_step(sam, decoder, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", spy)
+    opts = train_mod.TrainOptions(steps=1, batch_images=1, prompts_per_image=1, correction_rounds=0, warmup=1,
+                                  curriculum_steps=0, seed=5)
+    train_mod.train(str(tmp_path / "out.pth"), opts, cfg, init=str(tmp_path / "init.pth"))
+    wrapper_pe, model_pe = seen[0]
+    assert torch.equal(wrapper_pe, model_pe)
+    assert torch.equal(model_pe, init.prompt_encoder.get_dense_pe().detach())
