@@ -7,7 +7,7 @@ STAMP := $(VENV)/.samrt-installed
 # torch 2.14.1 + torchvision 0.29.1: the pair segment-anything's torchvision import works with here.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast perf-analyzer clean
 
 install: $(STAMP)
 
@@ -25,6 +25,14 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Triton's perf_analyzer (for `samrt bench serve`): the binary ships in the tritonclient[all] 2.51.0
+# wheel (the server's version), kept in its own venv; it links libb64 (Debian) and libcudart 12.
+perf-analyzer:
+	@dpkg -s libb64-0d >/dev/null 2>&1 || apt-get install -y -q libb64-0d || sudo apt-get install -y -q libb64-0d
+	@test -x .venv-perf/bin/python || $(PYTHON) -m venv .venv-perf
+	.venv-perf/bin/pip install -q --disable-pip-version-check "tritonclient[all]==2.51.0" nvidia-cuda-runtime-cu12
+	LD_LIBRARY_PATH=$$(ls -d $$PWD/.venv-perf/lib/python3*/site-packages/nvidia/cuda_runtime/lib) .venv-perf/bin/perf_analyzer --version
 
 clean:
 	rm -rf build .pytest_cache

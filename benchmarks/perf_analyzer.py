@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import subprocess
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -26,16 +27,43 @@ def write_decode_input_data(path: str, image_id: str, original_size, clicks: int
     return path
 
 
+# `make perf-analyzer` installs the binary into its own venv (the tritonclient 2.51.0 that carries
+# it would otherwise replace the SDK's newer client) together with the CUDA runtime it links to.
+PERF_VENV = os.environ.get("SAMRT_PERF_VENV", ".venv-perf")
+
+
 def find_perf_analyzer() -> Optional[str]:
-    cand = os.path.join(os.path.dirname(sys.executable), "perf_analyzer")
-    return cand if os.path.isfile(cand) else shutil.which("perf_analyzer")
+    """$SAMRT_PERF_ANALYZER, the perf venv's bin/, this interpreter's bin/, then PATH."""
+    for cand in (os.environ.get("SAMRT_PERF_ANALYZER"), os.path.join(PERF_VENV, "bin", "perf_analyzer"),
+                 os.path.join(os.path.dirname(sys.executable), "perf_analyzer")):
+        if cand and os.path.isfile(cand):
+            return os.path.abspath(cand)
+    return shutil.which("perf_analyzer")
 
 
-def run_perf_analyzer(grpc_url: str, data_path: str, out_csv: str, concurrency: str = "1:16:3") -> List[str]:
-    """The command line (always returned); runs it when the binary is found."""
+def _library_path(binary: str) -> str:
+    """LD_LIBRARY_PATH with libcudart.so.12 from the binary's venv (nvidia-cuda-runtime-cu12), if present."""
+    venv = os.path.dirname(os.path.dirname(binary))
+    dirs = sorted(glob.glob(os.path.join(venv, "lib", "python3*", "site-packages", "nvidia", "cuda_runtime", "lib")))
+    return os.pathsep.join(dirs + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p])
+
+
+def run_perf_analyzer(grpc_url: str, data_path: str, out_csv: str, concurrency: str = "1:16:3",
+                      measurement_ms: int = 5000, stability_percent: float = 10.0, log_path: Optional[str] = None) -> Tuple[List[str], Optional[str]]:
+    """(the command line, the binary that ran it or None when none is installed).
+
+    The command is always returned so the README and the rows can show it; with `log_path`,
+    perf_analyzer's own report (latency breakdown per concurrency) is kept there."""
     cmd = ["perf_analyzer", "-m", "sam_decode", "-u", grpc_url, "-i", "grpc", "--input-data", data_path,
-           "--shape", "image_id:1", "--concurrency-range", concurrency, "-f", out_csv, "--measurement-interval", "5000"]
+           "--shape", "image_id:1", "--concurrency-range", concurrency, "-f", out_csv, "--measurement-interval", str(measurement_ms), "--stability-percentage", f"{stability_percent:g}",
+           "--max-trials", "20"]
     binary = find_perf_analyzer()
     if binary:
-        subprocess.run([binary] + cmd[1:], check=True, timeout=900)
-    return cmd
+        env = {**os.environ, "LD_LIBRARY_PATH": _library_path(binary)}
+        res = subprocess.run([binary] + cmd[1:], env=env, timeout=900, capture_output=True, text=True)
+        if log_path:
+            with open(log_path, "w") as f:
+                f.write(res.stdout + res.stderr)
+        if res.returncode != 0:
+            raise RuntimeError(f"perf_analyzer exited with {res.returncode}: {(res.stderr or res.stdout)[-800:]}")
+    return cmd, binary

@@ -95,8 +95,9 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
                 enc = c.encode(images[0])
             data = write_decode_input_data(os.path.join(out, "perf_analyzer_sam_decode.json"), enc.image_id, enc.original_size)
             try:
-                cmd = run_perf_analyzer(target, data, os.path.join(out, "perf_analyzer.csv"))
-                status = "ran" if os.path.isfile(os.path.join(out, "perf_analyzer.csv")) else "binary not found"
+                cmd, binary = run_perf_analyzer(target, data, os.path.join(out, "perf_analyzer.csv"),
+                                                log_path=os.path.join(out, "perf_analyzer.log"))
+                status = f"ran ({binary})" if binary else "binary not found (make perf-analyzer installs it)"
             except Exception as e:
                 cmd, status = [], f"failed: {type(e).__name__}: {e}"
             rows.append({**base, "bench": "perf_analyzer", "command": " ".join(cmd), "status": status,

@@ -60,3 +60,40 @@ def test_serve_and_amg_quick(tmp_path, server):
     paths = run_amg(str(tmp_path / "amg"), server.grpc_url, None, quick=True, points_per_side=4)
     row = json.load(open(paths["json"]))["rows"][0]
     assert row["images"] == 2 and row["images_per_s"] > 0 and row["masks_per_image"] >= 0
+
+
+def test_serve_table_ratio_to_reference_and_verdict():
+    from samrt.benchmarks.report import serve_table
+
+    def row(protocol, p50, amortized, batching="on"):
+        return {"bench": "serve", "model": "m", "clicks_per_session": 4, "dynamic_batching": batching,
+                "protocol": protocol, "shared_memory": False, "concurrency": 1,
+                "click_to_mask": {"p50_ms": p50, "p90_ms": p50, "p99_ms": p50}, "throughput_clicks_per_s": 1.0,
+                "amortized_ms_per_click": amortized, "budget_met_p50": p50 <= 50, "budget_met_amortized": amortized <= 50}
+
+    lines = serve_table([row("in-process (SamPredictor)", 100.0, 400.0, "n/a"), row("grpc", 40.0, 100.0)]).splitlines()
+    ref, served = lines[-2], lines[-1]
+    assert "| 1.00× / 1.00× |" in ref and "| missed / missed |" in ref
+    assert "| 2.50× / 4.00× |" in served and "| met / missed |" in served
+
+
+@pytest.mark.triton
+def test_perf_analyzer_on_sam_decode(tmp_path, server):
+    from samrt.benchmarks.perf_analyzer import find_perf_analyzer, run_perf_analyzer, write_decode_input_data
+    from samrt.client import SamClient
+    from samrt.scenes import scene_for_index
+
+    if not find_perf_analyzer():
+        pytest.skip("perf_analyzer is not installed (make perf-analyzer installs it)")
+    with SamClient(server.grpc_url) as c:
+        enc = c.encode(scene_for_index(0, stream=11, long_side=200).image)
+    data = write_decode_input_data(str(tmp_path / "data.json"), enc.image_id, enc.original_size, clicks=4)
+    csv = tmp_path / "pa.csv"
+    cmd, binary = run_perf_analyzer(server.grpc_url, data, str(csv), concurrency="1:2:1", measurement_ms=1500,
+                                    stability_percent=100,  # a busy CI machine: the tool, not the figures
+                                    log_path=str(tmp_path / "pa.log"))
+    assert binary and cmd[0] == "perf_analyzer"
+    lines = open(csv).read().strip().splitlines()
+    header = lines[0].split(",")
+    assert header[0] == "Concurrency" and "Inferences/Second" in header and len(lines) == 3
+    assert all(float(line.split(",")[1]) > 0 for line in lines[1:])  # throughput at concurrency 1 and 2
