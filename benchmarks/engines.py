@@ -20,7 +20,9 @@ __all__ = ["bench_engines"]
 
 def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, build_dir: str = "build/bench",
                   quick: bool = False, prompts: Sequence[int] = (1, 4, 16, 64, 256), points: Sequence[int] = (1, 4),
-                  precisions: Sequence[str] = ("fp32", "int8", "fp16")) -> List[dict]:
+                  precisions: Sequence[str] = ("fp32", "int8", "fp16"), export_dir: Optional[str] = None) -> List[dict]:
+    """`export_dir`: measure this export folder (engines already built there are reused, their
+    reports supplying the accuracy); default <build_dir>/export_<model>, exported if missing."""
     import torch
 
     from samrt import processing as P
@@ -36,7 +38,7 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
     repeats = 2 if quick else 5
     if quick:
         prompts, points = (1, 16), (1,)
-    export_dir = os.path.join(build_dir, "export_" + (model_type if not checkpoint else "checkpoint"))
+    export_dir = export_dir or os.path.join(build_dir, "export_" + (model_type if not checkpoint else "checkpoint"))
     report = ensure_export(export_dir, model_type if not checkpoint else "auto", checkpoint)
     if checkpoint:
         sam, cfg = load_sam(checkpoint)

@@ -42,10 +42,11 @@ def _model(model_type: str, checkpoint: Optional[str], build_dir: str):
     return export_dir, ensure_export(export_dir, model_type, None), random_sam(cfg, seed=0)
 
 
-def run_engines(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str) -> Dict[str, str]:
+def run_engines(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str,
+                export_dir: Optional[str] = None) -> Dict[str, str]:
     from .engines import bench_engines
 
-    rows = bench_engines(model_type, checkpoint, build_dir, quick)
+    rows = bench_engines(model_type, checkpoint, build_dir, quick, export_dir=export_dir)
     paths = write_rows(rows, out, "engines")
     plot_all(_saved(paths), out)
     return paths

@@ -295,6 +295,9 @@ def _add_bench(sub) -> None:
         if kind != "engines":
             k.add_argument("--url", help="a running server's gRPC endpoint (default: start servers here)"
                            if kind == "serve" else "a running server's gRPC endpoint", required=kind == "amg")
+        if kind == "engines":
+            k.add_argument("--export-dir", help="an export folder to measure, reusing the engines already built "
+                                                "there with `samrt build-engine` (default: <build-dir>/export_<model>)")
         if kind == "serve":
             k.add_argument("--concurrency", default="1,4,16")
             k.add_argument("--clicks", type=int, default=10)
@@ -308,7 +311,7 @@ def cmd_bench(args) -> int:
     from samrt.benchmarks import run
 
     if args.kind == "engines":
-        paths = run.run_engines(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir)
+        paths = run.run_engines(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.export_dir)
     elif args.kind == "serve":
         conc = [int(c) for c in args.concurrency.split(",")]
         paths = run.run_serve(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.url,
