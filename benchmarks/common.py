@@ -39,12 +39,19 @@ def _gpu() -> Optional[str]:
 
 
 def machine_info() -> Dict[str, object]:
+    from importlib import metadata
+
     versions = {}
-    for mod in ("numpy", "onnxruntime", "torch", "tritonclient"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:
-            versions[mod] = None
+    # Installed distributions (tritonclient has no __version__; nvidia-pytriton carries the server).
+    for key, dists in (("numpy", ("numpy",)), ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
+                       ("torch", ("torch",)), ("tritonclient", ("tritonclient",)), ("nvidia_pytriton", ("nvidia-pytriton",))):
+        versions[key] = None
+        for dist in dists:
+            try:
+                versions[key] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     mem = None
     try:
         with open("/proc/meminfo") as f:

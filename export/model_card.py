@@ -9,12 +9,37 @@ import os
 __all__ = ["write_model_card"]
 
 
+def _stages(train: dict) -> list:
+    """The runs behind a checkpoint, oldest first: each continued (--init) from the one before."""
+    chain, node = [], train
+    while node:
+        chain.append(node)
+        node = node.get("init")
+    return [c for c in reversed(chain) if c.get("steps") is not None]
+
+
+def _schedule(train: dict, machine: str) -> str:
+    stages = _stages(train)
+    lines = []
+    for i, st in enumerate(stages):
+        o = st["options"]
+        how = "from random init" if i == 0 else f"continued from stage {i}'s weights (fresh optimizer, new scene stream)"
+        lines.append(f"- Stage {i + 1}, {how}: {st['steps']} steps in {st['elapsed_s'] / 60:.0f} minutes, peak lr {o['lr']}, "
+                     f"scene stream {o['seed']}, curriculum {o['curriculum_steps']} steps.")
+    total_steps = sum(st["steps"] for st in stages)
+    total_min = sum(st["elapsed_s"] for st in stages) / 60
+    lines.append(f"- In all: {total_steps} steps in {total_min:.0f} minutes on {machine} ({train['threads']} threads), "
+                 "`samrt train`.")
+    return "\n".join(lines)
+
+
 def write_model_card(checkpoint: str, train_json: str, eval_json: str, out_md: str, machine: str) -> str:
     with open(train_json) as f:
         train = json.load(f)
     with open(eval_json) as f:
         ev = json.load(f)
     cfg, opts = train["config"], train["options"]
+    first = _stages(train)[0]["options"]
     digest = hashlib.sha256(open(checkpoint, "rb").read()).hexdigest()
     clicks = ", ".join(f"{k} click{'s' if k != '1' else ''}: {v:.3f}" for k, v in ev["miou_clicks"].items())
     kinds = ", ".join(f"{k} {v:.2f}" for k, v in ev["miou_1pt_oracle_by_kind"].items())
@@ -37,7 +62,7 @@ Generated scenes (`samrt.scenes`): ellipses, rotated rectangles, convex polygons
 rings with holes, thin bars; flat, striped, checkered and noisy textures; occlusion by drawing
 order; sizes from {opts['size_range'][0]:.0%} to {opts['size_range'][1]:.0%} of the short side; textured, cluttered
 backgrounds; objects with a distinct part (whole and part are both instances). Training scenes
-come from seed stream {opts['seed']} (a fresh scene every step, never repeated); the evaluation set
+come from seed stream(s) {', '.join(str(st['options']['seed']) for st in _stages(train))} (a fresh scene every step, never repeated); the evaluation set
 from a separate stream (`samrt.scenes.EVAL_SEED`).
 
 ## Recipe (the SAM paper's, scaled down)
@@ -46,10 +71,10 @@ from a separate stream (`samrt.scenes.EVAL_SEED`).
   error region and the previous low-res logits as mask prompt.
 - Multimask output on the first prompt with only the lowest-loss mask back-propagated; the
   single-mask token on later rounds. Loss: focal (γ 2, no α weighting) and dice 20:1; the IoU head with MSE.
-- AdamW, lr {opts['lr']} (warm-up {opts['warmup']} steps, cosine decay), weight decay {opts['weight_decay']}, gradient clip 1.0.
-- Curriculum: the first {opts['curriculum_steps']} steps use large objects ({opts['curriculum_size_range'][0]:.0%}–{opts['curriculum_size_range'][1]:.0%} of the
+- AdamW, warm-up {opts['warmup']} steps then cosine decay to 0 (peak lr per stage below), weight decay {opts['weight_decay']}, gradient clip 1.0.
+- Curriculum: the first {first['curriculum_steps']} steps use large objects ({first['curriculum_size_range'][0]:.0%}–{first['curriculum_size_range'][1]:.0%} of the
   short side): from scratch, a decoder shown mostly small objects stays at "no mask" for hundreds of steps.
-- {train['steps']} steps in {train['elapsed_s'] / 60:.0f} minutes on {machine} ({train['threads']} threads), `samrt train`.
+{_schedule(train, machine)}
 
 ## Evaluation (held-out: {ev['num_scenes']} scenes, {ev['num_objects']} objects; `samrt eval`)
 | metric | mIoU |

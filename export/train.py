@@ -30,7 +30,7 @@ from samrt.spec import SamConfig
 from .checkpoint import build_sam
 from .wrappers import SamDecoderOnnx
 
-__all__ = ["SMALL_CONFIG", "TrainOptions", "train", "focal_loss", "dice_loss"]
+__all__ = ["SMALL_CONFIG", "TrainOptions", "train", "init_provenance", "focal_loss", "dice_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,26 @@ def _lr(step: int, opts: TrainOptions) -> float:
     return opts.lr * 0.5 * (1 + np.cos(np.pi * min(1.0, frac)))
 
 
+def init_provenance(init: Optional[str]) -> Optional[dict]:
+    """What a run continued from: the --init file and, from its .train.json when present, the steps,
+    time and options that produced it (and what that one continued from), so a card can add them up."""
+    if not init:
+        return None
+    info: dict = {"path": os.path.basename(init)}
+    meta = init + ".train.json" if not init.endswith(".pth") else init[: -len(".pth")] + ".train.json"
+    for cand in (init + ".train.json", meta):
+        if os.path.isfile(cand):
+            with open(cand) as f:
+                prev = json.load(f)
+            info.update({k: prev.get(k) for k in ("steps", "elapsed_s", "options", "threads", "init")})
+            if info["steps"] is None:  # a file written from a state (resumable run stopped early)
+                info["steps"] = prev.get("step")
+            if info["threads"] is None:
+                info["threads"] = (prev.get("options") or {}).get("threads")
+            break
+    return info
+
+
 def train(out_path: str, opts: TrainOptions, cfg: SamConfig = SMALL_CONFIG, state_path: Optional[str] = None,
           init: Optional[str] = None) -> dict:
     """Train (or resume) and write the official-format state dict to `out_path`.
@@ -275,7 +295,7 @@ def train(out_path: str, opts: TrainOptions, cfg: SamConfig = SMALL_CONFIG, stat
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     torch.save(sam.state_dict(), out_path)
     summary = {"steps": step, "elapsed_s": round(time.perf_counter() - started, 1), "options": dataclasses.asdict(opts),
-               "config": cfg.to_dict(), "threads": torch.get_num_threads(),
+               "config": cfg.to_dict(), "threads": torch.get_num_threads(), "init": init_provenance(init),
                "last_100": {k: float(np.mean([h[k] for h in history[-100:]])) for k in history[-1] if k != "step"}}
     with open(out_path + ".train.json", "w") as f:
         json.dump({**summary, "history": history}, f)

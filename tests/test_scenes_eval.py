@@ -94,6 +94,16 @@ def test_train_two_steps_then_resume(tmp_path):
                                  "a test machine")).read()
     assert "3 steps" in card and "oracle best of 3" in card and "embed 32" in card
 
+    # A second stage continued from the first: the card lists both and adds them up.
+    out2 = str(tmp_path / "mini2.pth")
+    train(out2, TrainOptions(**{**opts.__dict__, "steps": 1, "seed": 7}), cfg, init=out)
+    stage2 = json.load(open(out2 + ".train.json"))
+    assert stage2["init"]["path"] == "mini.pth" and stage2["init"]["steps"] == 3
+    card = open(write_model_card(out2, out2 + ".train.json", str(tmp_path / "eval.json"), str(tmp_path / "CARD2.md"),
+                                 "a test machine")).read()
+    assert "Stage 1, from random init: 3 steps" in card and "Stage 2, continued" in card
+    assert "In all: 4 steps" in card and "seed stream(s) 1, 7" in card
+
 
 def test_train_from_init_uses_the_checkpoints_positional_encoding(tmp_path, monkeypatch):
     """The decoder wrapper caches the dense PE; it must come from --init, not from the seed's init."""
