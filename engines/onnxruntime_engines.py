@@ -18,6 +18,7 @@ __all__ = [
     "fp16_onnx_from_onnx",
     "int8_onnx_from_onnx",
     "ImageCalibrationReader",
+    "calibrate_linear_layers",
     "sensitive_nodes",
 ]
 
@@ -88,6 +89,45 @@ def sensitive_nodes(model_path: str, ops: Iterable[str] = ("LayerNormalization",
             or any(p in o for o in n.output for p in parts)]
 
 
+def calibrate_linear_layers(model_path: str, node_names: Sequence[str], images: Sequence[np.ndarray], image_size: int,
+                            cache_path: str, input_name: str = "image") -> str:
+    """Min/max ranges of the inputs and outputs of `node_names` only, one image at a time, written
+    as an onnxruntime calibration cache (`quantize_static(calibration_cache_path=...)` reads it).
+
+    quantize_static's own calibration watches every tensor of every op type it quantises, so for
+    vit_b it adds reductions over each 12x4096x4096 attention map and needs more than 24 GB; its
+    bound on collected outputs (CalibMaxIntermediateOutputs) drops the data instead of merging it
+    in onnxruntime 1.31. Here each image's ranges are merged before the next image runs."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, MinMaxCalibrater, save_tensors_data
+
+    graph = onnx.load(model_path, load_external_data=False).graph
+    chosen = set(node_names)
+    wanted = {t for n in graph.node if n.name in chosen for t in list(n.input) + list(n.output)}
+
+    class LinearLayerCalibrater(MinMaxCalibrater):
+        def select_tensors_to_calibrate(self, model):
+            tensors, value_infos = super().select_tensors_to_calibrate(model)
+            return tensors & wanted, value_infos
+
+    class OneImage(ImageCalibrationReader, CalibrationDataReader):
+        pass
+
+    with tempfile.TemporaryDirectory(prefix="samrt.calib.") as tmp:
+        cal = LinearLayerCalibrater(model_path, None, os.path.join(tmp, "augmented.onnx"),
+                                    use_external_data_format=True)
+        cal.augment_graph()
+        cal.create_inference_session()
+        for image in images:
+            cal.collect_data(OneImage([image], image_size, input_name))  # merges this image's ranges
+        ranges = cal.compute_data()
+        del cal
+    save_tensors_data(ranges, cache_path)
+    return cache_path
+
+
 class ImageCalibrationReader:
     """onnxruntime.quantization.CalibrationDataReader over preprocessed images."""
 
@@ -110,7 +150,7 @@ def int8_onnx_from_onnx(src: str, dst: str, calibration_images: Sequence[np.ndar
     """INT8 static quantisation in QDQ form (weights int8 per channel, activations uint8) of the
     linear layers, calibrated on `calibration_images`; LayerNorm, Softmax, the attention products
     and the neck stay in float."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not calibration_images:
@@ -118,25 +158,24 @@ def int8_onnx_from_onnx(src: str, dst: str, calibration_images: Sequence[np.ndar
     pre = dst + ".pre.onnx"
     quant_pre_process(src, pre, skip_symbolic_shape=True)
 
-    class Reader(ImageCalibrationReader, CalibrationDataReader):
-        pass
-
     try:
         excluded = set(exclude if exclude is not None else sensitive_nodes(pre))
+        linear = [n for n in weight_nodes(pre) if n not in excluded]
+        cache = dst + ".calibration.json"
+        calibrate_linear_layers(pre, linear, calibration_images, image_size, cache)
         quantize_static(
-            pre, dst, Reader(calibration_images, image_size),
+            pre, dst, None,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul", "Conv", "Gemm"],
             # Linear layers only: the attention products stay in float (more accurate, and their
             # 4096x4096 score maps would make calibration need tens of GB for vit_b).
-            nodes_to_quantize=[n for n in weight_nodes(pre) if n not in excluded],
+            nodes_to_quantize=linear,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(excluded),
-            # (CalibMaxIntermediateOutputs would bound memory, but onnxruntime 1.31 drops the data
-            # it collected instead of merging ranges: "No data is collected". Not used.)
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            calibration_cache_path=cache,  # the ranges computed above: quantize_static does not calibrate again
         )
     finally:
         if os.path.exists(pre):

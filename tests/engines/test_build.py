@@ -44,6 +44,17 @@ def test_int8_build_report_and_gate(export_dir):
     for n in graph.node:
         if n.op_type in ("LayerNormalization", "Softmax"):
             assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in n.input[:1])
+    # Calibration watched the linear layers' tensors only (not the attention maps), and every
+    # activation the QDQ graph quantises has its range from it.
+    from onnxruntime.quantization import load_tensors_data
+
+    names = set(load_tensors_data(report["path"] + ".calibration.json").data)
+    src = onnx.load(enc).graph
+    softmax_io = {t for n in src.node if n.op_type == "Softmax" for t in list(n.input) + list(n.output)}
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    activations = quantized - {i.name for i in graph.initializer}
+    assert names and not (names & softmax_io)
+    assert activations and activations <= names
 
 
 def test_gate_fails_with_a_clear_message(export_dir):
