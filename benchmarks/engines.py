@@ -7,6 +7,7 @@ reference; every ONNX Runtime engine samrt can build on this machine is measured
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from typing import List, Optional, Sequence
@@ -70,6 +71,7 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
                              "error": f"{type(e).__name__}: {e}"})
                 continue
         engines[f"{precision}-engine" if precision == "fp32" else precision] = path
+        gc.collect()  # the build's reference and engine sessions
     for label, path in engines.items():
         runner = OnnxRuntimeRunner(path)
         acc = None
@@ -81,10 +83,13 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
                      "precision": precision, "engine": os.path.basename(path), "accuracy_vs_fp32": acc,
                      "timed": "encoder session.run on one preprocessed image",
                      **time_calls(lambda: runner.run({"image": x}), repeats)})
+        del runner  # one encoder session at a time: each holds GBs of vit_b activations in its arena
+        gc.collect()
 
     # Decoder against prompt count and point count.
     decoder = OnnxRuntimeRunner(os.path.join(export_dir, report["decoder"]["path"]))
     emb = OnnxRuntimeRunner(encoder_onnx).run({"image": x})["image_embeddings"]
+    gc.collect()
     torch_decoder = SamDecoderOnnx(sam).eval()
     rng = np.random.default_rng(0)
     for n in points:

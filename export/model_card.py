@@ -33,7 +33,9 @@ def _schedule(train: dict, machine: str) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(checkpoint: str, train_json: str, eval_json: str, out_md: str, machine: str) -> str:
+def write_model_card(checkpoint: str, train_json: str, eval_json: str, out_md: str, machine: str,
+                     status: str = "") -> str:
+    """`status`: a closing section in the writer's words (e.g. whether the model meets its target)."""
     with open(train_json) as f:
         train = json.load(f)
     with open(eval_json) as f:
@@ -90,7 +92,7 @@ One-point oracle mIoU by kind: {kinds}. Objects with IoU ≥ 0.8 from one point 
 ## Limits
 Trained only on synthetic shapes: it is a test and demonstration model for samrt's pipeline,
 not a general segmenter. Its masks on photographs mean little.
-"""
+""" + (f"\n## Status\n{status.strip()}\n" if status else "")
     with open(out_md, "w") as f:
         f.write(text)
     return out_md

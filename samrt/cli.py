@@ -83,7 +83,7 @@ def _add_train(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop resumably after this long")
     p.add_argument("--seed", type=int, default=1, help="scene stream (use a new one when continuing from --init)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine to 0)")
-    p.add_argument("--init", help="start from these weights (e.g. export/checkpoints/samrt_small.step2400.pth)")
+    p.add_argument("--init", help="start from these weights (e.g. export/checkpoints/samrt_small.cpu2h.pth)")
     p.add_argument("--curriculum-steps", type=int, default=800, help="steps of large objects first (0: none)")
     p.set_defaults(func=cmd_train)
 
@@ -296,6 +296,8 @@ def _add_bench(sub) -> None:
             k.add_argument("--url", help="a running server's gRPC endpoint (default: start servers here)"
                            if kind == "serve" else "a running server's gRPC endpoint", required=kind == "amg")
         if kind == "engines":
+            k.add_argument("--prompts", default="1,4,16,64,256",
+                           help="decoder prompt counts P (vit_b at P=256 needs more than 24 GB beside PyTorch)")
             k.add_argument("--export-dir", help="an export folder to measure, reusing the engines already built "
                                                 "there with `samrt build-engine` (default: <build-dir>/export_<model>)")
         if kind == "serve":
@@ -311,7 +313,8 @@ def cmd_bench(args) -> int:
     from samrt.benchmarks import run
 
     if args.kind == "engines":
-        paths = run.run_engines(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.export_dir)
+        paths = run.run_engines(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.export_dir,
+                                 [int(p) for p in args.prompts.split(",")])
     elif args.kind == "serve":
         conc = [int(c) for c in args.concurrency.split(",")]
         paths = run.run_serve(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.url,
