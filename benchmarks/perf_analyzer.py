@@ -49,13 +49,15 @@ def _library_path(binary: str) -> str:
 
 
 def run_perf_analyzer(grpc_url: str, data_path: str, out_csv: str, concurrency: str = "1:16:3",
-                      measurement_ms: int = 5000, stability_percent: float = 10.0, log_path: Optional[str] = None) -> Tuple[List[str], Optional[str]]:
+                      measurement_ms: int = 5000, stability_percent: float = 10.0,
+                      log_path: Optional[str] = None) -> Tuple[List[str], Optional[str]]:
     """(the command line, the binary that ran it or None when none is installed).
 
     The command is always returned so the README and the rows can show it; with `log_path`,
     perf_analyzer's own report (latency breakdown per concurrency) is kept there."""
     cmd = ["perf_analyzer", "-m", "sam_decode", "-u", grpc_url, "-i", "grpc", "--input-data", data_path,
-           "--shape", "image_id:1", "--concurrency-range", concurrency, "-f", out_csv, "--measurement-interval", str(measurement_ms), "--stability-percentage", f"{stability_percent:g}",
+           "--shape", "image_id:1", "--concurrency-range", concurrency, "-f", out_csv,
+           "--measurement-interval", str(measurement_ms), "--stability-percentage", f"{stability_percent:g}",
            "--max-trials", "20"]
     binary = find_perf_analyzer()
     if binary:

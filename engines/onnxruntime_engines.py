@@ -167,8 +167,7 @@ def int8_onnx_from_onnx(src: str, dst: str, calibration_images: Sequence[np.ndar
             pre, dst, None,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["MatMul", "Conv", "Gemm"],
-            # Linear layers only: the attention products stay in float (more accurate, and their
-            # 4096x4096 score maps would make calibration need tens of GB for vit_b).
+            # Linear layers only: the attention products stay in float (more accurate).
             nodes_to_quantize=linear,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,

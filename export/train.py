@@ -221,8 +221,8 @@ def init_provenance(init: Optional[str]) -> Optional[dict]:
     if not init:
         return None
     info: dict = {"path": os.path.basename(init)}
-    meta = init + ".train.json" if not init.endswith(".pth") else init[: -len(".pth")] + ".train.json"
-    for cand in (init + ".train.json", meta):
+    # train() writes <out>.train.json; a checkpoint copied under a new name keeps <stem>.train.json.
+    for cand in (init + ".train.json", os.path.splitext(init)[0] + ".train.json"):
         if os.path.isfile(cand):
             with open(cand) as f:
                 prev = json.load(f)
