@@ -18,18 +18,31 @@ def _stages(train: dict) -> list:
     return [c for c in reversed(chain) if c.get("steps") is not None]
 
 
+def _where(stage: dict, machine: str) -> str:
+    """The machine a stage ran on: recorded by `samrt train` since it learned --device; older
+    stages (CPU only) fall back to the `machine` the card writer names."""
+    return stage.get("device") or f"{machine}, {stage.get('threads')} threads"
+
+
 def _schedule(train: dict, machine: str) -> str:
     stages = _stages(train)
     lines = []
     for i, st in enumerate(stages):
         o = st["options"]
         how = "from random init" if i == 0 else f"continued from stage {i}'s weights (fresh optimizer, new scene stream)"
-        lines.append(f"- Stage {i + 1}, {how}: {st['steps']} steps in {st['elapsed_s'] / 60:.0f} minutes, peak lr {o['lr']}, "
-                     f"scene stream {o['seed']}, curriculum {o['curriculum_steps']} steps.")
+        lo, hi = o.get("scene_long_side", (256, 256))
+        a0, a1 = o.get("aspect_range", (0.6, 1.67))
+        lines.append(f"- Stage {i + 1}, {how}: {st['steps']} steps in {st['elapsed_s'] / 60:.0f} minutes on "
+                     f"{_where(st, machine)}; {o['batch_images']} scenes × {o['prompts_per_image']} targets per step, "
+                     f"scenes drawn at a long side of {lo}–{hi} px and aspect {a0}–{a1}; peak lr {o['lr']}, "
+                     f"warm-up {o['warmup']}, scene stream {o['seed']}, curriculum {o['curriculum_steps']} steps.")
     total_steps = sum(st["steps"] for st in stages)
-    total_min = sum(st["elapsed_s"] for st in stages) / 60
-    lines.append(f"- In all: {total_steps} steps in {total_min:.0f} minutes on {machine} ({train['threads']} threads), "
-                 "`samrt train`.")
+    by_machine: dict = {}
+    for st in stages:
+        where = _where(st, machine)
+        by_machine[where] = by_machine.get(where, 0.0) + st["elapsed_s"] / 60
+    spent = ", ".join(f"{m:.0f} minutes on {w}" for w, m in by_machine.items())
+    lines.append(f"- In all: {total_steps} steps; {spent}. `samrt train`.")
     return "\n".join(lines)
 
 
@@ -68,12 +81,14 @@ come from seed stream(s) {', '.join(str(st['options']['seed']) for st in _stages
 from a separate stream (`samrt.scenes.EVAL_SEED`).
 
 ## Recipe (the SAM paper's, scaled down)
-- Per step {opts['batch_images']} scenes × {opts['prompts_per_image']} targets; first prompt a foreground point or a noisy box
-  (σ = 10% of the box side, at most 20 px), then {opts['correction_rounds']} correction rounds with a point sampled from the
+- Per step B scenes × K targets (per stage below); first prompt a foreground point or a noisy box
+  (σ = 10% of the box side, at most 20 px, in the scene's pixels), then {opts['correction_rounds']} correction rounds with a point sampled from the
   error region and the previous low-res logits as mask prompt.
-- Multimask output on the first prompt with only the lowest-loss mask back-propagated; the
-  single-mask token on later rounds. Loss: focal (γ 2, no α weighting) and dice 20:1; the IoU head with MSE.
-- AdamW, warm-up {opts['warmup']} steps then cosine decay to 0 (peak lr per stage below), weight decay {opts['weight_decay']}, gradient clip 1.0.
+- Each scene is resized (longest side) to the input like any served image; the loss compares the
+  upsampled logits with the ground truth's area coverage at the input resolution (`samrt.train_data`).
+- A first point is ambiguous: multimask output, only the lowest-loss mask back-propagated. A
+  first box and the later rounds train the single-mask token (what SamPredictor answers them with). Loss: focal (γ 2, no α weighting) and dice 20:1; the IoU head with MSE.
+- AdamW, linear warm-up then cosine decay to 0 (peak lr and warm-up per stage below), weight decay {opts['weight_decay']}, gradient clip 1.0.
 - Curriculum: the first {first['curriculum_steps']} steps use large objects ({first['curriculum_size_range'][0]:.0%}–{first['curriculum_size_range'][1]:.0%} of the
   short side): from scratch, a decoder shown mostly small objects stays at "no mask" for hundreds of steps.
 {_schedule(train, machine)}

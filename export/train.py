@@ -2,9 +2,9 @@
 
 Per step: B scenes are encoded once; K targets per scene are prompted with a foreground point
 or a noisy box (sigma 10% of the box side, at most 20 px); then further points are sampled
-from the error region with the previous low-res logits as mask prompt. The first round uses
-multimask output and back-propagates only the lowest-loss mask; later rounds use the single
-mask token. Loss: focal and dice 20:1 on masks, MSE on the IoU head.
+from the error region with the previous low-res logits as mask prompt. A first point uses
+multimask output and back-propagates only the lowest-loss mask; a first box and later rounds
+use the single mask token. Loss: focal and dice 20:1 on masks, MSE on the IoU head.
 
 Seeded and resumable: every step's scenes come from (seed, step), and a state file holds the
 model, optimizer and step. Progress is shown with tqdm.
@@ -12,9 +12,12 @@ model, optimizer and step. Progress is shown with tqdm.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import logging
+import multiprocessing
 import os
 import time
 from typing import Dict, List, Optional, Tuple
@@ -23,14 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samrt import processing as P
-from samrt.scenes import TRAIN_SEED, generate_scene
-from samrt.spec import SamConfig
+from samrt.scenes import TRAIN_SEED
+from samrt.spec import PIXEL_MEAN, PIXEL_STD, SamConfig
+from samrt.train_data import SceneSampling, TrainingSample, training_sample
 
 from .checkpoint import build_sam
 from .wrappers import SamDecoderOnnx
 
-__all__ = ["SMALL_CONFIG", "TrainOptions", "train", "init_provenance", "focal_loss", "dice_loss"]
+__all__ = ["SMALL_CONFIG", "TrainOptions", "train", "init_provenance", "focal_loss", "dice_loss", "error_points", "round1_selection",
+           "SceneFeed", "collate"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,13 @@ class TrainOptions:
     curriculum_steps: int = 800
     curriculum_size_range: Tuple[float, float] = (0.3, 0.9)
     size_range: Tuple[float, float] = (0.08, 0.8)
+    # Scenes are drawn at a long side in this range and an aspect ratio (w/h) in that one, then
+    # resized to the input. (192, 640) and (0.5, 2.0) is how the held-out set is drawn (from
+    # another seed stream); (256, 256) draws at the input size, the cheapest on a CPU.
+    scene_long_side: Tuple[int, int] = (256, 256)
+    aspect_range: Tuple[float, float] = (0.6, 1.67)
+    device: str = "cpu"
+    workers: int = 0  # scene-generating processes (0: in the training process)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = -1.0, gamma: float = 2.0) -> torch.Tensor:
@@ -91,121 +102,161 @@ def _iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp(min=1)
 
 
-def _noisy_box(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
-    w, h = box[2] - box[0], box[3] - box[1]
-    noise = rng.normal(0, 1, 4) * 0.1 * np.array([w, h, w, h])
-    box = box + np.clip(noise, -20, 20)
-    return np.array([min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])])
+def _sampling(cfg: SamConfig, opts: TrainOptions, size_range) -> SceneSampling:
+    return SceneSampling(image_size=cfg.image_size, prompts_per_image=opts.prompts_per_image,
+                         size_range=tuple(size_range), long_side=tuple(opts.scene_long_side),
+                         aspect_range=tuple(opts.aspect_range))
 
 
-def _sample_point(rng: np.random.Generator, region: np.ndarray) -> Tuple[float, float]:
-    ys, xs = np.nonzero(region)
-    k = int(rng.integers(len(ys)))
-    return float(xs[k]), float(ys[k])
+class SceneFeed:
+    """Each step's training samples, drawn from (seed, step): generated in the training process
+    (workers=0) or by a pool of worker processes that keeps `ahead` steps in flight."""
+
+    def __init__(self, cfg: SamConfig, opts: TrainOptions, ahead: int = 4) -> None:
+        self.cfg, self.opts, self.ahead = cfg, opts, ahead
+        self.pool = None
+        self.pending: "collections.deque" = collections.deque()
+        if opts.workers > 0:
+            # fork, as torch's DataLoader does: workers run numpy + PIL only, never CUDA or torch.
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self.pool = concurrent.futures.ProcessPoolExecutor(opts.workers, mp_context=ctx)
+
+    def _seeds(self, step: int) -> List[np.random.SeedSequence]:
+        """One seed per image, and a last one for the correction rounds' point sampling."""
+        return np.random.SeedSequence([self.opts.seed, step]).spawn(self.opts.batch_images + 1)
+
+    def _spec(self, step: int) -> SceneSampling:
+        o = self.opts
+        return _sampling(self.cfg, o, o.curriculum_size_range if step < o.curriculum_steps else o.size_range)
+
+    def _submit(self, step: int) -> None:
+        spec, seeds = self._spec(step), self._seeds(step)
+        self.pending.append((step, [self.pool.submit(training_sample, s, spec) for s in seeds[:-1]], seeds[-1]))
+
+    def get(self, step: int) -> Tuple[List[TrainingSample], np.random.SeedSequence]:
+        if self.pool is None:
+            seeds = self._seeds(step)
+            spec = self._spec(step)
+            return [training_sample(s, spec) for s in seeds[:-1]], seeds[-1]
+        while self.pending and self.pending[0][0] != step:  # out of order (never in train()): start over
+            for f in self.pending.popleft()[1]:
+                f.cancel()
+        nxt = self.pending[-1][0] + 1 if self.pending else step
+        while len(self.pending) < self.ahead:
+            self._submit(nxt)
+            nxt += 1
+        _, futures, extra = self.pending.popleft()
+        return [f.result() for f in futures], extra
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for _, futures, _ in self.pending:
+                for f in futures:
+                    f.cancel()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
 
-def _batch(rng: np.random.Generator, cfg: SamConfig, opts: TrainOptions, size_range=None):
-    """Scenes (long side = image size), their preprocessed images, and K targets each."""
-    images, targets, owner, first = [], [], [], []
-    for b in range(opts.batch_images):
-        aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.67))))
-        s = cfg.image_size
-        h, w = (s, int(s / aspect)) if aspect > 1 else (int(s * aspect), s)
-        sr = size_range or opts.size_range
-        scene = generate_scene(rng, h, w, size_range=sr)
-        while not scene.masks:
-            scene = generate_scene(rng, h, w, size_range=sr)
-        x, _ = P.preprocess_image(scene.image, s)
-        images.append(x[0])
-        for _ in range(opts.prompts_per_image):
-            m = scene.masks[int(rng.integers(len(scene.masks)))]
-            padded = np.zeros((s, s), dtype=bool)
-            padded[:h, :w] = m
-            targets.append(padded)
-            owner.append(b)
-            if rng.uniform() < 0.5:
-                first.append(("point", np.array([_sample_point(rng, m)]), np.array([1.0])))
-            else:
-                box = _noisy_box(rng, m)
-                first.append(("box", box.reshape(2, 2), np.array([2.0, 3.0])))
-    return np.stack(images), np.stack(targets), np.array(owner), first
+def collate(samples: List[TrainingSample], image_size: int, device: torch.device):
+    """Samples -> (normalised zero-padded images [B,3,S,S], soft targets [P,S,S] in 0..1,
+    owner image of each target [P], first-prompt coords [P,2,2] and labels [P,2]), on `device`."""
+    s = image_size
+    raw = np.zeros((len(samples), s, s, 3), np.uint8)
+    valid = np.zeros((len(samples), 1, s, s), np.float32)
+    for b, smp in enumerate(samples):
+        h, w = smp.image.shape[:2]
+        raw[b, :h, :w] = smp.image
+        valid[b, :, :h, :w] = 1
+    mean = torch.tensor(PIXEL_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=device).view(1, 3, 1, 1)
+    x = torch.from_numpy(raw).to(device).permute(0, 3, 1, 2).float()
+    images = (x - mean) / std * torch.from_numpy(valid).to(device)  # padding is 0 after normalising
+    targets = torch.from_numpy(np.concatenate([smp.targets for smp in samples])).to(device).float() / 255
+    owner = torch.from_numpy(np.repeat(np.arange(len(samples)), [len(smp.targets) for smp in samples])).to(device)
+    coords = torch.from_numpy(np.concatenate([smp.coords for smp in samples])).to(device)
+    labels = torch.from_numpy(np.concatenate([smp.labels for smp in samples])).to(device)
+    return images, targets, owner, coords, labels
 
 
 def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, size: int):
-    """logits [P,C,m,m], target [P,S,S] bool -> (per-mask loss [P,C], iou loss [P,C], pred masks)."""
+    """logits [P,C,m,m], soft target [P,S,S] -> (per-mask loss [P,C], iou loss [P,C], pred masks [P,C,S,S])."""
     up = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
-    t = target[:, None].float().expand_as(up)
+    t = target[:, None].expand_as(up)
     mask_loss = 20 * focal_loss(up, t) + dice_loss(up, t)
     pred = up > 0
-    iou_true = _iou(pred, target[:, None].expand_as(pred)).detach()
+    iou_true = _iou(pred, (target > 0.5)[:, None].expand_as(pred)).detach()
     iou_loss = (iou_pred - iou_true) ** 2
     return mask_loss, iou_loss, pred
 
 
-def train_step(sam, decoder: SamDecoderOnnx, rng: np.random.Generator, cfg: SamConfig, opts: TrainOptions,
-               size_range=None):
-    images, targets, owner, first = _batch(rng, cfg, opts, size_range)
-    emb = sam.image_encoder(torch.from_numpy(images))
-    emb = emb[torch.from_numpy(owner)]
-    target = torch.from_numpy(targets)
-    num = len(first)
+def round1_selection(mask_loss: torch.Tensor, is_box: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-token losses [P,4] (token 0: single mask; 1-3: multimask) -> (the token each prompt
+    back-propagates [P], and which tokens' IoU predictions are trained [P,4] float): a box trains
+    token 0; a point trains the lowest-loss multimask token, and the IoU head on all three."""
+    best = torch.where(is_box, torch.zeros_like(is_box, dtype=torch.long), 1 + mask_loss[:, 1:].argmin(1))
+    trained = torch.zeros_like(mask_loss)
+    trained[:, 1:] = (~is_box).float()[:, None]
+    trained[:, 0] = is_box.float()
+    return best, trained
+
+
+def error_points(pred: torch.Tensor, target: torch.Tensor, gen: torch.Generator):
+    """A pixel drawn uniformly from each prediction's error region: pred, target bool [P,S,S] ->
+    (coords [P,1,2] as (x, y), labels [P,1]: 1 where the pixel is a missed foreground, 0 where it is
+    false background, -1 (padding, no new information) where the prediction has no error)."""
+    err = (pred ^ target).flatten(1)
+    r = torch.rand(err.shape, generator=gen, device=err.device)
+    idx = torch.where(err, r + 1, torch.zeros_like(r)).argmax(1)  # r+1 > 0: any error pixel beats the rest
+    s = pred.shape[-1]
+    coords = torch.stack([idx % s, idx // s], -1).float()
+    fg = target.flatten(1).gather(1, idx[:, None])[:, 0]
+    labels = torch.where(err.any(1), fg.float(), torch.full_like(fg, -1, dtype=torch.float32))
+    return coords[:, None], labels[:, None]
+
+
+def train_step(sam, decoder: SamDecoderOnnx, samples: List[TrainingSample], seed: np.random.SeedSequence,
+               cfg: SamConfig, opts: TrainOptions):
+    device = next(sam.parameters()).device
+    images, target, owner, coords, labels = collate(samples, cfg.image_size, device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+    hard = target > 0.5
+    emb = sam.image_encoder(images)[owner]
+    num = len(owner)
     m = cfg.low_res_size
 
-    # Round 1: one point (padded) or one box; multimask, lowest loss back-propagated.
-    coords = np.zeros((num, 2, 2), np.float32)
-    labels = np.full((num, 2), -1.0, np.float32)
-    for i, (_, c, l) in enumerate(first):
-        coords[i, : len(c)] = c
-        labels[i, : len(l)] = l
-    low, iou = decoder(emb, torch.from_numpy(coords), torch.from_numpy(labels),
-                       torch.zeros(num, 1, m, m), torch.zeros(num))
-    mask_loss, iou_loss, pred = _losses(low[:, 1:], target, iou[:, 1:], cfg.image_size)
-    best = mask_loss.argmin(1)
-    rows = torch.arange(num)
-    loss = mask_loss[rows, best].mean() + iou_loss.mean()
+    # Round 1: one point (padded) or one box. A point is ambiguous: multimask output, only the
+    # lowest-loss mask back-propagated. A box is not: the single-mask token, as SamPredictor
+    # answers a box with multimask_output=False.
+    low, iou = decoder(emb, coords, labels, torch.zeros(num, 1, m, m, device=device), torch.zeros(num, device=device))
+    mask_loss, iou_loss, pred = _losses(low, target, iou, cfg.image_size)
+    best, trained = round1_selection(mask_loss, labels[:, 0] == 2)
+    rows = torch.arange(num, device=device)
+    loss = mask_loss[rows, best].mean() + (iou_loss * trained).sum() / trained.sum()
     with torch.no_grad():
-        prob = torch.sigmoid(F.interpolate(low[rows, 1 + best][:, None], (cfg.image_size,) * 2, mode="bilinear",
+        prob = torch.sigmoid(F.interpolate(low[rows, best][:, None], (cfg.image_size,) * 2, mode="bilinear",
                                            align_corners=False)[:, 0])
-        fg = (prob * target).flatten(1).sum(1) / target.flatten(1).sum(1).clamp(min=1)
-        bg = (prob * ~target).flatten(1).sum(1) / (~target).flatten(1).sum(1).clamp(min=1)
-    stats = {"round1_iou": float(_iou(pred[rows, best], target).mean()),
-             "fg_prob": float(fg.mean()), "bg_prob": float(bg.mean())}
-    prev_low = low[rows, 1 + best].detach()[:, None]
-    prev_pred = pred[rows, best].numpy()
+        fg = (prob * hard).flatten(1).sum(1) / hard.flatten(1).sum(1).clamp(min=1)
+        bg = (prob * ~hard).flatten(1).sum(1) / (~hard).flatten(1).sum(1).clamp(min=1)
+    stats = {"round1_iou": _iou(pred[rows, best], hard).mean(), "fg_prob": fg.mean(), "bg_prob": bg.mean()}
+    prev_low = low[rows, best].detach()[:, None]
+    prev_pred = pred[rows, best]
 
-    # Correction rounds: a point from the error region, previous logits as mask prompt.
-    pts: List[List[Tuple[float, float]]] = [[] for _ in range(num)]
-    lbs: List[List[float]] = [[] for _ in range(num)]
-    for i, (kind, c, l) in enumerate(first):
-        pts[i] = [tuple(p) for p in c]
-        lbs[i] = list(l)
+    # Correction rounds: a point from the error region, previous logits as mask prompt, single mask.
     for r in range(opts.correction_rounds):
-        for i in range(num):
-            err = prev_pred[i] ^ targets[i]
-            if err.any():
-                x, y = _sample_point(rng, err)
-                pts[i].append((x, y))
-                lbs[i].append(1.0 if targets[i][int(y), int(x)] else 0.0)
-            else:  # nothing to correct: repeat a point already given (no new information)
-                pts[i].append(pts[i][0])
-                lbs[i].append(lbs[i][0])
-        n = max(len(p) for p in pts)
-        coords = np.zeros((num, n, 2), np.float32)
-        labels = np.full((num, n), -1.0, np.float32)
-        for i in range(num):
-            coords[i, : len(pts[i])] = pts[i]
-            labels[i, : len(lbs[i])] = lbs[i]
-        low, iou = decoder(emb, torch.from_numpy(coords), torch.from_numpy(labels), prev_low, torch.ones(num))
+        c, lb = error_points(prev_pred, hard, gen)
+        coords, labels = torch.cat([coords, c], 1), torch.cat([labels, lb], 1)
+        low, iou = decoder(emb, coords, labels, prev_low, torch.ones(num, device=device))
         mask_loss, iou_loss, pred = _losses(low[:, :1], target, iou[:, :1], cfg.image_size)
         loss = loss + mask_loss.mean() + iou_loss.mean()
-        stats[f"round{r + 2}_iou"] = float(_iou(pred[:, 0], target).mean())
+        stats[f"round{r + 2}_iou"] = _iou(pred[:, 0], hard).mean()
         prev_low = low[:, :1].detach()
-        prev_pred = pred[:, 0].numpy()
+        prev_pred = pred[:, 0]
     loss = loss / (1 + opts.correction_rounds)
-    stats["loss"] = float(loss.detach())
-    return loss, stats
+    stats["loss"] = loss.detach()
+    values = torch.stack([v.float() for v in stats.values()]).tolist()  # one device sync per step
+    return loss, dict(zip(stats, values))
 
 
 def _lr(step: int, opts: TrainOptions) -> float:
@@ -213,6 +264,14 @@ def _lr(step: int, opts: TrainOptions) -> float:
         return opts.lr * (step + 1) / opts.warmup
     frac = (step - opts.warmup) / max(1, opts.steps - opts.warmup)
     return opts.lr * 0.5 * (1 + np.cos(np.pi * min(1.0, frac)))
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def init_provenance(init: Optional[str]) -> Optional[dict]:
@@ -226,7 +285,7 @@ def init_provenance(init: Optional[str]) -> Optional[dict]:
         if os.path.isfile(cand):
             with open(cand) as f:
                 prev = json.load(f)
-            info.update({k: prev.get(k) for k in ("steps", "elapsed_s", "options", "threads", "init")})
+            info.update({k: prev.get(k) for k in ("steps", "elapsed_s", "options", "threads", "device", "init")})
             if info["steps"] is None:  # a file written from a state (resumable run stopped early)
                 info["steps"] = prev.get("step")
             if info["threads"] is None:
@@ -245,58 +304,74 @@ def train(out_path: str, opts: TrainOptions, cfg: SamConfig = SMALL_CONFIG, stat
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     state_path = state_path or out_path + ".state"
     torch.manual_seed(opts.seed)
     sam = build_sam(cfg).train()
-    optim = torch.optim.AdamW(sam.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     step, elapsed, history = 0, 0.0, []
+    state = None
     if os.path.isfile(state_path):
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         sam.load_state_dict(state["model"])
-        optim.load_state_dict(state["optimizer"])
         step, elapsed, history = state["step"], state["elapsed_s"], state["history"]
         log.warning("resuming from %s at step %d", state_path, step)
     elif init:
         sam.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
         log.warning("starting from the weights in %s", init)
+    sam.to(device)
+    optim = torch.optim.AdamW(sam.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    if state is not None:
+        optim.load_state_dict(state["optimizer"])  # moves its tensors to the parameters' device
     # Built after the weights are loaded: the wrapper holds the dense positional encoding computed
     # from the prompt encoder's (fixed, random) Gaussian matrix, which comes from the checkpoint.
     decoder = SamDecoderOnnx(sam)
     started = time.perf_counter() - elapsed
     bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True)
 
+    def cpu_state_dict() -> Dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in sam.state_dict().items()}
+
     def save_state() -> None:
-        torch.save({"model": sam.state_dict(), "optimizer": optim.state_dict(), "step": step,
+        torch.save({"model": cpu_state_dict(), "optimizer": optim.state_dict(), "step": step,
                     "elapsed_s": time.perf_counter() - started, "history": history,
                     "options": dataclasses.asdict(opts), "config": cfg.to_dict()}, state_path + ".tmp")
         os.replace(state_path + ".tmp", state_path)
 
-    while step < opts.steps:
-        rng = np.random.default_rng([opts.seed, step])
-        for g in optim.param_groups:
-            g["lr"] = _lr(step, opts)
-        size_range = opts.curriculum_size_range if step < opts.curriculum_steps else opts.size_range
-        loss, stats = train_step(sam, decoder, rng, cfg, opts, size_range)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
-        optim.step()
-        step += 1
-        history.append({"step": step, **{k: round(v, 4) for k, v in stats.items()}})
-        bar.update(1)
-        bar.set_postfix(loss=f"{stats['loss']:.3f}", iou1=f"{stats['round1_iou']:.2f}")
-        if step % opts.checkpoint_every == 0 or step == opts.steps:
-            save_state()
-        if opts.max_minutes and time.perf_counter() - started > opts.max_minutes * 60:
-            save_state()
-            break
+    feed = SceneFeed(cfg, opts)
+    try:
+        while step < opts.steps:
+            samples, seed = feed.get(step)
+            for g in optim.param_groups:
+                g["lr"] = _lr(step, opts)
+            loss, stats = train_step(sam, decoder, samples, seed, cfg, opts)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+            optim.step()
+            step += 1
+            history.append({"step": step, "time_s": round(time.perf_counter() - started, 2),
+                            **{k: round(v, 4) for k, v in stats.items()}})
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", iou1=f"{stats['round1_iou']:.2f}")
+            if step % opts.checkpoint_every == 0 or step == opts.steps:
+                save_state()
+            if opts.max_minutes and time.perf_counter() - started > opts.max_minutes * 60:
+                save_state()
+                break
+    finally:
+        feed.close()
     bar.close()
     sam.eval()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    torch.save(sam.state_dict(), out_path)
+    torch.save(cpu_state_dict(), out_path)
     summary = {"steps": step, "elapsed_s": round(time.perf_counter() - started, 1), "options": dataclasses.asdict(opts),
                "config": cfg.to_dict(), "threads": torch.get_num_threads(), "init": init_provenance(init),
-               "last_100": {k: float(np.mean([h[k] for h in history[-100:]])) for k in history[-1] if k != "step"}}
+               "device": _device_name(device),
+               "last_100": {k: float(np.mean([h[k] for h in history[-100:] if k in h]))
+                            for k in history[-1] if k not in ("step", "time_s")}}
     with open(out_path + ".train.json", "w") as f:
         json.dump({**summary, "history": history}, f)
     return summary

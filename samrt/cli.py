@@ -83,16 +83,44 @@ def _add_train(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop resumably after this long")
     p.add_argument("--seed", type=int, default=1, help="scene stream (use a new one when continuing from --init)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine to 0)")
-    p.add_argument("--init", help="start from these weights (e.g. export/checkpoints/samrt_small.cpu2h.pth)")
+    p.add_argument("--init", help="start from these weights (e.g. export/checkpoints/samrt_small.pth)")
     p.add_argument("--curriculum-steps", type=int, default=800, help="steps of large objects first (0: none)")
+    p.add_argument("--warmup", type=int, default=150, help="linear warm-up steps before the cosine decay")
+    p.add_argument("--batch-images", type=int, default=4, help="scenes per step")
+    p.add_argument("--prompts-per-image", type=int, default=4, help="prompted targets per scene")
+    p.add_argument("--correction-rounds", type=int, default=2, help="error-region clicks after the first prompt")
+    p.add_argument("--scene-long-side", type=_pair(int), default=(256, 256), metavar="MIN,MAX",
+                   help="draw scenes at a long side in this range, then resize (192,640: as the held-out set)")
+    p.add_argument("--aspect-range", type=_pair(float), default=(0.6, 1.67), metavar="MIN,MAX",
+                   help="scene aspect ratio w/h range (0.5,2.0: as the held-out set)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    p.add_argument("--workers", type=int, default=0, help="scene-generating processes (0: in the training process)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between resumable state files")
     p.set_defaults(func=cmd_train)
+
+
+def _pair(kind):
+    def parse(text: str):
+        parts = text.split(",")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            return kind(parts[0]), kind(parts[1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected two {kind.__name__} values as MIN,MAX") from None
+
+    return parse
 
 
 def cmd_train(args) -> int:
     from samrt.export.train import TrainOptions, train
 
     opts = TrainOptions(steps=args.steps, threads=args.threads, max_minutes=args.max_minutes, seed=args.seed,
-                        lr=args.lr, curriculum_steps=args.curriculum_steps)
+                        lr=args.lr, curriculum_steps=args.curriculum_steps, warmup=args.warmup,
+                        batch_images=args.batch_images, prompts_per_image=args.prompts_per_image,
+                        correction_rounds=args.correction_rounds, scene_long_side=args.scene_long_side,
+                        aspect_range=args.aspect_range, device=args.device, workers=args.workers,
+                        checkpoint_every=args.checkpoint_every)
     print(json.dumps(train(args.out, opts, init=args.init), indent=2))
     return 0
 
@@ -213,6 +241,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--onnx-dir", help="evaluate an export folder through ONNX Runtime instead of PyTorch")
     p.add_argument("--scenes", type=int, default=60)
     p.add_argument("--out", help="JSON file for the figures")
+    p.add_argument("--device", default="cpu", help="torch device for a --checkpoint (cpu, cuda, ...)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -236,7 +265,7 @@ def cmd_eval(args) -> int:
         source = args.checkpoint or default_checkpoint()
         if source is None:
             raise SamrtError("no --checkpoint and no embedded model in this install")
-        predictor = SamPredictor(load_sam(source)[0])
+        predictor = SamPredictor(load_sam(source)[0].to(args.device))
     result = {"source": source, **evaluate(predictor, eval_scenes(args.scenes), progress=True)}
     text = json.dumps(result, indent=2)
     print(text)

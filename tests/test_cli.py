@@ -48,3 +48,11 @@ def test_console_script_help():
 def test_client_side_imports_need_no_torch():
     code = "import sys, samrt.spec, samrt.processing, samrt.visualize; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_train_range_flags_say_what_they_expect(capsys):
+    from samrt.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--out", "x.pth", "--scene-long-side", "640"])
+    assert "got '640', expected two int values as MIN,MAX" in capsys.readouterr().err

@@ -99,6 +99,7 @@ def test_train_two_steps_then_resume(tmp_path):
     train(out2, TrainOptions(**{**opts.__dict__, "steps": 1, "seed": 7}), cfg, init=out)
     stage2 = json.load(open(out2 + ".train.json"))
     assert stage2["init"]["path"] == "mini.pth" and stage2["init"]["steps"] == 3
+    assert stage2["init"]["device"].startswith("cpu")  # where stage 1 ran travels with it
     card = open(write_model_card(out2, out2 + ".train.json", str(tmp_path / "eval.json"), str(tmp_path / "CARD2.md"),
                                  "a test machine")).read()
     assert "Stage 1, from random init: 3 steps" in card and "Stage 2, continued" in card
@@ -131,3 +132,54 @@ def test_train_from_init_uses_the_checkpoints_positional_encoding(tmp_path, monk
     wrapper_pe, model_pe = seen[0]
     assert torch.equal(wrapper_pe, model_pe)
     assert torch.equal(model_pe, init.prompt_encoder.get_dense_pe().detach())
+
+
+def test_error_points_come_from_the_error_region_with_the_right_label():
+    import torch
+
+    from samrt.export.train import error_points
+
+    target = torch.zeros(3, 8, 8, dtype=torch.bool)
+    target[:, 2:6, 2:6] = True
+    pred = target.clone()
+    pred[0, 2:6, 2:4] = False  # missed foreground only: a positive click inside it
+    pred[1, 0, :] = True  # false background only: a negative click on row 0
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        coords, labels = error_points(pred, target, gen)
+        assert coords.shape == (3, 1, 2) and labels.shape == (3, 1)
+        x, y = coords[0, 0].long().tolist()
+        assert labels[0, 0] == 1 and 2 <= x < 4 and 2 <= y < 6
+        x, y = coords[1, 0].long().tolist()
+        assert labels[1, 0] == 0 and y == 0
+        assert labels[2, 0] == -1  # no error: a padding point, no new information
+
+
+def test_scene_workers_give_the_same_training_as_the_training_process(tmp_path):
+    import torch
+
+    from samrt.export.train import TrainOptions, train
+    from samrt.spec import SamConfig
+
+    cfg = SamConfig("mini", 32, 1, 1, (0,), image_size=64, window_size=2, decoder_mlp_dim=64)
+    opts = dict(steps=2, batch_images=2, prompts_per_image=2, correction_rounds=1, warmup=1, curriculum_steps=1,
+                scene_long_side=(96, 160), aspect_range=(0.5, 2.0))
+    train(str(tmp_path / "a.pth"), TrainOptions(**opts, workers=0), cfg)
+    train(str(tmp_path / "b.pth"), TrainOptions(**opts, workers=2), cfg)
+    a, b = torch.load(tmp_path / "a.pth"), torch.load(tmp_path / "b.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rec = json.load(open(tmp_path / "b.pth.train.json"))
+    assert rec["device"].startswith("cpu") and rec["options"]["scene_long_side"] == [96, 160]
+    assert [h["step"] for h in rec["history"]] == [1, 2] and rec["history"][1]["time_s"] > 0
+
+
+def test_round1_trains_a_box_on_the_single_mask_token_and_a_point_on_its_best_of_three():
+    import torch
+
+    from samrt.export.train import round1_selection
+
+    loss = torch.tensor([[0.1, 0.9, 0.2, 0.5],   # point: best multimask token is 2 (token 0 is not a candidate)
+                         [0.9, 0.1, 0.2, 0.3]])  # box: token 0 even though token 1 has the lower loss
+    best, trained = round1_selection(loss, torch.tensor([False, True]))
+    assert best.tolist() == [2, 0]
+    assert trained.tolist() == [[0, 1, 1, 1], [1, 0, 0, 0]]
