@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from samrt.scenes import TRAIN_SEED
-from samrt.spec import PIXEL_MEAN, PIXEL_STD, SamConfig
+from samrt import processing as P
+from samrt.spec import SamConfig
 from samrt.train_data import SceneSampling, TrainingSample, training_sample
 
 from .checkpoint import build_sam
@@ -102,15 +103,10 @@ def _iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp(min=1)
 
 
-def _sampling(cfg: SamConfig, opts: TrainOptions, size_range) -> SceneSampling:
-    return SceneSampling(image_size=cfg.image_size, prompts_per_image=opts.prompts_per_image,
-                         size_range=tuple(size_range), long_side=tuple(opts.scene_long_side),
-                         aspect_range=tuple(opts.aspect_range))
-
-
 class SceneFeed:
     """Each step's training samples, drawn from (seed, step): generated in the training process
-    (workers=0) or by a pool of worker processes that keeps `ahead` steps in flight."""
+    (workers=0) or by a pool of worker processes that keeps `ahead` steps in flight (steps are
+    asked for in order)."""
 
     def __init__(self, cfg: SamConfig, opts: TrainOptions, ahead: int = 4) -> None:
         self.cfg, self.opts, self.ahead = cfg, opts, ahead
@@ -128,7 +124,10 @@ class SceneFeed:
 
     def _spec(self, step: int) -> SceneSampling:
         o = self.opts
-        return _sampling(self.cfg, o, o.curriculum_size_range if step < o.curriculum_steps else o.size_range)
+        size_range = o.curriculum_size_range if step < o.curriculum_steps else o.size_range
+        return SceneSampling(image_size=self.cfg.image_size, prompts_per_image=o.prompts_per_image,
+                             size_range=tuple(size_range), long_side=tuple(o.scene_long_side),
+                             aspect_range=tuple(o.aspect_range))
 
     def _submit(self, step: int) -> None:
         spec, seeds = self._spec(step), self._seeds(step)
@@ -139,9 +138,8 @@ class SceneFeed:
             seeds = self._seeds(step)
             spec = self._spec(step)
             return [training_sample(s, spec) for s in seeds[:-1]], seeds[-1]
-        while self.pending and self.pending[0][0] != step:  # out of order (never in train()): start over
-            for f in self.pending.popleft()[1]:
-                f.cancel()
+        if self.pending and self.pending[0][0] != step:
+            raise ValueError(f"SceneFeed.get: got step {step}, expected the next step {self.pending[0][0]}")
         nxt = self.pending[-1][0] + 1 if self.pending else step
         while len(self.pending) < self.ahead:
             self._submit(nxt)
@@ -161,22 +159,14 @@ class SceneFeed:
 def collate(samples: List[TrainingSample], image_size: int, device: torch.device):
     """Samples -> (normalised zero-padded images [B,3,S,S], soft targets [P,S,S] in 0..1,
     owner image of each target [P], first-prompt coords [P,2,2] and labels [P,2]), on `device`."""
-    s = image_size
-    raw = np.zeros((len(samples), s, s, 3), np.uint8)
-    valid = np.zeros((len(samples), 1, s, s), np.float32)
-    for b, smp in enumerate(samples):
-        h, w = smp.image.shape[:2]
-        raw[b, :h, :w] = smp.image
-        valid[b, :, :h, :w] = 1
-    mean = torch.tensor(PIXEL_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD, device=device).view(1, 3, 1, 1)
-    x = torch.from_numpy(raw).to(device).permute(0, 3, 1, 2).float()
-    images = (x - mean) / std * torch.from_numpy(valid).to(device)  # padding is 0 after normalising
-    targets = torch.from_numpy(np.concatenate([smp.targets for smp in samples])).to(device).float() / 255
-    owner = torch.from_numpy(np.repeat(np.arange(len(samples)), [len(smp.targets) for smp in samples])).to(device)
-    coords = torch.from_numpy(np.concatenate([smp.coords for smp in samples])).to(device)
-    labels = torch.from_numpy(np.concatenate([smp.labels for smp in samples])).to(device)
-    return images, targets, owner, coords, labels
+    images = np.stack([P.normalize_and_pad(smp.image, image_size) for smp in samples])
+    targets = np.concatenate([smp.targets for smp in samples])
+    owner = np.repeat(np.arange(len(samples)), [len(smp.targets) for smp in samples])
+    coords = np.concatenate([smp.coords for smp in samples])
+    labels = np.concatenate([smp.labels for smp in samples])
+    return (torch.from_numpy(images).to(device), torch.from_numpy(targets).to(device).float() / 255,
+            torch.from_numpy(owner).to(device), torch.from_numpy(coords).to(device),
+            torch.from_numpy(labels).to(device))
 
 
 def _losses(logits: torch.Tensor, target: torch.Tensor, iou_pred: torch.Tensor, size: int):

@@ -73,10 +73,16 @@ def preprocess_image(image: np.ndarray, image_size: int = 1024) -> Tuple[np.ndar
     """
     image = check_image(image)
     resized = resize_longest_side(image, image_size)
+    return normalize_and_pad(resized, image_size)[None], resized.shape[:2]
+
+
+def normalize_and_pad(resized: np.ndarray, image_size: int) -> np.ndarray:
+    """An already resized hxwx3 uint8 image -> float32 [3,S,S]: SAM's pixel mean/std, then zero
+    padding at the bottom and right."""
     h, w = resized.shape[:2]
-    x = np.zeros((1, 3, image_size, image_size), dtype=np.float32)
-    x[0, :, :h, :w] = ((resized.astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)
-    return x, (h, w)
+    x = np.zeros((3, image_size, image_size), dtype=np.float32)
+    x[:, :h, :w] = ((resized.astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)
+    return x
 
 
 def apply_coords(coords: np.ndarray, original_size: Tuple[int, int], long_side: int) -> np.ndarray:
