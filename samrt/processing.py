@@ -7,7 +7,7 @@ share these functions. Shapes follow segment-anything's docstrings (`Nx2` points
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image
