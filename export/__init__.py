@@ -1,6 +1,7 @@
 """samrt.export: official SAM checkpoints to checked ONNX graphs (needs the `export` extra)."""
 
-from .checkpoint import build_sam, config_from_state_dict, load_sam, load_state_dict, random_sam, save_checkpoint
+from .checkpoint import (build_sam, config_from_state_dict, load_sam, load_state_dict, random_sam, resize_image_input,
+                         save_checkpoint)
 from .onnx_export import ExportResult, Tolerance, check_graph, export_sam, random_decoder_inputs
 from .wrappers import SamDecoderOnnx, SamEncoderOnnx
 
@@ -10,6 +11,7 @@ __all__ = [
     "load_sam",
     "load_state_dict",
     "random_sam",
+    "resize_image_input",
     "save_checkpoint",
     "ExportResult",
     "Tolerance",

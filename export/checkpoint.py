@@ -24,6 +24,7 @@ __all__ = [
     "load_state_dict",
     "load_sam",
     "random_sam",
+    "resize_image_input",
     "save_checkpoint",
 ]
 
@@ -208,6 +209,39 @@ def random_sam(cfg: SamConfig, seed: int = 0) -> torch.nn.Module:
             if name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w")):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     return sam.eval()
+
+
+def resize_image_input(sd: Mapping[str, torch.Tensor], image_size: int) -> Dict[str, torch.Tensor]:
+    """The state dict re-targeted at another input size (a starting point for fine-tuning there).
+
+    Only the image encoder's position tables depend on the input size: the absolute position
+    embedding (one vector per patch) is resampled bicubically to the new patch grid, and the
+    relative-position tables of the global-attention blocks (2*grid-1 rows) linearly, as
+    segment_anything's `get_rel_pos` itself resamples a table of the wrong length. Windowed
+    blocks, the neck, the prompt encoder (its Fourier features take normalised coordinates) and
+    the mask decoder do not depend on the input size.
+    """
+    import torch.nn.functional as F
+
+    cfg = config_from_state_dict(sd)
+    if image_size % cfg.patch_size:
+        raise CheckpointError(f"image size {image_size}: expected a multiple of the patch size {cfg.patch_size}")
+    if image_size == cfg.image_size:
+        return dict(sd)
+    old, new = cfg.image_size // cfg.patch_size, image_size // cfg.patch_size
+    out = dict(sd)
+    pos = sd["image_encoder.pos_embed"]  # 1 x grid x grid x C
+    out["image_encoder.pos_embed"] = F.interpolate(
+        pos.permute(0, 3, 1, 2).float(), size=(new, new), mode="bicubic", align_corners=False
+    ).permute(0, 2, 3, 1).to(pos.dtype).contiguous()
+    for i in cfg.encoder_global_attn_indexes:
+        for axis in ("h", "w"):
+            key = f"image_encoder.blocks.{i}.attn.rel_pos_{axis}"
+            table = sd[key]  # (2*old-1) x head_dim
+            out[key] = F.interpolate(table.T[None].float(), size=2 * new - 1, mode="linear",
+                                     align_corners=False)[0].T.to(table.dtype).contiguous()
+    assert 2 * old - 1 == sd[f"image_encoder.blocks.{cfg.encoder_global_attn_indexes[0]}.attn.rel_pos_h"].shape[0]
+    return out
 
 
 def save_checkpoint(sam: torch.nn.Module, path: str) -> None:

@@ -24,16 +24,26 @@ def _where(stage: dict, machine: str) -> str:
     return stage.get("device") or f"{machine}, {stage.get('threads')} threads"
 
 
+def _input_size(stage: dict) -> int:
+    # Stages recorded before `samrt train --image-size` existed carry no config: all ran at 256 px.
+    return int(stage.get("config", {}).get("image_size", 256))
+
+
 def _schedule(train: dict, machine: str) -> str:
     stages = _stages(train)
     lines = []
     for i, st in enumerate(stages):
         o = st["options"]
+        size = _input_size(st)
         how = "from random init" if i == 0 else f"continued from stage {i}'s weights (fresh optimizer, new scene stream)"
+        if i and _input_size(stages[i - 1]) != size:
+            how = how[:-1] + f"; position tables resized from {_input_size(stages[i - 1])} px)"
         lo, hi = o.get("scene_long_side", (256, 256))
         a0, a1 = o.get("aspect_range", (0.6, 1.67))
+        loss = f", mask loss on a {o['loss_size']}² grid" if o.get("loss_size") else ""
         lines.append(f"- Stage {i + 1}, {how}: {st['steps']} steps in {st['elapsed_s'] / 60:.0f} minutes on "
-                     f"{_where(st, machine)}; {o['batch_images']} scenes × {o['prompts_per_image']} targets per step, "
+                     f"{_where(st, machine)}; input {size} px{loss}; {o['batch_images']} scenes × "
+                     f"{o['prompts_per_image']} targets per step, {o.get('correction_rounds', 2)} correction rounds, "
                      f"scenes drawn at a long side of {lo}–{hi} px and aspect {a0}–{a1}; peak lr {o['lr']}, "
                      f"warm-up {o['warmup']}, scene stream {o['seed']}, curriculum {o['curriculum_steps']} steps.")
     total_steps = sum(st["steps"] for st in stages)
@@ -82,10 +92,11 @@ from a separate stream (`samrt.scenes.EVAL_SEED`).
 
 ## Recipe (the SAM paper's, scaled down)
 - Per step B scenes × K targets (per stage below); first prompt a foreground point or a noisy box
-  (σ = 10% of the box side, at most 20 px, in the scene's pixels), then {opts['correction_rounds']} correction rounds with a point sampled from the
+  (σ = 10% of the box side, at most 20 px, in the scene's pixels), then correction rounds (per stage below) with a point sampled from the
   error region and the previous low-res logits as mask prompt.
 - Each scene is resized (longest side) to the input like any served image; the loss compares the
-  upsampled logits with the ground truth's area coverage at the input resolution (`samrt.train_data`).
+  upsampled logits with the ground truth's area coverage at the input resolution, or on a coarser
+  grid where a stage says so (`samrt.train_data`).
 - A first point is ambiguous: multimask output, only the lowest-loss mask back-propagated. A
   first box and the later rounds train the single-mask token (what SamPredictor answers them with). Loss: focal (γ 2, no α weighting) and dice 20:1; the IoU head with MSE.
 - AdamW, linear warm-up then cosine decay to 0 (peak lr and warm-up per stage below), weight decay {opts['weight_decay']}, gradient clip 1.0.

@@ -31,7 +31,7 @@ from samrt import processing as P
 from samrt.spec import SamConfig
 from samrt.train_data import SceneSampling, TrainingSample, training_sample
 
-from .checkpoint import build_sam
+from .checkpoint import build_sam, config_from_state_dict, resize_image_input
 from .wrappers import SamDecoderOnnx
 
 __all__ = ["SMALL_CONFIG", "TrainOptions", "train", "init_provenance", "focal_loss", "dice_loss", "error_points", "round1_selection",
@@ -78,6 +78,10 @@ class TrainOptions:
     aspect_range: Tuple[float, float] = (0.6, 1.67)
     device: str = "cpu"
     workers: int = 0  # scene-generating processes (0: in the training process)
+    # Side of the grid the mask loss is computed on: 0 = the input size. A smaller one (a divisor
+    # of the input size, at least the low-res mask side) compares the logits with the targets'
+    # area coverage pooled to that grid: at 512 px input, 256 keeps ~half the step time on a CPU.
+    loss_size: int = 0
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = -1.0, gamma: float = 2.0) -> torch.Tensor:
@@ -211,6 +215,13 @@ def train_step(sam, decoder: SamDecoderOnnx, samples: List[TrainingSample], seed
     images, target, owner, coords, labels = collate(samples, cfg.image_size, device)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+    size = opts.loss_size or cfg.image_size
+    if size != cfg.image_size:
+        if cfg.image_size % size or size < cfg.low_res_size:
+            raise ValueError(f"loss_size: got {size}, expected a divisor of the input size {cfg.image_size} "
+                             f"of at least the low-res mask side {cfg.low_res_size}")
+        target = F.avg_pool2d(target[:, None], cfg.image_size // size)[:, 0]  # area coverage on the loss grid
+    scale = cfg.image_size / size  # loss-grid pixel -> input pixel
     hard = target > 0.5
     emb = sam.image_encoder(images)[owner]
     num = len(owner)
@@ -220,12 +231,12 @@ def train_step(sam, decoder: SamDecoderOnnx, samples: List[TrainingSample], seed
     # lowest-loss mask back-propagated. A box is not: the single-mask token, as SamPredictor
     # answers a box with multimask_output=False.
     low, iou = decoder(emb, coords, labels, torch.zeros(num, 1, m, m, device=device), torch.zeros(num, device=device))
-    mask_loss, iou_loss, pred = _losses(low, target, iou, cfg.image_size)
+    mask_loss, iou_loss, pred = _losses(low, target, iou, size)
     best, trained = round1_selection(mask_loss, labels[:, 0] == 2)
     rows = torch.arange(num, device=device)
     loss = mask_loss[rows, best].mean() + (iou_loss * trained).sum() / trained.sum()
     with torch.no_grad():
-        prob = torch.sigmoid(F.interpolate(low[rows, best][:, None], (cfg.image_size,) * 2, mode="bilinear",
+        prob = torch.sigmoid(F.interpolate(low[rows, best][:, None], (size,) * 2, mode="bilinear",
                                            align_corners=False)[:, 0])
         fg = (prob * hard).flatten(1).sum(1) / hard.flatten(1).sum(1).clamp(min=1)
         bg = (prob * ~hard).flatten(1).sum(1) / (~hard).flatten(1).sum(1).clamp(min=1)
@@ -236,9 +247,10 @@ def train_step(sam, decoder: SamDecoderOnnx, samples: List[TrainingSample], seed
     # Correction rounds: a point from the error region, previous logits as mask prompt, single mask.
     for r in range(opts.correction_rounds):
         c, lb = error_points(prev_pred, hard, gen)
+        c = (c + 0.5) * scale - 0.5  # the loss-grid pixel's centre in input pixels (identity at scale 1)
         coords, labels = torch.cat([coords, c], 1), torch.cat([labels, lb], 1)
         low, iou = decoder(emb, coords, labels, prev_low, torch.ones(num, device=device))
-        mask_loss, iou_loss, pred = _losses(low[:, :1], target, iou[:, :1], cfg.image_size)
+        mask_loss, iou_loss, pred = _losses(low[:, :1], target, iou[:, :1], size)
         loss = loss + mask_loss.mean() + iou_loss.mean()
         stats[f"round{r + 2}_iou"] = _iou(pred[:, 0], hard).mean()
         prev_low = low[:, :1].detach()
@@ -275,7 +287,7 @@ def init_provenance(init: Optional[str]) -> Optional[dict]:
         if os.path.isfile(cand):
             with open(cand) as f:
                 prev = json.load(f)
-            info.update({k: prev.get(k) for k in ("steps", "elapsed_s", "options", "threads", "device", "init")})
+            info.update({k: prev.get(k) for k in ("steps", "elapsed_s", "options", "config", "threads", "device", "init")})
             if info["steps"] is None:  # a file written from a state (resumable run stopped early)
                 info["steps"] = prev.get("step")
             if info["threads"] is None:
@@ -305,11 +317,19 @@ def train(out_path: str, opts: TrainOptions, cfg: SamConfig = SMALL_CONFIG, stat
     state = None
     if os.path.isfile(state_path):
         state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state.get("config", cfg.to_dict()) != cfg.to_dict():
+            raise ValueError(f"state file {state_path} holds a run of config {state['config']}, "
+                             f"expected {cfg.to_dict()} (same --image-size as the run it resumes)")
         sam.load_state_dict(state["model"])
         step, elapsed, history = state["step"], state["elapsed_s"], state["history"]
         log.warning("resuming from %s at step %d", state_path, step)
     elif init:
-        sam.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+        sd = torch.load(init, map_location="cpu", weights_only=True)
+        init_size = config_from_state_dict(sd).image_size
+        if init_size != cfg.image_size:  # e.g. fine-tune a 256 px model at 512 px
+            sd = resize_image_input(sd, cfg.image_size)
+            log.warning("resized the position tables of %s from %d px to %d px input", init, init_size, cfg.image_size)
+        sam.load_state_dict(sd)
         log.warning("starting from the weights in %s", init)
     sam.to(device)
     optim = torch.optim.AdamW(sam.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)

@@ -6,6 +6,7 @@ Heavy dependencies (torch, onnx) are imported inside the subcommands that need t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -83,7 +84,7 @@ def _add_train(sub) -> None:
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop resumably after this long")
     p.add_argument("--seed", type=int, default=1, help="scene stream (use a new one when continuing from --init)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine to 0)")
-    p.add_argument("--init", help="start from these weights (e.g. export/checkpoints/samrt_small.pth)")
+    p.add_argument("--init", help="start from these weights (e.g. samrt/assets/sam_samrt_small.pth)")
     p.add_argument("--curriculum-steps", type=int, default=800, help="steps of large objects first (0: none)")
     p.add_argument("--warmup", type=int, default=150, help="linear warm-up steps before the cosine decay")
     p.add_argument("--batch-images", type=int, default=4, help="scenes per step")
@@ -95,6 +96,10 @@ def _add_train(sub) -> None:
                    help="scene aspect ratio w/h range (0.5,2.0: as the held-out set)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, default=0, help="scene-generating processes (0: in the training process)")
+    p.add_argument("--image-size", type=int, default=256,
+                   help="model input size (px); an --init model of another size has its position tables resized")
+    p.add_argument("--loss-size", type=int, default=0,
+                   help="grid side the mask loss is computed on (0: the input size; e.g. 256 at --image-size 512)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between resumable state files")
     p.set_defaults(func=cmd_train)
 
@@ -113,15 +118,19 @@ def _pair(kind):
 
 
 def cmd_train(args) -> int:
-    from samrt.export.train import TrainOptions, train
+    from samrt.export.train import SMALL_CONFIG, TrainOptions, train
 
     opts = TrainOptions(steps=args.steps, threads=args.threads, max_minutes=args.max_minutes, seed=args.seed,
                         lr=args.lr, curriculum_steps=args.curriculum_steps, warmup=args.warmup,
                         batch_images=args.batch_images, prompts_per_image=args.prompts_per_image,
                         correction_rounds=args.correction_rounds, scene_long_side=args.scene_long_side,
                         aspect_range=args.aspect_range, device=args.device, workers=args.workers,
-                        checkpoint_every=args.checkpoint_every)
-    print(json.dumps(train(args.out, opts, init=args.init), indent=2))
+                        checkpoint_every=args.checkpoint_every, loss_size=args.loss_size)
+    if args.image_size <= 0 or args.image_size % SMALL_CONFIG.patch_size:
+        raise SamrtError(f"--image-size: got {args.image_size}, expected a positive multiple of the patch size "
+                         f"{SMALL_CONFIG.patch_size} (e.g. 256 or 512)")
+    cfg = dataclasses.replace(SMALL_CONFIG, image_size=args.image_size)
+    print(json.dumps(train(args.out, opts, cfg=cfg, init=args.init), indent=2))
     return 0
 
 

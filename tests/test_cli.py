@@ -56,3 +56,10 @@ def test_train_range_flags_say_what_they_expect(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--out", "x.pth", "--scene-long-side", "640"])
     assert "got '640', expected two int values as MIN,MAX" in capsys.readouterr().err
+
+
+def test_train_image_size_must_be_a_multiple_of_the_patch(capsys):
+    from samrt.cli import main
+
+    assert main(["train", "--out", "x.pth", "--image-size", "500"]) != 0
+    assert "--image-size: got 500, expected a positive multiple of the patch size 16" in capsys.readouterr().err

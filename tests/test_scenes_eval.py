@@ -183,3 +183,41 @@ def test_round1_trains_a_box_on_the_single_mask_token_and_a_point_on_its_best_of
     best, trained = round1_selection(loss, torch.tensor([False, True]))
     assert best.tolist() == [2, 0]
     assert trained.tolist() == [[0, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_train_at_a_larger_input_from_a_smaller_model_with_a_coarser_loss_grid(tmp_path):
+    """--image-size with an --init of another size resizes the position tables; --loss-size pools
+    the targets; a resumable state of one input size refuses a run of another."""
+    import dataclasses
+
+    import pytest
+    import torch
+
+    from samrt.export import load_sam
+    from samrt.export.checkpoint import build_sam
+    from samrt.export.train import TrainOptions, train
+    from samrt.spec import SamConfig
+
+    small = SamConfig("mini", 32, 1, 1, (0,), image_size=64, window_size=2, decoder_mlp_dim=64)
+    torch.manual_seed(0)
+    torch.save(build_sam(small).state_dict(), tmp_path / "init64.pth")
+    big = dataclasses.replace(small, image_size=128)
+    out = str(tmp_path / "big.pth")
+    opts = TrainOptions(steps=1, batch_images=1, prompts_per_image=2, correction_rounds=1, warmup=1,
+                        curriculum_steps=0, seed=5, loss_size=64)
+    summary = train(out, opts, big, init=str(tmp_path / "init64.pth"))
+    assert summary["options"]["loss_size"] == 64 and np.isfinite(summary["last_100"]["loss"])
+    assert load_sam(out)[1].image_size == 128
+    from samrt.export.model_card import write_model_card
+
+    figures = {"num_scenes": 1, "num_objects": 2, "miou_1pt_best": 0.5, "miou_1pt_oracle": 0.6, "miou_box": 0.7,
+               "miou_clicks": {"1": 0.5}, "miou_1pt_oracle_by_kind": {"ring": 0.6},
+               "frac_objects_iou_ge_0.8_1pt_oracle": 0.5}  # the card's input format; the figures are made up
+    json.dump(figures, open(tmp_path / "eval.json", "w"))
+    card = open(write_model_card(out, out + ".train.json", str(tmp_path / "eval.json"), str(tmp_path / "CARD.md"),
+                                 "a test machine")).read()
+    assert "input 128×128" in card and "input 128 px, mask loss on a 64² grid" in card
+    with pytest.raises(ValueError, match="expected a divisor of the input size 128"):
+        train(str(tmp_path / "odd.pth"), dataclasses.replace(opts, loss_size=48), big)
+    with pytest.raises(ValueError, match="same --image-size as the run it resumes"):
+        train(out, dataclasses.replace(opts, steps=2), small, state_path=out + ".state")

@@ -91,3 +91,40 @@ def test_random_init_is_seeded_and_fills_position_tables(tiny_cfg):
     assert a.image_encoder.pos_embed.abs().min() > 0
     assert a.image_encoder.blocks[0].attn.rel_pos_h.abs().sum() > 0
     assert not torch.equal(random_sam(tiny_cfg, seed=4).image_encoder.pos_embed, a.image_encoder.pos_embed)
+
+
+def test_resize_image_input_retargets_only_the_position_tables():
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    from samrt.export import resize_image_input
+
+    cfg = dataclasses.replace(get_config("tiny"), model_type="custom", image_size=256)  # 16x16 patch grid
+    sd = random_sam(cfg, seed=3).state_dict()
+    out = resize_image_input(sd, 512)
+    new = config_from_state_dict(out)
+    assert new == dataclasses.replace(cfg, image_size=512)
+    build_sam(new).load_state_dict(out)  # strict: every tensor has the 512 px model's shape
+    changed = {k for k in sd if not torch.equal(sd[k], out[k])}
+    tables = {"image_encoder.pos_embed"} | {f"image_encoder.blocks.{i}.attn.rel_pos_{a}"
+                                            for i in cfg.encoder_global_attn_indexes for a in "hw"}
+    assert changed == tables  # windowed blocks, neck, prompt encoder and decoder are untouched
+    # A global block's table is resampled exactly as segment_anything resamples one at run time.
+    key = f"image_encoder.blocks.{cfg.encoder_global_attn_indexes[0]}.attn.rel_pos_h"
+    grid = 512 // cfg.patch_size
+    expected = get_rel_pos(grid, grid, sd[key])  # [q, k, head_dim] from the 31-row table
+    rebuilt = out[key][(torch.arange(grid)[:, None] - torch.arange(grid)[None, :] + grid - 1)]
+    torch.testing.assert_close(rebuilt, expected, rtol=0, atol=1e-6)
+    # A constant position embedding stays constant; the same size is the identity.
+    flat = dict(sd, **{"image_encoder.pos_embed": torch.full_like(sd["image_encoder.pos_embed"], 0.25)})
+    torch.testing.assert_close(resize_image_input(flat, 384)["image_encoder.pos_embed"],
+                               torch.full((1, 24, 24, cfg.encoder_embed_dim), 0.25))
+    assert all(torch.equal(sd[k], v) for k, v in resize_image_input(sd, 256).items())
+
+
+def test_resize_image_input_wants_a_multiple_of_the_patch():
+    from samrt.export import resize_image_input
+
+    with torch.device("meta"):
+        sd = build_sam(get_config("tiny")).state_dict()
+    with pytest.raises(CheckpointError, match="image size 500: expected a multiple of the patch size 16"):
+        resize_image_input(sd, 500)
