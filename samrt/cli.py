@@ -72,7 +72,7 @@ def cmd_demo(args) -> int:
     print(json.dumps(result, indent=2))
     if result["random_init"]:
         print("\nWARNING: random-init weights: the mask means nothing.")
-    print(f"\noverlay written to {result['overlay']}")
+    print(f"\noverlay written to {result['overlay']} (the best-scored mask; all three: {result['candidates']})")
     return 0
 
 

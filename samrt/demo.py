@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from .visualize import overlay, sample_image, save_png
+from .visualize import candidates, overlay, sample_image, save_png
 
 
 def ensure_export(out_dir: str, model_type: str, checkpoint: Optional[str] = None, seed: int = 0) -> dict:
@@ -60,6 +60,7 @@ def run_demo(out_dir: str, checkpoint: Optional[str] = None, model_type: str = "
     best = int(np.argmax(scores))
     save_png(os.path.join(out_dir, "sample.png"), image)
     path = save_png(os.path.join(out_dir, "overlay.png"), overlay(image, masks[best], points, labels))
+    sheet = save_png(os.path.join(out_dir, "candidates.png"), candidates(image, masks, scores, points, labels))
     return {
         "model": report["name"],
         "checkpoint": report["checkpoint"],
@@ -71,4 +72,5 @@ def run_demo(out_dir: str, checkpoint: Optional[str] = None, model_type: str = "
         "encode_ms": round((t1 - t0) * 1e3, 1),
         "click_to_mask_ms": round((t2 - t1) * 1e3, 1),
         "overlay": os.path.abspath(path),
+        "candidates": os.path.abspath(sheet),
     }

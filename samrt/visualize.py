@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["sample_image", "overlay", "save_png"]
+__all__ = ["sample_image", "overlay", "candidates", "save_png"]
 
 
 def sample_image(height: int = 480, width: int = 640, seed: int = 0) -> Tuple[np.ndarray, Tuple[int, int]]:
@@ -45,6 +45,25 @@ def overlay(
             fill = (0, 200, 0) if lab == 1 else (220, 0, 0)
             draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=(255, 255, 255))
     return np.asarray(img)
+
+
+def candidates(image: np.ndarray, masks: np.ndarray, scores: np.ndarray, points: Optional[np.ndarray] = None,
+               labels: Optional[np.ndarray] = None, gap: int = 8) -> np.ndarray:
+    """The multimask answer side by side: one overlay per candidate mask, captioned with its
+    predicted IoU, the highest-scored one marked (as segment_anything's notebooks show them)."""
+    if len(masks) != len(scores):
+        raise ValueError(f"got {len(masks)} masks and {len(scores)} scores, expected one score per mask")
+    h, w = image.shape[:2]
+    best = int(np.argmax(scores))
+    sheet = Image.new("RGB", (len(masks) * w + (len(masks) - 1) * gap, h), (255, 255, 255))
+    for i, (m, s) in enumerate(zip(masks, scores)):
+        panel = Image.fromarray(overlay(image, m, points, labels))
+        draw = ImageDraw.Draw(panel)
+        text = f"mask {i}: predicted IoU {float(s):.3f}" + ("  (best)" if i == best else "")
+        draw.rectangle([0, 0, 8 + 6 * len(text), 16], fill=(0, 0, 0))
+        draw.text((4, 3), text, fill=(255, 255, 255))
+        sheet.paste(panel, (i * (w + gap), 0))
+    return np.asarray(sheet)
 
 
 def save_png(path: str, image: np.ndarray) -> str:
