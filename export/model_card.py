@@ -35,9 +35,12 @@ def _schedule(train: dict, machine: str) -> str:
     for i, st in enumerate(stages):
         o = st["options"]
         size = _input_size(st)
-        how = "from random init" if i == 0 else f"continued from stage {i}'s weights (fresh optimizer, new scene stream)"
-        if i and _input_size(stages[i - 1]) != size:
-            how = how[:-1] + f"; position tables resized from {_input_size(stages[i - 1])} px)"
+        if i == 0:
+            how = "from random init"
+        else:
+            resized = _input_size(stages[i - 1])
+            how = (f"continued from stage {i}'s weights (fresh optimizer, new scene stream"
+                   + (f"; position tables resized from {resized} px)" if resized != size else ")"))
         lo, hi = o.get("scene_long_side", (256, 256))
         a0, a1 = o.get("aspect_range", (0.6, 1.67))
         loss = f", mask loss on a {o['loss_size']}² grid" if o.get("loss_size") else ""
