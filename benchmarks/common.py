@@ -83,8 +83,11 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Dict[
 
 
 def write_rows(rows: List[dict], out_dir: str, name: str) -> Dict[str, str]:
-    """rows -> <out>/<name>.json (with the machine) and <out>/<name>.csv (flat)."""
-    os.makedirs(out_dir, exist_ok=True)
+    """rows -> <out>/<name>.json (with the machine) and <out>/<name>.csv (flat). `out_dir` must be
+    new, empty, or a results folder samrt wrote (samrt.artifacts marker)."""
+    from samrt.artifacts import prepare_output_dir
+
+    prepare_output_dir(out_dir, "bench")
     machine = machine_info()
     rows = [{**r, "machine": machine} for r in rows]
     jpath, cpath = os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.csv")

@@ -27,10 +27,11 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
     import torch
 
     from samrt import processing as P
-    from samrt.demo import ensure_export
+    from samrt.artifacts import engine_path
     from samrt.engines import OnnxRuntimeRunner
-    from samrt.engines.build import build_engine, engine_path
-    from samrt.engines.predictor import decode
+    from samrt.engines.build import build_engine
+    from samrt.engines.runner import run_decoder
+    from samrt.pipeline import ensure_export
     from samrt.evaluation import eval_scenes
     from samrt.export import load_sam, random_sam
     from samrt.export.wrappers import SamDecoderOnnx
@@ -40,17 +41,17 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
     if quick:
         prompts, points = (1, 16), (1,)
     export_dir = export_dir or os.path.join(build_dir, "export_" + (model_type if not checkpoint else "checkpoint"))
-    report = ensure_export(export_dir, model_type if not checkpoint else "auto", checkpoint)
+    manifest = ensure_export(export_dir, model_type if not checkpoint else "auto", checkpoint)
     if checkpoint:
         sam, cfg = load_sam(checkpoint)
     else:
         cfg = get_config(model_type)
         sam = random_sam(cfg, seed=0)
-    name = report["name"]
-    encoder_onnx = os.path.join(export_dir, report["encoder"]["path"])
+    name = manifest.name
+    encoder_onnx = manifest.encoder_path
     image = eval_scenes(1)[0].image
     x, _ = P.preprocess_image(image, cfg.image_size)
-    base = {"bench": "engines", "model": name, "random_init": report["random_init"], "image_size": cfg.image_size,
+    base = {"bench": "engines", "model": name, "random_init": manifest.random_init, "image_size": cfg.image_size,
             "torch_threads": torch.get_num_threads()}
     rows = []
     with torch.no_grad():
@@ -87,7 +88,7 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
         gc.collect()
 
     # Decoder against prompt count and point count.
-    decoder = OnnxRuntimeRunner(os.path.join(export_dir, report["decoder"]["path"]))
+    decoder = OnnxRuntimeRunner(manifest.decoder_path)
     emb = OnnxRuntimeRunner(encoder_onnx).run({"image": x})["image_embeddings"]
     gc.collect()
     torch_decoder = SamDecoderOnnx(sam).eval()
@@ -98,7 +99,7 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
             labels = np.concatenate([np.ones((p, n)), -np.ones((p, 1))], 1).astype(np.float32)
             common = {**base, "stage": "decoder", "num_prompts": p, "num_points": n, "precision": "fp32"}
             r = max(2, repeats if p <= 64 else 2)
-            stats = time_calls(lambda: decode(decoder, emb, coords, labels, None, cfg.low_res_size), r)
+            stats = time_calls(lambda: run_decoder(decoder, emb, coords, labels, None, cfg.low_res_size, chunk=p), r)
             rows.append({**common, "backend": "onnxruntime", "timed": "decoder run for P prompts (one embedding)",
                          "ms_per_prompt": stats["p50_ms"] / p, **stats})
             with torch.no_grad():

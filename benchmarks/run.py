@@ -28,18 +28,16 @@ def _images(n: int, size: Optional[int] = None) -> List[np.ndarray]:
 
 
 def _model(model_type: str, checkpoint: Optional[str], build_dir: str):
-    """(export dir, export report, torch model) for a checkpoint, the embedded model, or random init."""
-    from samrt.demo import ensure_export
+    """(export manifest, torch model) for a checkpoint, the embedded model, or random init."""
     from samrt.export import load_sam, random_sam
+    from samrt.pipeline import ensure_export
     from samrt.spec import get_config
 
     if checkpoint:
         sam, cfg = load_sam(checkpoint)
-        export_dir = os.path.join(build_dir, "export_" + cfg.model_type)
-        return export_dir, ensure_export(export_dir, "auto", checkpoint), sam
+        return ensure_export(os.path.join(build_dir, "export_" + cfg.model_type), "auto", checkpoint), sam
     cfg = get_config(model_type)
-    export_dir = os.path.join(build_dir, "export_" + model_type)
-    return export_dir, ensure_export(export_dir, model_type, None), random_sam(cfg, seed=0)
+    return ensure_export(os.path.join(build_dir, "export_" + model_type), model_type, None), random_sam(cfg, seed=0)
 
 
 def run_engines(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str,
@@ -56,7 +54,6 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
               url: Optional[str], concurrency: Sequence[int], clicks: int) -> Dict[str, str]:
     from samrt.client import SamClient
     from samrt.model_repository.render import RepoOptions, render_repository
-    from samrt.spec import SamConfig
 
     from .perf_analyzer import run_perf_analyzer, write_decode_input_data
     from .serve import bench_serve, reference_sessions
@@ -72,12 +69,11 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
     repos: Dict[str, str] = {}
     base = {"model": "external", "random_init": None}
     if url is None:
-        export_dir, report, sam = _model(model_type, checkpoint, build_dir)
-        cfg = SamConfig.from_dict(report["config"])
-        base = {"model": report["name"], "random_init": report["random_init"]}
-        enc, dec = (os.path.join(export_dir, report[g]["path"]) for g in ("encoder", "decoder"))
+        manifest, sam = _model(model_type, checkpoint, build_dir)
+        base = {"model": manifest.name, "random_init": manifest.random_init}
+        enc, dec = manifest.encoder_path, manifest.decoder_path
         for mode in ("on", "off"):
-            repos[mode] = render_repository(cfg, enc, dec, os.path.join(build_dir, f"repo_batching_{mode}"),
+            repos[mode] = render_repository(manifest.config, enc, dec, os.path.join(build_dir, f"repo_batching_{mode}"),
                                             RepoOptions(dynamic_batching=mode == "on"))
         ref = reference_sessions(sam, images[: max(1, min(2, len(images)))], clicks)
         rows.append({**base, "bench": "serve", "dynamic_batching": "n/a", "protocol": "in-process (SamPredictor)",

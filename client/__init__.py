@@ -1,13 +1,14 @@
 """samrt.client: the Python SDK over Triton (no torch, no onnx)."""
 
-from ._client import (
-    DEFAULT_OUTPUTS,
-    EncodeResult,
+from samrt.errors import (
     ImageNotCachedError,
-    SamClient,
+    InvalidRequestError,
     ServerError,
+    ServerTimeoutError,
     ServerUnavailableError,
 )
+
+from ._client import DEFAULT_OUTPUTS, EncodeResult, SamClient
 from ._aio import AsyncSamClient
 from .amg import TritonSamAutomaticMaskGenerator
 from .predictor import TritonSamPredictor
@@ -19,7 +20,9 @@ __all__ = [
     "DEFAULT_OUTPUTS",
     "EncodeResult",
     "ImageNotCachedError",
+    "InvalidRequestError",
     "SamClient",
+    "ServerTimeoutError",
     "ServerError",
     "ServerUnavailableError",
 ]

@@ -1,4 +1,7 @@
-"""AsyncSamClient: the asyncio twin of SamClient (same methods, as coroutines; no shared memory)."""
+"""AsyncSamClient: the asyncio twin of SamClient (same methods, as coroutines; no shared memory).
+
+Requests are packed by the same functions as SamClient's, and retried by the same policy
+(`client._transport.Retry`)."""
 
 from __future__ import annotations
 
@@ -7,18 +10,20 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from samrt import wire
+from samrt.errors import ServerError
+
 from ._client import (
     DEFAULT_OUTPUTS,
     EncodeResult,
-    ServerUnavailableError,
     _ints,
-    _is_connection_error,
-    _server_error,
+    _not_found,
     decode_inputs,
     encode_inputs,
     parse_encode,
     segment_inputs,
 )
+from ._transport import TRANSPORT_EXCEPTIONS, Retry
 
 __all__ = ["AsyncSamClient"]
 
@@ -36,22 +41,16 @@ class AsyncSamClient:
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self._client = mod.InferenceServerClient(url)
 
-    async def _call(self, make):
-        from tritonclient.utils import InferenceServerException
-
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
+    async def _call(self, make, idempotent: bool = True, not_found=None):
+        retry = Retry(self.retries, self.backoff, f"{self.protocol}://{self.url}", idempotent, not_found or ServerError)
+        while True:
             try:
                 return await make()
-            except (InferenceServerException, ConnectionError, OSError) as e:
-                if not _is_connection_error(e) or attempt == self.retries:
-                    if _is_connection_error(e):
-                        raise ServerUnavailableError(f"{self.protocol}://{self.url}: {e}") from e
-                    raise _server_error(e.message() if hasattr(e, "message") else str(e)) from e
-                await asyncio.sleep(delay)
-                delay *= 2
+            except TRANSPORT_EXCEPTIONS as e:
+                await asyncio.sleep(retry.failed(e))
 
-    async def infer(self, model: str, inputs: Dict[str, Tuple[np.ndarray, str]], outputs: Sequence[str]) -> Dict[str, np.ndarray]:
+    async def infer(self, model: str, inputs: Dict[str, Tuple[np.ndarray, str]], outputs: Sequence[str],
+                    idempotent: bool = True, headers: Optional[Dict[str, str]] = None) -> Dict[str, np.ndarray]:
         def build():
             ins = []
             for k, (a, d) in inputs.items():
@@ -63,10 +62,10 @@ class AsyncSamClient:
         async def send():
             ins, outs = build()
             if self.protocol == "grpc":
-                return await self._client.infer(model, ins, outputs=outs, client_timeout=self.timeout)
-            return await self._client.infer(model, ins, outputs=outs, timeout=int(self.timeout * 1e6))
+                return await self._client.infer(model, ins, outputs=outs, client_timeout=self.timeout, headers=headers)
+            return await self._client.infer(model, ins, outputs=outs, timeout=int(self.timeout * 1e6), headers=headers)
 
-        result = await self._call(send)
+        result = await self._call(send, idempotent, _not_found(model))
         return {o: result.as_numpy(o) for o in outputs}
 
     async def encode(self, image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None) -> EncodeResult:
@@ -75,12 +74,21 @@ class AsyncSamClient:
     async def decode(self, image_id: str, point_coords, point_labels, mask_input=None, multimask_output: bool = True,
                      outputs: Sequence[str] = DEFAULT_OUTPUTS) -> Dict[str, np.ndarray]:
         inputs = decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs)
-        return await self.infer("sam_decode", inputs, list(outputs))
+        return await self.infer("sam_decode", inputs, list(outputs), headers={wire.IMAGE_ID_HEADER: image_id})
 
     async def segment(self, image, point_coords, point_labels, multimask_output: bool = True,
                       outputs: Sequence[str] = DEFAULT_OUTPUTS) -> Dict[str, np.ndarray]:
         return await self.infer("sam_segment", segment_inputs(image, point_coords, point_labels, multimask_output),
                                 list(outputs))
+
+    async def amg(self, image: np.ndarray, options: dict) -> list:
+        """Automatic masks on the server (`sam_amg`): records with COCO RLE; never retried."""
+        import json
+
+        out = await self.infer("sam_amg", {"image": wire.SAM_AMG.input("image").pack(image),
+                                           "options": wire.SAM_AMG.input("options").pack([json.dumps(options).encode()])},
+                               ["records"], idempotent=False)
+        return json.loads(out["records"].reshape(-1)[0])
 
     async def statistics(self, model: str) -> dict:
         if self.protocol == "grpc":

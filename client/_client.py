@@ -1,7 +1,8 @@
-"""SamClient: samrt's wire API over Triton's gRPC or HTTP client (tritonclient).
+"""SamClient: samrt's wire API (`samrt.wire`) over Triton's gRPC or HTTP client (tritonclient).
 
-Inputs are checked before anything is sent; server-side failures become typed errors;
-connection errors are retried with exponential backoff.
+Inputs are checked and packed from the wire declaration before anything is sent; Triton's error
+codes become typed errors (`samrt.errors`); lost connections are retried with exponential
+backoff for idempotent requests (`client._transport`), timeouts never.
 """
 
 from __future__ import annotations
@@ -13,31 +14,25 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from samrt.errors import InputError, SamrtError
+from samrt import wire
+from samrt.errors import (ImageNotCachedError, InputError, InvalidRequestError, ServerError, ServerTimeoutError,
+                          ServerUnavailableError)
+
+from ._transport import TRANSPORT_EXCEPTIONS, Retry
 
 __all__ = [
     "SamClient",
     "EncodeResult",
     "ServerError",
+    "InvalidRequestError",
     "ImageNotCachedError",
     "ServerUnavailableError",
+    "ServerTimeoutError",
     "DEFAULT_OUTPUTS",
 ]
 
 DEFAULT_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
-_ALL_OUTPUTS = DEFAULT_OUTPUTS + ("masks_rle",)
-
-
-class ServerError(SamrtError):
-    """The server answered a request with an error."""
-
-
-class ImageNotCachedError(ServerError):
-    """The image_id is unknown to the server's embedding cache (never encoded, or evicted)."""
-
-
-class ServerUnavailableError(ServerError):
-    """No connection to the server after all retries."""
+_ALL_OUTPUTS = wire.SAM_DECODE.output_names
 
 
 @dataclass(frozen=True)
@@ -56,14 +51,6 @@ def _protocol_module(protocol: str):
     return mod
 
 
-def _is_connection_error(e: Exception) -> bool:
-    text = str(e).lower()
-    return isinstance(e, (ConnectionError, OSError)) or any(
-        s in text for s in ("unavailable", "connection refused", "failed to connect", "connection reset",
-                            "broken pipe", "socket closed", "deadline")
-    ) and "not in the embedding cache" not in text
-
-
 def _ints(obj):
     """gRPC's JSON writes int64 counters as strings: turn them back into ints."""
     if isinstance(obj, dict):
@@ -73,14 +60,16 @@ def _ints(obj):
     return int(obj) if isinstance(obj, str) and obj.isdigit() else obj
 
 
-def _server_error(message: str) -> ServerError:
-    if "not in the embedding cache" in message:
-        return ImageNotCachedError(message)
-    return ServerError(message)
+def _not_found(model: str):
+    """What NOT_FOUND means in an answer of `model`: an image the cache does not hold, for the
+    models that look images up by id; anything else (an unknown model) stays a ServerError."""
+    return ImageNotCachedError if model == wire.SAM_DECODE.name else ServerError
 
 
-def check_prompts(point_coords, point_labels, mask_input, multimask_output):
-    """Prompts -> wire arrays with the prompt as leading dim: [P,N,2] f32, [P,N] i32, [P,1,m,m], [P,1]."""
+def check_prompts(point_coords, point_labels, mask_input, multimask_output) -> Dict[str, np.ndarray]:
+    """Prompts -> wire arrays with the prompt as leading dim ([N,2] is one prompt): shapes and
+    integer labels are checked here; the values (labels, finiteness, padding) by the server with
+    `samrt.prompts`, which answers INVALID_ARG."""
     pc = np.asarray(point_coords, dtype=np.float32)
     if pc.ndim == 2:
         pc = pc[None]
@@ -93,14 +82,14 @@ def check_prompts(point_coords, point_labels, mask_input, multimask_output):
         raise InputError(f"point_labels: got shape {list(pl.shape)}, expected {list(pc.shape[:2])}")
     if not np.issubdtype(pl.dtype, np.integer) and not np.all(np.equal(np.mod(pl, 1), 0)):
         raise InputError(f"point_labels: got non-integer values of dtype {pl.dtype}, expected integers")
-    arrays = {"point_coords": np.ascontiguousarray(pc), "point_labels": pl.astype(np.int32)}
+    arrays = {"point_coords": pc, "point_labels": pl}
     if mask_input is not None:
         m = np.asarray(mask_input, dtype=np.float32)
         if m.ndim == 3:
             m = m[None]
         if m.ndim != 4 or m.shape[0] != pc.shape[0] or m.shape[1] != 1:
             raise InputError(f"mask_input: got shape {list(np.shape(mask_input))}, expected [1,256,256] or [P,1,256,256]")
-        arrays["mask_input"] = np.ascontiguousarray(m)
+        arrays["mask_input"] = m
     arrays["multimask_output"] = np.full((pc.shape[0], 1), bool(multimask_output))
     return arrays
 
@@ -135,21 +124,14 @@ class SamClient:
         t.set_data_from_numpy(array)
         return t
 
-    def _call(self, fn, *args, **kwargs):
-        from tritonclient.utils import InferenceServerException
-
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
+    def _call(self, fn, *args, idempotent: bool = True, not_found=ServerError, **kwargs):
+        """fn(*args, **kwargs) with the shared retry policy (client._transport.Retry)."""
+        retry = Retry(self.retries, self.backoff, f"{self.protocol}://{self.url}", idempotent, not_found)
+        while True:
             try:
                 return fn(*args, **kwargs)
-            except (InferenceServerException, ConnectionError, OSError) as e:
-                if not _is_connection_error(e) or attempt == self.retries:
-                    if _is_connection_error(e):
-                        raise ServerUnavailableError(f"{self.protocol}://{self.url}: {e}") from e
-                    raise _server_error(e.message() if hasattr(e, "message") else str(e)) from e
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+            except TRANSPORT_EXCEPTIONS as e:
+                time.sleep(retry.failed(e))
 
     def infer(
         self,
@@ -157,9 +139,12 @@ class SamClient:
         inputs: Dict[str, Tuple[np.ndarray, str]],
         outputs: Sequence[str],
         output_specs: Optional[Dict[str, Tuple[np.dtype, Tuple[int, ...]]]] = None,
+        idempotent: bool = True,
+        headers: Optional[Dict[str, str]] = None,
     ) -> Dict[str, np.ndarray]:
         """One request: {name: (array, triton dtype)} in, {name: array} out. With shared memory,
-        numeric inputs and the outputs listed in `output_specs` (dtype, shape) go through it."""
+        numeric inputs and the outputs listed in `output_specs` (dtype, shape) go through it.
+        `idempotent` False: never retried (an expensive job the server may still be computing)."""
         use_shm = self.shared_memory
         placed: Dict[str, Tuple[int, int]] = {}
         if use_shm:
@@ -195,10 +180,10 @@ class SamClient:
                     r.set_shared_memory(self._shm[1], placed[o][1], offset=placed[o][0])
                 outs.append(r)
             if self.protocol == "grpc":
-                return self._client.infer(model, ins, outputs=outs, client_timeout=self.timeout)
-            return self._client.infer(model, ins, outputs=outs)
+                return self._client.infer(model, ins, outputs=outs, client_timeout=self.timeout, headers=headers)
+            return self._client.infer(model, ins, outputs=outs, headers=headers)
 
-        result = self._call(send)
+        result = self._call(send, idempotent=idempotent, not_found=_not_found(model))
         out = {}
         for o in outputs:
             if o in placed:
@@ -317,7 +302,7 @@ class SamClient:
             m = self.model_info()["low_res_size"]
             specs = {"masks": (np.bool_, (p, c) + self._sizes[image_id]), "iou_predictions": (np.float32, (p, c)),
                      "low_res_masks": (np.float32, (p, c, m, m))}
-        return self.infer("sam_decode", inputs, list(outputs), specs)
+        return self.infer("sam_decode", inputs, list(outputs), specs, headers={wire.IMAGE_ID_HEADER: image_id})
 
     def segment(
         self,
@@ -332,14 +317,16 @@ class SamClient:
 
 
 def encode_inputs(image: Optional[np.ndarray], image_bytes: Optional[bytes]) -> Dict[str, Tuple[np.ndarray, str]]:
+    """`sam_encode`'s inputs: exactly one of image (HxWx3 uint8 RGB) or image_bytes."""
+    model = wire.SAM_ENCODE
     if (image is None) == (image_bytes is None):
         raise InputError("encode: expected exactly one of image (HxWx3 uint8) or image_bytes")
     if image is not None:
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"image: got dtype {image.dtype} shape {list(image.shape)}, expected HxWx3 uint8")
-        return {"image": (np.ascontiguousarray(image), "UINT8")}
-    return {"image_bytes": (np.array([bytes(image_bytes)], dtype=object), "BYTES")}
+        return {"image": model.input("image").pack(image)}
+    return {"image_bytes": model.input("image_bytes").pack([bytes(image_bytes)])}
 
 
 def parse_encode(out: Dict[str, np.ndarray]) -> EncodeResult:
@@ -348,25 +335,24 @@ def parse_encode(out: Dict[str, np.ndarray]) -> EncodeResult:
 
 
 def decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs):
-    bad = [o for o in outputs if o not in _ALL_OUTPUTS]
+    """`sam_decode`'s inputs for P prompts on one image, packed as the wire declares them."""
+    model = wire.SAM_DECODE
+    bad = [o for o in outputs if o not in model.output_names]
     if bad:
-        raise InputError(f"outputs: got {bad}, expected names from {list(_ALL_OUTPUTS)}")
+        raise InputError(f"outputs: got {bad}, expected names from {list(model.output_names)}")
     arrays = check_prompts(point_coords, point_labels, mask_input, multimask_output)
     p = arrays["point_coords"].shape[0]
-    inputs = {"image_id": (np.full((p, 1), image_id.encode(), dtype=object), "BYTES"),
-              "point_coords": (arrays["point_coords"], "FP32"), "point_labels": (arrays["point_labels"], "INT32"),
-              "multimask_output": (arrays["multimask_output"], "BOOL")}
-    if "mask_input" in arrays:
-        inputs["mask_input"] = (arrays["mask_input"], "FP32")
-    return inputs
+    arrays["image_id"] = np.full((p, 1), image_id.encode(), dtype=object)
+    return {name: model.input(name).pack(arr) for name, arr in arrays.items()}
 
 
 def segment_inputs(image, point_coords, point_labels, multimask_output):
+    """`sam_segment`'s inputs: an image and one prompt."""
+    model = wire.SAM_SEGMENT
     arrays = check_prompts(point_coords, point_labels, None, multimask_output)
     if arrays["point_coords"].shape[0] != 1:
         raise InputError("segment: expected one prompt ([N,2] points); use encode + decode for many")
     inputs = encode_inputs(image, None)
-    inputs.update({"point_coords": (arrays["point_coords"][0], "FP32"),
-                   "point_labels": (arrays["point_labels"][0], "INT32"),
-                   "multimask_output": (arrays["multimask_output"][0], "BOOL")})
+    inputs.update({name: model.input(name).pack(arrays[name][0])
+                   for name in ("point_coords", "point_labels", "multimask_output")})
     return inputs

@@ -13,12 +13,20 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from samrt import wire
 from samrt.amg import AmgOptions, uncompressed_rle
 from samrt.errors import InputError
 
 from ._client import SamClient
 
 __all__ = ["TritonSamAutomaticMaskGenerator"]
+
+
+def _json_number(value):
+    """numpy scalars (np.int64(4), np.float32(0.9)) as the Python numbers JSON knows."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"options: got {type(value).__name__}, expected numbers")
 
 
 class TritonSamAutomaticMaskGenerator:
@@ -59,11 +67,13 @@ class TritonSamAutomaticMaskGenerator:
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"image: got dtype {image.dtype} shape {list(image.shape)}, expected HxWx3 uint8")
+        model = wire.SAM_AMG
+        options = json.dumps(self.options.to_dict(), default=_json_number).encode()
         out = self.client.infer(
-            "sam_amg",
-            {"image": (np.ascontiguousarray(image), "UINT8"),
-             "options": (np.array([json.dumps(self.options.to_dict()).encode()], dtype=object), "BYTES")},
+            model.name,
+            {"image": model.input("image").pack(image), "options": model.input("options").pack([options])},
             ["records"],
+            idempotent=False,  # an expensive job: a retry would compute it again beside the abandoned one
         )
         records = json.loads(out["records"].reshape(-1)[0])
         if self.output_mode != "coco_rle":

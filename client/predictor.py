@@ -11,10 +11,12 @@ from typing import Optional, Tuple
 import numpy as np
 
 from samrt import processing as P
-from samrt.errors import InputError
+from samrt import prompts
 from samrt.predictor_api import SamPredictorAPI
 
-from ._client import ImageNotCachedError, SamClient
+from samrt.errors import ImageNotCachedError
+
+from ._client import SamClient
 
 __all__ = ["TritonSamPredictor"]
 
@@ -75,24 +77,9 @@ class TritonSamPredictor(SamPredictorAPI):
         Bx4 XYXY, `mask_input` Bx1x256x256. Returns BxCxHxW masks, BxC scores, BxCx256x256 logits.
         """
         self._require_image()
-        if point_coords is None and boxes is None:
-            raise InputError("prompt: got no points and no box, expected at least one point or a box")
-        coords, labels = [], []
-        if point_coords is not None:
-            if point_labels is None:
-                raise InputError("point_labels: got None, expected one label per point when point_coords is given")
-            coords.append(np.asarray(point_coords, dtype=np.float32))
-            labels.append(np.asarray(point_labels))
-        if boxes is not None:
-            b = np.asarray(boxes, dtype=np.float32)
-            if b.ndim != 2 or b.shape[1] != 4:
-                raise InputError(f"boxes: got shape {b.shape}, expected Bx4 XYXY")
-            coords.append(b.reshape(-1, 2, 2))
-            labels.append(np.tile(np.array([[2, 3]], dtype=np.int32), (b.shape[0], 1)))
-        if len(coords) == 2 and coords[0].shape[0] != coords[1].shape[0]:
-            raise InputError(f"boxes: got {coords[1].shape[0]} boxes for {coords[0].shape[0]} point prompts, expected as many")
-        c = np.concatenate(coords, axis=1)
-        l = np.concatenate([x.astype(np.int32) for x in labels], axis=1)
+        # The same prompt assembly as the in-process predictor (points, padding or box corners),
+        # sent as labelled points: the server uses a prompt holding -1 or 2/3 labels as given.
+        c, l = prompts.assemble_prompts(point_coords, point_labels, boxes)
         outputs = ["iou_predictions", "low_res_masks"] + ([] if return_logits else ["masks"])
         out = self._decode(c, l, mask_input, multimask_output, outputs)
         low = out["low_res_masks"]

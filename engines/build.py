@@ -19,12 +19,13 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from samrt import processing as P
+from samrt import prompts
+from samrt.artifacts import ExportManifest, engine_path, prepare_output_dir
 from samrt.errors import SamrtError
 
-from .predictor import decode
-from .runner import OnnxRuntimeRunner, Runner
+from .runner import OnnxRuntimeRunner, Runner, run_decoder
 
-__all__ = ["EngineAccuracyError", "accuracy_against_fp32", "build_engine", "engine_path", "DEFAULT_MIN_MEAN_IOU"]
+__all__ = ["EngineAccuracyError", "accuracy_against_fp32", "build_engine", "DEFAULT_MIN_MEAN_IOU", "BACKENDS", "PRECISIONS"]
 
 DEFAULT_MIN_MEAN_IOU = 0.98
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -33,13 +34,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 class EngineAccuracyError(SamrtError):
     """The engine's masks differ from fp32 by more than the gate allows."""
-
-
-def engine_path(onnx_path: str, out_dir: str, backend: str, precision: str) -> str:
-    """vit_b.encoder.onnx -> out/vit_b.encoder.int8.onnx (onnxruntime) or out/vit_b.encoder.fp16.plan."""
-    stem = os.path.basename(onnx_path)[: -len(".onnx")]
-    tag = "opt" if precision == "fp32" and backend == "onnxruntime" else precision
-    return os.path.join(out_dir, f"{stem}.{tag}.{'plan' if backend == 'tensorrt' else 'onnx'}")
 
 
 def _sha256(path: str) -> str:
@@ -60,10 +54,19 @@ def _median_ms(fn: Callable[[], None], repeats: int) -> float:
     return float(np.median(times))
 
 
+def _centre_click_prompts(scene, image_size: int):
+    """Every object's centre click on a held-out scene, as decoder prompts."""
+    from samrt.evaluation import centre_point
+
+    pts = np.array([centre_point(m) for m in scene.masks])
+    coords, labels = prompts.assemble_prompts(pts[:, None, :], np.ones((len(pts), 1), np.int32), None)
+    return prompts.decoder_prompts(coords, labels, scene.image.shape[:2], image_size)
+
+
 def accuracy_against_fp32(reference_encoder: Runner, engine_encoder: Runner, decoder: Runner,
                           scenes: Sequence, engine_decoder: Optional[Runner] = None) -> dict:
     """Mask IoU and score difference of engine vs fp32 over every object's centre click."""
-    from samrt.evaluation import centre_point, mask_iou
+    from samrt.evaluation import mask_iou
 
     image_size = int(reference_encoder.input_shapes["image"][-1])
     low_res = int(decoder.input_shapes["mask_input"][-1])
@@ -79,10 +82,9 @@ def accuracy_against_fp32(reference_encoder: Runner, engine_encoder: Runner, dec
         cosines.append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
         if not scene.masks:
             continue
-        pts = np.array([centre_point(m) for m in scene.masks])
-        coords, labels = P.build_prompts(pts[:, None, :], np.ones((len(pts), 1)), None, size, image_size)
-        ref_low, ref_iou = decode(decoder, ref_emb, coords, labels, None, low_res)
-        eng_low, eng_iou = decode(engine_decoder or decoder, eng_emb, coords, labels, None, low_res)
+        coords, labels = _centre_click_prompts(scene, image_size)
+        ref_low, ref_iou = run_decoder(decoder, ref_emb, coords, labels, None, low_res)
+        eng_low, eng_iou = run_decoder(engine_decoder or decoder, eng_emb, coords, labels, None, low_res)
         ref_m = P.upscale_masks(ref_low[:, 1:], input_size, size, image_size) > 0
         eng_m = P.upscale_masks(eng_low[:, 1:], input_size, size, image_size) > 0
         for r, e in zip(ref_m.reshape(-1, *size), eng_m.reshape(-1, *size)):
@@ -99,6 +101,88 @@ def accuracy_against_fp32(reference_encoder: Runner, engine_encoder: Runner, dec
     }
 
 
+def _check_build_args(onnx_path: str, backend: str, precision: str) -> bool:
+    """Validate the build's arguments; returns whether `onnx_path` is the decoder graph."""
+    if backend not in BACKENDS:
+        raise SamrtError(f"--backend: got {backend!r}, expected one of {BACKENDS}")
+    if precision not in PRECISIONS:
+        raise SamrtError(f"--precision: got {precision!r}, expected one of {PRECISIONS}")
+    is_decoder = onnx_path.endswith(".decoder.onnx")
+    if not (onnx_path.endswith(".encoder.onnx") or is_decoder) or not os.path.isfile(onnx_path):
+        raise SamrtError(f"--onnx: got {onnx_path!r}, expected an existing *.encoder.onnx or *.decoder.onnx "
+                         "written by `samrt export`")
+    if precision == "int8" and is_decoder:
+        raise SamrtError("--precision int8: the decoder stays in float (fp32 or fp16); quantise the encoder")
+    return is_decoder
+
+
+def _default_calibration() -> List[np.ndarray]:
+    """Calibration scenes from a stream disjoint from training and from the held-out set."""
+    from samrt.scenes import scene_for_index
+
+    return [scene_for_index(i, stream=7).image for i in range(8)]
+
+
+def _build_onnxruntime(onnx_path: str, out: str, precision: str, calibration, image_size: int, device: str):
+    """An ONNX Runtime engine file -> (its runner, build details)."""
+    from . import onnxruntime_engines as ortx
+
+    details: Dict[str, object] = {}
+    if precision == "fp32":
+        ortx.optimized_onnx_from_onnx(onnx_path, out)
+    elif precision == "fp16":
+        ortx.fp16_onnx_from_onnx(onnx_path, out)
+        details["fp32_ops"] = list(ortx.FP32_OPS)
+    else:
+        ortx.int8_onnx_from_onnx(onnx_path, out, calibration, image_size)
+        details["calibration_images"] = len(calibration)
+    return OnnxRuntimeRunner(out, device), details
+
+
+def _build_tensorrt(onnx_path: str, out: str, out_dir: str, precision: str, calibration, image_size: int,
+                    is_decoder: bool):
+    """A TensorRT plan (profiles from the I/O spec) -> (its runner, build details)."""
+    from samrt.spec import decoder_spec, encoder_spec
+
+    from . import onnxruntime_engines as ortx
+    from .tensorrt_engine import TensorRTRunner, plan_from_onnx, profiles_from_spec
+
+    cfg = ExportManifest.read(os.path.dirname(onnx_path) or ".").config
+    source, fp16_onnx = onnx_path, None
+    if precision == "int8":
+        source = ortx.int8_onnx_from_onnx(onnx_path, out + ".qdq.onnx", calibration, image_size)
+    if precision == "fp16":
+        fp16_onnx = ortx.fp16_onnx_from_onnx(onnx_path, out + ".fp16.onnx")
+    if is_decoder:
+        profile = profiles_from_spec(decoder_spec(cfg), {"num_prompts": (1, 16, 256), "num_points": (1, 3, 16)})
+    else:
+        profile = profiles_from_spec(encoder_spec(cfg), {"batch": (1, 1, 4)})
+    details = plan_from_onnx(source, out, precision, profile, timing_cache=os.path.join(out_dir, "timing.cache"),
+                             fp16_onnx_path=fp16_onnx)
+    return TensorRTRunner(out), dict(details)
+
+
+def _speed(is_decoder: bool, reference: Runner, ref_decoder: Runner, engine: Runner, sample_image: np.ndarray,
+           repeats: int) -> dict:
+    """Median ms of the fp32 graph and the engine on the same input."""
+    image_size = int(reference.input_shapes["image"][-1])
+    x = P.preprocess_image(sample_image, image_size)[0]
+    if is_decoder:
+        emb = reference.run({"image": x})["image_embeddings"]
+        coords = np.tile(np.array([[[100.0, 100.0], [0.0, 0.0]]], np.float32), (16, 1, 1))
+        labels = np.tile(np.array([[1.0, -1.0]], np.float32), (16, 1))
+        m = int(ref_decoder.input_shapes["mask_input"][-1])
+        speed = {"timed": "decoder run for 16 single-click prompts (median of repeats, after one warm-up)",
+                 "fp32_ms": _median_ms(lambda: run_decoder(ref_decoder, emb, coords, labels, None, m), repeats),
+                 "engine_ms": _median_ms(lambda: run_decoder(engine, emb, coords, labels, None, m), repeats)}
+    else:
+        speed = {"timed": "encoder run on one preprocessed image (median of repeats, after one warm-up)",
+                 "fp32_ms": _median_ms(lambda: reference.run({"image": x}), repeats),
+                 "engine_ms": _median_ms(lambda: engine.run({"image": x}), repeats)}
+    speed["speedup"] = speed["fp32_ms"] / speed["engine_ms"]
+    return speed
+
+
 def build_engine(
     onnx_path: str,
     out_dir: str,
@@ -112,91 +196,58 @@ def build_engine(
 ) -> dict:
     """Build an engine from an export's *.encoder.onnx or *.decoder.onnx, check it, report.
 
-    Raises EngineAccuracyError after writing the report when the gate fails.
+    The engine goes to `engine_path(onnx_path, out_dir, backend, precision)` with its report
+    beside it (`<engine>.report.json`). `out_dir` must be new, empty, an export folder or an
+    engines folder samrt wrote. Raises EngineAccuracyError after writing the report when the
+    gate fails (mean mask IoU against fp32 below `min_mean_iou`).
     """
     from samrt.evaluation import eval_scenes
 
-    if backend not in BACKENDS:
-        raise SamrtError(f"--backend: got {backend!r}, expected one of {BACKENDS}")
-    if precision not in PRECISIONS:
-        raise SamrtError(f"--precision: got {precision!r}, expected one of {PRECISIONS}")
-    is_decoder = onnx_path.endswith(".decoder.onnx")
-    if not (onnx_path.endswith(".encoder.onnx") or is_decoder) or not os.path.isfile(onnx_path):
-        raise SamrtError(f"--onnx: got {onnx_path!r}, expected an existing *.encoder.onnx or *.decoder.onnx "
-                         "written by `samrt export`")
-    encoder_path = onnx_path.replace(".decoder.onnx", ".encoder.onnx")
-    decoder_path = onnx_path.replace(".encoder.onnx", ".decoder.onnx")
-    os.makedirs(out_dir, exist_ok=True)
+    is_decoder = _check_build_args(onnx_path, backend, precision)
+    prepare_output_dir(out_dir, "engines", accept=("export",))
     out = engine_path(onnx_path, out_dir, backend, precision)
-    reference = OnnxRuntimeRunner(encoder_path, device)
-    ref_decoder = OnnxRuntimeRunner(decoder_path, device)
+    reference = OnnxRuntimeRunner(onnx_path.replace(".decoder.onnx", ".encoder.onnx"), device)
+    ref_decoder = OnnxRuntimeRunner(onnx_path.replace(".encoder.onnx", ".decoder.onnx"), device)
     image_size = int(reference.input_shapes["image"][-1])
     held_out = eval_scenes(eval_images)
     calibration = list(calibration_images) if calibration_images is not None else None
-    if precision == "int8" and is_decoder:
-        raise SamrtError("--precision int8: the decoder stays in float (fp32 or fp16); quantise the encoder")
     if precision == "int8" and not calibration:
-        from samrt.scenes import scene_for_index
-
-        # Calibration scenes come from a stream disjoint from training and from the held-out set.
-        calibration = [scene_for_index(i, stream=7).image for i in range(8)]
+        calibration = _default_calibration()
     t0 = time.perf_counter()
-    details: Dict[str, object] = {}
-    from . import onnxruntime_engines as ortx
-
     if backend == "onnxruntime":
-        if precision == "fp32":
-            ortx.optimized_onnx_from_onnx(onnx_path, out)
-        elif precision == "fp16":
-            ortx.fp16_onnx_from_onnx(onnx_path, out)
-            details["fp32_ops"] = list(ortx.FP32_OPS)
-        else:
-            ortx.int8_onnx_from_onnx(onnx_path, out, calibration, image_size)
-            details["calibration_images"] = len(calibration)
-        engine = OnnxRuntimeRunner(out, device)
+        engine, details = _build_onnxruntime(onnx_path, out, precision, calibration, image_size, device)
     else:
-        from samrt.spec import SamConfig, decoder_spec, encoder_spec
-
-        from .tensorrt_engine import TensorRTRunner, plan_from_onnx, profiles_from_spec
-
-        with open(os.path.join(os.path.dirname(onnx_path), "export_report.json")) as f:
-            cfg = SamConfig.from_dict(json.load(f)["config"])
-        source, fp16_onnx = onnx_path, None
-        if precision == "int8":
-            source = ortx.int8_onnx_from_onnx(onnx_path, out + ".qdq.onnx", calibration, image_size)
-        if precision == "fp16":
-            fp16_onnx = ortx.fp16_onnx_from_onnx(onnx_path, out + ".fp16.onnx")
-        if is_decoder:
-            profile = profiles_from_spec(decoder_spec(cfg), {"num_prompts": (1, 16, 256), "num_points": (1, 3, 16)})
-        else:
-            profile = profiles_from_spec(encoder_spec(cfg), {"batch": (1, 1, 4)})
-        details.update(plan_from_onnx(source, out, precision, profile,
-                                      timing_cache=os.path.join(out_dir, "timing.cache"), fp16_onnx_path=fp16_onnx))
-        engine = TensorRTRunner(out)
+        engine, details = _build_tensorrt(onnx_path, out, out_dir, precision, calibration, image_size, is_decoder)
     build_s = time.perf_counter() - t0
 
     if is_decoder:
         accuracy = accuracy_against_fp32(reference, reference, ref_decoder, held_out, engine_decoder=engine)
-        emb = reference.run({"image": P.preprocess_image(held_out[0].image, image_size)[0]})["image_embeddings"]
-        coords = np.tile(np.array([[[100.0, 100.0], [0.0, 0.0]]], np.float32), (16, 1, 1))
-        labels = np.tile(np.array([[1.0, -1.0]], np.float32), (16, 1))
-        m = int(ref_decoder.input_shapes["mask_input"][-1])
-        speed = {"timed": "decoder run for 16 single-click prompts (median of repeats, after one warm-up)",
-                 "fp32_ms": _median_ms(lambda: decode(ref_decoder, emb, coords, labels, None, m), speed_repeats),
-                 "engine_ms": _median_ms(lambda: decode(engine, emb, coords, labels, None, m), speed_repeats)}
     else:
         accuracy = accuracy_against_fp32(reference, engine, ref_decoder, held_out)
-        sample = P.preprocess_image(held_out[0].image, image_size)[0]
-        speed = {
-            "timed": "encoder run on one preprocessed image (median of repeats, after one warm-up)",
-            "fp32_ms": _median_ms(lambda: reference.run({"image": sample}), speed_repeats),
-            "engine_ms": _median_ms(lambda: engine.run({"image": sample}), speed_repeats),
-        }
-    speed["speedup"] = speed["fp32_ms"] / speed["engine_ms"]
-    passed = accuracy["mean_mask_iou"] is not None and accuracy["mean_mask_iou"] >= min_mean_iou
+    speed = _speed(is_decoder, reference, ref_decoder, engine, held_out[0].image, speed_repeats)
+    report = _report(onnx_path, out, backend, precision, device, is_decoder, ref_decoder if is_decoder else reference,
+                     build_s, details, speed, accuracy, min_mean_iou, eval_images)
+    report_path = out + ".report.json"
+    with open(report_path, "w") as f:
+        json.dump(report, f, indent=2)
+    report["report_path"] = report_path
+    report["path"] = out
+    if not report["gate"]["passed"]:
+        raise EngineAccuracyError(
+            f"{os.path.basename(out)}: mean mask IoU against fp32 {accuracy['mean_mask_iou']:.4f} is below the "
+            f"gate {min_mean_iou} (worst {accuracy['worst_mask_iou']:.4f}, over {accuracy['masks_compared']} masks); "
+            f"report {report_path}"
+        )
+    return report
+
+
+def _report(onnx_path, out, backend, precision, device, is_decoder, graph: Runner, build_s, details, speed,
+            accuracy, min_mean_iou, eval_images) -> dict:
+    """The engine's report: what it is, where it came from, how fast and how accurate."""
     import onnxruntime
 
-    report = {
+    passed = accuracy["mean_mask_iou"] is not None and accuracy["mean_mask_iou"] >= min_mean_iou
+    return {
         "engine": os.path.basename(out),
         "source": os.path.abspath(onnx_path),
         "backend": backend,
@@ -207,7 +258,7 @@ def build_engine(
         "bytes": os.path.getsize(out),
         "source_bytes": os.path.getsize(onnx_path),
         "graph": "decoder" if is_decoder else "encoder",
-        "input_shapes": {k: list(v) for k, v in (ref_decoder if is_decoder else reference).input_shapes.items()},
+        "input_shapes": {k: list(v) for k, v in graph.input_shapes.items()},
         "versions": {"onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
                      "machine": platform.machine(), "processor": platform.processor()},
         "build_s": round(build_s, 2),
@@ -217,17 +268,3 @@ def build_engine(
         "gate": {"metric": "mean_mask_iou against fp32", "min": min_mean_iou, "passed": passed,
                  "held_out": f"{eval_images} scenes of samrt.evaluation.eval_scenes"},
     }
-    report_path = out + ".report.json"
-    with open(report_path, "w") as f:
-        json.dump(report, f, indent=2)
-    report["report_path"] = report_path
-    report["path"] = out
-    if not passed:
-        raise EngineAccuracyError(
-            f"{os.path.basename(out)}: mean mask IoU against fp32 {accuracy['mean_mask_iou']:.4f} is below the "
-            f"gate {min_mean_iou} (worst {accuracy['worst_mask_iou']:.4f}, over {accuracy['masks_compared']} masks); "
-            f"report {report_path}"
-        )
-    return report
-
-

@@ -11,42 +11,12 @@ from typing import Optional, Tuple
 import numpy as np
 
 from samrt import processing as P
-from samrt.errors import InputError
+from samrt import prompts
 from samrt.predictor_api import SamPredictorAPI
 
-from .runner import OnnxRuntimeRunner, Runner
+from .runner import OnnxRuntimeRunner, Runner, run_decoder
 
-__all__ = ["OnnxSamPredictor", "decode"]
-
-
-def decode(
-    decoder: Runner,
-    image_embeddings: np.ndarray,
-    point_coords: np.ndarray,
-    point_labels: np.ndarray,
-    mask_input: Optional[np.ndarray],
-    low_res_size: int,
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Run the decoder for P prompts; `image_embeddings` is [1,...] (broadcast) or [P,...]."""
-    p = point_coords.shape[0]
-    if image_embeddings.shape[0] == 1 and p > 1:
-        image_embeddings = np.broadcast_to(image_embeddings, (p,) + image_embeddings.shape[1:])
-    if mask_input is None:
-        mask = np.zeros((p, 1, low_res_size, low_res_size), dtype=np.float32)
-        has = np.zeros((p,), dtype=np.float32)
-    else:
-        mask = np.asarray(mask_input, dtype=np.float32)
-        if mask.shape != (p, 1, low_res_size, low_res_size):
-            raise InputError(f"mask_input: got shape {mask.shape}, expected {(p, 1, low_res_size, low_res_size)}")
-        has = np.ones((p,), dtype=np.float32)
-    out = decoder.run({
-        "image_embeddings": np.ascontiguousarray(image_embeddings, dtype=np.float32),
-        "point_coords": point_coords,
-        "point_labels": point_labels,
-        "mask_input": mask,
-        "has_mask_input": has,
-    })
-    return out["low_res_masks"], out["iou_predictions"]
+__all__ = ["OnnxSamPredictor"]
 
 
 class OnnxSamPredictor(SamPredictorAPI):
@@ -98,8 +68,9 @@ class OnnxSamPredictor(SamPredictorAPI):
         Returns masks BxCxHxW, scores BxC, low-res logits BxCx256x256.
         """
         self._require_image()
-        coords, labels = P.build_prompts(point_coords, point_labels, boxes, self.original_size, self.image_size)
-        low_res, iou = decode(self.decoder, self.features, coords, labels, mask_input, self.low_res_size)
+        coords, labels = prompts.assemble_prompts(point_coords, point_labels, boxes)
+        coords, labels = prompts.decoder_prompts(coords, labels, self.original_size, self.image_size)
+        low_res, iou = run_decoder(self.decoder, self.features, coords, labels, mask_input, self.low_res_size)
         low_res, iou = P.select_masks(low_res, iou, multimask_output)
         masks = P.upscale_masks(low_res, self.input_size, self.original_size, self.image_size)
         if not return_logits:

@@ -8,13 +8,14 @@ call (names, dtypes, ranks, fixed sizes) and says what it got and what it expect
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from samrt import prompts
 from samrt.errors import InputError
 
-__all__ = ["Runner", "OnnxRuntimeRunner", "default_providers"]
+__all__ = ["Runner", "OnnxRuntimeRunner", "default_providers", "run_decoder", "DECODER_CHUNK"]
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
                "tensor(int64)": np.int64, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
@@ -76,3 +77,52 @@ class OnnxRuntimeRunner(Runner):
         self.check_feeds(feeds)
         names = list(outputs or self.output_names)
         return dict(zip(names, self.session.run(names, dict(feeds))))
+
+
+# Prompts per decoder run: memory grows with this chunk, not with the number of prompts asked.
+DECODER_CHUNK = 16
+
+
+def run_decoder(
+    decoder: Runner,
+    image_embeddings: np.ndarray,
+    point_coords: np.ndarray,
+    point_labels: np.ndarray,
+    mask_input: Optional[np.ndarray],
+    low_res_size: int,
+    chunk: int = DECODER_CHUNK,
+    has_mask_input: Optional[np.ndarray] = None,
+    embedding_rows: Optional[np.ndarray] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The decoder graph over P prompts, `chunk` prompts per run -> (low_res_masks [P,4,m,m],
+    iou_predictions [P,4]) float32, all mask tokens (select with `processing.select_masks`).
+
+    `image_embeddings` [1,D,E,E] (shared by every prompt) or [P,D,E,E], or [U,D,E,E] with
+    `embedding_rows` [P] saying which embedding each prompt uses (prompts of several images in one
+    run); `point_coords` [P,N,2] in the resized frame; `point_labels` [P,N]; `mask_input`
+    [P,1,m,m] or None; `has_mask_input` [P] when only some rows have a mask prompt. Memory grows
+    with `chunk`, not with P: embeddings are gathered per chunk."""
+    p = point_coords.shape[0]
+    emb = np.asarray(image_embeddings, dtype=np.float32)
+    if embedding_rows is None:
+        if emb.shape[0] not in (1, p):
+            raise InputError(f"image_embeddings: got {emb.shape[0]} rows for {p} prompts, expected 1 or {p}")
+        embedding_rows = np.zeros(p, np.intp) if emb.shape[0] == 1 else np.arange(p)
+    embedding_rows = np.asarray(embedding_rows, np.intp)
+    if embedding_rows.shape != (p,):
+        raise InputError(f"embedding_rows: got shape {list(embedding_rows.shape)}, expected [{p}]")
+    feeds = prompts.decoder_feeds(emb[:1], point_coords, point_labels, mask_input, low_res_size, has_mask_input)
+    del feeds["image_embeddings"]
+    low_res: Optional[np.ndarray] = None
+    iou: Optional[np.ndarray] = None
+    for start in range(0, p, max(1, chunk)):
+        sl = slice(start, start + max(1, chunk))
+        part = {k: np.ascontiguousarray(v[sl]) for k, v in feeds.items()}
+        part["image_embeddings"] = np.ascontiguousarray(emb[embedding_rows[sl]])
+        out = decoder.run(part, ["low_res_masks", "iou_predictions"])
+        if low_res is None:
+            low_res = np.empty((p,) + out["low_res_masks"].shape[1:], np.float32)
+            iou = np.empty((p,) + out["iou_predictions"].shape[1:], np.float32)
+        low_res[sl] = out["low_res_masks"]
+        iou[sl] = out["iou_predictions"]
+    return low_res, iou

@@ -9,11 +9,12 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
+from samrt.artifacts import EXPORT_REPORT, prepare_output_dir
 from samrt.errors import ExportCheckError
 from samrt.spec import GraphSpec, SamConfig, decoder_spec, encoder_spec
 
@@ -172,7 +173,7 @@ def export_sam(
     Raises ExportCheckError (after writing the report) when a tolerance is exceeded.
     """
     name = name or cfg.model_type
-    os.makedirs(out_dir, exist_ok=True)
+    prepare_output_dir(out_dir, "export")
     enc_path = os.path.join(out_dir, f"{name}.encoder.onnx")
     dec_path = os.path.join(out_dir, f"{name}.decoder.onnx")
     enc_spec, dec_spec = encoder_spec(cfg), decoder_spec(cfg)
@@ -214,7 +215,7 @@ def export_sam(
         "timings": timings,
         "passed": enc_check["passed"] and all(c["passed"] for c in dec_checks),
     }
-    report_path = os.path.join(out_dir, "export_report.json")
+    report_path = os.path.join(out_dir, EXPORT_REPORT)
     with open(report_path, "w") as f:
         json.dump(report, f, indent=2)
     if not report["passed"]:

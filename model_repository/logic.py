@@ -5,27 +5,28 @@ The python-backend `model.py` files only convert between Triton tensors and thes
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from samrt import processing as P
+from samrt import prompts
 from samrt.errors import InputError
+
 
 __all__ = [
     "EmbeddingCache",
     "CacheEntry",
     "UnknownImageError",
     "decode_image_bytes",
-    "image_id_of",
     "DecodeRequest",
+    "parse_multimask",
     "parse_decode_request",
     "postprocess_decode",
     "masks_to_rle",
@@ -123,14 +124,6 @@ def decode_image_bytes(data: bytes, max_pixels: Optional[int] = None) -> np.ndar
                          f"({type(e).__name__}), expected an encoded image (JPEG, PNG, ...)") from e
 
 
-def image_id_of(image: np.ndarray) -> str:
-    """A hash of the decoded pixels and their shape: the same picture gets the same id."""
-    h = hashlib.sha256()
-    h.update(np.asarray(image.shape, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(image).tobytes())
-    return h.hexdigest()[:32]
-
-
 @dataclass
 class DecodeRequest:
     """One sam_decode request after validation, as decoder inputs in the resized frame."""
@@ -148,6 +141,16 @@ class DecodeRequest:
         return int(self.point_coords.shape[0])
 
 
+def parse_multimask(multimask_output: Optional[np.ndarray]) -> bool:
+    """`multimask_output` [P,1] BOOL (one value per request), absent -> True."""
+    if multimask_output is None:
+        return True
+    mm = np.asarray(multimask_output).reshape(-1).astype(bool)
+    if mm.size and not (mm == mm[0]).all():
+        raise InputError("multimask_output: got different values within one request, expected one value")
+    return bool(mm[0]) if mm.size else True
+
+
 def parse_decode_request(
     image_ids: np.ndarray,
     point_coords: np.ndarray,
@@ -158,58 +161,27 @@ def parse_decode_request(
     image_size: int,
     low_res_size: int,
 ) -> DecodeRequest:
-    """Validate the wire tensors of one request (batch dim = prompts) and transform the points.
+    """Validate the wire tensors of one request (batch dim = prompts) and transform the points,
+    with SAM's prompt rules from `samrt.prompts` (the wire's padding rule: `complete_prompts`).
 
-    Without box corners (labels 2/3) and without explicit padding (-1) in the request, a padding
-    point is appended to every prompt, as SamPredictor does; otherwise the points are used as given.
-
-    Wire: image_id [P,1] BYTES, point_coords [P,N,2] FP32 (original pixels), point_labels [P,N]
-    INT32, optional mask_input [P,1,m,m] FP32, optional multimask_output [P,1] BOOL.
+    Wire (`samrt.wire.SAM_DECODE`): image_id [P,1] BYTES, point_coords [P,N,2] FP32 (original
+    pixels), point_labels [P,N] INT32, optional mask_input [P,1,m,m] FP32, optional
+    multimask_output [P,1] BOOL.
     """
     ids = {(x.decode() if isinstance(x, bytes) else str(x)) for x in np.asarray(image_ids).reshape(-1)}
     if len(ids) != 1:
         raise InputError(f"image_id: got {len(ids)} different ids in one request, expected one image per request")
-    pc = np.asarray(point_coords)
-    pl = np.asarray(point_labels)
-    if pc.ndim != 3 or pc.shape[-1] != 2 or pc.shape[1] < 1:
-        raise InputError(f"point_coords: got shape {list(pc.shape)}, expected [P,N,2] with N >= 1")
-    if pl.shape != pc.shape[:2]:
-        raise InputError(f"point_labels: got shape {list(pl.shape)}, expected {list(pc.shape[:2])}")
-    if not np.all(np.isfinite(pc)):
-        raise InputError("point_coords: got non-finite values (NaN or inf), expected finite pixel coordinates")
-    bad = ~np.isin(pl, P.VALID_LABELS)
-    if bad.any():
-        raise InputError(f"point_labels: got {sorted(set(pl[bad].tolist()))}, expected values in {P.VALID_LABELS}")
-    no_prompt = np.all(pl == -1, axis=1)
-    if no_prompt.any():
-        raise InputError(f"prompt {int(np.argmax(no_prompt))}: got only padding labels (-1), expected a point or a box")
-    mask = None
-    if mask_input is not None:
-        mask = np.asarray(mask_input, dtype=np.float32)
-        want = (pc.shape[0], 1, low_res_size, low_res_size)
-        if mask.shape != want:
-            raise InputError(f"mask_input: got shape {list(mask.shape)}, expected {list(want)}")
-        if not np.all(np.isfinite(mask)):
-            raise InputError("mask_input: got non-finite values, expected finite low-res logits")
-    multi = True
-    if multimask_output is not None:
-        mm = np.asarray(multimask_output).reshape(-1).astype(bool)
-        if mm.size and not (mm == mm[0]).all():
-            raise InputError("multimask_output: got different values within one request, expected one value")
-        multi = bool(mm[0]) if mm.size else True
-    coords, labels = P.apply_coords(pc, original_size, image_size), pl.astype(np.float32)
-    if not np.isin(pl, (-1, 2, 3)).any():
-        # As SamPredictor: without a box, a padding point (0, 0) with label -1 is appended.
-        coords = np.concatenate([coords, np.zeros((coords.shape[0], 1, 2), np.float32)], axis=1)
-        labels = np.concatenate([labels, np.full((labels.shape[0], 1), -1, np.float32)], axis=1)
+    pc, pl = prompts.check_points(point_coords, point_labels)
+    mask = None if mask_input is None else prompts.check_mask_input(mask_input, pc.shape[0], low_res_size)
+    coords, labels = prompts.decoder_prompts(pc, pl, original_size, image_size)
     return DecodeRequest(
         image_id=ids.pop(),
         point_coords=coords,
         point_labels=labels,
         mask_input=mask,
-        multimask_output=multi,
+        multimask_output=parse_multimask(multimask_output),
         original_size=original_size,
-        input_size=P.get_preprocess_shape(original_size[0], original_size[1], image_size),
+        input_size=prompts.get_preprocess_shape(original_size[0], original_size[1], image_size),
     )
 
 
@@ -226,12 +198,28 @@ def postprocess_decode(
     if "low_res_masks" in requested:
         out["low_res_masks"] = np.ascontiguousarray(low_res, dtype=np.float32)
     if "masks" in requested or "masks_rle" in requested:
-        masks = P.upscale_masks(low_res, req.input_size, req.original_size, image_size) > 0.0
+        masks = upscaled_masks(low_res, req.input_size, req.original_size, image_size)
         if "masks" in requested:
             out["masks"] = masks
         if "masks_rle" in requested:
             out["masks_rle"] = masks_to_rle(masks)
     return out
+
+
+# Prompts upscaled at a time: float logits at the original size exist for this many only.
+UPSCALE_CHUNK = 8
+
+
+def upscaled_masks(low_res: np.ndarray, input_size, original_size, image_size: int,
+                   chunk: int = UPSCALE_CHUNK) -> np.ndarray:
+    """[P,C,m,m] logits -> [P,C,H,W] bool masks, `chunk` prompts at a time: the float logits at
+    full size (4 bytes a pixel) never exist for more than `chunk` prompts, only the bool answer."""
+    p, c = low_res.shape[:2]
+    masks = np.empty((p, c) + tuple(original_size), dtype=bool)
+    for start in range(0, p, chunk):
+        masks[start:start + chunk] = P.upscale_masks(low_res[start:start + chunk], input_size, original_size,
+                                                     image_size) > 0.0
+    return masks
 
 
 def masks_to_rle(masks: np.ndarray) -> np.ndarray:

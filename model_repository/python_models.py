@@ -1,8 +1,10 @@
 """Triton python-backend models. Each rendered `model.py` is one line that imports a class here.
 
 Only runs inside Triton's python stub (`triton_python_backend_utils` is imported lazily).
-Every request gets exactly one response; a bad request gets an error response and the other
-requests of the batch go on.
+Tensor names and dtypes come from the wire declaration (`samrt.wire`); prompt rules from
+`samrt.prompts`. Every request gets exactly one response; a bad request gets an error response
+with Triton's code (INVALID_ARG for bad input, NOT_FOUND for an unknown or evicted image_id,
+UNAVAILABLE for overload) and the other requests of the batch go on.
 
 Where the embedding cache lives: python-backend models are separate processes, so the cache is
 owned by one single-instance model, `sam_embedding_cache`, which does nothing slow. `sam_encode`
@@ -21,11 +23,15 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from samrt import processing as P
+from samrt import prompts, wire
 from samrt.errors import InputError
 
 from . import logic
 
 log = logging.getLogger("samrt.server")
+
+# Error codes, by name of TritonError's constants.
+INVALID_ARG, NOT_FOUND, UNAVAILABLE, INTERNAL = "INVALID_ARG", "NOT_FOUND", "UNAVAILABLE", "INTERNAL"
 
 
 def _pb():
@@ -44,37 +50,58 @@ def _input(request, name: str) -> Optional[np.ndarray]:
     return None if t is None else t.as_numpy()
 
 
-def _error(message: str):
+def _error(message: str, code: str = INVALID_ARG):
     pb = _pb()
-    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message))
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message, getattr(pb.TritonError, code)))
 
 
-def _unexpected(model: str, e: Exception):
-    """An error nobody planned for still answers its own request only, and is logged."""
-    log.exception("%s: unexpected error", model)
-    return _error(f"{model}: internal error ({type(e).__name__}: {e}); the server goes on")
+def _error_for(e: Exception, model: str):
+    """The error response for an exception: its code says what kind of failure it was."""
+    if isinstance(e, _BlsError):
+        return _error(str(e), e.code)
+    if isinstance(e, logic.UnknownImageError):
+        return _error(str(e), NOT_FOUND)
+    if isinstance(e, InputError):
+        return _error(str(e), INVALID_ARG)
+    if isinstance(e, MemoryError):
+        return _error(f"{model}: out of memory for this request ({e}); send fewer prompts per request", UNAVAILABLE)
+    log.exception("%s: unexpected error", model)  # nobody planned for it: still answers its own request only
+    return _error(f"{model}: internal error ({type(e).__name__}: {e}); the server goes on", INTERNAL)
 
 
-def _response(outputs: Dict[str, np.ndarray]):
+def _response(model: wire.WireModel, outputs: Dict[str, np.ndarray]):
     pb = _pb()
-    return pb.InferenceResponse(output_tensors=[pb.Tensor(k, v) for k, v in outputs.items()])
+    return pb.InferenceResponse(output_tensors=[pb.Tensor(k, model.output(k).pack(v)[0]) for k, v in outputs.items()])
 
 
-def _bls(model_name: str, inputs: Dict[str, np.ndarray], outputs: List[str]) -> Dict[str, np.ndarray]:
+class _BlsError(RuntimeError):
+    """An error answered by a model called through BLS; its message and code go to the caller as are."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _code_name(error) -> str:
+    pb = _pb()
+    code = error.code() if hasattr(error, "code") else None
+    for name in (INVALID_ARG, NOT_FOUND, UNAVAILABLE):
+        if code is not None and code == getattr(pb.TritonError, name, object()):
+            return name
+    return INTERNAL
+
+
+def _bls(model: wire.WireModel, inputs: Dict[str, np.ndarray], outputs: List[str]) -> Dict[str, np.ndarray]:
     pb = _pb()
     req = pb.InferenceRequest(
-        model_name=model_name,
-        inputs=[pb.Tensor(k, v) for k, v in inputs.items()],
+        model_name=model.name,
+        inputs=[pb.Tensor(k, model.input(k).pack(v)[0]) for k, v in inputs.items()],
         requested_output_names=outputs,
     )
     resp = req.exec()
     if resp.has_error():
-        raise _BlsError(resp.error().message())
+        raise _BlsError(resp.error().message(), _code_name(resp.error()))
     return {name: pb.get_output_tensor_by_name(resp, name).as_numpy() for name in outputs}
-
-
-class _BlsError(RuntimeError):
-    """An error answered by a model called through BLS; its message goes to the caller as is."""
 
 
 class BlsRunner:
@@ -86,8 +113,15 @@ class BlsRunner:
         self.input_shapes = {"mask_input": ("num_prompts", 1, mask_size, mask_size)}
 
     def run(self, feeds, outputs=None):
-        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()}
-        return _bls(self.model_name, feeds, list(outputs or self.output_names))
+        pb = _pb()
+        req = pb.InferenceRequest(
+            model_name=self.model_name,
+            inputs=[pb.Tensor(k, np.ascontiguousarray(v, dtype=np.float32)) for k, v in feeds.items()],
+            requested_output_names=list(outputs or self.output_names))
+        resp = req.exec()
+        if resp.has_error():
+            raise _BlsError(resp.error().message(), _code_name(resp.error()))
+        return {n: pb.get_output_tensor_by_name(resp, n).as_numpy() for n in (outputs or self.output_names)}
 
 
 def _decoder_runner(params):
@@ -96,6 +130,20 @@ def _decoder_runner(params):
     from samrt.engines import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(params["onnx_path"], params.get("device", "cpu"), _ort_threads())
+
+
+def _lower_priority(params: Dict[str, str]) -> None:
+    """Clicks before encodes: background work (image encoding, automatic masks) runs under
+    Linux's SCHED_IDLE policy, so it gets a core only when the interactive decoder does not need
+    it. Called in `initialize`, before the engine's threads exist: they inherit the policy."""
+    policy = params.get("background_priority", "idle")
+    if policy == "idle" and hasattr(os, "sched_setscheduler"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as e:  # not allowed here: say so, serve anyway
+            log.warning("could not lower the priority of background work: %s", e)
+    elif policy not in ("idle", "normal"):
+        raise ValueError(f"background_priority: got {policy!r}, expected 'idle' or 'normal'")
 
 
 def _ort_threads() -> int:
@@ -118,38 +166,57 @@ def _ids(arr: np.ndarray) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _id_tensor(image_id: str) -> np.ndarray:
+    return np.array([image_id.encode()], dtype=object)
+
+
+def _cached(image_id: str, outputs: List[str]) -> Dict[str, np.ndarray]:
+    """The cache's entry for `image_id`; UnknownImageError (NOT_FOUND) when it holds none."""
+    got = _bls(CACHE, {"image_id": _id_tensor(image_id)}, ["found"] + outputs)
+    if not got["found"][0]:
+        raise logic.UnknownImageError(image_id)
+    return got
+
+
+CACHE = wire.SAM_EMBEDDING_CACHE
+
+
 class CacheModel:
-    """sam_embedding_cache: put (image_id + image_embeddings + original_size) or get (image_id)."""
+    """sam_embedding_cache: put (image_id + image_embeddings + original_size) or get (image_id).
+
+    A get of an id it does not hold answers `found` false (with zeros), not an error: Triton 2.51's
+    BLS hands callers every error as INTERNAL, so the caller raises NOT_FOUND itself."""
 
     def initialize(self, args) -> None:
-        self.cache = logic.EmbeddingCache(int(_params(args)["cache_bytes"]))
+        params = _params(args)
+        self.cache = logic.EmbeddingCache(int(params["cache_bytes"]))
+        self.missing = np.zeros([int(d) for d in params["embedding_shape"].split(",")], np.float32)
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
+        return [self._one(r) for r in requests]
+
+    def _one(self, request):
+        try:
+            image_id = _ids(_input(request, "image_id"))
+            emb = _input(request, "image_embeddings")
+            if emb is not None:
+                size = _input(request, "original_size").reshape(-1)
+                self.cache.put(image_id, logic.CacheEntry(np.array(emb, dtype=np.float32), (int(size[0]), int(size[1]))))
+                return _response(CACHE, {"found": np.array([True])})
+            wanted = request.requested_output_names()
+            if wanted and set(wanted) <= {"found"}:
+                return _response(CACHE, {"found": np.array([image_id in self.cache])})
             try:
-                image_id = _ids(_input(request, "image_id"))
-                emb = _input(request, "image_embeddings")
-                if emb is not None:
-                    size = _input(request, "original_size").reshape(-1)
-                    self.cache.put(image_id, logic.CacheEntry(np.array(emb, dtype=np.float32), (int(size[0]), int(size[1]))))
-                    responses.append(_response({"found": np.array([True])}))
-                    continue
-                wanted = request.requested_output_names()
-                if wanted and set(wanted) <= {"found"}:
-                    responses.append(_response({"found": np.array([image_id in self.cache])}))
-                    continue
                 entry = self.cache.get(image_id)
-                responses.append(_response({
-                    "found": np.array([True]),
-                    "image_embeddings": entry.embeddings,
-                    "original_size": np.asarray(entry.original_size, dtype=np.int32),
-                }))
-            except (InputError, ValueError) as e:
-                responses.append(_error(str(e)))
-            except Exception as e:  # one response per request, whatever happens
-                responses.append(_unexpected("sam_embedding_cache", e))
-        return responses
+            except logic.UnknownImageError:
+                return _response(CACHE, {"found": np.array([False]), "image_embeddings": self.missing,
+                                         "original_size": np.zeros(2)})
+            return _response(CACHE, {"found": np.array([True]), "image_embeddings": entry.embeddings,
+                                     "original_size": np.asarray(entry.original_size)})
+        except ValueError as e:  # e.g. an embedding larger than the cache
+            return _error(str(e), INVALID_ARG) if not isinstance(e, InputError) else _error_for(e, CACHE.name)
+        except Exception as e:  # one response per request, whatever happens
+            return _error_for(e, CACHE.name)
 
 
 class ImageEncoderModel:
@@ -159,22 +226,44 @@ class ImageEncoderModel:
         from samrt.engines import OnnxRuntimeRunner
 
         params = _params(args)
+        _lower_priority(params)
         self.runner = OnnxRuntimeRunner(params["onnx_path"], params.get("device", "cpu"), _ort_threads())
 
     def execute(self, requests):
+        pb = _pb()
         images = [_input(r, "image") for r in requests]
         try:
             out = self.runner.run({"image": np.concatenate(images, axis=0)})["image_embeddings"]
         except Exception as e:  # one bad tensor must not take the batch down: retry one by one
-            return [self._single(img) for img in images] if len(images) > 1 else [_error(f"encoder: {e}")]
+            return [self._single(img) for img in images] if len(images) > 1 else [_error(f"encoder: {e}", INTERNAL)]
         sizes = np.cumsum([0] + [len(i) for i in images])
-        return [_response({"image_embeddings": out[a:b]}) for a, b in zip(sizes[:-1], sizes[1:])]
+        return [pb.InferenceResponse(output_tensors=[pb.Tensor("image_embeddings", out[a:b])])
+                for a, b in zip(sizes[:-1], sizes[1:])]
 
     def _single(self, image):
+        pb = _pb()
         try:
-            return _response(self.runner.run({"image": image}))
+            out = self.runner.run({"image": image})["image_embeddings"]
+            return pb.InferenceResponse(output_tensors=[pb.Tensor("image_embeddings", out)])
         except Exception as e:
-            return _error(f"encoder: {e}")
+            return _error(f"encoder: {e}", INTERNAL)
+
+
+def _encode(image: np.ndarray, image_size: int) -> str:
+    """Embed `image` unless the cache holds it already; its id either way."""
+    image_id = wire.image_id_of(image)
+    if not _bls(CACHE, {"image_id": _id_tensor(image_id)}, ["found"])["found"][0]:
+        x, _ = P.preprocess_image(image, image_size)
+        pb = _pb()
+        req = pb.InferenceRequest(model_name="sam_image_encoder", inputs=[pb.Tensor("image", x)],
+                                  requested_output_names=["image_embeddings"])
+        resp = req.exec()
+        if resp.has_error():
+            raise _BlsError(resp.error().message(), _code_name(resp.error()))
+        emb = pb.get_output_tensor_by_name(resp, "image_embeddings").as_numpy()
+        _bls(CACHE, {"image_id": _id_tensor(image_id), "image_embeddings": emb[0],
+                     "original_size": np.asarray(image.shape[:2])}, ["found"])
+    return image_id
 
 
 class EncodeModel:
@@ -182,6 +271,7 @@ class EncodeModel:
 
     def initialize(self, args) -> None:
         params = _params(args)
+        _lower_priority(params)
         self.image_size = int(params["image_size"])
         self.max_pixels = int(params["max_pixels"])
 
@@ -190,19 +280,11 @@ class EncodeModel:
 
     def _one(self, request):
         try:
-            image = _image_from_request(request, self.max_pixels, "sam_encode")
-            image_id = logic.image_id_of(image)
-            size = np.asarray(image.shape[:2], dtype=np.int32)
-            if not _bls("sam_embedding_cache", {"image_id": np.array([image_id.encode()], dtype=object)}, ["found"])["found"][0]:
-                x, _ = P.preprocess_image(image, self.image_size)
-                emb = _bls("sam_image_encoder", {"image": x}, ["image_embeddings"])["image_embeddings"]
-                _bls("sam_embedding_cache", {"image_id": np.array([image_id.encode()], dtype=object),
-                                             "image_embeddings": emb[0], "original_size": size}, ["found"])
-            return _response({"image_id": np.array([image_id.encode()], dtype=object), "original_size": size})
-        except (InputError, _BlsError) as e:
-            return _error(str(e))
+            image = _image_from_request(request, self.max_pixels, wire.SAM_ENCODE.name)
+            image_id = _encode(image, self.image_size)
+            return _response(wire.SAM_ENCODE, {"image_id": _id_tensor(image_id), "original_size": np.asarray(image.shape[:2])})
         except Exception as e:
-            return _unexpected("sam_encode", e)
+            return _error_for(e, wire.SAM_ENCODE.name)
 
 
 class DecodeModel:
@@ -218,24 +300,20 @@ class DecodeModel:
     def execute(self, requests):
         responses: List[object] = [None] * len(requests)
         parsed: Dict[int, logic.DecodeRequest] = {}
-        embeddings: Dict[str, np.ndarray] = {}
+        embeddings: Dict[str, Dict[str, np.ndarray]] = {}
         for i, request in enumerate(requests):
             try:
                 image_id = _ids(_input(request, "image_id"))
                 if image_id not in embeddings:
-                    got = _bls("sam_embedding_cache", {"image_id": np.array([image_id.encode()], dtype=object)},
-                               ["image_embeddings", "original_size"])
-                    embeddings[image_id] = got
+                    embeddings[image_id] = _cached(image_id, ["image_embeddings", "original_size"])
                 size = embeddings[image_id]["original_size"]
                 parsed[i] = logic.parse_decode_request(
                     _input(request, "image_id"), _input(request, "point_coords"), _input(request, "point_labels"),
                     _input(request, "mask_input"), _input(request, "multimask_output"),
                     (int(size[0]), int(size[1])), self.image_size, self.low_res_size,
                 )
-            except (InputError, _BlsError) as e:
-                responses[i] = _error(str(e))
             except Exception as e:
-                responses[i] = _unexpected("sam_decode", e)
+                responses[i] = _error_for(e, wire.SAM_DECODE.name)
         by_points = defaultdict(list)
         for i, req in parsed.items():
             by_points[req.point_coords.shape[1]].append(i)
@@ -244,24 +322,22 @@ class DecodeModel:
         return responses
 
     def _run_group(self, group, embeddings, requests, responses) -> None:
+        from samrt.engines.runner import run_decoder
+
+        ids = list(dict.fromkeys(r.image_id for _, r in group))  # the group's images, once each
+        emb = np.stack([embeddings[i]["image_embeddings"] for i in ids])
+        rows = np.concatenate([np.full(r.num_prompts, ids.index(r.image_id)) for _, r in group])
         m = self.low_res_size
-        feeds = {
-            "image_embeddings": np.concatenate([
-                np.broadcast_to(embeddings[r.image_id]["image_embeddings"][None],
-                                (r.num_prompts,) + embeddings[r.image_id]["image_embeddings"].shape)
-                for _, r in group]).astype(np.float32),
-            "point_coords": np.concatenate([r.point_coords for _, r in group]),
-            "point_labels": np.concatenate([r.point_labels for _, r in group]),
-            "mask_input": np.concatenate([r.mask_input if r.mask_input is not None else
-                                          np.zeros((r.num_prompts, 1, m, m), np.float32) for _, r in group]),
-            "has_mask_input": np.concatenate([np.full(r.num_prompts, float(r.mask_input is not None), np.float32)
-                                              for _, r in group]),
-        }
+        masks = [r.mask_input if r.mask_input is not None else np.zeros((r.num_prompts, 1, m, m), np.float32)
+                 for _, r in group]
+        has = np.concatenate([np.full(r.num_prompts, float(r.mask_input is not None), np.float32) for _, r in group])
         try:
-            out = self.runner.run(feeds)
+            low_res, iou = run_decoder(self.runner, emb, np.concatenate([r.point_coords for _, r in group]),
+                                       np.concatenate([r.point_labels for _, r in group]), np.concatenate(masks), m,
+                                       has_mask_input=has, embedding_rows=rows)
         except Exception as e:
             for i, _ in group:
-                responses[i] = _error(f"decoder: {e}")
+                responses[i] = _error_for(e, "decoder")
             return
         start = 0
         for i, r in group:
@@ -269,44 +345,46 @@ class DecodeModel:
             start += r.num_prompts
             try:
                 wanted = requests[i].requested_output_names() or ["masks", "iou_predictions", "low_res_masks"]
-                responses[i] = _response(logic.postprocess_decode(
-                    r, out["low_res_masks"][sl], out["iou_predictions"][sl], self.image_size, wanted))
+                responses[i] = _response(wire.SAM_DECODE, logic.postprocess_decode(
+                    r, low_res[sl], iou[sl], self.image_size, wanted))
             except Exception as e:
-                responses[i] = _error(f"postprocess: {e}")
+                responses[i] = _error_for(e, "postprocess")
 
 
 class SegmentModel:
-    """sam_segment: one shot, image (or image_bytes) plus prompts -> masks, via sam_encode + sam_decode."""
+    """sam_segment: one shot, image (or image_bytes) plus one prompt -> masks: encodes like
+    sam_encode (in this process), then decodes through sam_decode. Inputs are checked here, so
+    bad ones get INVALID_ARG (an error that comes back through BLS would arrive as INTERNAL)."""
 
     def initialize(self, args) -> None:
-        pass
+        params = _params(args)
+        self.image_size = int(params["image_size"])
+        self.max_pixels = int(params["max_pixels"])
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                enc_in = {k: v for k in ("image", "image_bytes") if (v := _input(request, k)) is not None}
-                image_id = _bls("sam_encode", enc_in, ["image_id"])["image_id"]
-                coords, labels = _input(request, "point_coords"), _input(request, "point_labels")
-                if coords is None or coords.ndim != 2 or labels is None:
-                    raise InputError("sam_segment: expected point_coords [N,2] and point_labels [N], got "
-                                     f"{None if coords is None else list(coords.shape)} and "
-                                     f"{None if labels is None else list(labels.shape)}")
-                dec_in = {"image_id": np.array([image_id.reshape(-1)[0]], dtype=object).reshape(1, 1),
-                          "point_coords": coords[None].astype(np.float32),
-                          "point_labels": labels[None]}
-                for opt in ("mask_input", "multimask_output"):
-                    v = _input(request, opt)
-                    if v is not None:
-                        dec_in[opt] = v[None]
-                wanted = request.requested_output_names() or ["masks", "iou_predictions", "low_res_masks"]
-                out = _bls("sam_decode", dec_in, list(wanted))
-                responses.append(_response({k: v[0] for k, v in out.items()}))
-            except (InputError, _BlsError) as e:
-                responses.append(_error(str(e)))
-            except Exception as e:
-                responses.append(_unexpected("sam_segment", e))
-        return responses
+        return [self._one(r) for r in requests]
+
+    def _one(self, request):
+        try:
+            image = _image_from_request(request, self.max_pixels, wire.SAM_SEGMENT.name)
+            coords, labels = _input(request, "point_coords"), _input(request, "point_labels")
+            if coords is None or coords.ndim != 2 or labels is None:
+                raise InputError("sam_segment: expected point_coords [N,2] and point_labels [N], got "
+                                 f"{None if coords is None else list(coords.shape)} and "
+                                 f"{None if labels is None else list(labels.shape)}")
+            prompts.complete_prompts(*prompts.check_points(coords[None], labels[None]))
+            image_id = _encode(image, self.image_size)
+            dec_in = {"image_id": np.array([[image_id.encode()]], dtype=object),
+                      "point_coords": coords[None], "point_labels": labels[None]}
+            for opt in ("mask_input", "multimask_output"):
+                v = _input(request, opt)
+                if v is not None:
+                    dec_in[opt] = v[None]
+            wanted = request.requested_output_names() or ["masks", "iou_predictions", "low_res_masks"]
+            out = _bls(wire.SAM_DECODE, dec_in, list(wanted))
+            return _response(wire.SAM_SEGMENT, {k: v[0] for k, v in out.items()})
+        except Exception as e:
+            return _error_for(e, wire.SAM_SEGMENT.name)
 
 
 class AmgModel:
@@ -318,6 +396,7 @@ class AmgModel:
 
     def initialize(self, args) -> None:
         params = _params(args)
+        _lower_priority(params)
         self.runner = _decoder_runner(params)
         self.image_size = int(params["image_size"])
         self.max_pixels = int(params["max_pixels"])
@@ -330,33 +409,29 @@ class AmgModel:
         from samrt import amg
 
         try:
-            image = _image_from_request(request, self.max_pixels, "sam_amg")
+            image = _image_from_request(request, self.max_pixels, wire.SAM_AMG.name)
             raw = _input(request, "options")
             fields = json.loads(bytes(raw.reshape(-1)[0]).decode()) if raw is not None else {}
-            known = set(amg.AmgOptions.__dataclass_fields__)
-            unknown = sorted(set(fields) - known)
-            if unknown:
-                raise InputError(f"options: got unknown {unknown}, expected names from {sorted(known)}")
-            records = amg.generate_masks(image, self._set_crop, amg.AmgOptions(**fields), "coco_rle")
-            return _response({"records": np.array([json.dumps(records).encode()], dtype=object)})
-        except (InputError, _BlsError, TypeError, ValueError) as e:
-            return _error(str(e))
+            records = amg.generate_masks(image, self._set_crop, amg.AmgOptions.from_fields(fields), "coco_rle")
+            return _response(wire.SAM_AMG, {"records": np.array([json.dumps(records).encode()], dtype=object)})
+        except (TypeError, ValueError) as e:
+            return _error_for(e if isinstance(e, InputError) else InputError(str(e)), wire.SAM_AMG.name)
         except Exception as e:
-            return _unexpected("sam_amg", e)
+            return _error_for(e, wire.SAM_AMG.name)
 
     def _set_crop(self, crop: np.ndarray):
-        from samrt.engines.predictor import decode
+        from samrt.engines.runner import run_decoder
 
         crop = np.ascontiguousarray(crop)
-        image_id = _bls("sam_encode", {"image": crop}, ["image_id"])["image_id"]
-        emb = _bls("sam_embedding_cache", {"image_id": image_id}, ["image_embeddings"])["image_embeddings"][None]
+        image_id = _encode(crop, self.image_size)
+        emb = _cached(image_id, ["image_embeddings"])["image_embeddings"][None]
         size = crop.shape[:2]
         input_size = P.get_preprocess_shape(size[0], size[1], self.image_size)
 
         def run(points: np.ndarray):
-            coords, labels = P.build_prompts(points[:, None, :], np.ones((len(points), 1), np.int32), None,
-                                             size, self.image_size)
-            low, iou = decode(self.runner, emb, coords, labels, None, self.low_res_size)
+            coords, labels = prompts.assemble_prompts(points[:, None, :], np.ones((len(points), 1), np.int32), None)
+            coords, labels = prompts.decoder_prompts(coords, labels, size, self.image_size)
+            low, iou = run_decoder(self.runner, emb, coords, labels, None, self.low_res_size)
             low, iou = P.select_masks(low, iou, True)
             return P.upscale_masks(low, input_size, size, self.image_size), iou
 

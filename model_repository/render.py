@@ -1,8 +1,8 @@
-"""Render the Triton model repository from the I/O spec.
+"""Render the Triton model repository from the wire declaration (`samrt.wire`) and the I/O spec.
 
 Each config is built as Triton's `ModelConfig` protobuf (shipped by tritonclient), written as
-text, and parsed back as a check. The wire API (model names and tensors) is declared here
-once; the SDK and the README follow it.
+text, and parsed back as a check. The output folder is marked as samrt's (`samrt.artifacts`): a
+re-render replaces only the models it rendered there; any other non-empty folder is refused.
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
+from samrt import wire
+from samrt.artifacts import record_entries, replace_recorded_entries
 from samrt.spec import SamConfig, decoder_spec, encoder_spec
 
 __all__ = ["RepoOptions", "render_repository", "model_configs", "parse_config"]
-
-_TYPES = {"float32": "TYPE_FP32", "int32": "TYPE_INT32", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL",
-          "bytes": "TYPE_STRING"}
 
 NATIVE_PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 
@@ -41,121 +40,90 @@ class RepoOptions:
     max_prompts: int = 256  # prompts per sam_decode request (and per dynamic batch)
     max_pixels: int = 4096 * 4096
     encoder_max_batch: int = 4
-    decoder_queue_delay_us: int = 5000
+    # 0: a lone click is decoded at once; under load, requests that queue while the decoder is
+    # busy still form batches (Triton's dynamic batcher takes what is waiting).
+    decoder_queue_delay_us: int = 0
     dynamic_batching: bool = True  # off: every sam_decode request runs alone (for comparison)
     # None: python-backend models running ONNX Runtime (what runs on CPU here).
     # "onnxruntime" / "tensorrt": the production variant for NVIDIA's Triton container, with
     # native backends for encoder and decoder (sam_image_encoder, sam_prompt_decoder).
     native: Optional[str] = None
     encoder_queue_delay_us: int = 2000
+    # "idle": image encoding and automatic masks run under SCHED_IDLE, so clicks come first.
+    background_priority: str = "idle"
 
 
-def _io(name: str, dtype: str, dims: List[int], optional: bool = False) -> dict:
-    d = {"name": name, "data_type": _TYPES[dtype], "dims": dims}
-    if optional:
-        d["optional"] = True
-    return d
+def _params(**kw) -> dict:
+    return {k: {"string_value": str(v)} for k, v in kw.items()}
+
+
+def _model(model: wire.WireModel, sizes: Dict[str, int], max_batch_size: int = 0, **extra) -> dict:
+    """One model's config: tensors from the wire declaration, the rest from `extra`."""
+    return {"max_batch_size": max_batch_size, **model.config_io(sizes), **extra}
+
+
+def graph_models(cfg: SamConfig) -> Dict[str, wire.WireModel]:
+    """The graph-facing models, derived from the ONNX I/O spec (the prompt axis is Triton's batch)."""
+    return {
+        "sam_image_encoder": wire.model_from_graph("sam_image_encoder", encoder_spec(cfg), "batch",
+                                                   "the image encoder graph"),
+        "sam_prompt_decoder": wire.model_from_graph("sam_prompt_decoder", decoder_spec(cfg), "num_prompts",
+                                                    "the prompt encoder + mask decoder graph"),
+    }
 
 
 def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: RepoOptions) -> Dict[str, dict]:
-    """The six models' configs as dicts in ModelConfig's JSON form."""
-    enc, dec = encoder_spec(cfg), decoder_spec(cfg)
-    emb = [d for d in enc.tensor("image_embeddings").shape[1:]]
-    img = [d for d in enc.tensor("image").shape[1:]]
-    m = cfg.low_res_size
+    """Every model's config as a dict in ModelConfig's JSON form, derived from `samrt.wire` (the
+    public and cache models) and from `samrt.spec` (the graph-facing models)."""
+    sizes = wire.config_sizes(cfg)
     kind = "KIND_GPU" if opts.device == "cuda" else "KIND_CPU"
-    prompts_in = [
-        _io("point_coords", "float32", [-1, 2]),
-        _io("point_labels", "int32", [-1]),
-        _io("mask_input", "float32", [1, m, m], optional=True),
-        _io("multimask_output", "bool", [1], optional=True),
-    ]
-    masks_out = [
-        _io("masks", "bool", [-1, -1, -1]),
-        _io("iou_predictions", "float32", [-1]),
-        _io("low_res_masks", "float32", [-1, m, m]),
-        _io("masks_rle", "bytes", [-1]),
-    ]
-    common = {"backend": "python"}
-
-    def params(**kw) -> dict:
-        return {k: {"string_value": str(v)} for k, v in kw.items()}
-
+    python = {"backend": "python"}
+    graphs = graph_models(cfg)
+    decoder_params = _params(onnx_path=os.path.abspath(decoder_onnx), device=opts.device, image_size=cfg.image_size)
+    batching = {"dynamic_batching": {"max_queue_delay_microseconds": opts.decoder_queue_delay_us}}
     configs = {
-        "sam_embedding_cache": {
-            **common, "max_batch_size": 0,
-            "input": [_io("image_id", "bytes", [1]), _io("image_embeddings", "float32", emb, optional=True),
-                      _io("original_size", "int32", [2], optional=True)],
-            "output": [_io("found", "bool", [1]), _io("image_embeddings", "float32", emb),
-                       _io("original_size", "int32", [2])],
-            "instance_group": [{"count": 1, "kind": "KIND_CPU"}],  # one owner: one cache
-            "parameters": params(cache_bytes=opts.cache_bytes),
-        },
-        "sam_image_encoder": {
-            **common, "max_batch_size": opts.encoder_max_batch,
-            "input": [_io("image", "float32", img)],
-            "output": [_io("image_embeddings", "float32", emb)],
-            "dynamic_batching": {"max_queue_delay_microseconds": opts.encoder_queue_delay_us},
-            "instance_group": [{"count": 1, "kind": kind}],
-            "parameters": params(onnx_path=os.path.abspath(encoder_onnx), device=opts.device),
-        },
-        "sam_encode": {
-            **common, "max_batch_size": 0,
-            "input": [_io("image", "uint8", [-1, -1, -1], optional=True), _io("image_bytes", "bytes", [1], optional=True)],
-            "output": [_io("image_id", "bytes", [1]), _io("original_size", "int32", [2])],
-            "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
-            "parameters": params(image_size=cfg.image_size, max_pixels=opts.max_pixels),
-        },
-        "sam_decode": {
-            **common, "max_batch_size": opts.max_prompts,
-            "input": [_io("image_id", "bytes", [1])] + prompts_in,
-            "output": masks_out,
-            **({"dynamic_batching": {"max_queue_delay_microseconds": opts.decoder_queue_delay_us}}
-               if opts.dynamic_batching else {}),
-            "instance_group": [{"count": 1, "kind": kind}],
-            "parameters": params(onnx_path=os.path.abspath(decoder_onnx), device=opts.device,
-                                 image_size=cfg.image_size, spec=json.dumps(cfg.to_dict())),
-        },
-        "sam_amg": {
-            **common, "max_batch_size": 0,
-            "input": [_io("image", "uint8", [-1, -1, -1], optional=True), _io("image_bytes", "bytes", [1], optional=True),
-                      _io("options", "bytes", [1], optional=True)],
-            "output": [_io("records", "bytes", [1])],
-            "instance_group": [{"count": 1, "kind": kind}],
-            "parameters": params(onnx_path=os.path.abspath(decoder_onnx), device=opts.device,
-                                 image_size=cfg.image_size, max_pixels=opts.max_pixels),
-        },
-        "sam_segment": {
-            **common, "max_batch_size": 0,
-            "input": [_io("image", "uint8", [-1, -1, -1], optional=True), _io("image_bytes", "bytes", [1], optional=True)]
-            + prompts_in,
-            "output": masks_out,
-            "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
-        },
+        wire.SAM_EMBEDDING_CACHE.name: _model(
+            wire.SAM_EMBEDDING_CACHE, sizes, **python,
+            instance_group=[{"count": 1, "kind": "KIND_CPU"}],  # one owner: one cache
+            parameters=_params(cache_bytes=opts.cache_bytes, embedding_shape=",".join(
+                str(sizes[d] if isinstance(d, str) else d) for d in wire.SAM_EMBEDDING_CACHE.output("image_embeddings").dims))),
+        "sam_image_encoder": _model(
+            graphs["sam_image_encoder"], sizes, opts.encoder_max_batch, **python,
+            dynamic_batching={"max_queue_delay_microseconds": opts.encoder_queue_delay_us},
+            instance_group=[{"count": 1, "kind": kind}],
+            parameters=_params(onnx_path=os.path.abspath(encoder_onnx), device=opts.device,
+                               background_priority=opts.background_priority)),
+        wire.SAM_ENCODE.name: _model(
+            wire.SAM_ENCODE, sizes, **python, instance_group=[{"count": 1, "kind": "KIND_CPU"}],
+            parameters=_params(image_size=cfg.image_size, max_pixels=opts.max_pixels,
+                               background_priority=opts.background_priority)),
+        wire.SAM_DECODE.name: _model(
+            wire.SAM_DECODE, sizes, opts.max_prompts, **python, **(batching if opts.dynamic_batching else {}),
+            instance_group=[{"count": 1, "kind": kind}], parameters=dict(decoder_params)),
+        wire.SAM_AMG.name: _model(
+            wire.SAM_AMG, sizes, **python, instance_group=[{"count": 1, "kind": kind}],
+            parameters={**decoder_params, **_params(max_pixels=opts.max_pixels,
+                                                    background_priority=opts.background_priority)}),
+        wire.SAM_SEGMENT.name: _model(
+            wire.SAM_SEGMENT, sizes, **python, instance_group=[{"count": 1, "kind": "KIND_CPU"}],
+            parameters=_params(image_size=cfg.image_size, max_pixels=opts.max_pixels)),
     }
     if opts.native:
         if opts.native not in NATIVE_PLATFORMS:
             raise ValueError(f"native: got {opts.native!r}, expected one of {sorted(NATIVE_PLATFORMS)}")
-        platform = NATIVE_PLATFORMS[opts.native][0]
-        configs["sam_image_encoder"] = {
-            "platform": platform, "max_batch_size": opts.encoder_max_batch,
-            "input": [_io("image", "float32", img)], "output": [_io("image_embeddings", "float32", emb)],
-            "dynamic_batching": {"max_queue_delay_microseconds": opts.encoder_queue_delay_us},
-            "instance_group": [{"count": 1, "kind": kind}],
-        }
-        has_mask = _io("has_mask_input", "float32", [1])
-        has_mask["reshape"] = {"shape": []}  # the graph's [P] is Triton's batch dim alone
-        configs["sam_prompt_decoder"] = {
-            "platform": platform, "max_batch_size": opts.max_prompts,
-            "input": [_io("image_embeddings", "float32", emb), _io("point_coords", "float32", [-1, 2]),
-                      _io("point_labels", "float32", [-1]), _io("mask_input", "float32", [1, m, m]), has_mask],
-            "output": [_io("low_res_masks", "float32", [cfg.num_mask_tokens, m, m]),
-                       _io("iou_predictions", "float32", [cfg.num_mask_tokens])],
-            "instance_group": [{"count": 1, "kind": kind}],
-        }
-        for name in ("sam_decode", "sam_amg"):
-            configs[name]["parameters"]["decoder_model"] = {"string_value": "sam_prompt_decoder"}
-            configs[name]["parameters"]["low_res_size"] = {"string_value": str(m)}
+        platform = {"platform": NATIVE_PLATFORMS[opts.native][0]}
+        configs["sam_image_encoder"] = _model(
+            graphs["sam_image_encoder"], sizes, opts.encoder_max_batch, **platform,
+            dynamic_batching={"max_queue_delay_microseconds": opts.encoder_queue_delay_us},
+            instance_group=[{"count": 1, "kind": kind}])
+        decoder = _model(graphs["sam_prompt_decoder"], sizes, opts.max_prompts, **platform,
+                         instance_group=[{"count": 1, "kind": kind}])
+        for t in decoder["input"]:
+            if t["dims"] == []:  # the graph's [P] flag (has_mask_input) is Triton's batch dim alone
+                t["dims"], t["reshape"] = [1], {"shape": []}
+        configs["sam_prompt_decoder"] = decoder
+        for name in (wire.SAM_DECODE.name, wire.SAM_AMG.name):
+            configs[name]["parameters"].update(_params(decoder_model="sam_prompt_decoder", low_res_size=sizes["m"]))
     return configs
 
 
@@ -184,9 +152,9 @@ def render_repository(
     for path in (encoder_onnx, decoder_onnx):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such ONNX file (run `samrt export` first)")
-    if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)
+    replace_recorded_entries(out_dir, "build-repo")
     configs = model_configs(cfg, encoder_onnx, decoder_onnx, opts)
+    record_entries(out_dir, list(configs))
     if engine_report is not None:  # served results carry the engine's accuracy report
         summary = {"engine": engine_report["engine"], "precision": engine_report["precision"],
                    "accuracy": engine_report["accuracy"], "gate": engine_report["gate"]}

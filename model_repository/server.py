@@ -24,10 +24,10 @@ from typing import Dict, List, Optional
 
 from samrt.errors import SamrtError
 
-__all__ = ["TritonServer", "ServerError", "free_port", "bundled_triton_dir"]
+__all__ = ["TritonServer", "TritonLaunchError", "free_port", "bundled_triton_dir"]
 
 
-class ServerError(SamrtError):
+class TritonLaunchError(SamrtError):
     """tritonserver could not be started or did not become ready."""
 
 
@@ -40,10 +40,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 def bundled_triton_dir() -> str:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ServerError("the tritonserver binary comes with the `nvidia-pytriton` wheel: pip install 'samrt[serve]'")
+        raise TritonLaunchError("the tritonserver binary comes with the `nvidia-pytriton` wheel: pip install 'samrt[serve]'")
     path = os.path.join(list(spec.submodule_search_locations)[0], "tritonserver")
     if not os.path.isfile(os.path.join(path, "bin", "tritonserver")):
-        raise ServerError(f"{path}: no bin/tritonserver in the installed nvidia-pytriton")
+        raise TritonLaunchError(f"{path}: no bin/tritonserver in the installed nvidia-pytriton")
     return path
 
 
@@ -57,7 +57,7 @@ def _prepare_tree(work_dir: str) -> str:
         shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("python_backend_stubs"))
         stub_src = os.path.join(src, "python_backend_stubs", ver, "triton_python_backend_stub")
         if not os.path.isfile(stub_src):
-            raise ServerError(f"nvidia-pytriton ships no python backend stub for Python {ver}")
+            raise TritonLaunchError(f"nvidia-pytriton ships no python backend stub for Python {ver}")
         shutil.copy2(stub_src, stub)
     return dst
 
@@ -139,13 +139,13 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with code {self.process.returncode} before it was ready; "
+                raise TritonLaunchError(f"tritonserver exited with code {self.process.returncode} before it was ready; "
                                   f"log {self.log_path}:\n{self.log_tail()}")
             if self.is_ready():
                 return self
             time.sleep(0.25)
         self.stop()
-        raise ServerError(f"tritonserver not ready after {timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}")
+        raise TritonLaunchError(f"tritonserver not ready after {timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}")
 
     def is_ready(self) -> bool:
         try:

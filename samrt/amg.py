@@ -62,6 +62,17 @@ class AmgOptions:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_fields(cls, fields: dict) -> "AmgOptions":
+        """Options from a mapping of parameter names (e.g. the JSON of `sam_amg`'s `options`), checked."""
+        if not isinstance(fields, dict):
+            raise InputError(f"options: got {type(fields).__name__}, expected a JSON object of parameters")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise InputError(f"options: got unknown {unknown}, expected names from {sorted(known)}")
+        return cls(**fields).validate()
+
 
 def build_point_grid(n: int) -> np.ndarray:
     """n x n points in [0, 1] x [0, 1], cell centres."""

@@ -33,21 +33,9 @@ def _add_export(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from samrt.export import export_sam, load_sam, random_sam
-    from samrt.export.checkpoint import RANDOM_INIT_WARNING
-    from samrt.spec import get_config
+    from samrt.pipeline import export_model
 
-    if args.random_init:
-        if args.model_type in ("auto",):
-            raise SamrtError("--random-init needs --model-type (vit_b, vit_l, vit_h or tiny), got 'auto'")
-        cfg = get_config("vit_h" if args.model_type == "default" else args.model_type)
-        print(f"WARNING: {RANDOM_INIT_WARNING}", file=sys.stderr)
-        sam = random_sam(cfg, seed=args.seed)
-    else:
-        sam, cfg = load_sam(args.checkpoint, args.model_type)
-        print(f"loaded {args.checkpoint}: {cfg.model_type}", file=sys.stderr)
-    result = export_sam(sam, cfg, args.out, name=args.name, checkpoint=args.checkpoint,
-                        random_init=args.random_init, seed=args.seed)
+    result = export_model(args.out, args.model_type, args.checkpoint, args.random_init, args.seed, args.name)
     for graph in ("encoder", "decoder"):
         for check in result.report[graph]["checks"]:
             diffs = ", ".join(f"{k} max abs {v['max_abs_diff']:.2e}" for k, v in check["outputs"].items())
@@ -135,12 +123,15 @@ def cmd_train(args) -> int:
 
 
 def _repo_options(p) -> None:
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    from samrt.model_repository.render import RepoOptions
+
+    d = RepoOptions()  # the library's defaults, stated once
+    p.add_argument("--device", default=d.device, choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="encoder engine to serve (built by `samrt build-engine`; its report travels along)")
-    p.add_argument("--cache-bytes", type=int, default=512 * 1024 * 1024, help="embedding cache budget (LRU)")
-    p.add_argument("--max-prompts", type=int, default=256, help="prompts per sam_decode request")
-    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image accepted by sam_encode")
+    p.add_argument("--cache-bytes", type=int, default=d.cache_bytes, help="embedding cache budget (LRU)")
+    p.add_argument("--max-prompts", type=int, default=d.max_prompts, help="prompts per sam_decode request")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image accepted by sam_encode")
 
 
 def _opts(args):
@@ -183,13 +174,10 @@ def _add_serve(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from samrt.model_repository.launch import prepare_repository, serve_forever
-    from samrt.model_repository.server import TritonServer
+    from samrt.pipeline import serve
 
-    repo = prepare_repository(args.build_dir, args.checkpoint, args.model_type, _opts(args), args.random_init,
-                              args.precision)
-    serve_forever(TritonServer(repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                               metrics_port=args.metrics_port, gpu=args.device == "cuda"))
+    serve(args.build_dir, args.checkpoint, args.model_type, _opts(args), args.random_init, args.precision,
+          host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port)
     return 0
 
 
@@ -220,14 +208,17 @@ def cmd_segment(args) -> int:
 
 
 def _add_amg(sub) -> None:
+    from samrt.amg import AmgOptions
+
+    d = AmgOptions()  # SamAutomaticMaskGenerator's defaults, stated once in the library
     p = sub.add_parser("amg", help="automatic masks for a folder of images: one SA-1B style JSON each")
     p.add_argument("folder")
     p.add_argument("--out", required=True)
-    p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    p.add_argument("--stability-score-thresh", type=float, default=0.95)
-    p.add_argument("--crop-n-layers", type=int, default=0)
-    p.add_argument("--min-mask-region-area", type=int, default=0)
+    p.add_argument("--points-per-side", type=int, default=d.points_per_side)
+    p.add_argument("--pred-iou-thresh", type=float, default=d.pred_iou_thresh)
+    p.add_argument("--stability-score-thresh", type=float, default=d.stability_score_thresh)
+    p.add_argument("--crop-n-layers", type=int, default=d.crop_n_layers)
+    p.add_argument("--min-mask-region-area", type=int, default=d.min_mask_region_area)
     _client_args(p)
     p.set_defaults(func=cmd_amg)
 
@@ -255,27 +246,9 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from samrt.evaluation import eval_scenes, evaluate
+    from samrt.pipeline import evaluate_model
 
-    if args.onnx_dir:
-        from samrt.engines import OnnxSamPredictor
-
-        with open(os.path.join(args.onnx_dir, "export_report.json")) as f:
-            rep = json.load(f)
-        predictor = OnnxSamPredictor.from_onnx(os.path.join(args.onnx_dir, rep["encoder"]["path"]),
-                                               os.path.join(args.onnx_dir, rep["decoder"]["path"]))
-        source = args.onnx_dir
-    else:
-        from segment_anything import SamPredictor
-
-        from samrt.export import load_sam
-        from samrt.model_repository.launch import default_checkpoint
-
-        source = args.checkpoint or default_checkpoint()
-        if source is None:
-            raise SamrtError("no --checkpoint and no embedded model in this install")
-        predictor = SamPredictor(load_sam(source)[0].to(args.device))
-    result = {"source": source, **evaluate(predictor, eval_scenes(args.scenes), progress=True)}
+    result = evaluate_model(args.checkpoint, args.onnx_dir, args.scenes, args.device)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -285,13 +258,16 @@ def cmd_eval(args) -> int:
 
 
 def _add_build_engine(sub) -> None:
+    from samrt.engines.build import DEFAULT_MIN_MEAN_IOU
+
     p = sub.add_parser("build-engine", help="an optimized encoder engine with its accuracy report and gate")
     p.add_argument("--onnx", required=True, help="an export's *.encoder.onnx")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     p.add_argument("--precision", default="int8", choices=["fp32", "fp16", "int8"])
     p.add_argument("--calib-images", help="folder of calibration images for int8 (default: generated scenes)")
     p.add_argument("--out", required=True, help="output folder (usually the export folder)")
-    p.add_argument("--min-mean-iou", type=float, default=0.98, help="accuracy gate: mean mask IoU against fp32")
+    p.add_argument("--min-mean-iou", type=float, default=DEFAULT_MIN_MEAN_IOU,
+                   help="accuracy gate: mean mask IoU against fp32")
     p.add_argument("--eval-images", type=int, default=8, help="held-out scenes for the accuracy check")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_build_engine)

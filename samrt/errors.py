@@ -8,6 +8,11 @@ __all__ = [
     "ModelTypeMismatchError",
     "InputError",
     "ExportCheckError",
+    "ServerError",
+    "InvalidRequestError",
+    "ImageNotCachedError",
+    "ServerUnavailableError",
+    "ServerTimeoutError",
 ]
 
 
@@ -29,3 +34,29 @@ class InputError(SamrtError, ValueError):
 
 class ExportCheckError(SamrtError):
     """An exported graph disagrees with PyTorch by more than the stated tolerance."""
+
+
+# -- errors a samrt server answers with, as the SDK raises them (mapped from Triton's codes) --
+class ServerError(SamrtError):
+    """The server answered a request with an error, or could not be reached."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code  # Triton's / gRPC's / HTTP's code as received, e.g. "StatusCode.INVALID_ARGUMENT" or "400"
+
+
+class InvalidRequestError(ServerError):
+    """The server refused the request's inputs (Triton INVALID_ARG, HTTP 400)."""
+
+
+class ImageNotCachedError(ServerError):
+    """The image_id is unknown to the server's embedding cache: never encoded, or evicted (NOT_FOUND, 404)."""
+
+
+class ServerUnavailableError(ServerError):
+    """No connection to the server after all retries, or the server is overloaded (UNAVAILABLE, 503)."""
+
+
+class ServerTimeoutError(ServerError):
+    """The request's deadline passed before the answer came (DEADLINE_EXCEEDED, a client timeout).
+    Never retried: the server may still be computing it."""

@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import processing as P
+from .prompts import one_prompt_as_batch
 from .errors import InputError
 
 __all__ = ["SamPredictorAPI"]
@@ -45,7 +46,7 @@ class SamPredictorAPI:
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """masks CxHxW (bool, or float32 logits), scores C, low-res logits Cx256x256."""
         self._require_image()
-        point_coords, point_labels, box = P.one_prompt_as_batch(point_coords, point_labels, box)
+        point_coords, point_labels, box = one_prompt_as_batch(point_coords, point_labels, box)
         mask = None if mask_input is None else np.asarray(mask_input, dtype=np.float32)[None]
         masks, scores, low = self.predict_batch(point_coords, point_labels, box, mask, multimask_output, return_logits)
         return masks[0], scores[0], low[0]

@@ -44,43 +44,6 @@ def test_upscale_masks_matches_postprocess_masks():
     np.testing.assert_allclose(P.upscale_masks(low, input_size, original), ref, atol=1e-5, rtol=0)
 
 
-def test_coords_and_boxes_match_resize_longest_side():
-    rng = np.random.default_rng(2)
-    coords, boxes = rng.uniform(0, 500, (7, 2)), rng.uniform(0, 500, (4, 4))
-    t = ResizeLongestSide(1024)
-    np.testing.assert_allclose(P.apply_coords(coords, (333, 517), 1024), t.apply_coords(coords, (333, 517)), rtol=1e-6)
-    np.testing.assert_allclose(P.apply_boxes(boxes, (333, 517), 1024), t.apply_boxes(boxes, (333, 517)), rtol=1e-6)
-
-
-def test_build_prompt_conventions():
-    c, l = P.build_prompt(np.array([[10, 20]]), np.array([1]), None, (1024, 1024))
-    np.testing.assert_array_equal(l, [1, -1])  # padding point appended without a box
-    np.testing.assert_array_equal(c, [[10, 20], [0, 0]])
-    c, l = P.build_prompt(np.array([[10, 20]]), np.array([0]), np.array([1, 2, 30, 40]), (1024, 1024))
-    np.testing.assert_array_equal(l, [0, 2, 3])  # points first, then the box corners, no padding
-    np.testing.assert_array_equal(c, [[10, 20], [1, 2], [30, 40]])
-    c, l = P.build_prompts(None, None, np.array([[1, 2, 3, 4]] * 5), (1024, 1024))
-    assert c.shape == (5, 2, 2) and l.shape == (5, 2)
-
-
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        (dict(point_coords=np.array([[np.nan, 1.0]]), point_labels=np.array([1])), "non-finite"),
-        (dict(point_coords=np.array([[1.0, np.inf]]), point_labels=np.array([1])), "non-finite"),
-        (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([7])), r"got \[7\], expected values in"),
-        (dict(point_coords=None, point_labels=None), "got no points and no box"),
-        (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=None), "point_labels: got None"),
-        (dict(point_coords=np.array([1.0, 2.0, 3.0]), point_labels=np.array([1])), r"point_coords: got shape \(3,\)"),
-        (dict(point_coords=None, point_labels=None, box=np.array([1, 2, 3])), r"box: got shape \(3,\)"),
-    ],
-)
-def test_bad_prompts_name_what_was_received(kwargs, match):
-    kwargs.setdefault("box", None)
-    with pytest.raises(InputError, match=match):
-        P.build_prompt(original_size=(100, 100), **kwargs)
-
-
 @pytest.mark.parametrize(
     "image,match",
     [

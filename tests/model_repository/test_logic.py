@@ -7,6 +7,7 @@ import pytest
 
 from samrt.errors import InputError
 from samrt.model_repository import logic
+from samrt.wire import image_id_of
 
 
 def _entry(n=10):
@@ -79,4 +80,4 @@ def test_image_bytes_errors():
     with pytest.raises(InputError, match="got 20x30 = 600 pixels, expected at most 100"):
         logic.decode_image_bytes(buf.getvalue(), max_pixels=100)
     assert logic.decode_image_bytes(buf.getvalue()).shape == (20, 30, 3)
-    assert logic.image_id_of(np.zeros((2, 2, 3), np.uint8)) != logic.image_id_of(np.zeros((2, 3, 3), np.uint8))
+    assert image_id_of(np.zeros((2, 2, 3), np.uint8)) != image_id_of(np.zeros((2, 3, 3), np.uint8))

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from samrt.artifacts import MARKER, OutputDirError, read_marker
 from samrt.model_repository.render import RepoOptions, model_configs, parse_config, render_repository
 from samrt.spec import decoder_spec, encoder_spec
 
@@ -11,7 +12,8 @@ MODELS = ["sam_amg", "sam_decode", "sam_embedding_cache", "sam_encode", "sam_ima
 
 
 def test_every_model_is_rendered_and_parses(tiny_repo):
-    assert sorted(os.listdir(tiny_repo)) == MODELS
+    assert sorted(n for n in os.listdir(tiny_repo) if n != MARKER) == MODELS
+    assert read_marker(tiny_repo)["kind"] == "build-repo" and read_marker(tiny_repo)["entries"] == MODELS
     for name in MODELS:
         cfg = parse_config(open(os.path.join(tiny_repo, name, "config.pbtxt")).read())
         assert cfg.name == name and cfg.backend == "python"
@@ -69,3 +71,34 @@ def test_build_repo_cli_production_variant(tiny_export, tmp_path, capsys):
     assert main(["build-repo", "--export", export_dir, "--backend", "tensorrt", "--precision", "fp16",
                  "--out", str(tmp_path / "trt")]) == 2
     assert "build it first with `samrt build-engine" in capsys.readouterr().err
+
+
+def test_build_repo_refuses_a_folder_it_did_not_render(tiny_export, tmp_path, capsys):
+    """The fault: `build-repo --out DIR` used to delete DIR whatever it held."""
+    from samrt.cli import main
+
+    export_dir = os.path.dirname(tiny_export.encoder_path)
+    users = tmp_path / "work"
+    users.mkdir()
+    (users / "thesis.tex").write_text("years of work")
+    assert main(["build-repo", "--export", export_dir, "--out", str(users)]) == 2
+    err = capsys.readouterr().err
+    assert str(users) in err and "not written by samrt" in err and "thesis.tex" in err
+    assert sorted(os.listdir(users)) == ["thesis.tex"] and (users / "thesis.tex").read_text() == "years of work"
+
+
+def test_re_render_replaces_only_what_it_rendered(tiny_cfg, tiny_export, tmp_path):
+    out = str(tmp_path / "repo")
+    render_repository(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, out)
+    with open(os.path.join(out, "notes.txt"), "w") as f:  # something of the user's, added later
+        f.write("keep me")
+    os.remove(os.path.join(out, "sam_segment", "config.pbtxt"))
+    render_repository(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, out,
+                      RepoOptions(native="onnxruntime", device="cuda"))
+    assert open(os.path.join(out, "notes.txt")).read() == "keep me"
+    assert os.path.isfile(os.path.join(out, "sam_segment", "config.pbtxt"))
+    assert "sam_prompt_decoder" in read_marker(out)["entries"]
+    with pytest.raises(OutputDirError, match="holds the output of samrt build-repo"):
+        from samrt.artifacts import prepare_output_dir
+
+        prepare_output_dir(out, "export")

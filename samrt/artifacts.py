@@ -1,0 +1,189 @@
+"""What samrt writes to disk and how it finds it again: output folders, export manifests, engine
+file names, the embedded checkpoint. Torch-free (numpy only), so the server, the engines, the
+client and the orchestration (`samrt.pipeline`) all read artifacts the same way.
+
+Output folders carry a marker file, `.samrt`, that says which samrt command made them. samrt
+writes into a folder only when it is new, empty, or marked by samrt; it replaces (deletes) only
+what its marker says samrt wrote there. Anything else is refused with `OutputDirError`, and the
+folder is left untouched: `samrt build-repo --out .` cannot wipe a working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Sequence
+
+from .errors import SamrtError
+from .spec import SamConfig
+
+__all__ = [
+    "MARKER",
+    "OutputDirError",
+    "ArtifactError",
+    "prepare_output_dir",
+    "read_marker",
+    "record_entries",
+    "replace_recorded_entries",
+    "check_new_or_own_file",
+    "ExportManifest",
+    "EXPORT_REPORT",
+    "engine_path",
+    "default_checkpoint",
+]
+
+MARKER = ".samrt"
+EXPORT_REPORT = "export_report.json"
+
+
+class OutputDirError(SamrtError):
+    """An output folder holds files samrt did not write; nothing in it was touched."""
+
+
+class ArtifactError(SamrtError):
+    """An artifact samrt expects (an export folder, an engine and its report) is missing or not valid."""
+
+
+# -- output folders ---------------------------------------------------------------------------
+def read_marker(path: str) -> Optional[dict]:
+    """The marker of a folder samrt made ({"kind": ..., "entries": [...]}), or None."""
+    try:
+        with open(os.path.join(path, MARKER)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and "kind" in marker else None
+
+
+def _write_marker(path: str, marker: dict) -> None:
+    tmp = os.path.join(path, MARKER + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(marker, f, indent=1)
+    os.replace(tmp, os.path.join(path, MARKER))
+
+
+def prepare_output_dir(path: str, kind: str, accept: Sequence[str] = ()) -> str:
+    """Make `path` ready for samrt to write into, as output of the command `kind`.
+
+    A missing or empty folder is created and marked; a folder marked by samrt with `kind` (or
+    one of `accept`, e.g. engines built into an export folder) is used as it is. A non-empty
+    folder without the marker, or marked for another kind, raises OutputDirError naming it and
+    some of its entries; nothing in it is changed.
+    """
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputDirError(f"{path}: got a file, expected a folder for the output of samrt {kind}")
+    entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    marker = read_marker(path) if entries else None
+    if marker is not None:
+        if marker["kind"] == kind or marker["kind"] in accept:
+            return path
+        raise OutputDirError(f"{path}: holds the output of samrt {marker['kind']}, expected a new or empty folder "
+                             f"or one written by samrt {kind}; nothing was changed")
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise OutputDirError(f"{path}: not empty ({len(entries)} entries: {shown}) and not written by samrt "
+                             f"(no {MARKER} marker); expected a new or empty folder for samrt {kind}. "
+                             "Nothing in it was changed; choose another --out")
+    os.makedirs(path, exist_ok=True)
+    _write_marker(path, {"kind": kind, "entries": [], "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return path
+
+
+def record_entries(path: str, names: Iterable[str]) -> None:
+    """Add `names` (entries directly inside `path`) to the marker: samrt wrote them."""
+    marker = read_marker(path)
+    if marker is None:
+        raise OutputDirError(f"{path}: no {MARKER} marker; prepare_output_dir first")
+    marker["entries"] = sorted(set(marker.get("entries", [])) | set(names))
+    _write_marker(path, marker)
+
+
+def replace_recorded_entries(path: str, kind: str) -> List[str]:
+    """Prepare `path` for `kind` and delete the entries samrt recorded there before (a re-render).
+
+    Only recorded entries are deleted; anything else in the folder is left as it is."""
+    prepare_output_dir(path, kind)
+    marker = read_marker(path) or {}
+    removed = []
+    for name in marker.get("entries", []):
+        target = os.path.join(path, name)
+        if os.path.dirname(os.path.normpath(target)) != os.path.normpath(path):
+            continue  # a marker never names anything outside its folder
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            os.remove(target)
+        removed.append(name)
+    marker["entries"] = []
+    _write_marker(path, marker)
+    return removed
+
+
+def check_new_or_own_file(path: str, companions: Sequence[str], what: str) -> None:
+    """Refuse to overwrite a file that samrt did not write: an existing `path` is accepted only
+    when one of `path + suffix` for `companions` (files samrt writes beside it) exists too."""
+    if os.path.lexists(path) and not any(os.path.exists(path + c) for c in companions):
+        raise OutputDirError(f"{path}: exists and was not written by samrt {what} (no "
+                             f"{' or '.join(os.path.basename(path) + c for c in companions)} beside it); "
+                             "it was left unchanged; choose another output path")
+
+
+# -- export folders ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportManifest:
+    """An export folder's `export_report.json`, read once: what `samrt export` wrote and checked."""
+
+    export_dir: str
+    config: SamConfig
+    name: str
+    encoder_path: str
+    decoder_path: str
+    checkpoint: Optional[str]
+    random_init: bool
+    passed: bool
+    report: dict
+
+    @classmethod
+    def read(cls, export_dir: str, require_passed: bool = True) -> "ExportManifest":
+        """Raises ArtifactError when the folder has no report, or (by default) its check failed."""
+        path = os.path.join(export_dir, EXPORT_REPORT)
+        try:
+            with open(path) as f:
+                report = json.load(f)
+            cfg = SamConfig.from_dict(report["config"])
+            enc, dec = report["encoder"]["path"], report["decoder"]["path"]
+        except OSError:
+            raise ArtifactError(f"{export_dir}: no {EXPORT_REPORT}; expected a folder written by `samrt export`") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ArtifactError(f"{path}: not an export report written by samrt ({type(e).__name__}: {e})") from None
+        manifest = cls(export_dir=export_dir, config=cfg, name=report.get("name", cfg.model_type),
+                       encoder_path=os.path.join(export_dir, enc), decoder_path=os.path.join(export_dir, dec),
+                       checkpoint=report.get("checkpoint"), random_init=bool(report.get("random_init")),
+                       passed=bool(report.get("passed")), report=report)
+        if require_passed and not manifest.passed:
+            raise ArtifactError(f"{path}: the export did not pass its check against PyTorch; not using it")
+        return manifest
+
+    def describe(self) -> str:
+        source = "RANDOM-INIT, masks mean nothing" if self.random_init else self.checkpoint
+        return f"{self.name} ({source})"
+
+
+def engine_path(onnx_path: str, out_dir: str, backend: str, precision: str) -> str:
+    """An engine's file name carries its settings: vit_b.encoder.onnx -> out/vit_b.encoder.int8.onnx
+    (onnxruntime; fp32 is the optimised graph, .opt.onnx), out/vit_b.encoder.fp16.plan (tensorrt),
+    out/vit_b.encoder.bf16.xml (openvino)."""
+    stem = os.path.basename(onnx_path)[: -len(".onnx")]
+    tag = "opt" if precision == "fp32" and backend == "onnxruntime" else precision
+    suffix = {"tensorrt": "plan", "openvino": "xml"}.get(backend, "onnx")
+    return os.path.join(out_dir, f"{stem}.{tag}.{suffix}")
+
+
+def default_checkpoint() -> Optional[str]:
+    """The embedded default: the small SAM trained by samrt, shipped inside the package (or None)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sam_samrt_small.pth")
+    return path if os.path.isfile(path) else None

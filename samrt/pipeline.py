@@ -1,0 +1,141 @@
+"""Orchestration, in one plain place: export if needed -> engine -> Triton repository -> server.
+
+The CLI (`samrt serve`, `samrt demo`), the benchmarks and the apps call these functions; each
+step is a library function of its own layer (`samrt.export`, `samrt.engines`,
+`samrt.model_repository`). This module imports none of them at import time, and torch only
+when an export has to run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+from .artifacts import ArtifactError, ExportManifest, default_checkpoint, engine_path
+from .errors import SamrtError
+
+__all__ = ["resolve_source", "export_model", "ensure_export", "ensure_engine", "build_repository", "serve",
+           "evaluate_model"]
+
+
+def resolve_source(checkpoint: Optional[str], model_type: str = "auto", random_init: bool = False):
+    """(checkpoint or None, model type) of what to serve: the given checkpoint, random weights of
+    `model_type`, or the embedded default model."""
+    if random_init:
+        if model_type in ("auto", None):
+            raise SamrtError("--random-init needs --model-type (vit_b, vit_l, vit_h or tiny)")
+        return None, model_type
+    if checkpoint is None:
+        checkpoint = default_checkpoint()
+        if checkpoint is None:
+            raise SamrtError("no --checkpoint given and no embedded default model in this install; "
+                             "pass --checkpoint FILE or --random-init --model-type vit_b")
+    return checkpoint, model_type
+
+
+def export_model(out_dir: str, model_type: str = "auto", checkpoint: Optional[str] = None, random_init: bool = False,
+                 seed: int = 0, name: Optional[str] = None):
+    """`samrt export`: a checkpoint (or seeded random weights, with a loud warning) -> checked ONNX
+    graphs in `out_dir`; returns `samrt.export.ExportResult`."""
+    from samrt.export import export_sam, load_sam, random_sam
+    from samrt.export.checkpoint import RANDOM_INIT_WARNING
+    from samrt.spec import get_config
+
+    if random_init:
+        if model_type in ("auto", None):
+            raise SamrtError("--random-init needs --model-type (vit_b, vit_l, vit_h or tiny), got 'auto'")
+        cfg = get_config("vit_h" if model_type == "default" else model_type)
+        print(f"WARNING: {RANDOM_INIT_WARNING}", file=sys.stderr)
+        sam = random_sam(cfg, seed=seed)
+    else:
+        sam, cfg = load_sam(checkpoint, model_type)
+        print(f"loaded {checkpoint}: {cfg.model_type}", file=sys.stderr)
+    return export_sam(sam, cfg, out_dir, name=name, checkpoint=checkpoint, random_init=random_init, seed=seed)
+
+
+def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[str] = None,
+                  seed: int = 0) -> ExportManifest:
+    """Export (encoder and decoder ONNX, checked against PyTorch) unless `out_dir` already holds a
+    passing export of the same source; `checkpoint` None means seeded random weights of `model_type`."""
+    source = os.path.abspath(checkpoint) if checkpoint else None
+    try:
+        manifest = ExportManifest.read(out_dir)
+        same_type = model_type in ("auto", None) or manifest.config.model_type == model_type
+        if manifest.checkpoint == source and same_type:
+            return manifest
+    except ArtifactError:
+        pass
+    from samrt.export import export_sam, load_sam, random_sam
+    from samrt.spec import get_config
+
+    if checkpoint:
+        sam, cfg = load_sam(checkpoint, model_type)
+    else:
+        cfg = get_config(model_type)
+        sam = random_sam(cfg, seed=seed)
+    export_sam(sam, cfg, out_dir, checkpoint=checkpoint, random_init=checkpoint is None, seed=seed)
+    return ExportManifest.read(out_dir)
+
+
+def ensure_engine(manifest: ExportManifest, graph: str, backend: str, precision: str) -> str:
+    """The engine of `graph` ("encoder" or "decoder") built by `samrt build-engine` into the export
+    folder, built now if missing; returns its path (its gate must have passed)."""
+    from samrt.engines.build import build_engine
+
+    source = manifest.encoder_path if graph == "encoder" else manifest.decoder_path
+    path = engine_path(source, manifest.export_dir, backend, precision)
+    if not os.path.isfile(path + ".report.json"):
+        build_engine(source, manifest.export_dir, backend, precision)
+    return path
+
+
+def build_repository(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", opts=None,
+                     random_init: bool = False, precision: str = "fp32") -> str:
+    """Export (cached in `build_dir/export`), build the engine `precision` asks for, render
+    `build_dir/repo`; returns the repository path."""
+    from samrt.model_repository.launch import repository_from_export
+
+    checkpoint, model_type = resolve_source(checkpoint, model_type, random_init)
+    manifest = ensure_export(os.path.join(build_dir, "export"), model_type, checkpoint)
+    if precision != "fp32":
+        ensure_engine(manifest, "encoder", "onnxruntime", precision)
+    print(f"model: {manifest.describe()}", file=sys.stderr)
+    return repository_from_export(manifest.export_dir, os.path.join(build_dir, "repo"), opts, precision=precision)
+
+
+def serve(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", opts=None,
+          random_init: bool = False, precision: str = "fp32", host: str = "127.0.0.1", http_port: int = 8000,
+          grpc_port: int = 8001, metrics_port: int = 8002) -> None:
+    """`samrt serve`: build the repository, run tritonserver until Ctrl-C or SIGTERM."""
+    from samrt.model_repository.launch import serve_forever
+    from samrt.model_repository.server import TritonServer
+
+    repo = build_repository(build_dir, checkpoint, model_type, opts, random_init, precision)
+    gpu = bool(opts is not None and getattr(opts, "device", "cpu") == "cuda")
+    serve_forever(TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                               gpu=gpu))
+
+
+def evaluate_model(checkpoint: Optional[str] = None, onnx_dir: Optional[str] = None, scenes: int = 60,
+                   device: str = "cpu") -> dict:
+    """`samrt eval`: the paper's figures on held-out scenes, for an export folder (ONNX Runtime)
+    or a checkpoint (PyTorch; default: the embedded model)."""
+    from samrt.evaluation import eval_scenes, evaluate
+
+    if onnx_dir:
+        from samrt.engines import OnnxSamPredictor
+
+        manifest = ExportManifest.read(onnx_dir)
+        predictor = OnnxSamPredictor.from_onnx(manifest.encoder_path, manifest.decoder_path)
+        source = onnx_dir
+    else:
+        from segment_anything import SamPredictor
+
+        from samrt.export import load_sam
+
+        source = checkpoint or default_checkpoint()
+        if source is None:
+            raise SamrtError("no --checkpoint and no embedded model in this install")
+        predictor = SamPredictor(load_sam(source)[0].to(device))
+    return {"source": source, **evaluate(predictor, eval_scenes(scenes), progress=True)}
