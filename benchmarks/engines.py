@@ -34,7 +34,7 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
     from samrt.pipeline import ensure_export
     from samrt.evaluation import eval_scenes
     from samrt.export import load_sam, random_sam
-    from samrt.export.wrappers import SamDecoderOnnx
+    from samrt.export.wrappers import PromptDecoder
     from samrt.spec import get_config
 
     repeats = 2 if quick else 5
@@ -91,7 +91,7 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
     decoder = OnnxRuntimeRunner(manifest.decoder_path)
     emb = OnnxRuntimeRunner(encoder_onnx).run({"image": x})["image_embeddings"]
     gc.collect()
-    torch_decoder = SamDecoderOnnx(sam).eval()
+    torch_decoder = PromptDecoder(sam).eval()
     rng = np.random.default_rng(0)
     for n in points:
         for p in prompts:

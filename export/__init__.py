@@ -3,7 +3,7 @@
 from .checkpoint import (build_sam, config_from_state_dict, load_sam, load_state_dict, random_sam, resize_image_input,
                          save_checkpoint)
 from .onnx_export import ExportResult, Tolerance, check_graph, export_sam, random_decoder_inputs
-from .wrappers import SamDecoderOnnx, SamEncoderOnnx
+from .wrappers import ImageEncoder, PromptDecoder
 
 __all__ = [
     "build_sam",
@@ -18,6 +18,6 @@ __all__ = [
     "check_graph",
     "export_sam",
     "random_decoder_inputs",
-    "SamDecoderOnnx",
-    "SamEncoderOnnx",
+    "ImageEncoder",
+    "PromptDecoder",
 ]

@@ -18,7 +18,7 @@ from samrt.artifacts import EXPORT_REPORT, prepare_output_dir
 from samrt.errors import ExportCheckError
 from samrt.spec import GraphSpec, SamConfig, decoder_spec, encoder_spec
 
-from .wrappers import SamDecoderOnnx, SamEncoderOnnx
+from .wrappers import ImageEncoder, PromptDecoder
 
 __all__ = [
     "OPSET",
@@ -177,7 +177,7 @@ def export_sam(
     enc_path = os.path.join(out_dir, f"{name}.encoder.onnx")
     dec_path = os.path.join(out_dir, f"{name}.decoder.onnx")
     enc_spec, dec_spec = encoder_spec(cfg), decoder_spec(cfg)
-    encoder, decoder = SamEncoderOnnx(sam).eval(), SamDecoderOnnx(sam).eval()
+    encoder, decoder = ImageEncoder(sam).eval(), PromptDecoder(sam).eval()
     rng = np.random.default_rng(seed)
     timings = {}
 

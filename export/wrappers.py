@@ -1,6 +1,7 @@
-"""Export wrappers around the official SAM modules (the model itself is never edited).
+"""The two halves of SAM as samrt runs them, wrapped around the official modules (the model
+itself is never edited).
 
-`SamDecoderOnnx` differs from the official `SamOnnxModel` on purpose (see README, "Decoder
+`PromptDecoder` differs from the official `SamOnnxModel` on purpose (see README, "Decoder
 contract"): one image-embedding row per prompt (rows may come from different images),
 no `orig_im_size` in the graph, and the logits and scores of all mask tokens as outputs.
 Mask selection and upscaling happen after the graph, in `samrt.processing`. Branches are
@@ -14,11 +15,14 @@ from typing import Tuple
 import torch
 from torch import nn
 
-__all__ = ["SamEncoderOnnx", "SamDecoderOnnx"]
+__all__ = ["ImageEncoder", "PromptDecoder"]
 
 
-class SamEncoderOnnx(nn.Module):
-    """image float32 [B,3,S,S] (normalised, padded) -> image_embeddings [B,256,S/16,S/16]."""
+class ImageEncoder(nn.Module):
+    """SAM's image encoder: image float32 [B,3,S,S] (normalised, zero-padded bottom-right) ->
+    image_embeddings float32 [B,256,S/16,S/16].
+
+    The module exported as `*.encoder.onnx` and the PyTorch reference its check compares with."""
 
     def __init__(self, sam: nn.Module) -> None:
         super().__init__()
@@ -28,8 +32,20 @@ class SamEncoderOnnx(nn.Module):
         return self.image_encoder(image)
 
 
-class SamDecoderOnnx(nn.Module):
-    """Prompt encoder + mask decoder for P prompts, each with its own image-embedding row."""
+class PromptDecoder(nn.Module):
+    """SAM's prompt encoder + mask decoder over P prompts, each with its own image-embedding row;
+    all 4 mask tokens out (token 0: the single-mask answer, 1-3: the multimask candidates).
+
+    Tensors as `samrt.spec.decoder_spec` declares them: image_embeddings float32 [P,256,E,E];
+    point_coords float32 [P,N,2] (x, y in the resized input's pixels); point_labels float32 [P,N]
+    (1 foreground, 0 background, 2 box top-left, 3 box bottom-right, -1 padding); mask_input
+    float32 [P,1,4E,4E] (previous low-res logits); has_mask_input float32 [P] (1 or 0) ->
+    low_res_masks float32 [P,4,4E,4E] (logits), iou_predictions float32 [P,4].
+
+    One module, three uses: the graph exported as `*.decoder.onnx` (`samrt.export.onnx_export`),
+    the forward pass that training back-propagates through (`samrt.export.training`), and the
+    PyTorch baseline the engine benchmarks time (`samrt.benchmarks.engines`). Build it after the
+    weights are loaded: it caches the dense positional encoding from the prompt encoder."""
 
     def __init__(self, sam: nn.Module) -> None:
         super().__init__()

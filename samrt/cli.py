@@ -65,30 +65,33 @@ def cmd_demo(args) -> int:
 
 
 def _add_train(sub) -> None:
+    # Options left out keep TrainOptions' own defaults (cmd_train fills them in: the parser is built
+    # without importing torch); only --steps has a default of the command's own.
+    keep = argparse.SUPPRESS
     p = sub.add_parser("train", help="train the small SAM on generated scenes (seeded, resumable)")
     p.add_argument("--out", required=True, help="state-dict file to write (official layout)")
-    p.add_argument("--steps", type=int, default=2400)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="stop resumably after this long")
-    p.add_argument("--seed", type=int, default=1, help="scene stream (use a new one when continuing from --init)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine to 0)")
+    p.add_argument("--steps", type=int, default=2400, help="optimizer steps (default %(default)s)")
+    p.add_argument("--threads", type=int, default=keep, help="torch threads (0: torch's default)")
+    p.add_argument("--max-minutes", type=float, default=keep, help="stop resumably after this long")
+    p.add_argument("--seed", type=int, default=keep, help="scene stream (use a new one when continuing from --init)")
+    p.add_argument("--lr", type=float, default=keep, help="peak learning rate (warm-up, then cosine to 0)")
     p.add_argument("--init", help="start from these weights (e.g. samrt/assets/sam_samrt_small.pth)")
-    p.add_argument("--curriculum-steps", type=int, default=800, help="steps of large objects first (0: none)")
-    p.add_argument("--warmup", type=int, default=150, help="linear warm-up steps before the cosine decay")
-    p.add_argument("--batch-images", type=int, default=4, help="scenes per step")
-    p.add_argument("--prompts-per-image", type=int, default=4, help="prompted targets per scene")
-    p.add_argument("--correction-rounds", type=int, default=2, help="error-region clicks after the first prompt")
-    p.add_argument("--scene-long-side", type=_pair(int), default=(256, 256), metavar="MIN,MAX",
+    p.add_argument("--curriculum-steps", type=int, default=keep, help="steps of large objects first (0: none)")
+    p.add_argument("--warmup", type=int, default=keep, help="linear warm-up steps before the cosine decay")
+    p.add_argument("--batch-images", type=int, default=keep, help="scenes per step")
+    p.add_argument("--prompts-per-image", type=int, default=keep, help="prompted targets per scene")
+    p.add_argument("--correction-rounds", type=int, default=keep, help="error-region clicks after the first prompt")
+    p.add_argument("--scene-long-side", type=_pair(int), default=keep, metavar="MIN,MAX",
                    help="draw scenes at a long side in this range, then resize (192,640: as the held-out set)")
-    p.add_argument("--aspect-range", type=_pair(float), default=(0.6, 1.67), metavar="MIN,MAX",
+    p.add_argument("--aspect-range", type=_pair(float), default=keep, metavar="MIN,MAX",
                    help="scene aspect ratio w/h range (0.5,2.0: as the held-out set)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
-    p.add_argument("--workers", type=int, default=0, help="scene-generating processes (0: in the training process)")
+    p.add_argument("--device", default=keep, help="torch device: cpu, cuda, cuda:1, ...")
+    p.add_argument("--workers", type=int, default=keep, help="scene-generating processes (0: in the training process)")
     p.add_argument("--image-size", type=int, default=256,
                    help="model input size (px); an --init model of another size has its position tables resized")
-    p.add_argument("--loss-size", type=int, default=0,
+    p.add_argument("--loss-size", type=int, default=keep,
                    help="grid side the mask loss is computed on (0: the input size; e.g. 256 at --image-size 512)")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between resumable state files")
+    p.add_argument("--checkpoint-every", type=int, default=keep, help="steps between resumable state files")
     p.set_defaults(func=cmd_train)
 
 
@@ -106,14 +109,10 @@ def _pair(kind):
 
 
 def cmd_train(args) -> int:
-    from samrt.export.train import SMALL_CONFIG, TrainOptions, train
+    from samrt.export.training import SMALL_CONFIG, TrainOptions, train
 
-    opts = TrainOptions(steps=args.steps, threads=args.threads, max_minutes=args.max_minutes, seed=args.seed,
-                        lr=args.lr, curriculum_steps=args.curriculum_steps, warmup=args.warmup,
-                        batch_images=args.batch_images, prompts_per_image=args.prompts_per_image,
-                        correction_rounds=args.correction_rounds, scene_long_side=args.scene_long_side,
-                        aspect_range=args.aspect_range, device=args.device, workers=args.workers,
-                        checkpoint_every=args.checkpoint_every, loss_size=args.loss_size)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions) if hasattr(args, f.name)}
+    opts = TrainOptions(**given)
     if args.image_size <= 0 or args.image_size % SMALL_CONFIG.patch_size:
         raise SamrtError(f"--image-size: got {args.image_size}, expected a positive multiple of the patch size "
                          f"{SMALL_CONFIG.patch_size} (e.g. 256 or 512)")

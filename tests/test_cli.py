@@ -63,3 +63,21 @@ def test_train_image_size_must_be_a_multiple_of_the_patch(capsys):
 
     assert main(["train", "--out", "x.pth", "--image-size", "500"]) != 0
     assert "--image-size: got 500, expected a positive multiple of the patch size 16" in capsys.readouterr().err
+
+
+def test_train_options_left_out_keep_the_train_options_defaults(monkeypatch, capsys):
+    import dataclasses
+
+    from samrt.export import training
+
+    seen = []
+    monkeypatch.setattr(training, "train", lambda out, opts, cfg, init=None: seen.append((opts, cfg, init)) or {})
+    assert main(["train", "--out", "x.pth"]) == 0
+    assert main(["train", "--out", "x.pth", "--seed", "6", "--scene-long-side", "192,640", "--device", "cuda",
+                 "--image-size", "512", "--init", "w.pth"]) == 0
+    (plain, cfg, init), (flagged, big, init2) = seen
+    assert plain == dataclasses.replace(training.TrainOptions(), steps=2400)  # the command's own step count
+    assert cfg == training.SMALL_CONFIG and init is None
+    assert flagged == dataclasses.replace(training.TrainOptions(), steps=2400, seed=6, scene_long_side=(192, 640),
+                                          device="cuda")
+    assert big.image_size == 512 and init2 == "w.pth"

@@ -10,7 +10,7 @@ import pytest
 from samrt.errors import ExportCheckError
 from samrt.export import Tolerance, check_graph, export_sam, random_decoder_inputs
 from samrt.export import onnx_export
-from samrt.export.wrappers import SamDecoderOnnx
+from samrt.export.wrappers import PromptDecoder
 from samrt.spec import decoder_spec, encoder_spec
 
 
@@ -48,10 +48,10 @@ def test_report_is_written_and_passes(tiny_export):
 
 
 def test_encoder_batch_is_dynamic(tiny_export, tiny_sam, tiny_cfg):
-    from samrt.export.wrappers import SamEncoderOnnx
+    from samrt.export.wrappers import ImageEncoder
 
     image = np.random.default_rng(0).standard_normal((2, 3, 1024, 1024), dtype=np.float32)
-    r = check_graph(tiny_export.encoder_path, SamEncoderOnnx(tiny_sam), encoder_spec(tiny_cfg), {"image": image},
+    r = check_graph(tiny_export.encoder_path, ImageEncoder(tiny_sam), encoder_spec(tiny_cfg), {"image": image},
                     onnx_export.ENCODER_TOLERANCE)
     assert r["passed"], r
 
@@ -81,7 +81,7 @@ def test_check_graph_reports_real_differences(tiny_export, tiny_sam, tiny_cfg):
     """A graph checked against a different model must fail: the check can fail."""
     from samrt.export import random_sam
 
-    other = SamDecoderOnnx(random_sam(tiny_cfg, seed=9))
+    other = PromptDecoder(random_sam(tiny_cfg, seed=9))
     r = check_graph(tiny_export.decoder_path, other, decoder_spec(tiny_cfg),
                     random_decoder_inputs(tiny_cfg, 2, 2), onnx_export.DECODER_TOLERANCE)
     assert r["passed"] is False and r["outputs"]["iou_predictions"]["max_abs_diff"] > 1e-3

@@ -1,4 +1,7 @@
-"""MODEL_CARD.md for a checkpoint trained by samrt: data, recipe, steps, time, evaluation."""
+"""MODEL_CARD.md for a checkpoint trained by samrt: data, recipe, steps, time, evaluation.
+
+It reads the run record train() writes (`<checkpoint>.train.json`, see `provenance.py`), whose
+"init" entries chain back through every stage the checkpoint continued from."""
 
 from __future__ import annotations
 
@@ -61,7 +64,12 @@ def _schedule(train: dict, machine: str) -> str:
 
 def write_model_card(checkpoint: str, train_json: str, eval_json: str, out_md: str, machine: str,
                      status: str = "") -> str:
-    """`status`: a closing section in the writer's words (e.g. whether the model meets its target)."""
+    """Writes the card of `checkpoint` to `out_md` and returns `out_md`.
+
+    `train_json`: the run record train() wrote (`<checkpoint>.train.json`); `eval_json`: the
+    figures `samrt eval` wrote; `machine`: the name of the machine of stages recorded before
+    `samrt train` recorded its device; `status`: a closing section in the writer's words (e.g.
+    whether the model meets its target). Overwrites `out_md`."""
     with open(train_json) as f:
         train = json.load(f)
     with open(eval_json) as f:
