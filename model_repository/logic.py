@@ -6,7 +6,6 @@ The python-backend `model.py` files only convert between Triton tensors and thes
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import threading
 from collections import OrderedDict
@@ -14,10 +13,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from samrt import processing as P
 from samrt.errors import InputError
+from samrt.imageio import decode_image_bytes  # noqa: F401  (re-exported: the one decoder lives in samrt.imageio)
 
 __all__ = [
     "EmbeddingCache",
@@ -103,24 +102,6 @@ class EmbeddingCache:
     def stats(self) -> Dict[str, int]:
         return {"entries": len(self._items), "bytes": self._bytes, "max_bytes": self.max_bytes,
                 "hits": self.hits, "misses": self.misses, "evictions": self.evictions}
-
-
-def decode_image_bytes(data: bytes, max_pixels: Optional[int] = None) -> np.ndarray:
-    """JPEG/PNG/... bytes -> HxWx3 uint8 RGB."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise InputError(f"image_bytes: got {h}x{w} = {h * w} pixels, expected at most {max_pixels}")
-            return np.asarray(im.convert("RGB"))
-    except Image.DecompressionBombError as e:
-        raise InputError(f"image_bytes: got an image larger than the decoder accepts ({e}); "
-                         f"expected at most {max_pixels} pixels") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, InputError):
-            raise
-        raise InputError(f"image_bytes: got {len(data)} bytes that no image decoder reads "
-                         f"({type(e).__name__}), expected an encoded image (JPEG, PNG, ...)") from e
 
 
 def image_id_of(image: np.ndarray) -> str:

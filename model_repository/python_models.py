@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from samrt import imageio
 from samrt import processing as P
 from samrt.errors import InputError
 
@@ -102,15 +103,20 @@ def _ort_threads() -> int:
     return int(os.environ.get("SAMRT_ORT_THREADS", "0")) or (os.cpu_count() or 1)
 
 
-def _image_from_request(request, max_pixels: int, model: str) -> np.ndarray:
-    """`image` (UINT8 HxWx3) or `image_bytes` (an encoded image), checked against the pixel limit."""
+def _image_from_request(request, max_pixels: int, image_size: int, model: str) -> np.ndarray:
+    """`image` (UINT8 HxWx3) or `image_bytes` (an encoded image, decoded by samrt.imageio: EXIF
+    orientation applied, modes as its MODE_DECISIONS), checked against the pixel limit and for a
+    shape whose resized side would be 0."""
     image, data = _input(request, "image"), _input(request, "image_bytes")
     if (image is None) == (data is None):
         raise InputError(f"{model}: got " + ("both image and image_bytes" if image is not None else
                          "neither image nor image_bytes") + ", expected exactly one of them")
     if image is None:
-        image = logic.decode_image_bytes(bytes(np.asarray(data).reshape(-1)[0]), max_pixels)
-    return P.check_image(image, max_pixels)
+        image = imageio.decode_image_bytes(bytes(np.asarray(data).reshape(-1)[0]), max_pixels)
+    image = P.check_image(image, max_pixels)
+    h, w = image.shape[:2]
+    imageio.check_resized_shape((h, w), P.get_preprocess_shape(h, w, image_size), image_size, model)
+    return image
 
 
 def _ids(arr: np.ndarray) -> str:
@@ -190,7 +196,7 @@ class EncodeModel:
 
     def _one(self, request):
         try:
-            image = _image_from_request(request, self.max_pixels, "sam_encode")
+            image = _image_from_request(request, self.max_pixels, self.image_size, "sam_encode")
             image_id = logic.image_id_of(image)
             size = np.asarray(image.shape[:2], dtype=np.int32)
             if not _bls("sam_embedding_cache", {"image_id": np.array([image_id.encode()], dtype=object)}, ["found"])["found"][0]:
@@ -330,7 +336,7 @@ class AmgModel:
         from samrt import amg
 
         try:
-            image = _image_from_request(request, self.max_pixels, "sam_amg")
+            image = _image_from_request(request, self.max_pixels, self.image_size, "sam_amg")
             raw = _input(request, "options")
             fields = json.loads(bytes(raw.reshape(-1)[0]).decode()) if raw is not None else {}
             known = set(amg.AmgOptions.__dataclass_fields__)

@@ -140,7 +140,8 @@ def _repo_options(p) -> None:
                    help="encoder engine to serve (built by `samrt build-engine`; its report travels along)")
     p.add_argument("--cache-bytes", type=int, default=512 * 1024 * 1024, help="embedding cache budget (LRU)")
     p.add_argument("--max-prompts", type=int, default=256, help="prompts per sam_decode request")
-    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image accepted by sam_encode")
+    p.add_argument("--max-pixels", type=int, default=8192 * 8192,
+                   help="largest image (pixels) sam_encode and sam_amg accept; default 8192*8192 = 67 M")
 
 
 def _opts(args):
