@@ -120,7 +120,7 @@ def check_pixel_count(height: int, width: int, max_pixels: Optional[int], what: 
     if max_pixels is not None and height * width > max_pixels:
         raise InputError(
             f"{what}: got {height}x{width} = {height * width} pixels, expected at most {max_pixels} "
-            f"(samrt's pixel limit: --max-pixels on the server, max_pixels in the library); "
+            "(samrt's pixel limit: --max-pixels on the server, max_pixels in the library); "
             "downscale the image or raise the limit")
 
 

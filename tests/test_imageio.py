@@ -246,6 +246,26 @@ def test_pillow_limit_is_restored_after_a_failed_decode(monkeypatch):
     assert Image.MAX_IMAGE_PIXELS is None
 
 
+def test_concurrent_decodes_share_the_raised_limit(monkeypatch):
+    """Threads inside pillow_admits keep Pillow's limit raised until the last one leaves."""
+    import threading
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    data, errors = _png(150, 100, noise=True), []
+
+    def work():
+        try:
+            for _ in range(5):
+                assert imageio.decode_image_bytes(data, max_pixels=20_000).shape == (100, 150, 3)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and Image.MAX_IMAGE_PIXELS == 1000
+
+
 @pytest.mark.slow
 def test_issue_case_15000x12000_under_a_300m_limit():
     """180 M pixels, above Pillow's default bomb limit (178,956,970), under --max-pixels 300000000.
@@ -320,3 +340,17 @@ def _jpeg_bytes() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(_asymmetric(64, 64)).save(buf, format="JPEG")
     return buf.getvalue()
+
+
+def test_no_other_module_decodes_images():
+    """Every decoder goes through samrt.imageio: no other Image.open or cv2.imread in the package."""
+    root = os.path.join(os.path.dirname(__file__), "..")
+    offenders = []
+    for folder in ("samrt", "client", "model_repository", "engines", "benchmarks", "export"):
+        for dirpath, _, files in os.walk(os.path.join(root, folder)):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                if name.endswith(".py") and not path.endswith(os.path.join("samrt", "imageio.py")):
+                    text = open(path).read()
+                    offenders += [f"{path}: {m}" for m in re.findall(r"Image\.open\(|imread\(", text)]
+    assert not offenders
