@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from samrt import imageio
 from samrt.errors import InputError
 from samrt.visualize import overlay, save_png
 
@@ -16,7 +17,7 @@ from ._client import SamClient
 from .amg import TritonSamAutomaticMaskGenerator
 from .predictor import TritonSamPredictor
 
-__all__ = ["parse_point", "parse_box", "segment_file", "amg_folder", "IMAGE_SUFFIXES"]
+__all__ = ["parse_point", "parse_box", "load_image", "segment_file", "amg_folder", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -41,12 +42,9 @@ def parse_box(text: str) -> np.ndarray:
     return box
 
 
-def load_image(path: str) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError) as e:
-        raise InputError(f"{path}: cannot be read as an image ({type(e).__name__}: {e})") from None
+def load_image(path: str, max_pixels: Optional[int] = None) -> np.ndarray:
+    """An image file -> HxWx3 uint8 RGB in displayed orientation (samrt.imageio.load_image)."""
+    return imageio.load_image(path, max_pixels)
 
 
 def segment_file(client: SamClient, path: str, points: Sequence[str], box: Optional[str], out: str,

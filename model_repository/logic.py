@@ -5,7 +5,6 @@ The python-backend `model.py` files only convert between Triton tensors and thes
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from collections import OrderedDict
@@ -13,11 +12,11 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from samrt import processing as P
 from samrt import prompts
 from samrt.errors import InputError
+from samrt.imageio import decode_image_bytes  # noqa: F401  (re-exported: the one decoder lives in samrt.imageio)
 
 
 __all__ = [
@@ -106,22 +105,6 @@ class EmbeddingCache:
                 "hits": self.hits, "misses": self.misses, "evictions": self.evictions}
 
 
-def decode_image_bytes(data: bytes, max_pixels: Optional[int] = None) -> np.ndarray:
-    """JPEG/PNG/... bytes -> HxWx3 uint8 RGB."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise InputError(f"image_bytes: got {h}x{w} = {h * w} pixels, expected at most {max_pixels}")
-            return np.asarray(im.convert("RGB"))
-    except Image.DecompressionBombError as e:
-        raise InputError(f"image_bytes: got an image larger than the decoder accepts ({e}); "
-                         f"expected at most {max_pixels} pixels") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, InputError):
-            raise
-        raise InputError(f"image_bytes: got {len(data)} bytes that no image decoder reads "
-                         f"({type(e).__name__}), expected an encoded image (JPEG, PNG, ...)") from e
 
 
 @dataclass

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from samrt import imageio
 from samrt import processing as P
 from samrt import prompts, wire
 from samrt.errors import InputError
@@ -150,15 +151,20 @@ def _ort_threads() -> int:
     return int(os.environ.get("SAMRT_ORT_THREADS", "0")) or (os.cpu_count() or 1)
 
 
-def _image_from_request(request, max_pixels: int, model: str) -> np.ndarray:
-    """`image` (UINT8 HxWx3) or `image_bytes` (an encoded image), checked against the pixel limit."""
+def _image_from_request(request, max_pixels: int, image_size: int, model: str) -> np.ndarray:
+    """`image` (UINT8 HxWx3) or `image_bytes` (an encoded image, decoded by samrt.imageio: EXIF
+    orientation applied, modes as its MODE_DECISIONS), checked against the pixel limit and for a
+    shape whose resized side would be 0."""
     image, data = _input(request, "image"), _input(request, "image_bytes")
     if (image is None) == (data is None):
         raise InputError(f"{model}: got " + ("both image and image_bytes" if image is not None else
                          "neither image nor image_bytes") + ", expected exactly one of them")
     if image is None:
-        image = logic.decode_image_bytes(bytes(np.asarray(data).reshape(-1)[0]), max_pixels)
-    return P.check_image(image, max_pixels)
+        image = imageio.decode_image_bytes(bytes(np.asarray(data).reshape(-1)[0]), max_pixels)
+    image = P.check_image(image, max_pixels)
+    h, w = image.shape[:2]
+    imageio.check_resized_shape((h, w), P.get_preprocess_shape(h, w, image_size), image_size, model)
+    return image
 
 
 def _ids(arr: np.ndarray) -> str:
@@ -280,7 +286,7 @@ class EncodeModel:
 
     def _one(self, request):
         try:
-            image = _image_from_request(request, self.max_pixels, wire.SAM_ENCODE.name)
+            image = _image_from_request(request, self.max_pixels, self.image_size, wire.SAM_ENCODE.name)
             image_id = _encode(image, self.image_size)
             return _response(wire.SAM_ENCODE, {"image_id": _id_tensor(image_id), "original_size": np.asarray(image.shape[:2])})
         except Exception as e:
@@ -366,7 +372,7 @@ class SegmentModel:
 
     def _one(self, request):
         try:
-            image = _image_from_request(request, self.max_pixels, wire.SAM_SEGMENT.name)
+            image = _image_from_request(request, self.max_pixels, self.image_size, wire.SAM_SEGMENT.name)
             coords, labels = _input(request, "point_coords"), _input(request, "point_labels")
             if coords is None or coords.ndim != 2 or labels is None:
                 raise InputError("sam_segment: expected point_coords [N,2] and point_labels [N], got "
@@ -409,7 +415,7 @@ class AmgModel:
         from samrt import amg
 
         try:
-            image = _image_from_request(request, self.max_pixels, wire.SAM_AMG.name)
+            image = _image_from_request(request, self.max_pixels, self.image_size, wire.SAM_AMG.name)
             raw = _input(request, "options")
             fields = json.loads(bytes(raw.reshape(-1)[0]).decode()) if raw is not None else {}
             records = amg.generate_masks(image, self._set_crop, amg.AmgOptions.from_fields(fields), "coco_rle")

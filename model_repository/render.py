@@ -38,7 +38,7 @@ class RepoOptions:
     device: str = "cpu"
     cache_bytes: int = 512 * 1024 * 1024  # 128 official embeddings of 4 MiB
     max_prompts: int = 256  # prompts per sam_decode request (and per dynamic batch)
-    max_pixels: int = 4096 * 4096
+    max_pixels: int = 8192 * 8192  # 67 M: 48-50 MP phone photos; the server holds 3 bytes/pixel while encoding
     encoder_max_batch: int = 4
     # 0: a lone click is decoded at once; under load, requests that queue while the decoder is
     # busy still form batches (Triton's dynamic batcher takes what is waiting).

@@ -66,11 +66,11 @@ def cmd_demo(args) -> int:
 
 def _add_train(sub) -> None:
     # Options left out keep TrainOptions' own defaults (cmd_train fills them in: the parser is built
-    # without importing torch); only --steps has a default of the command's own.
+    # without importing torch).
     keep = argparse.SUPPRESS
     p = sub.add_parser("train", help="train the small SAM on generated scenes (seeded, resumable)")
     p.add_argument("--out", required=True, help="state-dict file to write (official layout)")
-    p.add_argument("--steps", type=int, default=2400, help="optimizer steps (default %(default)s)")
+    p.add_argument("--steps", type=int, default=keep, help="optimizer steps (default 2400)")
     p.add_argument("--threads", type=int, default=keep, help="torch threads (0: torch's default)")
     p.add_argument("--max-minutes", type=float, default=keep, help="stop resumably after this long")
     p.add_argument("--seed", type=int, default=keep, help="scene stream (use a new one when continuing from --init)")
@@ -130,7 +130,7 @@ def _repo_options(p) -> None:
                    help="encoder engine to serve (built by `samrt build-engine`; its report travels along)")
     p.add_argument("--cache-bytes", type=int, default=d.cache_bytes, help="embedding cache budget (LRU)")
     p.add_argument("--max-prompts", type=int, default=d.max_prompts, help="prompts per sam_decode request")
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image accepted by sam_encode")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image (pixels) sam_encode and sam_amg accept; default 8192*8192 = 67 M")
 
 
 def _opts(args):

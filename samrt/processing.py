@@ -14,6 +14,7 @@ from PIL import Image
 
 from .errors import InputError
 from .prompts import get_preprocess_shape
+from .imageio import check_resized_shape  # imageio hook: refuse shapes whose resized side would be 0
 from .spec import PIXEL_MEAN, PIXEL_STD
 
 __all__ = [
@@ -60,6 +61,7 @@ def preprocess_image(image: np.ndarray, image_size: int = 1024) -> Tuple[np.ndar
     at the bottom and right.
     """
     image = check_image(image)
+    check_resized_shape(image.shape[:2], get_preprocess_shape(*image.shape[:2], image_size), image_size)  # imageio hook
     resized = resize_longest_side(image, image_size)
     return normalize_and_pad(resized, image_size)[None], resized.shape[:2]
 

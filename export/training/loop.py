@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from samrt.artifacts import check_new_or_own_file
 from samrt.spec import SamConfig
 from samrt.train_data import TrainingSample
 
@@ -151,8 +152,10 @@ def train(out_path: str, opts: TrainOptions, cfg: SamConfig = SMALL_CONFIG, stat
 
     Raises ValueError when the state file holds a run of another config, or opts.loss_size is not
     a divisor of the input size of at least the low-res mask side."""
-    device = _set_up_torch(opts)
     state_path = state_path or out_path + ".state"
+    # Never overwrite weights samrt train did not write (its own carry a .train.json or .state beside them).
+    check_new_or_own_file(out_path, [".train.json", ".state"], "train")
+    device = _set_up_torch(opts)
     torch.manual_seed(opts.seed)
     sam = build_sam(cfg).train()
     state = _read_state(state_path, cfg)

@@ -26,7 +26,7 @@ SMALL_CONFIG = SamConfig(
 
 @dataclasses.dataclass
 class TrainOptions:
-    steps: int = 3000
+    steps: int = 2400
     batch_images: int = 4
     prompts_per_image: int = 4
     correction_rounds: int = 2

@@ -116,3 +116,14 @@ def test_lr_warms_up_linearly_then_decays_to_zero():
     assert lr_at(10, opts) == pytest.approx(1.0, abs=1e-12)  # the cosine starts at the peak
     assert lr_at(60, opts) == pytest.approx(0.5, abs=1e-12)
     assert lr_at(110, opts) == pytest.approx(0.0, abs=1e-12) and lr_at(500, opts) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_train_never_overwrites_weights_it_did_not_write(tmp_path):
+    from samrt.artifacts import OutputDirError
+    from samrt.export.training import TrainOptions, train
+
+    theirs = tmp_path / "sam_vit_b_01ec64.pth"
+    theirs.write_bytes(b"someone's weights")
+    with pytest.raises(OutputDirError, match="not written by samrt train"):
+        train(str(theirs), TrainOptions(steps=1))
+    assert theirs.read_bytes() == b"someone's weights"
