@@ -60,6 +60,29 @@ def serve_table(rows: List[dict]) -> str:
     return "\n".join(out)
 
 
+def interactive_table(rows: List[dict]) -> str:
+    """One annotator clicking (480x640, masks + scores + low-res logits per click), idle and while
+    another client streams new images to sam_encode, against SamPredictor.predict in the same run."""
+    inter = [r for r in rows if r.get("bench") == "interactive"]
+    if not inter:
+        return ""
+    r0 = inter[0]
+    ref = r0.get("reference_sampredictor")
+    out = [f"Clicks at interactive speed ({r0['model']}, {r0['image'][0]}×{r0['image'][1]} image already encoded, "
+           f"{r0['idle']['n']} clicks per phase; {r0['machine']['cpu']} × {r0['machine']['cores']} cores). "
+           f"`SamPredictor.predict` in one process, same clicks, same run: "
+           + (f"p50 {ref['p50_ms']:.1f} ms, p90 {ref['p90_ms']:.1f} ms." if ref else "not measured (external server)."),
+           "", "| protocol | idle p50 ms | idle p90 | loaded p50 ms | loaded p90 | encodes during | loaded / idle "
+           "| vs SamPredictor | verdict (≤ 20 ms / ≥ 2× / ≤ 1.5×) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in inter:
+        vs = "" if r.get("vs_reference_p50") is None else f"{r['vs_reference_p50']:.2f}×"
+        verdict = " / ".join("met" if r[k] else "missed" for k in ("met_click_ms", "met_vs_reference", "met_loaded_ratio"))
+        out.append(f"| {r['protocol']} | {r['idle']['p50_ms']:.1f} | {r['idle']['p90_ms']:.1f} | "
+                   f"{r['loaded']['p50_ms']:.1f} | {r['loaded']['p90_ms']:.1f} | {r['encodes_during_clicks']} | "
+                   f"{r['loaded_vs_idle_p50']:.2f}× | {vs} | {verdict} |")
+    return "\n".join(out)
+
+
 def amg_table(rows: List[dict]) -> str:
     if not rows:
         return ""
@@ -69,7 +92,8 @@ def amg_table(rows: List[dict]) -> str:
 
 
 def main(folder: str) -> None:
-    for name, fn in (("engines", engines_table), ("serve", serve_table), ("amg", amg_table)):
+    for name, fn in (("engines", engines_table), ("serve", interactive_table), ("serve", serve_table),
+                     ("amg", amg_table)):
         text = fn(_load(os.path.join(folder, f"{name}.json")))
         if text:
             print(text + "\n")

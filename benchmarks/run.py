@@ -51,7 +51,11 @@ def run_engines(out: str, model_type: str, checkpoint: Optional[str], quick: boo
 
 
 def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str,
-              url: Optional[str], concurrency: Sequence[int], clicks: int) -> Dict[str, str]:
+              url: Optional[str], concurrency: Sequence[int], clicks: int,
+              scenarios: Sequence[str] = ("sessions", "interactive")) -> Dict[str, str]:
+    """`samrt bench serve`. Scenarios: "sessions" (clients each encoding and clicking, a concurrency
+    sweep, batching on and off) and "interactive" (one client clicking, idle and while another client
+    streams new images to sam_encode; SamPredictor.predict on the same clicks in the same run)."""
     from samrt.client import SamClient
     from samrt.model_repository.render import RepoOptions, render_repository
 
@@ -81,6 +85,12 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
                      **ref})
     if url:
         variants = tuple(v for v in variants if v[0] == "on")  # one server as given: batching as it is
+    if "interactive" in scenarios:
+        rows += _interactive(repos.get("on"), url, None if url else sam, quick, base, build_dir)
+    if "sessions" not in scenarios:
+        paths = write_rows(rows, out, "serve")
+        plot_all(_saved(paths), out)
+        return paths
     rows += bench_serve(repos, images, concurrency, clicks, variants, base=base, url=url)
     if not quick:  # Triton's own load generator, where its binary is installed
         from samrt.model_repository.server import TritonServer
@@ -105,6 +115,31 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
     paths = write_rows(rows, out, "serve")
     plot_all(_saved(paths), out)
     return paths
+
+
+def _interactive(repo: Optional[str], url: Optional[str], sam, quick: bool, base: dict, build_dir: str) -> List[dict]:
+    """The interactive-under-load rows (gRPC and HTTP) on a 480x640 image, on a server started here
+    (or `url`), with the SamPredictor reference when the model is at hand."""
+    from samrt.model_repository.server import TritonServer
+    from samrt.visualize import sample_image
+
+    from .serve import interactive_rows, reference_clicks
+
+    image, _ = sample_image(480, 640)
+    clicks = 8 if quick else 30
+    stream = _images(4 if quick else 12, 320 if quick else None)
+    reference = reference_clicks(sam, image, clicks) if sam is not None else None
+    server = None if url else TritonServer(repo, work_dir=os.path.join(build_dir, "work_interactive")).start()
+    try:
+        rows = []
+        for protocol in ("grpc", "http"):
+            target = url or (server.grpc_url if protocol == "grpc" else server.http_url)
+            rows += interactive_rows(target, [protocol], image, stream[:len(stream) // 2] if protocol == "grpc"
+                                     else stream[len(stream) // 2:], reference, clicks, base)
+        return rows
+    finally:
+        if server:
+            server.stop()
 
 
 def run_amg(out: str, url: str, images_dir: Optional[str], quick: bool, points_per_side: int) -> Dict[str, str]:

@@ -314,6 +314,9 @@ def _add_bench(sub) -> None:
             k.add_argument("--export-dir", help="an export folder to measure, reusing the engines already built "
                                                 "there with `samrt build-engine` (default: <build-dir>/export_<model>)")
         if kind == "serve":
+            k.add_argument("--scenarios", default="sessions,interactive",
+                           help="sessions: clients encoding and clicking (a concurrency sweep, batching on/off); "
+                                "interactive: one client clicking, idle and while another streams new images")
             k.add_argument("--concurrency", default="1,4,16")
             k.add_argument("--clicks", type=int, default=10)
         if kind == "amg":
@@ -331,7 +334,7 @@ def cmd_bench(args) -> int:
     elif args.kind == "serve":
         conc = [int(c) for c in args.concurrency.split(",")]
         paths = run.run_serve(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.url,
-                              conc, args.clicks)
+                              conc, args.clicks, [s for s in args.scenarios.split(",") if s])
     else:
         paths = run.run_amg(args.out, args.url, args.images, args.quick, args.points_per_side)
     print("\n".join(f"wrote {p}" for p in paths.values()))

@@ -48,7 +48,7 @@ def test_serve_and_amg_quick(tmp_path, server):
     from samrt.benchmarks.run import run_amg, run_serve
 
     paths = run_serve(str(tmp_path / "out"), "tiny", None, quick=True, build_dir=str(tmp_path / "b"),
-                      url=server.grpc_url, concurrency=[1, 2], clicks=3)
+                      url=server.grpc_url, concurrency=[1, 2], clicks=3, scenarios=("sessions",))
     rows = json.load(open(paths["json"]))["rows"]
     assert [r["concurrency"] for r in rows] == [1, 2] and all(r["dynamic_batching"] == "as served" for r in rows)
     for r in rows:
@@ -60,6 +60,26 @@ def test_serve_and_amg_quick(tmp_path, server):
     paths = run_amg(str(tmp_path / "amg"), server.grpc_url, None, quick=True, points_per_side=4)
     row = json.load(open(paths["json"]))["rows"][0]
     assert row["images"] == 2 and row["images_per_s"] > 0 and row["masks_per_image"] >= 0
+
+
+@pytest.mark.triton
+def test_interactive_under_load_quick(tmp_path, server):
+    from samrt.benchmarks.report import interactive_table
+    from samrt.benchmarks.run import run_serve
+
+    paths = run_serve(str(tmp_path / "out"), "tiny", None, quick=True, build_dir=str(tmp_path / "b"),
+                      url=server.grpc_url, concurrency=[1], clicks=3, scenarios=("interactive",))
+    rows = json.load(open(paths["json"]))["rows"]
+    assert [r["protocol"] for r in rows] == ["grpc", "http"]
+    for r in rows:
+        assert r["bench"] == "interactive" and not r["errors"] and r["timed"]
+        _check_stats(r["idle"])
+        _check_stats(r["loaded"])
+        assert r["idle"]["n"] == r["loaded"]["n"] == 8
+        assert r["encodes_during_clicks"] >= 1  # the load really ran while clicking
+        assert r["loaded_vs_idle_p50"] > 0 and isinstance(r["met_loaded_ratio"], bool)
+    table = interactive_table(rows)
+    assert table.count("\n| grpc |") == 1 and "not measured (external server)" in table
 
 
 def test_serve_table_ratio_to_reference_and_verdict():
