@@ -87,6 +87,7 @@ def bench_upscale(sizes: Sequence[Tuple[Tuple[int, int], int]] = DEFAULT_SIZES, 
         base = {"bench": "upscale", "original_size": list(original_size), "input_size": list(input_size),
                 "masks": masks, "low_res": low_res, "image_size": image_size, "budget_ms": BUDGET_MS,
                 "numpy_blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "OpenBLAS default"),
+                "load_average_1min": os.getloadavg()[0],  # other processes on the machine when it started
                 "timed": f"one call: [1,{masks},{low_res},{low_res}] float32 logits -> [1,{masks},H,W] float32 logits"}
         first, build = _first_calls(low, input_size, original_size, image_size, repeats=min(repeats, 5))
         steady = time_calls(lambda: U.upscale_logits(low, input_size, original_size, image_size), repeats, warmup)
