@@ -1,4 +1,4 @@
-"""`samrt bench engines|serve|amg`: run, write rows (JSON + CSV with the machine) and plots."""
+"""`samrt bench engines|serve|amg|upscale`: run, write rows (JSON + CSV with the machine) and plots."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from .common import write_rows
 from .plots import plot_all
 
-__all__ = ["run_engines", "run_serve", "run_amg"]
+__all__ = ["run_engines", "run_serve", "run_amg", "run_upscale"]
 
 
 def _saved(paths: Dict[str, str]) -> List[dict]:
@@ -156,3 +156,14 @@ def run_amg(out: str, url: str, images_dir: Optional[str], quick: bool, points_p
         points_per_side = min(points_per_side, 8)
     rows = bench_amg(url, images, points_per_side=points_per_side)
     return write_rows(rows, out, "amg")
+
+
+def run_upscale(out: str, quick: bool) -> Dict[str, str]:
+    """Mask upscaling per click (samrt.upscale vs the old numpy path vs torch) -> <out>/upscale.json|csv."""
+    from .upscale import DEFAULT_SIZES, bench_upscale
+
+    if quick:
+        rows = bench_upscale(sizes=(((48, 64), 5),), image_size=64, low_res=16, warmup=1)
+    else:
+        rows = bench_upscale(DEFAULT_SIZES)
+    return write_rows(rows, out, "upscale")

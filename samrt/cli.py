@@ -322,6 +322,9 @@ def _add_bench(sub) -> None:
         if kind == "amg":
             k.add_argument("--images", help="folder of images (default: generated scenes)")
             k.add_argument("--points-per-side", type=int, default=32)
+    k = kinds.add_parser("upscale", help="mask upscaling per click: samrt.upscale vs the old numpy path vs torch")
+    k.add_argument("--out", required=True, help="results folder, e.g. benchmarks/results/<machine>/")
+    k.add_argument("--quick", action="store_true", help="a smoke run on a tiny size (seconds)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -335,6 +338,8 @@ def cmd_bench(args) -> int:
         conc = [int(c) for c in args.concurrency.split(",")]
         paths = run.run_serve(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.url,
                               conc, args.clicks, [s for s in args.scenarios.split(",") if s])
+    elif args.kind == "upscale":
+        paths = run.run_upscale(args.out, args.quick)
     else:
         paths = run.run_amg(args.out, args.url, args.images, args.quick, args.points_per_side)
     print("\n".join(f"wrote {p}" for p in paths.values()))

@@ -16,6 +16,7 @@ from .errors import InputError
 from .prompts import get_preprocess_shape
 from .imageio import check_resized_shape  # imageio hook: refuse shapes whose resized side would be 0
 from .spec import PIXEL_MEAN, PIXEL_STD
+from .upscale import _source_index, upscale_logits
 
 __all__ = [
     "get_preprocess_shape",
@@ -75,17 +76,6 @@ def normalize_and_pad(resized: np.ndarray, image_size: int) -> np.ndarray:
     return x
 
 
-def _source_index(in_size: int, out_size: int, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """First `n` output rows of torch's bilinear (align_corners=False) resampling."""
-    scale = np.float32(in_size / out_size)
-    # torch's CPU kernel computes scale * (i + 0.5) - 0.5 with one rounding (a fused
-    # multiply-add): computing it in float64 and rounding once reproduces its indices.
-    src = (np.float64(scale) * (np.arange(n) + 0.5) - 0.5).astype(np.float32)
-    src = np.maximum(src, np.float32(0.0))
-    i0 = src.astype(np.int64)
-    lam1 = (src - i0.astype(np.float32)).astype(np.float32)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, lam1
 
 
 def interpolate_bilinear(
@@ -94,6 +84,7 @@ def interpolate_bilinear(
     """torch.nn.functional.interpolate(mode="bilinear", align_corners=False) on the last two axes.
 
     `keep_hw` computes only the top-left (h, w) of the output (the same values as a crop).
+    Fancy indexing, slow on large outputs: the reference that `upscale_masks` is tested against.
     """
     in_h, in_w = x.shape[-2:]
     out_h, out_w = out_hw
@@ -108,9 +99,12 @@ def interpolate_bilinear(
 def upscale_masks(
     low_res: np.ndarray, input_size: Tuple[int, int], original_size: Tuple[int, int], image_size: int = 1024
 ) -> np.ndarray:
-    """Low-res logits [..., m, m] -> logits at the original size [..., H, W] (Sam.postprocess_masks)."""
-    padded = interpolate_bilinear(low_res, (image_size, image_size), keep_hw=input_size)
-    return interpolate_bilinear(padded, original_size)
+    """Low-res logits [..., m, m] -> logits at the original size [..., H, W] float32 (Sam.postprocess_masks).
+
+    Two banded matrix products with cached weights (`samrt.upscale.upscale_logits`, which states
+    the tolerance); `interpolate_bilinear` twice with the crop is the exact reference.
+    """
+    return upscale_logits(low_res, input_size, original_size, image_size)
 
 
 def select_masks(
