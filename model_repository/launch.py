@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 
 import threading
 from typing import Optional
@@ -19,9 +20,48 @@ from .server import TritonServer
 
 # --backend of build-repo: python-backend models running ONNX Runtime (CPU here), or the production
 # variant for NVIDIA's Triton container with native backends for encoder and decoder.
-BACKENDS = {"onnxruntime": None, "onnxruntime-native": "onnxruntime", "tensorrt": "tensorrt"}
+BACKENDS = {"onnxruntime": None, "onnxruntime-native": "onnxruntime", "tensorrt": "tensorrt", "openvino": None,
+            "openvino-native": "openvino"}
+# OpenVINO variants of each graph that serving may choose from (the decoder stays in float).
+OPENVINO_PRECISIONS = {"encoder": ("fp32", "bf16", "int8"), "decoder": ("fp32", "bf16")}
 
-__all__ = ["BACKENDS", "repository_from_export", "serve_forever"]
+__all__ = ["BACKENDS", "OPENVINO_PRECISIONS", "repository_from_export", "choose_openvino_engine", "serve_forever"]
+
+
+def _engine_report(path: str) -> Optional[dict]:
+    try:
+        with open(path + ".report.json") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def choose_openvino_engine(manifest: ExportManifest, graph: str, precision: str = "auto"):
+    """(engine path, its report, why) for `graph` ("encoder"/"decoder"): with "auto", the fastest
+    OpenVINO variant built into the export folder whose accuracy gate passed; else the one asked."""
+    source = manifest.encoder_path if graph == "encoder" else manifest.decoder_path
+    wanted = OPENVINO_PRECISIONS[graph] if precision == "auto" else (precision,)
+    candidates, refused = [], []
+    for p in wanted:
+        path = engine_path(source, manifest.export_dir, "openvino", p)
+        report = _engine_report(path) if os.path.isfile(path) else None
+        if report is None:
+            refused.append(f"{p}: not built")
+        elif not report["gate"]["passed"]:
+            refused.append(f"{p}: gate failed (mean mask IoU {report['accuracy']['mean_mask_iou']:.4f} < "
+                           f"{report['gate']['min']})")
+        else:
+            candidates.append((report["speed"]["engine_ms"], p, path, report))
+    if not candidates:
+        raise ArtifactError(f"--backend openvino: no usable {graph} engine ({'; '.join(refused)}); build it with "
+                            f"`samrt build-engine --onnx {source} --backend openvino --precision {wanted[0]} "
+                            f"--out {manifest.export_dir}`")
+    ms, p, path, report = min(candidates)
+    others = ", ".join(f"{q} {m:.1f} ms" for m, q, _, _ in sorted(candidates) if q != p)
+    why = (f"{graph}: openvino {p} ({ms:.1f} ms in its build's timing, mean mask IoU vs fp32 "
+           f"{report['accuracy']['mean_mask_iou']:.4f})" + (f"; faster than {others}" if others else "")
+           + (f"; not used: {'; '.join(refused)}" if refused else ""))
+    return path, report, why
 
 
 def repository_from_export(export_dir: str, out_dir: str, opts: Optional[RepoOptions] = None,
@@ -36,6 +76,11 @@ def repository_from_export(export_dir: str, out_dir: str, opts: Optional[RepoOpt
     encoder, decoder = manifest.encoder_path, manifest.decoder_path
     opts = dataclasses.replace(opts or RepoOptions(), native=BACKENDS[backend])
     engine_report = None
+    if backend in ("openvino", "openvino-native"):
+        encoder, engine_report, why_enc = choose_openvino_engine(manifest, "encoder", precision)
+        decoder, _, why_dec = choose_openvino_engine(manifest, "decoder", precision if precision != "int8" else "auto")
+        print(f"serving {why_enc}\nserving {why_dec}", file=sys.stderr)
+        return render_repository(manifest.config, encoder, decoder, out_dir, opts, engine_report=engine_report)
     kind = "tensorrt" if backend == "tensorrt" else "onnxruntime"
     if precision != "fp32" or backend == "tensorrt":
         engine = engine_path(encoder, export_dir, kind, precision)

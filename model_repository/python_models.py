@@ -125,12 +125,22 @@ class BlsRunner:
         return {n: pb.get_output_tensor_by_name(resp, n).as_numpy() for n in (outputs or self.output_names)}
 
 
+def _engine_runner(params):
+    """The runner for the model's engine file: OpenVINO for an IR (.xml), ONNX Runtime for .onnx."""
+    path = params["engine_path"]
+    if path.endswith(".xml"):
+        from samrt.engines.openvino_engine import OpenVINORunner
+
+        return OpenVINORunner(path, threads=_ort_threads())
+    from samrt.engines import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(path, params.get("device", "cpu"), _ort_threads())
+
+
 def _decoder_runner(params):
     if params.get("decoder_model"):
         return BlsRunner(params["decoder_model"], int(params["low_res_size"]))
-    from samrt.engines import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(params["onnx_path"], params.get("device", "cpu"), _ort_threads())
+    return _engine_runner(params)
 
 
 def _lower_priority(params: Dict[str, str]) -> None:
@@ -226,14 +236,12 @@ class CacheModel:
 
 
 class ImageEncoderModel:
-    """sam_image_encoder: ONNX Runtime over the exported encoder, batched by Triton."""
+    """sam_image_encoder: the encoder engine (ONNX Runtime or OpenVINO), batched by Triton."""
 
     def initialize(self, args) -> None:
-        from samrt.engines import OnnxRuntimeRunner
-
         params = _params(args)
         _lower_priority(params)
-        self.runner = OnnxRuntimeRunner(params["onnx_path"], params.get("device", "cpu"), _ort_threads())
+        self.runner = _engine_runner(params)
 
     def execute(self, requests):
         pb = _pb()

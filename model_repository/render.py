@@ -19,7 +19,10 @@ from samrt.spec import SamConfig, decoder_spec, encoder_spec
 
 __all__ = ["RepoOptions", "render_repository", "model_configs", "parse_config"]
 
-NATIVE_PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+# Native Triton backends of the production variant: (config key, value, model file name).
+NATIVE_PLATFORMS = {"onnxruntime": ("platform", "onnxruntime_onnx", "model.onnx"),
+                    "tensorrt": ("platform", "tensorrt_plan", "model.plan"),
+                    "openvino": ("backend", "openvino", "model.xml")}  # Triton's OpenVINO backend: IR .xml + .bin
 
 _MODEL_PY = {
     "sam_embedding_cache": "CacheModel",
@@ -79,7 +82,7 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
     kind = "KIND_GPU" if opts.device == "cuda" else "KIND_CPU"
     python = {"backend": "python"}
     graphs = graph_models(cfg)
-    decoder_params = _params(onnx_path=os.path.abspath(decoder_onnx), device=opts.device, image_size=cfg.image_size)
+    decoder_params = _params(engine_path=os.path.abspath(decoder_onnx), device=opts.device, image_size=cfg.image_size)
     batching = {"dynamic_batching": {"max_queue_delay_microseconds": opts.decoder_queue_delay_us}}
     configs = {
         wire.SAM_EMBEDDING_CACHE.name: _model(
@@ -91,7 +94,7 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
             graphs["sam_image_encoder"], sizes, opts.encoder_max_batch, **python,
             dynamic_batching={"max_queue_delay_microseconds": opts.encoder_queue_delay_us},
             instance_group=[{"count": 1, "kind": kind}],
-            parameters=_params(onnx_path=os.path.abspath(encoder_onnx), device=opts.device,
+            parameters=_params(engine_path=os.path.abspath(encoder_onnx), device=opts.device,
                                background_priority=opts.background_priority)),
         wire.SAM_ENCODE.name: _model(
             wire.SAM_ENCODE, sizes, **python, instance_group=[{"count": 1, "kind": "KIND_CPU"}],
@@ -111,7 +114,8 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
     if opts.native:
         if opts.native not in NATIVE_PLATFORMS:
             raise ValueError(f"native: got {opts.native!r}, expected one of {sorted(NATIVE_PLATFORMS)}")
-        platform = {"platform": NATIVE_PLATFORMS[opts.native][0]}
+        key, value, _ = NATIVE_PLATFORMS[opts.native]
+        platform = {key: value}
         configs["sam_image_encoder"] = _model(
             graphs["sam_image_encoder"], sizes, opts.encoder_max_batch, **platform,
             dynamic_batching={"max_queue_delay_microseconds": opts.encoder_queue_delay_us},
@@ -165,9 +169,12 @@ def render_repository(
         parse_config(text)
         with open(os.path.join(out_dir, name, "config.pbtxt"), "w") as f:
             f.write(text)
-        if "platform" in config:  # native backend: the model file goes into the version folder
+        if "platform" in config or config.get("backend") == "openvino":  # native: the model file goes into "1/"
             source = encoder_onnx if name == "sam_image_encoder" else decoder_onnx
-            shutil.copy(source, os.path.join(out_dir, name, "1", NATIVE_PLATFORMS[opts.native][1]))
+            target = os.path.join(out_dir, name, "1", NATIVE_PLATFORMS[opts.native][2])
+            shutil.copy(source, target)
+            if source.endswith(".xml"):  # an IR's weights travel beside it
+                shutil.copy(source[:-4] + ".bin", target[:-4] + ".bin")
             continue
         with open(os.path.join(out_dir, name, "1", "model.py"), "w") as f:
             f.write(f'"""Rendered by samrt; the logic lives in samrt.model_repository."""\n'

@@ -126,8 +126,9 @@ def _repo_options(p) -> None:
 
     d = RepoOptions()  # the library's defaults, stated once
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                   help="encoder engine to serve (built by `samrt build-engine`; its report travels along)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "auto"],
+                   help="encoder engine to serve (built by `samrt build-engine`; its report travels along); "
+                        "auto (openvino): the fastest variant that passes the gate")
     p.add_argument("--cache-bytes", type=int, default=d.cache_bytes, help="embedding cache budget (LRU)")
     p.add_argument("--max-prompts", type=int, default=d.max_prompts, help="prompts per sam_decode request")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image (pixels) sam_encode and sam_amg accept; default 8192*8192 = 67 M")
@@ -143,7 +144,8 @@ def _opts(args):
 def _add_build_repo(sub) -> None:
     p = sub.add_parser("build-repo", help="render the Triton model repository for an export folder")
     p.add_argument("--export", required=True, help="folder written by `samrt export`")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "onnxruntime-native", "tensorrt"],
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "onnxruntime-native", "tensorrt", "openvino",
+                                                             "openvino-native"],
                    help="onnxruntime: python-backend models (runs on CPU here); onnxruntime-native / tensorrt: "
                         "the production variant for NVIDIA's Triton container (rendered here, not run)")
     p.add_argument("--out", required=True)
@@ -168,6 +170,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"],
+                   help="engines of the CPU server: ONNX Runtime, or OpenVINO (with --precision auto: the fastest "
+                        "variant of each graph that passes the accuracy gate, built on first use)")
     _repo_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -176,7 +181,8 @@ def cmd_serve(args) -> int:
     from samrt.pipeline import serve
 
     serve(args.build_dir, args.checkpoint, args.model_type, _opts(args), args.random_init, args.precision,
-          host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port)
+          host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+          backend=args.backend)
     return 0
 
 

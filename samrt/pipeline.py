@@ -15,7 +15,7 @@ from typing import Optional
 from .artifacts import ArtifactError, ExportManifest, default_checkpoint, engine_path
 from .errors import SamrtError
 
-__all__ = ["resolve_source", "export_model", "ensure_export", "ensure_engine", "build_repository", "serve",
+__all__ = ["resolve_source", "export_model", "ensure_openvino_engines", "ensure_export", "ensure_engine", "build_repository", "serve",
            "evaluate_model"]
 
 
@@ -90,28 +90,46 @@ def ensure_engine(manifest: ExportManifest, graph: str, backend: str, precision:
     return path
 
 
+def ensure_openvino_engines(manifest: ExportManifest, precision: str = "auto") -> None:
+    """Build the OpenVINO variants serving may choose from (`precision` "auto": every one; a failed
+    gate is reported and leaves that variant out)."""
+    from samrt.engines.build import EngineAccuracyError
+    from samrt.model_repository.launch import OPENVINO_PRECISIONS
+
+    for graph, precisions in OPENVINO_PRECISIONS.items():
+        for p in (precisions if precision == "auto" else [q for q in precisions if q in (precision, "fp32")]):
+            try:
+                ensure_engine(manifest, graph, "openvino", p)
+            except EngineAccuracyError as e:
+                print(f"not serving {graph} {p}: {e}", file=sys.stderr)
+
+
 def build_repository(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", opts=None,
-                     random_init: bool = False, precision: str = "fp32") -> str:
-    """Export (cached in `build_dir/export`), build the engine `precision` asks for, render
-    `build_dir/repo`; returns the repository path."""
+                     random_init: bool = False, precision: str = "fp32", backend: str = "onnxruntime") -> str:
+    """Export (cached in `build_dir/export`), build the engines `backend` and `precision` ask for,
+    render `build_dir/repo`; returns the repository path. `backend` "openvino" with precision
+    "auto" serves the fastest OpenVINO variant of each graph that passes the accuracy gate."""
     from samrt.model_repository.launch import repository_from_export
 
     checkpoint, model_type = resolve_source(checkpoint, model_type, random_init)
     manifest = ensure_export(os.path.join(build_dir, "export"), model_type, checkpoint)
-    if precision != "fp32":
+    if backend == "openvino":
+        ensure_openvino_engines(manifest, precision)
+    elif precision != "fp32":
         ensure_engine(manifest, "encoder", "onnxruntime", precision)
     print(f"model: {manifest.describe()}", file=sys.stderr)
-    return repository_from_export(manifest.export_dir, os.path.join(build_dir, "repo"), opts, precision=precision)
+    return repository_from_export(manifest.export_dir, os.path.join(build_dir, "repo"), opts, backend=backend,
+                                  precision=precision)
 
 
 def serve(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", opts=None,
           random_init: bool = False, precision: str = "fp32", host: str = "127.0.0.1", http_port: int = 8000,
-          grpc_port: int = 8001, metrics_port: int = 8002) -> None:
+          grpc_port: int = 8001, metrics_port: int = 8002, backend: str = "onnxruntime") -> None:
     """`samrt serve`: build the repository, run tritonserver until Ctrl-C or SIGTERM."""
     from samrt.model_repository.launch import serve_forever
     from samrt.model_repository.server import TritonServer
 
-    repo = build_repository(build_dir, checkpoint, model_type, opts, random_init, precision)
+    repo = build_repository(build_dir, checkpoint, model_type, opts, random_init, precision, backend)
     gpu = bool(opts is not None and getattr(opts, "device", "cpu") == "cuda")
     serve_forever(TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                gpu=gpu))
