@@ -52,7 +52,8 @@ def run_engines(out: str, model_type: str, checkpoint: Optional[str], quick: boo
 
 def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str,
               url: Optional[str], concurrency: Sequence[int], clicks: int,
-              scenarios: Sequence[str] = ("sessions", "interactive")) -> Dict[str, str]:
+              scenarios: Sequence[str] = ("sessions", "interactive"), backend: str = "onnxruntime",
+              precision: str = "auto") -> Dict[str, str]:
     """`samrt bench serve`. Scenarios: "sessions" (clients each encoding and clicking, a concurrency
     sweep, batching on and off) and "interactive" (one client clicking, idle and while another client
     streams new images to sam_encode; SamPredictor.predict on the same clicks in the same run)."""
@@ -76,6 +77,15 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
         manifest, sam = _model(model_type, checkpoint, build_dir)
         base = {"model": manifest.name, "random_init": manifest.random_init}
         enc, dec = manifest.encoder_path, manifest.decoder_path
+        base["backend"] = backend
+        if backend == "openvino":  # the engines serving would choose (built here when missing)
+            from samrt.model_repository.launch import choose_openvino_engine
+            from samrt.pipeline import ensure_openvino_engines
+
+            ensure_openvino_engines(manifest, precision)
+            (enc, rep, why_e), (dec, _, why_d) = (choose_openvino_engine(manifest, g, precision)
+                                                   for g in ("encoder", "decoder"))
+            base["engines"] = [why_e, why_d]
         for mode in ("on", "off"):
             repos[mode] = render_repository(manifest.config, enc, dec, os.path.join(build_dir, f"repo_batching_{mode}"),
                                             RepoOptions(dynamic_batching=mode == "on"))
