@@ -55,11 +55,11 @@ class AnnotationStore:
         self.out_dir = os.path.abspath(out_dir)
         self.folder = folder
         self._state_path = os.path.join(self.out_dir, STATE_FILE)
+        if os.path.realpath(self.out_dir) == folder.path:
+            raise SamrtError(f"--out {self.out_dir}: the image folder itself; expected a separate folder")
         if os.path.isdir(self.out_dir) and os.listdir(self.out_dir) and not os.path.isfile(self._state_path):
             raise SamrtError(f"{self.out_dir}: a folder with files that `samrt annotate` did not write (no {STATE_FILE}); "
                              f"expected a new or empty folder, or one of its earlier output folders")
-        if os.path.realpath(self.out_dir) == folder.path:
-            raise SamrtError(f"--out {self.out_dir}: the image folder itself; expected a separate folder")
         os.makedirs(self.out_dir, exist_ok=True)
         self.state = {"tool": "samrt annotate", "images_folder": folder.path, "last_image": None}
         if os.path.isfile(self._state_path):
