@@ -29,16 +29,16 @@ def sample_image(height: int = 480, width: int = 640, seed: int = 0) -> Tuple[np
 # (samrt/annotate/static), which reads this table from the app's /api/config.
 STYLE = {
     "fill_alpha": 0.45,                 # mask fill opacity over the image
-    "outline_alpha": 1.0,               # mask outline, drawn opaque in a darker shade of the fill
-    "outline_shade": 0.55,              # outline colour = fill colour * this
-    "outline_width": 2,                 # px at 512 px of image long side, scaled with the image (at least 1)
+    "outline_alpha": 1.0,               # mask outline, drawn opaque
+    "outline_shade": 1.0,               # outline colour = fill colour * this (1: the colour itself, opaque)
+    "outline_width": 3,                 # px at 512 px of image long side, scaled with the image (at least 1)
     "palette": [(30, 144, 255), (255, 140, 0), (50, 205, 50), (220, 20, 60), (148, 0, 211),
                 (0, 206, 209), (255, 215, 0), (255, 105, 180), (139, 69, 19), (112, 128, 144)],
     # Foreground and background differ in shape, not colour alone: a disc with a plus, a square with a cross.
     "foreground": {"shape": "disc-plus", "color": (0, 200, 0)},
     "background": {"shape": "square-cross", "color": (220, 0, 0)},
     "marker_edge": (255, 255, 255),
-    "marker_radius": 6,                 # px at 512 px of image long side, scaled (at least 4)
+    "marker_radius": 8,                 # px at 512 px of image long side, scaled (at least 4)
     "box_color": (255, 255, 255),
 }
 
@@ -84,7 +84,7 @@ def overlay(
     box: Optional[np.ndarray] = None,
     outline: bool = True,
 ) -> np.ndarray:
-    """HxWx3 uint8: a boolean HxW mask filled (`alpha`) and outlined in a darker shade of `color`,
+    """HxWx3 uint8: a boolean HxW mask filled (`alpha`) and outlined (opaque) in `color`,
     the clicks marked by shape (foreground: a green disc with a plus; background: a red square
     with a cross), and an optional box (x0, y0, x1, y1) in pixels. Same look as the annotation page."""
     out = image.astype(np.float32).copy()

@@ -138,3 +138,11 @@ def test_app_refuses_an_empty_folder(tmp_path):
     (tmp_path / "empty" / "a.txt").write_text("x")
     with pytest.raises(InputError, match="no images to annotate \\(1 files skipped"):
         create_app(str(tmp_path / "empty"), str(tmp_path / "out"), "127.0.0.1:1")
+
+
+def test_the_app_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, samrt.annotate; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

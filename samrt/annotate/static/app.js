@@ -179,6 +179,7 @@ async function goTo(index) {
   S.bitmap = await bitmapP;
   S.index = index; S.info = info; S.objects = info.objects; S.proposals = []; S.layers.clear();
   view.width = info.width; view.height = info.height;
+  fit();
   view.dataset.imageIndex = String(index);
   $("image-name").textContent = `${index + 1}/${S.images.length} ${info.name} (${info.width}x${info.height})`;
   $("encode-info").textContent = info.encoded_ahead ? "· encoded ahead" : `· waited ${info.encode_wait_ms} ms for the encoder`;
@@ -240,6 +241,17 @@ async function rejectProposal(pid) {
 
 const simple = (action) => async () => setState(await post(sess(action)));
 const undo = simple("undo"), redo = simple("redo"), clear = simple("clear");
+
+// The canvas keeps the image's pixels and is shown as large as the stage allows (aspect kept).
+function fit() {
+  if (!S.info) return;
+  const stage = $("stage");
+  const availW = stage.clientWidth, availH = window.innerHeight - view.getBoundingClientRect().top - 60;
+  const scale = Math.min(availW / S.info.width, Math.max(availH, 200) / S.info.height);
+  view.style.width = `${Math.floor(S.info.width * scale)}px`;
+  view.style.height = `${Math.floor(S.info.height * scale)}px`;
+}
+window.addEventListener("resize", fit);
 
 // -- input -------------------------------------------------------------------------------------------
 function imagePoint(ev) {
