@@ -150,11 +150,32 @@ def test_the_page_in_chromium_click_pick_accept_next(small_server, tmp_path):
                 page.mouse.click(box["x"] + 2, box["y"] + 2, button="right")   # a background point
             assert [p[2] for p in resp.value.json()["points"]] == [1, 0]
             page.screenshot(path=str(tmp_path / "annotate_next.png"))
+
+            # the page draws outlines as samrt.visualize does
+            from samrt.visualize import mask_outline
+
+            mask = np.zeros((12, 16), bool)
+            mask[2:11, 0:9] = True
+            mask[5:8, 9:14] = True
+            js = page.evaluate("""async ([m, h, w]) => {
+                const d = await import('/static/draw.js');
+                return Array.from(d.maskOutline(Uint8Array.from(m), h, w, 2)).map((v) => (v ? 1 : 0));
+            }""", [mask.ravel().astype(int).tolist(), 12, 16])
+            np.testing.assert_array_equal(np.array(js, bool).reshape(12, 16), mask_outline(mask, 2))
+
+            # the app goes away: the page says so, and what was accepted is on disk
+            code, _, err = app.stop()
+            page.mouse.click(box["x"] + 5, box["y"] + 5)
+            page.wait_for_selector("#error:not([hidden])")
+            assert "saved in" in page.inner_text("#error")
             browser.close()
     finally:
-        code, _, err = app.stop()
+        if app.proc.poll() is None:
+            code, _, err = app.stop()
     assert not errors, errors
     assert code == 0, err
+    with open(os.path.join(out, "scene_00.json")) as f:
+        assert len(json.load(f)["annotations"]) == 1
     assert os.path.getsize(tmp_path / "annotate.png") > 10_000
 
 

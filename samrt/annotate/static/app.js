@@ -4,7 +4,7 @@ import { decodeRuns, maskLayer, drawMarker, drawBox, rgb } from "./draw.js";
 const $ = (id) => document.getElementById(id);
 const S = {
   config: null, images: [], session: null, index: null, info: null, bitmap: null,
-  state: null, objects: [], proposals: [], focus: 0, layers: new Map(), drag: null, serial: 0,
+  state: null, objects: [], proposals: [], focus: 0, layers: new Map(), drag: null, serial: 0, prompts: 0,
 };
 const view = $("view");
 const ctx = view.getContext("2d");
@@ -82,7 +82,7 @@ function renderImages(list) {
     li.title = `${im.width}x${im.height}, ${im.objects} objects`;
     li.classList.toggle("done", im.objects > 0);
     li.classList.toggle("current", im.index === S.index);
-    li.onclick = () => goTo(im.index);
+    li.onclick = () => goTo(im.index).catch(() => {});
     return li;
   }));
   const done = list.images.filter((im) => im.objects > 0).length;
@@ -114,7 +114,7 @@ function renderCandidates() {
     b.textContent = `${k + 1} · predicted IoU ${c.score.toFixed(3)} · ${c.area} px`;
     b.classList.toggle("selected", k === s.selected);
     b.dataset.candidate = String(k);
-    b.onclick = () => select(k);
+    b.onclick = () => select(k).catch(() => {});
     return b;
   }));
 }
@@ -131,7 +131,7 @@ function renderObjects() {
     t.textContent = `#${o.id} · ${o.area} px · IoU ${o.predicted_iou} · ${how}`;
     const del = document.createElement("button");
     del.textContent = "delete";
-    del.onclick = () => removeObject(o.id);
+    del.onclick = () => removeObject(o.id).catch(() => {});
     li.append(sw, t, del);
     return li;
   }));
@@ -147,10 +147,10 @@ function renderProposals() {
     t.onmouseenter = () => { S.focus = i; renderProposals(); render(); };
     const keep = document.createElement("button");
     keep.textContent = "keep";
-    keep.onclick = () => keepProposal(p.pid);
+    keep.onclick = () => keepProposal(p.pid).catch(() => {});
     const drop = document.createElement("button");
     drop.textContent = "reject";
-    drop.onclick = () => rejectProposal(p.pid);
+    drop.onclick = () => rejectProposal(p.pid).catch(() => {});
     li.append(t, keep, drop);
     return li;
   }));
@@ -187,13 +187,15 @@ async function goTo(index) {
   $("prefill-info").textContent = "";
   renderObjects(); renderProposals();
   setState({ points: [], box: null, candidates: [], selected: null, can_undo: false, can_redo: false });
-  refreshImages();
+  refreshImages().catch(() => {});
 }
 
 async function prompt(body) {
+  const seq = ++S.prompts;   // a newer prompt's answer supersedes this one (it includes this prompt)
   const t0 = performance.now();
   const state = await post(sess("prompt"), body);
   const ms = performance.now() - t0;
+  if (seq !== S.prompts) return;
   $("latency").textContent = `· click ${ms.toFixed(0)} ms (decode ${state.latency_ms} ms${state.refined ? ", refined" : ""})`;
   setState(state);
 }
@@ -209,13 +211,13 @@ async function accept() {
   S.objects = r.objects;
   renderObjects();
   setState(r.state);
-  refreshImages();
+  refreshImages().catch(() => {});
 }
 
 async function removeObject(id) {
   const r = await api("DELETE", sess(`objects/${id}`));
   S.objects = r.objects;
-  renderObjects(); render(); refreshImages();
+  renderObjects(); render(); refreshImages().catch(() => {});
 }
 
 async function prefill() {
@@ -231,7 +233,7 @@ async function prefill() {
 async function keepProposal(pid) {
   const r = await post(sess(`proposals/${pid}/accept`));
   S.objects = r.objects; S.proposals = r.proposals;
-  renderObjects(); renderProposals(); render(); refreshImages();
+  renderObjects(); renderProposals(); render(); refreshImages().catch(() => {});
 }
 
 async function rejectProposal(pid) {
@@ -279,10 +281,12 @@ view.addEventListener("pointerup", (ev) => {
   const clamp = (v, hi) => Math.min(Math.max(v, 0), hi);
   if (d.box) {
     const b = d.box;
-    prompt({ box: [clamp(b[0], S.info.width), clamp(b[1], S.info.height), clamp(b[2], S.info.width), clamp(b[3], S.info.height)] });
+    prompt({ box: [clamp(b[0], S.info.width), clamp(b[1], S.info.height), clamp(b[2], S.info.width), clamp(b[3], S.info.height)] })
+      .catch(() => {});   // shown in the error banner
   } else {
     const [x, y] = d.start;
-    prompt({ point: [clamp(x, S.info.width), clamp(y, S.info.height), d.button === 2 || d.shift ? 0 : 1] });
+    prompt({ point: [clamp(x, S.info.width), clamp(y, S.info.height), d.button === 2 || d.shift ? 0 : 1] })
+      .catch(() => {});
   }
 });
 

@@ -18,24 +18,34 @@ export function decodeRuns(runs, height, width) {
   return mask;
 }
 
-// Pixels of the mask within `width` 4-neighbour steps of its boundary (samrt.visualize.mask_outline).
+// Pixels of the mask within `steps` 4-neighbour steps of its boundary (samrt.visualize.mask_outline,
+// which erodes `steps` times; the same set, found here by a breadth-first walk in from the boundary
+// so that the cost follows the outline's length, not the image's area).
 export function maskOutline(mask, height, width, steps) {
-  let inner = mask;
-  for (let s = 0; s < Math.max(1, steps); s++) {
-    const next = new Uint8Array(height * width);
-    for (let y = 0; y < height; y++) {
-      const row = y * width;
-      for (let x = 0; x < width; x++) {
-        const i = row + x;
-        next[i] = inner[i] && y > 0 && y < height - 1 && x > 0 && x < width - 1 &&
-          inner[i - width] && inner[i + width] && inner[i - 1] && inner[i + 1] ? 1 : 0;
+  const depth = new Uint8Array(height * width);   // 0: not reached; d: d-th ring in from the boundary
+  let queue = [];
+  for (let y = 0; y < height; y++) {
+    const row = y * width;
+    for (let x = 0; x < width; x++) {
+      const i = row + x;
+      if (mask[i] && (y === 0 || y === height - 1 || x === 0 || x === width - 1 ||
+          !mask[i - width] || !mask[i + width] || !mask[i - 1] || !mask[i + 1])) {
+        depth[i] = 1;
+        queue.push(i);
       }
     }
-    inner = next;
   }
-  const edge = new Uint8Array(height * width);
-  for (let i = 0; i < edge.length; i++) edge[i] = mask[i] && !inner[i] ? 1 : 0;
-  return edge;
+  for (let d = 2; d <= Math.max(1, steps) && queue.length; d++) {
+    const next = [];
+    for (const i of queue) {
+      const x = i % width;
+      for (const j of [i - width, i + width, x > 0 ? i - 1 : -1, x < width - 1 ? i + 1 : -1]) {
+        if (j >= 0 && j < mask.length && mask[j] && !depth[j]) { depth[j] = d; next.push(j); }
+      }
+    }
+    queue = next;
+  }
+  return depth;   // nonzero where the outline is
 }
 
 // An offscreen canvas holding the mask's fill and outline, to draw over the image (source-over).
