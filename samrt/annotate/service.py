@@ -32,6 +32,7 @@ DECODE_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 PREFILL_DEFAULTS = {"points_per_side": 16, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.85}
 PREFILL_MATCH_IOU = 0.7   # a proposal this close to an accepted object is not offered again
 MAX_ENCODINGS = 64        # encode results (ids) kept; the embeddings themselves live in Triton's cache
+MAX_SESSIONS = 32         # browser tabs remembered; the least recently used beyond this is forgotten
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,7 +46,7 @@ class AnnotationService:
         self.folder, self.store, self.client = folder, store, client
         self.prefetch = prefetch
         self.prefill_options = AmgOptions(**{**PREFILL_DEFAULTS, **(prefill_options or {})}).validate()
-        self.sessions: Dict[str, Session] = {}
+        self.sessions: "OrderedDict[str, Session]" = OrderedDict()
         self._locks: Dict[str, asyncio.Lock] = {}
         self._encodings: "OrderedDict[int, asyncio.Task]" = OrderedDict()
 
@@ -54,11 +55,16 @@ class AnnotationService:
         s = Session()
         self.sessions[s.id] = s
         self._locks[s.id] = asyncio.Lock()
+        while len(self.sessions) > MAX_SESSIONS:
+            old, _ = self.sessions.popitem(last=False)
+            del self._locks[old]
         return s
 
     def session(self, sid: str) -> Session:
         if sid not in self.sessions:
-            raise KeyError(f"session {sid!r}: unknown (the app was restarted?); reload the page")
+            raise KeyError(f"session {sid!r}: unknown (the app was restarted, or the tab was idle while "
+                           f"{MAX_SESSIONS} others were opened); reload the page")
+        self.sessions.move_to_end(sid)
         return self.sessions[sid]
 
     def lock(self, sid: str) -> asyncio.Lock:
@@ -87,6 +93,10 @@ class AnnotationService:
     async def _encode(self, index: int) -> EncodeResult:
         pixels = await asyncio.to_thread(self.folder.load, self.folder.entry(index))
         return await self.client.encode(image=pixels)
+
+    async def image_id(self, index: int) -> str:
+        """The server's id of image `index` (encodes it unless that is done or under way)."""
+        return (await self._encoding(index)).image_id
 
     def encoded(self, index: int) -> bool:
         """Whether image `index` has been encoded (its embedding is on the server)."""
@@ -128,7 +138,7 @@ class AnnotationService:
     async def _decode(self, index: int, step: Step, mask_input: Optional[np.ndarray]) -> Answer:
         coords, labels = step.wire_prompt()
         for attempt in (0, 1):
-            image_id = (await self._encoding(index)).image_id
+            image_id = await self.image_id(index)
             t0 = time.perf_counter()
             try:
                 out = await self.client.decode(image_id, coords, labels, mask_input=mask_input, multimask_output=True,

@@ -50,7 +50,7 @@ def test_click_refine_undo_accept_writes_the_image_json(server, scene_folder, tm
         # a refinement click: the shown answer's low-res logits go back as mask_input
         st = await _post(client, f"{s}/prompt", {"point": [20, 30, 0]})
         assert st["refined"] is True and st["points"] == [[100, 200, 1], [20, 30, 0]]
-        direct = await svc.client.decode((await svc._encoding(0)).image_id,
+        direct = await svc.client.decode(await svc.image_id(0),
                                          [[100, 200], [20, 30]], [1, 0], mask_input=first.logits[2][None])
         for k, c in enumerate(st["candidates"]):
             np.testing.assert_array_equal(from_runs(c["runs"], h, w), direct["masks"][0, k])
@@ -143,7 +143,6 @@ def test_two_annotators_at_once_and_a_server_that_goes_away(server, scene_folder
         svc = app[SERVICE]
         await svc.client.close()
         svc.client = AsyncSamClient(f"127.0.0.1:{free_port()}", retries=0)   # nobody listens there
-        svc._encodings.clear()
         r = await client.post(f"/api/sessions/{sids[1]}/prompt", json={"point": [5, 5, 1]})
         assert r.status == 503 and "model server unreachable" in (await r.json())["error"]
         with open(os.path.join(out, "scene_00.json")) as f:

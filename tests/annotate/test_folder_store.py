@@ -146,3 +146,24 @@ def test_the_app_imports_no_torch():
 
     code = "import sys, samrt.annotate; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_sessions_beyond_the_limit_forget_the_least_recently_used(scene_folder, tmp_path):
+    import asyncio
+
+    from samrt.annotate.service import MAX_SESSIONS, AnnotationService
+
+    folder, _ = scene_folder
+    f = ImageFolder(folder)
+
+    async def run():
+        svc = AnnotationService(f, AnnotationStore(str(tmp_path / "out"), f), client=None)
+        first, second = svc.new_session(), svc.new_session()
+        svc.session(first.id)   # used: now the most recent
+        for _ in range(MAX_SESSIONS - 1):
+            svc.new_session()
+        assert svc.session(first.id) is first
+        with pytest.raises(KeyError, match="unknown"):
+            svc.session(second.id)
+
+    asyncio.run(run())
