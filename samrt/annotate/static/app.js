@@ -57,8 +57,11 @@ function render() {
   ctx.clearRect(0, 0, w, h);
   ctx.drawImage(S.bitmap, 0, 0, w, h);
   for (const o of S.objects) ctx.drawImage(layer(`o${S.index}:${o.id}`, o.runs, objectColor(o.id)), 0, 0);
-  const p = S.proposals[S.focus];
-  if (p) ctx.drawImage(layer(`p${S.index}:${p.pid}`, p.runs, st.palette[4]), 0, 0);
+  // proposals: all of them faint, the highlighted one (k / x act on it) as a mask is drawn
+  S.proposals.forEach((p, i) => {
+    const focus = i === S.focus;
+    ctx.drawImage(layer(`p${S.index}:${p.pid}:${focus}`, p.runs, st.palette[4], focus ? st.fill_alpha : 0.12), 0, 0);
+  });
   let drawn = false;
   const s = S.state;
   if (s && s.candidates.length && s.selected !== null) {
