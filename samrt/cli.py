@@ -240,6 +240,36 @@ def cmd_amg(args) -> int:
     return 0
 
 
+def _add_annotate(sub) -> None:
+    p = sub.add_parser("annotate", help="SAM's data engine in a browser: click, accept, next; SA-1B JSON per image")
+    p.add_argument("folder", help="folder of images to annotate")
+    p.add_argument("--out", required=True, help="output folder (new, empty, or an earlier one to continue)")
+    p.add_argument("--host", default="127.0.0.1", help="address of the page (default: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--url", help="a running `samrt serve` (host:port; default: start a server here)")
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    p.add_argument("--checkpoint", help="SAM checkpoint for the server it starts (default: the embedded model)")
+    p.add_argument("--model-type", default="auto", choices=MODEL_TYPES)
+    p.add_argument("--build-dir", default="build/annotate", help="where the server it starts keeps export and repository")
+    p.add_argument("--prefetch", type=int, default=2, help="images encoded ahead of the one being annotated")
+    p.add_argument("--amg-points-per-side", type=int, default=16, help="prefill grid (SAM's default: 32)")
+    p.add_argument("--amg-pred-iou-thresh", type=float, default=0.5,
+                   help="prefill filter; 0.5 suits the embedded model, SAM's released models use 0.88")
+    p.add_argument("--amg-stability-score-thresh", type=float, default=0.85,
+                   help="prefill filter; SAM's released models use 0.95")
+    p.set_defaults(func=cmd_annotate)
+
+
+def cmd_annotate(args) -> int:
+    from samrt.annotate import run_annotate
+
+    run_annotate(args.folder, args.out, args.url, args.protocol, args.host, args.port, args.checkpoint, args.model_type,
+                 args.build_dir, args.prefetch,
+                 {"points_per_side": args.amg_points_per_side, "pred_iou_thresh": args.amg_pred_iou_thresh,
+                  "stability_score_thresh": args.amg_stability_score_thresh})
+    return 0
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="point/box mIoU on the held-out generated scenes (the paper's figures)")
     p.add_argument("--checkpoint", help="SAM checkpoint (default: the embedded samrt_small model)")
@@ -368,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build_engine(sub)
     _add_bench(sub)
     _add_eval(sub)
+    _add_annotate(sub)
     return parser
 
 

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["sample_image", "overlay", "candidates", "save_png"]
+__all__ = ["STYLE", "sample_image", "overlay", "mask_outline", "candidates", "save_png"]
 
 
 def sample_image(height: int = 480, width: int = 640, seed: int = 0) -> Tuple[np.ndarray, Tuple[int, int]]:
@@ -25,25 +25,84 @@ def sample_image(height: int = 480, width: int = 640, seed: int = 0) -> Tuple[np
     return np.asarray(img), (cx, cy)
 
 
+# One look for every picture samrt draws: `overlay` below, and the annotation page
+# (samrt/annotate/static), which reads this table from the app's /api/config.
+STYLE = {
+    "fill_alpha": 0.45,                 # mask fill opacity over the image
+    "outline_alpha": 1.0,               # mask outline, drawn opaque
+    "outline_shade": 1.0,               # outline colour = fill colour * this (1: the colour itself, opaque)
+    "outline_width": 3,                 # px at 512 px of image long side, scaled with the image (at least 1)
+    "palette": [(30, 144, 255), (255, 140, 0), (50, 205, 50), (220, 20, 60), (148, 0, 211),
+                (0, 206, 209), (255, 215, 0), (255, 105, 180), (139, 69, 19), (112, 128, 144)],
+    # Foreground and background differ in shape, not colour alone: a disc with a plus, a square with a cross.
+    "foreground": {"shape": "disc-plus", "color": (0, 200, 0)},
+    "background": {"shape": "square-cross", "color": (220, 0, 0)},
+    "marker_edge": (255, 255, 255),
+    "marker_radius": 8,                 # px at 512 px of image long side, scaled (at least 4)
+    "box_color": (255, 255, 255),
+}
+
+
+def _scaled(value: float, image_shape, minimum: int) -> int:
+    return max(minimum, int(round(value * max(image_shape[:2]) / 512)))
+
+
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """HxW bool: the mask's pixels within `width` px (4-neighbourhood steps) of its boundary.
+
+    A pixel is on the boundary when one of its 4 neighbours is outside the mask (the image
+    border counts as outside). The page computes the same thing in JavaScript."""
+    m = np.asarray(mask, dtype=bool)
+    inner = m.copy()
+    for _ in range(max(1, int(width))):
+        padded = np.pad(inner, 1, constant_values=False)
+        inner = (inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    return m & ~inner
+
+
+def _marker(draw: ImageDraw.ImageDraw, x: float, y: float, r: int, label: int) -> None:
+    edge = STYLE["marker_edge"]
+    w = max(1, r // 3)
+    if label == 1:  # foreground: a green disc with a white plus
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=STYLE["foreground"]["color"], outline=edge, width=w)
+        draw.line([x - r * 0.55, y, x + r * 0.55, y], fill=edge, width=w)
+        draw.line([x, y - r * 0.55, x, y + r * 0.55], fill=edge, width=w)
+    else:  # background: a red square with a white cross
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=STYLE["background"]["color"], outline=edge, width=w)
+        d = r * 0.5
+        draw.line([x - d, y - d, x + d, y + d], fill=edge, width=w)
+        draw.line([x - d, y + d, x + d, y - d], fill=edge, width=w)
+
+
 def overlay(
     image: np.ndarray,
     mask: np.ndarray,
     points: Optional[np.ndarray] = None,
     labels: Optional[np.ndarray] = None,
-    color: Tuple[int, int, int] = (30, 144, 255),
-    alpha: float = 0.55,
+    color: Tuple[int, int, int] = STYLE["palette"][0],
+    alpha: float = STYLE["fill_alpha"],
+    box: Optional[np.ndarray] = None,
+    outline: bool = True,
 ) -> np.ndarray:
-    """Blend a boolean HxW mask onto an HxWx3 image and mark the clicks (green fg, red bg)."""
+    """HxWx3 uint8: a boolean HxW mask filled (`alpha`) and outlined (opaque) in `color`,
+    the clicks marked by shape (foreground: a green disc with a plus; background: a red square
+    with a cross), and an optional box (x0, y0, x1, y1) in pixels. Same look as the annotation page."""
     out = image.astype(np.float32).copy()
     m = np.asarray(mask, dtype=bool)
-    out[m] = out[m] * (1 - alpha) + np.asarray(color, dtype=np.float32) * alpha
+    col = np.asarray(color, dtype=np.float32)
+    out[m] = out[m] * (1 - alpha) + col * alpha
+    if outline:
+        edge = mask_outline(m, _scaled(STYLE["outline_width"], image.shape, 1))
+        out[edge] = col * STYLE["outline_shade"]
     img = Image.fromarray(out.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    if box is not None:
+        x0, y0, x1, y1 = (float(v) for v in np.asarray(box).reshape(4))
+        draw.rectangle([x0, y0, x1, y1], outline=STYLE["box_color"], width=_scaled(STYLE["outline_width"], image.shape, 1))
     if points is not None:
-        draw = ImageDraw.Draw(img)
-        r = max(4, min(image.shape[:2]) // 80)
+        r = _scaled(STYLE["marker_radius"], image.shape, 4)
         for (x, y), lab in zip(np.asarray(points), np.ones(len(points)) if labels is None else labels):
-            fill = (0, 200, 0) if lab == 1 else (220, 0, 0)
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill, outline=(255, 255, 255))
+            _marker(draw, float(x), float(y), r, int(lab))
     return np.asarray(img)
 
 

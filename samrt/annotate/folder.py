@@ -1,0 +1,111 @@
+"""The folder being annotated: which files are images, which are skipped and why, and the only
+way the app reaches a file (by its listed name, never by a path from a request)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from samrt.errors import InputError
+
+__all__ = ["IMAGE_SUFFIXES", "ImageEntry", "Skipped", "ImageFolder"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    index: int
+    name: str        # file name inside the folder (no directory part)
+    width: int       # after EXIF orientation, as the browser shows it
+    height: int
+
+    @property
+    def stem(self) -> str:
+        return os.path.splitext(self.name)[0]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    name: str
+    reason: str
+
+
+class ImageFolder:
+    """The images of one folder (not its subfolders), sorted by name.
+
+    A file is skipped, with its reason, when its suffix is not an image suffix, when it cannot
+    be decoded (header and data checked by PIL), when it is a link leaving the folder, or when
+    another image has the same stem (both would write `<stem>.json`). Names starting with '.'
+    are ignored."""
+
+    def __init__(self, path: str) -> None:
+        if not os.path.isdir(path):
+            raise InputError(f"{path}: not a folder; expected a folder of images")
+        self.path = os.path.realpath(path)
+        self.images: List[ImageEntry] = []
+        self.skipped: List[Skipped] = []
+        self._by_name: Dict[str, ImageEntry] = {}
+        stems = set()
+        for name in sorted(os.listdir(self.path)):
+            if name.startswith("."):
+                continue
+            full = os.path.join(self.path, name)
+            if os.path.isdir(full):
+                continue
+            reason = self._check(full, name)
+            stem = os.path.splitext(name)[0]
+            if reason is None and stem in stems:
+                reason = f"another image has the stem {stem!r} (its annotations go to {stem}.json)"
+            if reason is not None:
+                self.skipped.append(Skipped(name, reason))
+                continue
+            stems.add(stem)
+            with Image.open(full) as im:
+                w, h = im.size
+                if im.getexif().get(0x0112) in _TRANSPOSED:
+                    w, h = h, w
+            entry = ImageEntry(len(self.images), name, w, h)
+            self.images.append(entry)
+            self._by_name[name] = entry
+
+    def _check(self, full: str, name: str) -> Optional[str]:
+        if os.path.dirname(os.path.realpath(full)) != self.path:
+            return "a link to a file outside the folder"
+        if not name.lower().endswith(IMAGE_SUFFIXES):
+            return f"not an image: suffix {os.path.splitext(name)[1] or '(none)'!r}, expected one of {', '.join(IMAGE_SUFFIXES)}"
+        try:
+            with Image.open(full) as im:
+                im.verify()
+        except Exception as e:  # PIL raises many kinds for bad data
+            return f"cannot be decoded as an image ({type(e).__name__}: {e})"
+        return None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def entry(self, index: int) -> ImageEntry:
+        if not isinstance(index, int) or not 0 <= index < len(self.images):
+            raise InputError(f"image index: got {index!r}, expected 0..{len(self.images) - 1}")
+        return self.images[index]
+
+    def by_name(self, name: str) -> Optional[ImageEntry]:
+        """The listed image called `name`, or None: a name with a directory part, '..', or any
+        file that is not a listed image is never resolved."""
+        return self._by_name.get(name)
+
+    def file_path(self, entry: ImageEntry) -> str:
+        return os.path.join(self.path, entry.name)
+
+    def load(self, entry: ImageEntry) -> np.ndarray:
+        """HxWx3 uint8 RGB, EXIF orientation applied (as the browser shows the file)."""
+        try:
+            with Image.open(self.file_path(entry)) as im:
+                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        except Exception as e:
+            raise InputError(f"{entry.name}: cannot be decoded ({type(e).__name__}: {e})") from None

@@ -1,0 +1,169 @@
+"""samrt.annotate without a model server: the folder scan, the output files, path safety."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from samrt.annotate.app import create_app
+from samrt.annotate.folder import ImageFolder
+from samrt.annotate.masks import bbox_xywh, coco_rle, from_coco_rle, from_runs, to_runs
+from samrt.annotate.store import STATE_FILE, AnnotationStore
+from samrt.errors import InputError, SamrtError
+
+from .conftest import with_client
+
+
+def test_folder_lists_images_and_says_why_others_are_skipped(scene_folder, tmp_path):
+    folder, scenes = scene_folder
+    os.symlink(str(tmp_path / "outside.png"), os.path.join(folder, "link.png"))
+    Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
+    f = ImageFolder(folder)
+    assert [e.name for e in f.images] == sorted(scenes)
+    reasons = {k.name: k.reason for k in f.skipped}
+    assert set(reasons) == {"notes.txt", "broken.png", "link.png"}
+    assert reasons["notes.txt"].startswith("not an image: suffix '.txt'")
+    assert reasons["broken.png"].startswith("cannot be decoded as an image")
+    assert reasons["link.png"] == "a link to a file outside the folder"
+    e = f.images[0]
+    assert (e.height, e.width) == scenes[e.name].image.shape[:2]
+    np.testing.assert_array_equal(f.load(e), scenes[e.name].image)
+    for bad in ("../photos/scene_00.png", "notes.txt", "link.png", "/etc/passwd", "..", ""):
+        assert f.by_name(bad) is None
+    with pytest.raises(InputError, match="image index: got 9, expected 0..2"):
+        f.entry(9)
+
+
+def test_masks_round_trip():
+    rng = np.random.default_rng(0)
+    for first in (False, True):
+        m = rng.uniform(size=(7, 5)) > 0.5
+        m[0, 0] = first
+        np.testing.assert_array_equal(from_runs(to_runs(m), 7, 5), m)
+        np.testing.assert_array_equal(from_coco_rle(coco_rle(m)), m)
+    m = np.zeros((6, 8), bool)
+    m[2:4, 3:7] = True
+    assert bbox_xywh(m) == [3.0, 2.0, 4.0, 2.0]
+
+
+def _object(mask):
+    return {"segmentation": coco_rle(mask), "area": int(mask.sum()), "bbox": bbox_xywh(mask), "predicted_iou": 0.9,
+            "point_coords": [[1.0, 1.0]], "stability_score": None, "crop_box": [0, 0, mask.shape[1], mask.shape[0]],
+            "prompts": {"points": [[1.0, 1.0, 1]], "box": None}, "source": "manual", "candidate": 0, "clicks": 3,
+            "seconds": 4.5}
+
+
+def test_store_writes_each_image_and_continues_where_it_stopped(scene_folder, tmp_path):
+    folder, scenes = scene_folder
+    f = ImageFolder(folder)
+    out = str(tmp_path / "out")
+    store = AnnotationStore(out, f)
+    assert store.resume_index() == 0
+    e0, e1 = f.images[0], f.images[1]
+    mask = np.zeros((e0.height, e0.width), bool)
+    mask[10:20, 5:9] = True
+    store.add(e0, _object(mask))
+    store.add(e0, {**_object(mask), "source": "prefill", "clicks": 0, "seconds": None})
+    store.set_last(e1)
+    with open(os.path.join(out, "scene_00.json")) as fh:
+        doc = json.load(fh)
+    assert doc["image"] == {"image_id": 0, "file_name": "scene_00.png", "width": e0.width, "height": e0.height}
+    assert [a["id"] for a in doc["annotations"]] == [0, 1]
+    np.testing.assert_array_equal(from_coco_rle(doc["annotations"][0]["segmentation"]), mask)
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]  # atomic writes leave no temporary file
+
+    again = AnnotationStore(out, ImageFolder(folder))   # reopening the folder
+    assert len(again.objects(e0)) == 2 and again.resume_index() == 1
+    again.delete(e0, 0)
+    assert [a["id"] for a in AnnotationStore(out, f).objects(e0)] == [1]
+    stats = again.stats()
+    assert stats["objects"] == 1 and stats["prefill_objects"] == 1 and stats["masks_per_image"] == 1.0
+    store.add(e1, _object(np.ones((e1.height, e1.width), bool)))
+    assert store.stats()["seconds_per_mask"] == 4.5 and store.stats()["clicks_per_mask"] == 3.0
+
+    coco = store.export_coco()
+    from pycocotools.coco import COCO
+
+    api = COCO(coco["path"])
+    assert coco["images"] == 3 and len(api.getAnnIds()) == coco["annotations"] == 3
+    np.testing.assert_array_equal(api.annToMask(api.loadAnns(api.getAnnIds(imgIds=[0]))[0]), mask)
+
+
+def test_store_refuses_a_folder_it_did_not_write(scene_folder, tmp_path):
+    folder, _ = scene_folder
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.json").write_text("{}")
+    with pytest.raises(SamrtError, match="not written by samrt"):
+        AnnotationStore(str(other), ImageFolder(folder))
+    with pytest.raises(SamrtError, match="the image folder itself"):
+        AnnotationStore(folder, ImageFolder(folder))
+    assert (other / "thesis.json").read_text() == "{}"
+
+
+def test_app_serves_only_the_folders_images(scene_folder, tmp_path):
+    folder, scenes = scene_folder
+    (tmp_path / "secret.txt").write_text("TOP-SECRET-CONTENT")
+    app = create_app(folder, str(tmp_path / "out"), "127.0.0.1:1")   # no model server needed here
+    from yarl import URL
+
+    async def run(client):
+        r = await client.get("/images/scene_00.png")
+        assert r.status == 200
+        assert await r.read() == open(os.path.join(folder, "scene_00.png"), "rb").read()
+        refused = ["/images/notes.txt", "/images/broken.png", "/images/..%2Fsecret.txt", "/images/%2E%2E%2Fsecret.txt",
+                   "/images/..%2F..%2Fetc%2Fpasswd", "/images/%2Fetc%2Fpasswd", "/static/..%2Fapp.py"]
+        for path in refused:
+            r = await client.get(URL(path, encoded=True))
+            assert r.status == 403, path
+            assert "TOP-SECRET" not in await r.text()
+        for path in ["/images/../secret.txt", "/images/../../etc/passwd", "/static/../app.py"]:
+            r = await client.get(URL(path, encoded=True))   # sent as is, not normalised by the client
+            assert r.status in (403, 404), path
+            assert "TOP-SECRET" not in await r.text() and "def " not in await r.text()
+        listing = await (await client.get("/api/images")).json()
+        assert [im["name"] for im in listing["images"]] == sorted(scenes)
+        assert {k["name"] for k in listing["skipped"]} == {"notes.txt", "broken.png"}
+        assert (await client.get("/")).status == 200 and (await client.get("/static/app.js")).status == 200
+        cfg = await (await client.get("/api/config")).json()
+        assert cfg["style"]["foreground"]["shape"] != cfg["style"]["background"]["shape"]
+
+    with_client(app, run)
+
+
+def test_app_refuses_an_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("x")
+    with pytest.raises(InputError, match="no images to annotate \\(1 files skipped"):
+        create_app(str(tmp_path / "empty"), str(tmp_path / "out"), "127.0.0.1:1")
+
+
+def test_the_app_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, samrt.annotate; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_sessions_beyond_the_limit_forget_the_least_recently_used(scene_folder, tmp_path):
+    import asyncio
+
+    from samrt.annotate.service import MAX_SESSIONS, AnnotationService
+
+    folder, _ = scene_folder
+    f = ImageFolder(folder)
+
+    async def run():
+        svc = AnnotationService(f, AnnotationStore(str(tmp_path / "out"), f), client=None)
+        first, second = svc.new_session(), svc.new_session()
+        svc.session(first.id)   # used: now the most recent
+        for _ in range(MAX_SESSIONS - 1):
+            svc.new_session()
+        assert svc.session(first.id) is first
+        with pytest.raises(KeyError, match="unknown"):
+            svc.session(second.id)
+
+    asyncio.run(run())
