@@ -10,7 +10,7 @@ from PIL import Image
 from samrt.annotate.app import create_app
 from samrt.annotate.folder import ImageFolder
 from samrt.annotate.masks import bbox_xywh, coco_rle, from_coco_rle, from_runs, to_runs
-from samrt.annotate.store import STATE_FILE, AnnotationStore
+from samrt.annotate.store import AnnotationStore
 from samrt.errors import InputError, SamrtError
 
 from .conftest import with_client
