@@ -10,7 +10,7 @@ The graph-facing models (`sam_image_encoder`, `sam_prompt_decoder`) derive from 
 Shapes: ints are fixed; letters are symbolic. Batched models (`batch` set) have Triton's batch
 dimension in front (`max_batch_size` > 0), written here as `batch` in the table. Symbols:
 `P` prompts, `N` points per prompt, `H`/`W` image size, `C` masks per prompt (3 or 1),
-`m` the low-res mask side (256 for the official models), `S` the encoder's input side, `E` the
+`m` the low-res mask side (256 for the official models); for images, `C` the channels (3), `S` the encoder's input side, `E` the
 embedding side, `D` the embedding channels. Importable without torch.
 """
 
@@ -126,7 +126,8 @@ class WireModel:
         return {"input": [io(t) for t in self.inputs], "output": [io(t) for t in self.outputs]}
 
 
-_IMAGE = WireTensor("image", "UINT8", ("H", "W", 3), "RGB pixels; send exactly one of `image` and `image_bytes`",
+# C is checked by the model (3, RGB), so a wrong channel count gets samrt's own error naming the shape.
+_IMAGE = WireTensor("image", "UINT8", ("H", "W", "C"), "RGB pixels, C = 3; send exactly one of `image` and `image_bytes`",
                     optional=True)
 _IMAGE_BYTES = WireTensor("image_bytes", "BYTES", (1,), "an encoded image (JPEG, PNG, ...)", optional=True)
 _POINT_COORDS = WireTensor("point_coords", "FP32", ("N", 2), "(x, y) in original-image pixels")
