@@ -22,14 +22,21 @@ the model goes to the actors through Ray's object store; only the driver writes 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+
+from samrt.client.cli import IMAGE_SUFFIXES, amg_document, load_image
+from samrt.demo import ensure_export  # moving to samrt.pipeline: the one call to change (_model_refs)
+from samrt.engines import InProcessMaskGenerator, OnnxRuntimeRunner
+from samrt.model_repository.launch import default_checkpoint
 
 from .amg import AmgOptions
 from .errors import InputError, SamrtError
@@ -42,10 +49,6 @@ FAILURES_FILE = "failures.jsonl"
 DEFAULT_EXPORT_DIR = os.path.join("build", "amg", "export")
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20  # a local cluster's object store: images and records are small
 MAX_BLOCKS = 4096                # one image per block (retry and progress granularity) up to this many
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 class OutputDirError(SamrtError):
@@ -72,8 +75,6 @@ class DatasetPlan:
 
 def _decode_image(path: str) -> np.ndarray:
     """The project's image decoder, called in one place (HxWx3 uint8 RGB; InputError if unreadable)."""
-    from samrt.client.cli import load_image
-
     return load_image(path)
 
 
@@ -82,8 +83,6 @@ def _json_name(file_name: str) -> str:
 
 
 def _list_images(images_dir: str) -> List[str]:
-    from samrt.client.cli import IMAGE_SUFFIXES
-
     if not os.path.isdir(images_dir):
         raise InputError(f"{images_dir}: not a folder; expected a folder of images")
     names = sorted(f for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_SUFFIXES))
@@ -194,8 +193,6 @@ class _AmgActor:
     def __init__(self, model: Dict[str, list], options: dict, threads: int) -> None:
         import ray
 
-        from samrt.engines import InProcessMaskGenerator, OnnxRuntimeRunner
-
         self._tmp = tempfile.TemporaryDirectory(prefix="samrt-amg-")  # gone when the actor exits
         runners = {}
         for role, (ref, file_name) in model.items():  # the graphs come through the object store
@@ -207,8 +204,6 @@ class _AmgActor:
         self.options = AmgOptions(**options).validate()
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        from samrt.client.cli import amg_document
-
         out: Dict[str, list] = {"image_id": [], "file_name": [], "document": [], "masks": [], "failure": []}
         for image_id, file_name, path in zip(batch["image_id"], batch["file_name"], batch["path"]):
             image_id, file_name, path = int(image_id), str(file_name), str(path)
@@ -232,11 +227,10 @@ class _AmgActor:
 
 def _write_atomic(path: str, text: str) -> None:
     folder, base = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "x") as f:  # a new name of our own; the file mode follows the umask
             f.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; the record gets an ordinary file's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -267,8 +261,6 @@ def _cpus_per_actor(actors: int) -> int:
 def _model_refs(export_dir: str, checkpoint: Optional[str]) -> Tuple[Dict[str, list], dict]:
     """Export once here (cached in export_dir), then put both graphs into the object store."""
     import ray
-
-    from samrt.demo import ensure_export  # moving to samrt.pipeline: the one call to change
 
     report = ensure_export(export_dir, "auto", checkpoint)
     model = {}
@@ -314,8 +306,6 @@ def run_dataset_amg(
     if actors < 1:
         raise InputError(f"actors: got {actors}, expected >= 1")
     if checkpoint is None:
-        from samrt.model_repository.launch import default_checkpoint
-
         checkpoint = default_checkpoint()
         if checkpoint is None:
             raise SamrtError("no checkpoint given and no embedded samrt_small model in this install")
@@ -343,27 +333,39 @@ def run_dataset_amg(
     return summary
 
 
+@contextlib.contextmanager
+def _ray_session(ray_address: Optional[str]) -> Iterator[None]:
+    """Join the cluster at `ray_address`, or use the one this process already joined, or start a
+    local one; leave (or stop) what this call started; the Ray Data settings changed here are restored."""
+    import ray
+
+    started_here = ray_address is not None or not ray.is_initialized()
+    if ray_address is not None:
+        ray.init(address=ray_address, log_to_driver=False)
+    elif started_here:
+        ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "print_on_execution_start")}
+    ctx.enable_progress_bars = False  # the driver's own bar counts images
+    ctx.print_on_execution_start = False
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
+        if started_here:
+            ray.shutdown()
+
+
 def _run_on_ray(todo: List[ImageTask], out_dir: str, opts: AmgOptions, checkpoint: str, export_dir: str,
                 ray_address: Optional[str], actors: int, cpus_per_actor: Optional[int], progress: bool,
                 summary: Dict[str, Any]) -> None:
     import ray
-    from tqdm import tqdm
 
-    started_here = False
-    if ray_address is not None:
-        ray.init(address=ray_address, log_to_driver=False)
-        started_here = True
-    elif not ray.is_initialized():
-        ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False)
-        started_here = True
-    try:
+    with _ray_session(ray_address):
         model, _ = _model_refs(export_dir, checkpoint)
         threads = cpus_per_actor or _cpus_per_actor(actors)
         summary["cpus_per_actor"] = threads
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # the driver's own bar below counts images
-        ctx.print_on_execution_start = False
-        by_name = {t.file_name: t for t in todo}
         ds = ray.data.from_items([{"image_id": t.image_id, "file_name": t.file_name, "path": t.path} for t in todo],
                                  override_num_blocks=min(len(todo), MAX_BLOCKS))
         ds = ds.map_batches(
@@ -372,11 +374,19 @@ def _run_on_ray(todo: List[ImageTask], out_dir: str, opts: AmgOptions, checkpoin
             fn_constructor_kwargs={"model": model, "options": opts.to_dict(), "threads": threads},
             num_cpus=threads,  # dead actors restarted, their images retried: Ray Data's default (see above)
         )
-        t0 = time.perf_counter()
-        first = last = None
-        bar = tqdm(total=len(todo), desc="amg (ray)", unit="img", disable=not progress)
+        _collect(ds, {t.file_name: t for t in todo}, out_dir, progress, summary)
+
+
+def _collect(ds, tasks: Dict[str, ImageTask], out_dir: str, progress: bool, summary: Dict[str, Any]) -> None:
+    """Write each result as it arrives (a record, or a line of failures.jsonl); count and time them."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    first = last = None
+    processed = 0
+    with tqdm(total=len(tasks), desc="amg (ray)", unit="img", disable=not progress) as bar:
         for row in ds.iter_rows():
-            task = by_name[str(row["file_name"])]
+            task = tasks[str(row["file_name"])]
             if row["failure"]:
                 failure = json.loads(row["failure"])
                 _append_failure(out_dir, task, failure["kind"], failure["reason"])
@@ -385,16 +395,12 @@ def _run_on_ray(todo: List[ImageTask], out_dir: str, opts: AmgOptions, checkpoin
                 _write_atomic(os.path.join(out_dir, _json_name(task.file_name)), row["document"])
                 summary["done"] += 1
                 summary["masks"] += int(row["masks"])
+            processed += 1
             last = time.perf_counter()
             first = first or last
             bar.update(1)
             bar.set_postfix(masks=summary["masks"], failed=summary["failed"])
-        bar.close()
-        processed = summary["done"] + summary["failed"] - summary["unowned"]
-        if last is not None:
-            summary["images_per_second"] = round(processed / max(last - t0, 1e-9), 4)
-            if processed > 1 and last > first:
-                summary["steady_images_per_second"] = round((processed - 1) / (last - first), 4)
-    finally:
-        if started_here:
-            ray.shutdown()
+    if last is not None:
+        summary["images_per_second"] = round(processed / max(last - t0, 1e-9), 4)
+        if processed > 1 and last > first:
+            summary["steady_images_per_second"] = round((processed - 1) / (last - first), 4)

@@ -227,3 +227,12 @@ def test_an_actor_killed_mid_run_is_replaced_and_its_images_retried(build, clust
     assert (result["done"], result["failed"]) == (6, 0)
     assert len([n for n in os.listdir(out) if n.endswith(".json")]) == 6
     assert killed not in _actor_pids()
+
+
+def test_cli_ray_options_need_ray(tmp_path, capsys):
+    from samrt.cli import main
+
+    rc = main(["amg", str(tmp_path), "--out", str(tmp_path / "out"), "--actors", "2", "--ray-address", "auto"])
+    assert rc == 2
+    assert "--ray-address, --actors: only with --ray" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
