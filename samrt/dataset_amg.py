@@ -212,6 +212,8 @@ class _AmgActor:
                 image = _decode_image(path)
             except InputError as e:
                 failure = json.dumps({"kind": "decode", "reason": str(e)})
+            except Exception as e:  # e.g. PIL's DecompressionBombError: still this image's failure alone
+                failure = json.dumps({"kind": "decode", "reason": f"{path}: {type(e).__name__}: {e}"})
             else:
                 try:
                     records = self.generator.generate(image, self.options)
@@ -228,14 +230,14 @@ class _AmgActor:
 def _write_atomic(path: str, text: str) -> None:
     folder, base = os.path.split(path)
     tmp = os.path.join(folder, f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x") as f:  # a new name of our own; the file mode follows the umask
+    with open(tmp, "x") as f:  # a new name of our own; the file mode follows the umask
+        try:
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)  # our own temporary file
-        raise
+        except BaseException:
+            f.close()
+            os.remove(tmp)  # created just above by this call
+            raise
+    os.replace(tmp, path)
 
 
 def _append_failure(out_dir: str, task: ImageTask, kind: str, reason: str) -> dict:
