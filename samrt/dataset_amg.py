@@ -154,10 +154,14 @@ def _check_out_dir(out_dir: str, opts: AmgOptions, checkpoint: Optional[str]) ->
         raise OutputDirError(f"{out_dir}: holds the output of samrt {marker.get('kind') if isinstance(marker, dict) else '?'}, "
                              f"expected a new or empty folder or one written by samrt amg --ray; nothing was changed")
     want = _marker_content(opts, checkpoint)
-    for key in ("options", "checkpoint"):
-        if marker.get(key) != want[key]:
-            raise OutputDirError(f"{out_dir}: was written with {key} {marker.get(key)}, got {want[key]}; a rerun "
-                                 "must use the same ones (records would mix); choose another --out for new ones")
+    old_opts = marker.get("options") if isinstance(marker.get("options"), dict) else {}
+    differ = {k: (old_opts.get(k), v) for k, v in want["options"].items() if old_opts.get(k) != v}
+    if marker.get("checkpoint") != want["checkpoint"]:
+        differ["checkpoint"] = (marker.get("checkpoint"), want["checkpoint"])
+    if differ:
+        shown = ", ".join(f"{k} {a!r} (got {b!r})" for k, (a, b) in differ.items())
+        raise OutputDirError(f"{out_dir}: was written with {shown}; a rerun must use the same options and checkpoint "
+                             "(records would mix); choose another --out for new ones")
     return False
 
 
