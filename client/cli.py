@@ -17,7 +17,7 @@ from ._client import SamClient
 from .amg import TritonSamAutomaticMaskGenerator
 from .predictor import TritonSamPredictor
 
-__all__ = ["parse_point", "parse_box", "load_image", "segment_file", "amg_folder", "IMAGE_SUFFIXES"]
+__all__ = ["parse_point", "parse_box", "load_image", "segment_file", "amg_folder", "amg_document", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -69,6 +69,14 @@ def segment_file(client: SamClient, path: str, points: Sequence[str], box: Optio
             "area": int(masks[best].sum())}
 
 
+def amg_document(image_id: int, file_name: str, image: np.ndarray, records: List[dict]) -> dict:
+    """One SA-1B style document: {"image": {image_id, file_name, height, width}, "annotations":
+    records with an "id" each}. `samrt amg` through a server and on Ray (samrt.dataset_amg) both write it."""
+    return {"image": {"image_id": int(image_id), "file_name": file_name, "height": int(image.shape[0]),
+                      "width": int(image.shape[1])},
+            "annotations": [{"id": k, **r} for k, r in enumerate(records)]}
+
+
 def amg_folder(client: SamClient, folder: str, out_dir: str, progress: bool = True, **amg_kwargs) -> List[str]:
     """One SA-1B style JSON (image info + COCO RLE annotations) per image of `folder`."""
     from tqdm import tqdm
@@ -84,8 +92,7 @@ def amg_folder(client: SamClient, folder: str, out_dir: str, progress: bool = Tr
     for i, name in enumerate(tqdm(files, desc="amg", disable=not progress)):
         image = load_image(os.path.join(folder, name))
         records = generator.generate(image)
-        doc = {"image": {"image_id": i, "file_name": name, "height": image.shape[0], "width": image.shape[1]},
-               "annotations": [{"id": k, **r} for k, r in enumerate(records)]}
+        doc = amg_document(i, name, image, records)
         path = os.path.join(out_dir, os.path.splitext(name)[0] + ".json")
         with open(path, "w") as f:
             json.dump(doc, f)

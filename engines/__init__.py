@@ -1,6 +1,7 @@
 """samrt.engines: runners over inference backends and a local predictor built on them."""
 
+from .amg import InProcessMaskGenerator, amg_crop_decoder
 from .predictor import OnnxSamPredictor
 from .runner import OnnxRuntimeRunner, Runner
 
-__all__ = ["OnnxRuntimeRunner", "OnnxSamPredictor", "Runner"]
+__all__ = ["InProcessMaskGenerator", "OnnxRuntimeRunner", "OnnxSamPredictor", "Runner", "amg_crop_decoder"]

@@ -434,19 +434,9 @@ class AmgModel:
             return _error_for(e, wire.SAM_AMG.name)
 
     def _set_crop(self, crop: np.ndarray):
-        from samrt.engines.runner import run_decoder
+        from samrt.engines.amg import amg_crop_decoder  # shared with the in-process generator (Ray job)
 
         crop = np.ascontiguousarray(crop)
         image_id = _encode(crop, self.image_size)
         emb = _cached(image_id, ["image_embeddings"])["image_embeddings"][None]
-        size = crop.shape[:2]
-        input_size = P.get_preprocess_shape(size[0], size[1], self.image_size)
-
-        def run(points: np.ndarray):
-            coords, labels = prompts.assemble_prompts(points[:, None, :], np.ones((len(points), 1), np.int32), None)
-            coords, labels = prompts.decoder_prompts(coords, labels, size, self.image_size)
-            low, iou = run_decoder(self.runner, emb, coords, labels, None, self.low_res_size)
-            low, iou = P.select_masks(low, iou, True)
-            return P.upscale_masks(low, input_size, size, self.image_size), iou
-
-        return run
+        return amg_crop_decoder(self.runner, emb, crop.shape[:2], self.image_size, self.low_res_size)

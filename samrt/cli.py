@@ -225,10 +225,23 @@ def _add_amg(sub) -> None:
     p.add_argument("--crop-n-layers", type=int, default=d.crop_n_layers)
     p.add_argument("--min-mask-region-area", type=int, default=d.min_mask_region_area)
     _client_args(p)
+    r = p.add_argument_group("on Ray, in-process engines instead of a server (pip install 'samrt[ray]')")
+    r.add_argument("--ray", action="store_true", help="run on a Ray cluster: resumable, failures to OUT/failures.jsonl")
+    r.add_argument("--ray-address", help="join this cluster (e.g. HEAD_IP:6379 or auto); default: start a local one")
+    r.add_argument("--actors", type=int, default=1, help="engines running in parallel (Ray actors)")
+    r.add_argument("--cpus-per-actor", type=int, help="default: the cluster's CPUs divided among the actors")
+    r.add_argument("--checkpoint", help="SAM checkpoint (default: the embedded samrt_small model)")
+    r.add_argument("--build-dir", default="build/amg", help="where the model is exported (once, on this machine)")
     p.set_defaults(func=cmd_amg)
 
 
 def cmd_amg(args) -> int:
+    if args.ray:
+        return _cmd_amg_ray(args)
+    given = [f for f, v in (("--ray-address", args.ray_address), ("--checkpoint", args.checkpoint),
+                            ("--actors", args.actors != 1), ("--cpus-per-actor", args.cpus_per_actor)) if v]
+    if given:
+        raise SamrtError(f"{', '.join(given)}: only with --ray (without it, amg runs on the server at --url)")
     from samrt.client import SamClient
     from samrt.client.cli import amg_folder
 
@@ -268,6 +281,20 @@ def cmd_annotate(args) -> int:
                  {"points_per_side": args.amg_points_per_side, "pred_iou_thresh": args.amg_pred_iou_thresh,
                   "stability_score_thresh": args.amg_stability_score_thresh})
     return 0
+
+
+def _cmd_amg_ray(args) -> int:
+    from samrt.amg import AmgOptions
+    from samrt.dataset_amg import run_dataset_amg
+
+    opts = AmgOptions(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
+                      stability_score_thresh=args.stability_score_thresh, crop_n_layers=args.crop_n_layers,
+                      min_mask_region_area=args.min_mask_region_area)
+    summary = run_dataset_amg(args.folder, args.out, opts, checkpoint=args.checkpoint,
+                              export_dir=os.path.join(args.build_dir, "export"), ray_address=args.ray_address,
+                              actors=args.actors, cpus_per_actor=args.cpus_per_actor)
+    print(json.dumps(summary, indent=2))
+    return 1 if summary["failed"] else 0
 
 
 def _add_eval(sub) -> None:
