@@ -37,7 +37,7 @@ from samrt.client.cli import IMAGE_SUFFIXES, amg_document, load_image
 from samrt.artifacts import OutputDirError
 from samrt.pipeline import ensure_export
 from samrt.engines import InProcessMaskGenerator, OnnxRuntimeRunner
-from samrt.model_repository.launch import default_checkpoint
+from samrt.artifacts import default_checkpoint
 
 from .amg import AmgOptions
 from .errors import InputError, SamrtError

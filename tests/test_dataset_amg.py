@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from samrt.amg import AmgOptions
-from samrt.model_repository.launch import default_checkpoint
+from samrt.artifacts import default_checkpoint
 
 ray = pytest.importorskip("ray", reason="samrt[ray] not installed")
 
@@ -41,10 +41,10 @@ def _docs(folder) -> dict:
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
     """The embedded model exported once; the server's repository and the Ray job both use this export."""
-    from samrt.model_repository.launch import prepare_repository
+    from samrt.pipeline import build_repository
 
     root = tmp_path_factory.mktemp("dataset_amg")
-    repo = prepare_repository(str(root / "build"), default_checkpoint())
+    repo = build_repository(str(root / "build"), default_checkpoint())
     scenes = str(root / "scenes")
     _write_scenes(scenes)
     return {"root": root, "repo": repo, "export": str(root / "build" / "export"), "scenes": scenes}

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from samrt.model_repository.launch import default_checkpoint
+from samrt.artifacts import default_checkpoint
 
 pytestmark = [pytest.mark.triton, pytest.mark.skipif(default_checkpoint() is None,
                                                      reason="no embedded samrt_small checkpoint in samrt/assets")]
@@ -18,11 +18,11 @@ AMG_RECOVERED = 0.5       # "most objects" for AMG
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    from samrt.model_repository.launch import prepare_repository
+    from samrt.pipeline import build_repository
     from samrt.model_repository.server import TritonServer
 
     build = str(tmp_path_factory.mktemp("small"))
-    repo = prepare_repository(build, default_checkpoint())
+    repo = build_repository(build, default_checkpoint())
     with TritonServer(repo) as srv:
         yield srv
 
