@@ -12,6 +12,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	@command -v nginx >/dev/null || apt-get install -y -q nginx || sudo apt-get install -y -q nginx  # tests/client/test_replicas.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH) "numpy<2"
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
