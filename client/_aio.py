@@ -85,6 +85,15 @@ class AsyncSamClient:
         result = await self._call(send, idempotent, _not_found(model))
         return {o: result.as_numpy(o) for o in outputs}
 
+    async def is_ready(self) -> bool:
+        """Whether the server answers ready; several replicas: whether at least one does."""
+        if self.ring is not None:
+            return any(await asyncio.gather(*[c.is_ready() for c in self.replicas]))
+        try:
+            return bool(await self._client.is_server_ready())
+        except Exception:
+            return False
+
     async def encode(self, image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None) -> EncodeResult:
         inputs = encode_inputs(image, image_bytes)
         key = routing_id(image, image_bytes)

@@ -7,8 +7,9 @@ reach the same replica, and its embedding cache, without asking anyone; every cl
 the same replica URLs (in any order) makes the same choice; and when a replica leaves, only its
 own images move, each to its next replica in that image's order.
 
-Health: a replica that fails with `ServerUnavailableError` (after its own retries) is marked
-down for `down_for` seconds and its images go to the next replica in their order, where they are
+Health: a replica that fails with `ServerUnavailableError` (after its own retries), or answers
+another server error and then says it is not ready (a Triton shutting down answers "unknown
+model" while it unloads), is marked down for `down_for` seconds and its images go to the next replica in their order, where they are
 not cached: a decode there raises `ImageNotCachedError`, on which `TritonSamPredictor` encodes
 again, once. When `down_for` has passed the replica is tried again first; if it answers, it has
 rejoined (its images move back, encoded again there once if its cache was lost).
@@ -26,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from samrt import wire
-from samrt.errors import InputError, ServerUnavailableError
+from samrt.errors import InputError, InvalidRequestError, ServerError, ServerTimeoutError, ServerUnavailableError
 
 __all__ = ["split_urls", "Ring", "call", "acall", "routing_id", "merge_statistics"]
 
@@ -127,10 +128,22 @@ def _all_down(ring: Ring, errors: List[ServerUnavailableError]) -> ServerUnavail
                                   + "; ".join(str(e) for e in errors), "replicas")
 
 
+def _worth_a_probe(e: ServerError) -> bool:
+    """Errors after which the replica's readiness decides: a stopping Triton keeps its endpoints
+    open while it unloads models and answers NOT_FOUND (unknown model) or INTERNAL ("Server not
+    ready") meanwhile. Bad inputs and timeouts are the request's, not the replica's."""
+    return not isinstance(e, (ServerUnavailableError, InvalidRequestError, ServerTimeoutError))
+
+
+def _not_ready(url: str, e: ServerError) -> ServerUnavailableError:
+    return ServerUnavailableError(f"{url}: not ready (it answered: {e})", "not_ready")
+
+
 def call(ring: Ring, clients: Sequence[T], key: str, fn: Callable[[int, T], object]):
-    """fn(i, clients[i]) on `key`'s replica; on ServerUnavailableError that replica is marked
-    down and the next is tried. Other errors (ImageNotCachedError, InvalidRequestError, timeouts)
-    come from the replica that served the key, as they are."""
+    """fn(i, clients[i]) on `key`'s replica. On ServerUnavailableError, or on another server
+    error from a replica that then says it is not ready (`is_ready()`: a replica stopping), that
+    replica is marked down and the next is tried. Other errors (ImageNotCachedError from a ready
+    replica, InvalidRequestError, timeouts) come from the replica that served the key, as they are."""
     errors: List[ServerUnavailableError] = []
     for i in ring.candidates(key):
         try:
@@ -139,13 +152,19 @@ def call(ring: Ring, clients: Sequence[T], key: str, fn: Callable[[int, T], obje
             ring.mark_down(i)
             errors.append(e)
             continue
+        except ServerError as e:
+            if not _worth_a_probe(e) or clients[i].is_ready():
+                raise
+            ring.mark_down(i)
+            errors.append(_not_ready(ring.urls[i], e))
+            continue
         ring.mark_up(i)
         return result
     raise _all_down(ring, errors)
 
 
 async def acall(ring: Ring, clients: Sequence[T], key: str, fn):
-    """`call` for coroutines: `await fn(i, clients[i])`."""
+    """`call` for coroutines: `await fn(i, clients[i])`, `await clients[i].is_ready()`."""
     errors: List[ServerUnavailableError] = []
     for i in ring.candidates(key):
         try:
@@ -153,6 +172,12 @@ async def acall(ring: Ring, clients: Sequence[T], key: str, fn):
         except ServerUnavailableError as e:
             ring.mark_down(i)
             errors.append(e)
+            continue
+        except ServerError as e:
+            if not _worth_a_probe(e) or await clients[i].is_ready():
+                raise
+            ring.mark_down(i)
+            errors.append(_not_ready(ring.urls[i], e))
             continue
         ring.mark_up(i)
         return result
@@ -174,7 +199,7 @@ def merge_statistics(stats: Sequence[dict]) -> dict:
                 size = s["batch_size"]
                 by_size[size] = merge(by_size[size], s) if size in by_size else s
             return [by_size[k] for k in sorted(by_size)]
-        if key == "batch_size":
+        if key in ("batch_size", "version"):
             return a
         if key == "last_inference":
             return max(a, b)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from samrt import wire
-from samrt.client import ImageNotCachedError, ServerUnavailableError
+from samrt.client import ImageNotCachedError, InvalidRequestError, ServerError, ServerUnavailableError
 from samrt.client._routing import Ring, acall, call, merge_statistics, routing_id, split_urls
 from samrt.errors import InputError
 
@@ -60,8 +60,11 @@ def test_down_replica_is_skipped_then_tried_again():
 
 
 class FakeReplica:
-    def __init__(self, name, fail=None):
-        self.name, self.fail, self.calls = name, fail, 0
+    def __init__(self, name, fail=None, ready=True):
+        self.name, self.fail, self.calls, self.ready = name, fail, 0, ready
+
+    def is_ready(self):
+        return self.ready
 
     def answer(self):
         self.calls += 1
@@ -81,7 +84,15 @@ def test_call_fails_over_on_unavailable_only():
     assert call(ring, reps, key, lambda i, c: c.answer()) == URLS[second]
     assert reps[first].calls == 1  # marked down: not asked again
     reps[second].fail = ImageNotCachedError("unknown image", "StatusCode.NOT_FOUND")
-    with pytest.raises(ImageNotCachedError):  # the replica's answer, as it is
+    with pytest.raises(ImageNotCachedError):  # from a ready replica: its answer, as it is
+        call(ring, reps, key, lambda i, c: c.answer())
+    reps[second].fail = ServerError("Request for unknown model", "StatusCode.NOT_FOUND")
+    reps[second].ready = False  # a replica shutting down: down, like one that refuses
+    assert call(ring, reps, key, lambda i, c: c.answer()) == URLS[third]
+    assert set(ring.down()) == {URLS[first], URLS[second]}
+    reps[third].fail = InvalidRequestError("bad prompt", "StatusCode.INVALID_ARGUMENT")
+    reps[third].ready = False
+    with pytest.raises(InvalidRequestError):  # the request's fault: no probe, no failover
         call(ring, reps, key, lambda i, c: c.answer())
     for r in reps:
         r.fail = ServerUnavailableError("refused", "connection")
@@ -111,15 +122,15 @@ def test_routing_id_is_the_servers_id_for_pixels_and_bytes():
 
 
 def test_merge_statistics_sums_counts():
-    a = {"name": "m", "last_inference": 5, "inference_count": 3,
+    a = {"name": "m", "version": 1, "last_inference": 5, "inference_count": 3,
          "inference_stats": {"success": {"count": 3, "ns": 30}},
          "batch_stats": [{"batch_size": 1, "compute_infer": {"count": 3, "ns": 9}}]}
-    b = {"name": "m", "last_inference": 7, "inference_count": 2,
+    b = {"name": "m", "version": 1, "last_inference": 7, "inference_count": 2,
          "inference_stats": {"success": {"count": 2, "ns": 20}},
          "batch_stats": [{"batch_size": 1, "compute_infer": {"count": 1, "ns": 1}},
                          {"batch_size": 2, "compute_infer": {"count": 1, "ns": 4}}]}
     m = merge_statistics([a, b])
-    assert m["name"] == "m" and m["last_inference"] == 7 and m["inference_count"] == 5
+    assert m["name"] == "m" and m["version"] == 1 and m["last_inference"] == 7 and m["inference_count"] == 5
     assert m["inference_stats"]["success"] == {"count": 5, "ns": 50}
     assert m["batch_stats"] == [{"batch_size": 1, "compute_infer": {"count": 4, "ns": 10}},
                                 {"batch_size": 2, "compute_infer": {"count": 1, "ns": 4}}]
