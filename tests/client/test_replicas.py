@@ -81,7 +81,8 @@ def encoder_counts(servers):
 
 def run_clients(predictors, images, after=None, at=N_IMAGES // 3):
     """Every image once, through a pool of predictors (one thread each): set_image and a click.
-    `after()` runs once `at` images are done, while the others work on. Returns answers, errors."""
+    `after()` runs once `at` images are done, while the others work on. Returns answers, errors
+    and the wall time in seconds."""
     work = queue.Queue()
     for i in range(len(images)):
         work.put(i)
@@ -108,12 +109,13 @@ def run_clients(predictors, images, after=None, at=N_IMAGES // 3):
             if fire:
                 after()
 
+    t0 = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(p,)) for p in predictors]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return answers, errors
+    return answers, errors, time.perf_counter() - t0
 
 
 def same_answers(a, b):
@@ -142,7 +144,7 @@ def test_sdk_routes_each_image_to_one_replica_and_survives_a_stop(replicas, imag
                   for _ in range(N_CLIENTS)]
 
     # 1. all replicas up: each image encoded once, on the replica its id hashes to
-    first, errors = run_clients(predictors, images)
+    first, errors, t_first = run_clients(predictors, images)
     assert errors == [] and len(first) == N_IMAGES
     counts = encoder_counts(replicas)
     assert sum(counts.values()) == N_IMAGES
@@ -152,10 +154,10 @@ def test_sdk_routes_each_image_to_one_replica_and_survives_a_stop(replicas, imag
     # 2. the same work again; a third of the way in, the replica with the most images stops
     victim = max(range(3), key=owner.count)
     moved = [i for i in range(N_IMAGES) if owner[i] == victim]
-    second, errors = run_clients(predictors, images, after=replicas[victim].stop)
+    second, errors, t_second = run_clients(predictors, images, after=replicas[victim].stop)
     assert errors == [] and len(second) == N_IMAGES
     # 3. and once more, so that every image of the stopped replica has been asked for since it stopped
-    third, errors = run_clients(predictors, images)
+    third, errors, t_third = run_clients(predictors, images)
     assert errors == [] and len(third) == N_IMAGES
 
     after = encoder_counts(replicas)
@@ -166,6 +168,8 @@ def test_sdk_routes_each_image_to_one_replica_and_survives_a_stop(replicas, imag
     assert all(urls[victim] in p.client.ring.down() for p in predictors)
     same_answers(first, second)
     same_answers(first, third)
+    print(f"\n[sdk] encodes per replica {list(counts.values())}, {len(moved)} moved from the stopped one; "
+          f"wall s: all up {t_first:.1f}, stop mid-run {t_second:.1f}, after {t_third:.1f}")
 
     # the asyncio client routes the same way: cached images, no new encode
     async def encode_and_decode():
@@ -178,7 +182,7 @@ def test_sdk_routes_each_image_to_one_replica_and_survives_a_stop(replicas, imag
     encoded, outs = asyncio.run(encode_and_decode())
     assert [e.image_id for e in encoded] == ids[:5] and encoder_counts(replicas) == after
     for i, out in enumerate(outs):
-        np.testing.assert_array_equal(out["masks"], first[i][0])
+        np.testing.assert_array_equal(out["masks"][0], first[i][0])
 
     # every answer equals one server's answer for the same image and click
     same_answers(first, single_server_answers(urls[survivors[0]], images))
@@ -225,7 +229,8 @@ def test_nginx_routes_on_the_image_id_header(replicas, images, tmp_path):
     conf = prefix / "nginx.conf"
     conf.write_text(nginx_config([s.grpc_url for s in replicas], [s.http_url for s in replicas],
                                  f"127.0.0.1:{port}", f"127.0.0.1:{http_port}", prefix=str(prefix)))
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"],
+    # workers as root: they write request bodies under pytest's private (0700) tmp folder
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(prefix), "-g", "daemon off; user root;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         front = f"127.0.0.1:{port}"
@@ -233,7 +238,7 @@ def test_nginx_routes_on_the_image_id_header(replicas, images, tmp_path):
             probe.wait_until_ready(30)
         predictors = [TritonSamPredictor(SamClient(front, retries=2, backoff=0.2)) for _ in range(N_CLIENTS)]
 
-        first, errors = run_clients(predictors, images)
+        first, errors, t_first = run_clients(predictors, images)
         assert errors == [] and len(first) == N_IMAGES
         counts = encoder_counts(replicas)
         assert sum(counts.values()) == N_IMAGES and min(counts.values()) > 0
@@ -242,9 +247,9 @@ def test_nginx_routes_on_the_image_id_header(replicas, images, tmp_path):
         # Triton answer errors while it unloads, inside gRPC's trailers where NGINX cannot see them:
         # behind a balancer, drain a replica (take it out of the upstream) before stopping it.
         victim = max(range(3), key=lambda r: counts[replicas[r].grpc_url])
-        second, errors = run_clients(predictors, images, after=lambda: crash(replicas[victim]))
+        second, errors, t_second = run_clients(predictors, images, after=lambda: crash(replicas[victim]))
         assert errors == [] and len(second) == N_IMAGES
-        third, errors = run_clients(predictors, images)
+        third, errors, t_third = run_clients(predictors, images)
         assert errors == [] and len(third) == N_IMAGES
 
         after = encoder_counts(replicas)
@@ -252,6 +257,8 @@ def test_nginx_routes_on_the_image_id_header(replicas, images, tmp_path):
         assert grown == counts[replicas[victim].grpc_url]  # only the stopped replica's images, once
         same_answers(first, second)
         same_answers(first, third)
+        print(f"\n[nginx grpc] encodes per replica {list(counts.values())}, {grown} again after the crash; "
+              f"wall s: all up {t_first:.1f}, crash mid-run {t_second:.1f}, after {t_third:.1f}")
         for p in predictors:
             p.client.close()
 
