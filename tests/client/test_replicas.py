@@ -3,6 +3,7 @@ once across the replicas, answers equal a single server's, and a replica stopped
 only its own images one more encode. Routed by the SDK (`SamClient([...])`), then by NGINX on
 the `x-samrt-image-id` header (gRPC fully; HTTP: encode and decode meet)."""
 
+import asyncio
 import dataclasses
 import os
 import queue
@@ -23,6 +24,7 @@ from samrt.model_repository.render import RepoOptions, render_repository
 from samrt.spec import get_config
 
 from ..conftest import MAX_PIXELS, random_image
+from ..test_readme import _block
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -177,8 +179,6 @@ def test_sdk_routes_each_image_to_one_replica_and_survives_a_stop(replicas, imag
             encoded = [await c.encode(images[i]) for i in range(5)]
             return encoded, [await c.decode(e.image_id, *click(i)) for i, e in enumerate(encoded)]
 
-    import asyncio
-
     encoded, outs = asyncio.run(encode_and_decode())
     assert [e.image_id for e in encoded] == ids[:5] and encoder_counts(replicas) == after
     for i, out in enumerate(outs):
@@ -186,6 +186,17 @@ def test_sdk_routes_each_image_to_one_replica_and_survives_a_stop(replicas, imag
 
     # every answer equals one server's answer for the same image and click
     same_answers(first, single_server_answers(urls[survivors[0]], images))
+
+    # the README's example, on these replicas
+    code = _block("readme-example: replicas")
+    for k, url in enumerate(urls):
+        code = code.replace(f"host{k + 1}:8001", url)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["predictor"].image_size == 256 and scope["client"].ring.urls == urls
+    out = asyncio.run(scope["click"](images[0], *click(0)[0][0]))
+    np.testing.assert_array_equal(out["masks"][0], first[0][0])
+    scope["client"].close()
     for p in predictors:
         p.client.close()
 
