@@ -12,8 +12,10 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium chromium-driver) \
-		|| echo "could not install Debian's chromium: the browser test of samrt annotate will skip"
+	@# Debian packages the tests use: chromium (samrt annotate's browser test), nginx (the replica routing test)
+	@(test -x /usr/bin/chromium && command -v nginx >/dev/null) || (apt-get update -q && \
+		apt-get install -y -q chromium chromium-driver nginx) || echo "could not install chromium/nginx with apt: \
+		the browser test of samrt annotate and the NGINX routing test will skip, saying so"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH) "numpy<2"
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"

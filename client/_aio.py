@@ -1,17 +1,17 @@
 """AsyncSamClient: the asyncio twin of SamClient (same methods, as coroutines; no shared memory).
 
-Requests are packed by the same functions as SamClient's, and retried by the same policy
-(`client._transport.Retry`)."""
+Requests are packed by the same functions as SamClient's, retried by the same policy
+(`client._transport.Retry`), and routed across replicas by the same ring (`client._routing`)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from samrt import wire
-from samrt.errors import ServerError
+from samrt.errors import ServerError, ServerUnavailableError
 
 from ._client import (
     DEFAULT_OUTPUTS,
@@ -23,23 +23,36 @@ from ._client import (
     parse_encode,
     segment_inputs,
 )
+from ._routing import DOWN_FOR, Ring, acall, merge_statistics, routing_id, split_urls
 from ._transport import TRANSPORT_EXCEPTIONS, Retry
 
 __all__ = ["AsyncSamClient"]
 
 
 class AsyncSamClient:
-    def __init__(self, url: str = "localhost:8001", protocol: str = "grpc", timeout: float = 120.0,
-                 retries: int = 3, backoff: float = 0.5) -> None:
+    """`url`: one endpoint, or several replicas (a list or a comma-separated string), routed as
+    SamClient routes them."""
+
+    def __init__(self, url: Union[str, Sequence[str]] = "localhost:8001", protocol: str = "grpc",
+                 timeout: float = 120.0, retries: int = 3, backoff: float = 0.5, down_for: float = DOWN_FOR) -> None:
+        urls = split_urls(url)
         if protocol == "grpc":
             import tritonclient.grpc.aio as mod
         elif protocol == "http":
             import tritonclient.http.aio as mod
         else:
             raise ValueError(f"protocol: got {protocol!r}, expected 'grpc' or 'http'")
-        self._mod, self.url, self.protocol = mod, url, protocol
+        self._mod, self.url, self.protocol = mod, ",".join(urls), protocol
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self._client = mod.InferenceServerClient(url)
+        self.ring: Optional[Ring] = None
+        self.replicas: Sequence["AsyncSamClient"] = ()
+        self._aliases: Dict[str, str] = {}
+        if len(urls) > 1:
+            self.ring = Ring(urls, down_for)
+            self.replicas = [AsyncSamClient(u, protocol, timeout, retries, backoff) for u in urls]
+            self._client = None
+        else:
+            self._client = mod.InferenceServerClient(self.url)
 
     async def _call(self, make, idempotent: bool = True, not_found=None):
         retry = Retry(self.retries, self.backoff, f"{self.protocol}://{self.url}", idempotent, not_found or ServerError)
@@ -51,6 +64,10 @@ class AsyncSamClient:
 
     async def infer(self, model: str, inputs: Dict[str, Tuple[np.ndarray, str]], outputs: Sequence[str],
                     idempotent: bool = True, headers: Optional[Dict[str, str]] = None) -> Dict[str, np.ndarray]:
+        if self.ring is not None:
+            return await acall(self.ring, self.replicas, (headers or {}).get(wire.IMAGE_ID_HEADER, ""),
+                               lambda i, c: c.infer(model, inputs, outputs, idempotent, headers))
+
         def build():
             ins = []
             for k, (a, d) in inputs.items():
@@ -68,18 +85,37 @@ class AsyncSamClient:
         result = await self._call(send, idempotent, _not_found(model))
         return {o: result.as_numpy(o) for o in outputs}
 
+    async def is_ready(self) -> bool:
+        """Whether the server answers ready; several replicas: whether at least one does."""
+        if self.ring is not None:
+            return any(await asyncio.gather(*[c.is_ready() for c in self.replicas]))
+        try:
+            return bool(await self._client.is_server_ready())
+        except Exception:
+            return False
+
     async def encode(self, image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None) -> EncodeResult:
-        return parse_encode(await self.infer("sam_encode", encode_inputs(image, image_bytes), ["image_id", "original_size"]))
+        inputs = encode_inputs(image, image_bytes)
+        key = routing_id(image, image_bytes)
+        result = parse_encode(await self.infer("sam_encode", inputs, ["image_id", "original_size"],
+                                               headers={wire.IMAGE_ID_HEADER: key} if key else None))
+        if key and result.image_id != key:  # the server decoded the bytes otherwise: keep them together
+            self._aliases[result.image_id] = key
+        return result
 
     async def decode(self, image_id: str, point_coords, point_labels, mask_input=None, multimask_output: bool = True,
                      outputs: Sequence[str] = DEFAULT_OUTPUTS) -> Dict[str, np.ndarray]:
         inputs = decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs)
+        if self.ring is not None:  # routed by the id it was encoded under
+            return await acall(self.ring, self.replicas, self._aliases.get(image_id, image_id),
+                               lambda i, c: c.infer("sam_decode", inputs, list(outputs),
+                                                    headers={wire.IMAGE_ID_HEADER: image_id}))
         return await self.infer("sam_decode", inputs, list(outputs), headers={wire.IMAGE_ID_HEADER: image_id})
 
     async def segment(self, image, point_coords, point_labels, multimask_output: bool = True,
                       outputs: Sequence[str] = DEFAULT_OUTPUTS) -> Dict[str, np.ndarray]:
         return await self.infer("sam_segment", segment_inputs(image, point_coords, point_labels, multimask_output),
-                                list(outputs))
+                                list(outputs), headers={wire.IMAGE_ID_HEADER: routing_id(image)})
 
     async def amg(self, image: np.ndarray, options: dict) -> list:
         """Automatic masks on the server (`sam_amg`): records with COCO RLE; never retried."""
@@ -87,18 +123,37 @@ class AsyncSamClient:
 
         out = await self.infer("sam_amg", {"image": wire.SAM_AMG.input("image").pack(image),
                                            "options": wire.SAM_AMG.input("options").pack([json.dumps(options).encode()])},
-                               ["records"], idempotent=False)
+                               ["records"], idempotent=False, headers={wire.IMAGE_ID_HEADER: routing_id(image)})
         return json.loads(out["records"].reshape(-1)[0])
 
     async def statistics(self, model: str) -> dict:
+        """As SamClient.statistics: several replicas summed over those that answer."""
+        if self.ring is not None:
+            return merge_statistics([s for s in (await self.replica_statistics(model)).values() if s is not None])
         if self.protocol == "grpc":
             stats = await self._call(lambda: self._client.get_inference_statistics(model, as_json=True))
         else:
             stats = await self._call(lambda: self._client.get_inference_statistics(model))
         return _ints(stats["model_stats"][0])
 
+    async def replica_statistics(self, model: str) -> Dict[str, Optional[dict]]:
+        """{replica url: Triton's statistics of `model`, or None when it does not answer}."""
+        if self.ring is None:
+            return {self.url: await self.statistics(model)}
+
+        async def one(c):
+            try:
+                return await c.statistics(model)
+            except ServerUnavailableError:
+                return None
+
+        return dict(zip(self.ring.urls, await asyncio.gather(*[one(c) for c in self.replicas])))
+
     async def close(self) -> None:
-        await self._client.close()
+        for c in self.replicas:
+            await c.close()
+        if self._client is not None:
+            await self._client.close()
 
     async def __aenter__(self):
         return self

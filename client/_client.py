@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from samrt import wire
 from samrt.errors import (ImageNotCachedError, InputError, InvalidRequestError, ServerError, ServerTimeoutError,
                           ServerUnavailableError)
 
+from ._routing import DOWN_FOR, Ring, call, merge_statistics, routing_id, split_urls
 from ._transport import TRANSPORT_EXCEPTIONS, Retry
 
 __all__ = [
@@ -95,24 +96,39 @@ def check_prompts(point_coords, point_labels, mask_input, multimask_output) -> D
 
 
 class SamClient:
-    """Blocking client. `url` is host:port of the gRPC (default 8001) or HTTP (8000) endpoint."""
+    """Blocking client. `url` is host:port of the gRPC (default 8001) or HTTP (8000) endpoint, or
+    several replicas (a list, or one comma-separated string): then each image goes to one replica
+    by a consistent hash of its image_id, and a replica that stops answering is left out for
+    `down_for` seconds (`client._routing`)."""
 
     def __init__(
         self,
-        url: str = "localhost:8001",
+        url: Union[str, Sequence[str]] = "localhost:8001",
         protocol: str = "grpc",
         timeout: float = 120.0,
         retries: int = 3,
         backoff: float = 0.5,
         shared_memory: bool = False,
+        down_for: float = DOWN_FOR,
     ) -> None:
-        """`shared_memory`: pass numeric tensors through system shared memory (server on this host)."""
-        self.url, self.protocol = url, protocol
+        """`shared_memory`: pass numeric tensors through system shared memory (server on this host).
+        `retries` and `backoff` apply per replica, before it is marked down."""
+        urls = split_urls(url)
+        self.url, self.protocol = ",".join(urls), protocol
         self.shared_memory = shared_memory
         self._shm = None  # (handle, name, size) of this client's region
         self._sizes: Dict[str, Tuple[int, int]] = {}  # image_id -> original size, for output buffers
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self._mod = _protocol_module(protocol)
+        # Several replicas: one single-URL client each, routed by image_id (client._routing).
+        self.ring: Optional[Ring] = None
+        self.replicas: Sequence["SamClient"] = ()
+        self._aliases: Dict[str, str] = {}  # server's image_id -> the id it was routed by, when they differ
+        if len(urls) > 1:
+            self.ring = Ring(urls, down_for)
+            self.replicas = [SamClient(u, protocol, timeout, retries, backoff, shared_memory) for u in urls]
+            self._client = None
+            return
         if protocol == "http":
             self._client = self._mod.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
         else:
@@ -144,7 +160,12 @@ class SamClient:
     ) -> Dict[str, np.ndarray]:
         """One request: {name: (array, triton dtype)} in, {name: array} out. With shared memory,
         numeric inputs and the outputs listed in `output_specs` (dtype, shape) go through it.
-        `idempotent` False: never retried (an expensive job the server may still be computing)."""
+        `idempotent` False: never retried (an expensive job the server may still be computing).
+        Several replicas: routed by the `x-samrt-image-id` header in `headers` (none: any replica)."""
+        if self.ring is not None:
+            key = (headers or {}).get(wire.IMAGE_ID_HEADER, "")
+            return call(self.ring, self.replicas, key,
+                        lambda i, c: c.infer(model, inputs, outputs, output_specs, idempotent, headers))
         use_shm = self.shared_memory
         placed: Dict[str, Tuple[int, int]] = {}
         if use_shm:
@@ -224,6 +245,9 @@ class SamClient:
         shm.destroy_shared_memory_region(handle)
 
     def is_ready(self) -> bool:
+        """Whether the server answers; several replicas: whether at least one does."""
+        if self.ring is not None:
+            return any(c.is_ready() for c in self.replicas)
         try:
             return bool(self._client.is_server_ready())
         except Exception:
@@ -238,16 +262,34 @@ class SamClient:
         raise ServerUnavailableError(f"{self.protocol}://{self.url}: not ready after {timeout:.0f} s")
 
     def statistics(self, model: str) -> dict:
-        """Triton's statistics of `model` as a dict, counters as ints for both protocols."""
+        """Triton's statistics of `model` as a dict, counters as ints for both protocols. Several
+        replicas: summed over those that answer (`replica_statistics` gives each one's)."""
+        if self.ring is not None:
+            return merge_statistics([s for s in self.replica_statistics(model).values() if s is not None])
         if self.protocol == "grpc":
             stats = self._call(self._client.get_inference_statistics, model, as_json=True)
         else:
             stats = self._call(self._client.get_inference_statistics, model)
         return _ints(stats["model_stats"][0])
 
+    def replica_statistics(self, model: str) -> Dict[str, Optional[dict]]:
+        """{replica url: Triton's statistics of `model`, or None when it does not answer}."""
+        if self.ring is None:
+            return {self.url: self.statistics(model)}
+        out: Dict[str, Optional[dict]] = {}
+        for url, c in zip(self.ring.urls, self.replicas):
+            try:
+                out[url] = c.statistics(model)
+            except ServerUnavailableError:
+                out[url] = None
+        return out
+
     def model_info(self) -> dict:
         """What the served model expects (image_size, low_res_size, max_prompts) and, when the encoder
-        is an optimized engine, its accuracy report against fp32 (encoder_engine)."""
+        is an optimized engine, its accuracy report against fp32 (encoder_engine). Several
+        replicas (which serve the same model): the first that answers."""
+        if self.ring is not None:
+            return call(self.ring, self.replicas, "", lambda i, c: c.model_info())
         if getattr(self, "_info", None) is None:
             if self.protocol == "grpc":
                 cfg = self._call(self._client.get_model_config, "sam_decode", as_json=True)["config"]
@@ -268,6 +310,10 @@ class SamClient:
         return self._info
 
     def close(self) -> None:
+        for c in self.replicas:
+            c.close()
+        if self._client is None:
+            return
         self._release_region()
         self._client.close()
 
@@ -279,8 +325,21 @@ class SamClient:
 
     # -- the wire API ----------------------------------------------------------------------
     def encode(self, image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None) -> EncodeResult:
-        """Embed an image on the server (cached by pixel hash); returns its id and size."""
-        result = parse_encode(self.infer("sam_encode", encode_inputs(image, image_bytes), ["image_id", "original_size"]))
+        """Embed an image on the server (cached by pixel hash); returns its id and size. The id
+        is computed here too (`samrt.wire.image_id_of`), sent as the `x-samrt-image-id` header,
+        and with several replicas picks the replica."""
+        inputs = encode_inputs(image, image_bytes)
+        key = routing_id(image, image_bytes)
+        if self.ring is None:
+            return self._encode(inputs, key)
+        result = call(self.ring, self.replicas, key or "", lambda i, c: c._encode(inputs, key))
+        if key and result.image_id != key:  # the server decoded the bytes otherwise: keep them together
+            self._aliases[result.image_id] = key
+        return result
+
+    def _encode(self, inputs, key: Optional[str]) -> EncodeResult:
+        headers = {wire.IMAGE_ID_HEADER: key} if key else None
+        result = parse_encode(self.infer("sam_encode", inputs, ["image_id", "original_size"], headers=headers))
         self._sizes[result.image_id] = result.original_size
         return result
 
@@ -294,7 +353,13 @@ class SamClient:
         outputs: Sequence[str] = DEFAULT_OUTPUTS,
     ) -> Dict[str, np.ndarray]:
         """P prompts for one encoded image. Coordinates in original-image pixels; labels 1 fg,
-        0 bg, 2/3 box corners, -1 padding. Returns arrays with the prompt as leading dim."""
+        0 bg, 2/3 box corners, -1 padding. Returns arrays with the prompt as leading dim.
+        Several replicas: goes to the image's replica; if that one is down, to the next, which
+        answers ImageNotCachedError (encode again there; TritonSamPredictor does)."""
+        if self.ring is not None:
+            return call(self.ring, self.replicas, self._aliases.get(image_id, image_id),
+                        lambda i, c: c.decode(image_id, point_coords, point_labels, mask_input, multimask_output,
+                                              outputs))
         inputs = decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs)
         specs = None
         if self.shared_memory and image_id in self._sizes:
@@ -313,7 +378,8 @@ class SamClient:
         outputs: Sequence[str] = DEFAULT_OUTPUTS,
     ) -> Dict[str, np.ndarray]:
         """One shot (sam_segment): image plus one prompt -> masks [C,H,W], scores [C], logits."""
-        return self.infer("sam_segment", segment_inputs(image, point_coords, point_labels, multimask_output), list(outputs))
+        inputs = segment_inputs(image, point_coords, point_labels, multimask_output)
+        return self.infer("sam_segment", inputs, list(outputs), headers={wire.IMAGE_ID_HEADER: routing_id(image)})
 
 
 def encode_inputs(image: Optional[np.ndarray], image_bytes: Optional[bytes]) -> Dict[str, Tuple[np.ndarray, str]]:

@@ -74,6 +74,7 @@ class TritonSamAutomaticMaskGenerator:
             {"image": model.input("image").pack(image), "options": model.input("options").pack([options])},
             ["records"],
             idempotent=False,  # an expensive job: a retry would compute it again beside the abandoned one
+            headers={wire.IMAGE_ID_HEADER: wire.image_id_of(image)},  # routing (several replicas, a balancer)
         )
         records = json.loads(out["records"].reshape(-1)[0])
         if self.output_mode != "coco_rle":

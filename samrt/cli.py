@@ -187,7 +187,9 @@ def cmd_serve(args) -> int:
 
 
 def _client_args(p) -> None:
-    p.add_argument("--url", default="localhost:8001", help="server endpoint (gRPC 8001 or HTTP 8000)")
+    p.add_argument("--url", default="localhost:8001",
+                   help="server endpoint (gRPC 8001 or HTTP 8000), or several replicas comma-separated "
+                        "(host1:8001,host2:8001): each image goes to one by a consistent hash of its id")
     p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
     p.add_argument("--timeout", type=float, default=300.0)
 

@@ -1,0 +1,213 @@
+"""Routing across replicas: which samrt server holds an image, decided by the client alone.
+
+Each image goes to one replica, chosen by rendezvous hashing (highest random weight) of its
+`image_id` (`samrt.wire.image_id_of`, a hash of the pixels the client computes itself): the
+replica whose `blake2b(url + "|" + image_id)` is highest. Encode and decode of an image therefore
+reach the same replica, and its embedding cache, without asking anyone; every client that names
+the same replica URLs (in any order) makes the same choice; and when a replica leaves, only its
+own images move, each to its next replica in that image's order.
+
+Health: a replica that fails with `ServerUnavailableError` (after its own retries), or answers
+another server error and then says it is not ready (a Triton shutting down answers "unknown
+model" while it unloads), is marked down for `down_for` seconds and its images go to the next replica in their order, where they are
+not cached: a decode there raises `ImageNotCachedError`, on which `TritonSamPredictor` encodes
+again, once. When `down_for` has passed the replica is tried again first; if it answers, it has
+rejoined (its images move back, encoded again there once if its cache was lost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence, TypeVar, Union
+
+import numpy as np
+from PIL import Image
+
+from samrt import wire
+from samrt.errors import InputError, InvalidRequestError, ServerError, ServerTimeoutError, ServerUnavailableError
+
+__all__ = ["split_urls", "Ring", "call", "acall", "routing_id", "merge_statistics"]
+
+T = TypeVar("T")
+DOWN_FOR = 30.0
+
+
+def split_urls(url: Union[str, Sequence[str]]) -> List[str]:
+    """`"h1:8001,h2:8001"` or `["h1:8001", "h2:8001"]` -> the list of replica URLs (stripped)."""
+    parts = url.split(",") if isinstance(url, str) else list(url)
+    urls = [str(u).strip() for u in parts if str(u).strip()]
+    if not urls:
+        raise InputError(f"url: got {url!r}, expected host:port or a comma-separated list of them")
+    if len(set(urls)) != len(urls):
+        raise InputError(f"url: got {urls}, expected each replica once")
+    return urls
+
+
+def _decoded_pixels(image_bytes: bytes) -> np.ndarray:
+    """Encoded image -> HxWx3 uint8 RGB, decoded as the server decodes it (Pillow, convert("RGB")).
+    The one place the client decodes image bytes (to compute their id): rewire to
+    `samrt.imageio.decode_image_bytes` when that module lands."""
+    with Image.open(io.BytesIO(image_bytes)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def routing_id(image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None) -> Optional[str]:
+    """The id the server will give this image (`samrt.wire.image_id_of` of its decoded pixels),
+    or None for bytes that do not decode here (then the server answers why). Costs a SHA-256 of
+    the pixels and, for bytes, a decode."""
+    if image is not None:
+        return wire.image_id_of(np.asarray(image))
+    try:
+        return wire.image_id_of(_decoded_pixels(bytes(image_bytes)))
+    except Exception:  # noqa: BLE001 - any failure to decode: the server reports it with its code
+        return None
+
+
+def _weight(url: str, key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{url}|{key}".encode(), digest_size=8).digest(), "big")
+
+
+class Ring:
+    """Replica URLs, their health, and each key's order of preference (rendezvous hashing).
+
+    Thread-safe: one client may be shared by threads. `clock` is for tests."""
+
+    def __init__(self, urls: Sequence[str], down_for: float = DOWN_FOR,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if down_for < 0:
+            raise InputError(f"down_for: got {down_for}, expected seconds >= 0")
+        self.urls = list(urls)
+        self.down_for = down_for
+        self._clock = clock
+        self._down_until: Dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def order(self, key: str) -> List[int]:
+        """Every replica's index, the preferred first for `key` (health ignored)."""
+        return sorted(range(len(self.urls)), key=lambda i: _weight(self.urls[i], key), reverse=True)
+
+    def is_down(self, i: int) -> bool:
+        with self._lock:
+            until = self._down_until.get(i)
+            if until is not None and self._clock() >= until:
+                del self._down_until[i]  # its time out is over: tried again
+                until = None
+            return until is not None
+
+    def candidates(self, key: str) -> List[int]:
+        """Replicas to try for `key`, in order: the healthy ones in the key's order, then the
+        ones marked down (soonest back first), as a last resort."""
+        order = self.order(key)
+        up = [i for i in order if not self.is_down(i)]
+        with self._lock:
+            down = sorted((i for i in order if i not in up), key=lambda i: self._down_until.get(i, 0.0))
+        return up + down
+
+    def pick(self, key: str) -> int:
+        """The replica that serves `key` now."""
+        return self.candidates(key)[0]
+
+    def mark_down(self, i: int) -> None:
+        with self._lock:
+            self._down_until[i] = self._clock() + self.down_for
+
+    def mark_up(self, i: int) -> None:
+        with self._lock:
+            self._down_until.pop(i, None)
+
+    def down(self) -> List[str]:
+        """URLs of the replicas marked down now."""
+        return [u for i, u in enumerate(self.urls) if self.is_down(i)]
+
+
+def _all_down(ring: Ring, errors: List[ServerUnavailableError]) -> ServerUnavailableError:
+    return ServerUnavailableError(f"all {len(ring.urls)} replicas unavailable: "
+                                  + "; ".join(str(e) for e in errors), "replicas")
+
+
+def _worth_a_probe(e: ServerError) -> bool:
+    """Errors after which the replica's readiness decides: a stopping Triton keeps its endpoints
+    open while it unloads models and answers NOT_FOUND (unknown model) or INTERNAL ("Server not
+    ready") meanwhile. Bad inputs and timeouts are the request's, not the replica's."""
+    return not isinstance(e, (ServerUnavailableError, InvalidRequestError, ServerTimeoutError))
+
+
+def _not_ready(url: str, e: ServerError) -> ServerUnavailableError:
+    return ServerUnavailableError(f"{url}: not ready (it answered: {e})", "not_ready")
+
+
+def call(ring: Ring, clients: Sequence[T], key: str, fn: Callable[[int, T], object]):
+    """fn(i, clients[i]) on `key`'s replica. On ServerUnavailableError, or on another server
+    error from a replica that then says it is not ready (`is_ready()`: a replica stopping), that
+    replica is marked down and the next is tried. Other errors (ImageNotCachedError from a ready
+    replica, InvalidRequestError, timeouts) come from the replica that served the key, as they are."""
+    errors: List[ServerUnavailableError] = []
+    for i in ring.candidates(key):
+        try:
+            result = fn(i, clients[i])
+        except ServerUnavailableError as e:
+            ring.mark_down(i)
+            errors.append(e)
+            continue
+        except ServerError as e:
+            if not _worth_a_probe(e) or clients[i].is_ready():
+                raise
+            ring.mark_down(i)
+            errors.append(_not_ready(ring.urls[i], e))
+            continue
+        ring.mark_up(i)
+        return result
+    raise _all_down(ring, errors)
+
+
+async def acall(ring: Ring, clients: Sequence[T], key: str, fn):
+    """`call` for coroutines: `await fn(i, clients[i])`, `await clients[i].is_ready()`."""
+    errors: List[ServerUnavailableError] = []
+    for i in ring.candidates(key):
+        try:
+            result = await fn(i, clients[i])
+        except ServerUnavailableError as e:
+            ring.mark_down(i)
+            errors.append(e)
+            continue
+        except ServerError as e:
+            if not _worth_a_probe(e) or await clients[i].is_ready():
+                raise
+            ring.mark_down(i)
+            errors.append(_not_ready(ring.urls[i], e))
+            continue
+        ring.mark_up(i)
+        return result
+    raise _all_down(ring, errors)
+
+
+def merge_statistics(stats: Sequence[dict]) -> dict:
+    """Several replicas' Triton statistics of one model as one: counts and nanoseconds summed,
+    `last_inference` the latest, `batch_stats` merged by batch size."""
+    if not stats:
+        raise ServerUnavailableError("statistics: no replica answered", "replicas")
+
+    def merge(a, b, key=""):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return {k: merge(a[k], b[k], k) if k in a and k in b else a.get(k, b.get(k)) for k in {**a, **b}}
+        if key == "batch_stats" and isinstance(a, list):
+            by_size = {s["batch_size"]: s for s in a}
+            for s in b:
+                size = s["batch_size"]
+                by_size[size] = merge(by_size[size], s) if size in by_size else s
+            return [by_size[k] for k in sorted(by_size)]
+        if key in ("batch_size", "version"):
+            return a
+        if key == "last_inference":
+            return max(a, b)
+        if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool):
+            return a + b
+        return a
+
+    out = stats[0]
+    for s in stats[1:]:
+        out = merge(out, s)
+    return out
