@@ -18,15 +18,14 @@ rejoined (its images move back, encoded again there once if its cache was lost).
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 import numpy as np
-from PIL import Image
 
 from samrt import wire
+from samrt.imageio import decode_image_bytes
 from samrt.errors import InputError, InvalidRequestError, ServerError, ServerTimeoutError, ServerUnavailableError
 
 __all__ = ["split_urls", "Ring", "call", "acall", "routing_id", "merge_statistics"]
@@ -47,11 +46,9 @@ def split_urls(url: Union[str, Sequence[str]]) -> List[str]:
 
 
 def _decoded_pixels(image_bytes: bytes) -> np.ndarray:
-    """Encoded image -> HxWx3 uint8 RGB, decoded as the server decodes it (Pillow, convert("RGB")).
-    The one place the client decodes image bytes (to compute their id): rewire to
-    `samrt.imageio.decode_image_bytes` when that module lands."""
-    with Image.open(io.BytesIO(image_bytes)) as im:
-        return np.asarray(im.convert("RGB"))
+    """Encoded image -> HxWx3 uint8 RGB, decoded exactly as the server decodes it (samrt.imageio:
+    EXIF orientation, the same mode conversions), so the id the client computes is the server's."""
+    return decode_image_bytes(image_bytes)
 
 
 def routing_id(image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None) -> Optional[str]:
