@@ -27,8 +27,11 @@ from .runner import OnnxRuntimeRunner, Runner
 __all__ = ["EngineAccuracyError", "accuracy_against_fp32", "build_engine", "engine_path", "DEFAULT_MIN_MEAN_IOU"]
 
 DEFAULT_MIN_MEAN_IOU = 0.98
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "tensorrt", "openvino")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# Which precisions each backend builds (bf16 is OpenVINO-only; OpenVINO has no fp16 on CPUs).
+BACKEND_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8"),
+                      "openvino": ("fp32", "bf16", "int8")}
 
 
 class EngineAccuracyError(SamrtError):
@@ -36,10 +39,12 @@ class EngineAccuracyError(SamrtError):
 
 
 def engine_path(onnx_path: str, out_dir: str, backend: str, precision: str) -> str:
-    """vit_b.encoder.onnx -> out/vit_b.encoder.int8.onnx (onnxruntime) or out/vit_b.encoder.fp16.plan."""
+    """vit_b.encoder.onnx -> out/vit_b.encoder.int8.onnx (onnxruntime), out/vit_b.encoder.fp16.plan
+    (tensorrt) or out/vit_b.encoder.bf16.xml (openvino, with its .bin)."""
     stem = os.path.basename(onnx_path)[: -len(".onnx")]
     tag = "opt" if precision == "fp32" and backend == "onnxruntime" else precision
-    return os.path.join(out_dir, f"{stem}.{tag}.{'plan' if backend == 'tensorrt' else 'onnx'}")
+    ext = {"tensorrt": "plan", "openvino": "xml"}.get(backend, "onnx")
+    return os.path.join(out_dir, f"{stem}.{tag}.{ext}")
 
 
 def _sha256(path: str) -> str:
@@ -120,6 +125,12 @@ def build_engine(
         raise SamrtError(f"--backend: got {backend!r}, expected one of {BACKENDS}")
     if precision not in PRECISIONS:
         raise SamrtError(f"--precision: got {precision!r}, expected one of {PRECISIONS}")
+    if precision not in BACKEND_PRECISIONS[backend]:
+        raise SamrtError(f"--precision {precision} with --backend {backend}: expected one of "
+                         f"{BACKEND_PRECISIONS[backend]} for {backend}"
+                         + (" (bf16 is built by --backend openvino)" if precision == "bf16" else ""))
+    if backend == "openvino" and device != "cpu":
+        raise SamrtError(f"--device {device} with --backend openvino: samrt runs OpenVINO on the CPU only")
     is_decoder = onnx_path.endswith(".decoder.onnx")
     if not (onnx_path.endswith(".encoder.onnx") or is_decoder) or not os.path.isfile(onnx_path):
         raise SamrtError(f"--onnx: got {onnx_path!r}, expected an existing *.encoder.onnx or *.decoder.onnx "
@@ -133,13 +144,16 @@ def build_engine(
     image_size = int(reference.input_shapes["image"][-1])
     held_out = eval_scenes(eval_images)
     calibration = list(calibration_images) if calibration_images is not None else None
-    if precision == "int8" and is_decoder:
+    if precision == "int8" and is_decoder and backend != "openvino":
         raise SamrtError("--precision int8: the decoder stays in float (fp32 or fp16); quantise the encoder")
     if precision == "int8" and not calibration:
         from samrt.scenes import scene_for_index
 
         # Calibration scenes come from a stream disjoint from training and from the held-out set.
-        calibration = [scene_for_index(i, stream=7).image for i in range(8)]
+        count = 8
+        if backend == "openvino":
+            from .openvino_engine import INT8_CALIBRATION_IMAGES as count
+        calibration = [scene_for_index(i, stream=7).image for i in range(count)]
     t0 = time.perf_counter()
     details: Dict[str, object] = {}
     from . import onnxruntime_engines as ortx
@@ -154,6 +168,11 @@ def build_engine(
             ortx.int8_onnx_from_onnx(onnx_path, out, calibration, image_size)
             details["calibration_images"] = len(calibration)
         engine = OnnxRuntimeRunner(out, device)
+    elif backend == "openvino":
+        from .openvino_engine import build_openvino_engine
+
+        engine, ov_details = build_openvino_engine(onnx_path, out, precision, calibration, image_size)
+        details.update(ov_details)
     else:
         from samrt.spec import SamConfig, decoder_spec, encoder_spec
 
@@ -209,7 +228,8 @@ def build_engine(
         "graph": "decoder" if is_decoder else "encoder",
         "input_shapes": {k: list(v) for k, v in (ref_decoder if is_decoder else reference).input_shapes.items()},
         "versions": {"onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-                     "machine": platform.machine(), "processor": platform.processor()},
+                     "machine": platform.machine(), "processor": platform.processor(),
+                     **({"openvino": details.get("openvino")} if backend == "openvino" else {})},
         "build_s": round(build_s, 2),
         "details": details,
         "speed": speed,
