@@ -176,6 +176,8 @@ class OpenVINORunner(Runner):
         self.ir_precision = _ir_precision(model)
         precision = precision or self.ir_precision or "fp32"
         float_precision = float_precision_for(precision)
+        if float_precision == "bf16" and bf16_support()["mode"] == "unavailable":
+            float_precision = "fp32"  # nothing to ask for: the plugin has no bf16 on this CPU (logged below)
         self.precision = precision
         self.config = {
             hints.inference_precision: ov.Type.bf16 if float_precision == "bf16" else ov.Type.f32,
@@ -188,7 +190,7 @@ class OpenVINORunner(Runner):
         self.compiled = _core().compile_model(model, "CPU", self.config)
         # What the plugin actually runs (a bf16 hint becomes f32 where BF16 is unavailable).
         self.inference_precision = self.compiled.get_property(hints.inference_precision()).get_type_name()
-        if float_precision == "bf16" and self.inference_precision != "bf16":
+        if precision == "bf16" and self.inference_precision != "bf16":
             log.warning("%s: bf16 asked, OpenVINO runs %s on this CPU", os.path.basename(path),
                         self.inference_precision)
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
@@ -280,6 +282,7 @@ def int8_ir_from_onnx(src: str, dst_xml: str, calibration_images: Sequence[np.nd
     if not calibration_images:
         raise ValueError("calibration_images: got none, expected at least one image")
     samples = [{input_name: P.preprocess_image(im, image_size)[0]} for im in calibration_images]
+    nncf.set_log_level(logging.WARNING)  # its INFO lines list every node it leaves unquantised
     model = _ov().convert_model(src)
     kept = int8_float_nodes(model, float_weights, attention_products_float)
     quantized = nncf.quantize(
