@@ -44,7 +44,8 @@ def machine_info() -> Dict[str, object]:
     versions = {}
     # Installed distributions (tritonclient has no __version__; nvidia-pytriton carries the server).
     for key, dists in (("numpy", ("numpy",)), ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
-                       ("torch", ("torch",)), ("tritonclient", ("tritonclient",)), ("nvidia_pytriton", ("nvidia-pytriton",))):
+                       ("torch", ("torch",)), ("tritonclient", ("tritonclient",)), ("nvidia_pytriton", ("nvidia-pytriton",)),
+                       ("openvino", ("openvino",))):
         versions[key] = None
         for dist in dists:
             try:

@@ -17,7 +17,7 @@ def plot_all(rows: List[dict], out_dir: str) -> List[str]:
     written = []
     enc = [r for r in rows if r.get("bench") == "engines" and r.get("stage") == "encoder" and "p50_ms" in r]
     if enc:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(enc)), 3.5))
         labels = [f"{r['backend']}\n{r['precision']}" for r in enc]
         ax.bar(labels, [r["p50_ms"] for r in enc], color="#4C72B0")
         ax.set_ylabel("encoder p50 (ms)")
@@ -30,9 +30,10 @@ def plot_all(rows: List[dict], out_dir: str) -> List[str]:
     dec = [r for r in rows if r.get("bench") == "engines" and r.get("stage") == "decoder"]
     if dec:
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for (backend, n) in sorted({(r["backend"], r["num_points"]) for r in dec}):
-            pts = sorted((r["num_prompts"], r["p50_ms"]) for r in dec if r["backend"] == backend and r["num_points"] == n)
-            ax.plot(*zip(*pts), marker="o", label=f"{backend}, {n} point(s)")
+        for (backend, prec, n) in sorted({(r["backend"], r["precision"], r["num_points"]) for r in dec if "p50_ms" in r}):
+            pts = sorted((r["num_prompts"], r["p50_ms"]) for r in dec if "p50_ms" in r and r["backend"] == backend
+                         and r["precision"] == prec and r["num_points"] == n)
+            ax.plot(*zip(*pts), marker="o", label=f"{backend} {prec}, {n} point(s)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("prompts per decoder call (P)")

@@ -27,14 +27,25 @@ def engines_table(rows: List[dict]) -> str:
         acc = (r.get("accuracy_vs_fp32") or {}).get("mean_mask_iou")
         out.append(f"| {r['backend']} | {r['precision']} | {r['p50_ms']:.0f} | {r['p90_ms']:.0f} | "
                    f"{ref / r['p50_ms']:.2f}× | {'' if acc is None else f'{acc:.4f}'} |")
-    dec = [r for r in rows if r.get("stage") == "decoder" and r.get("num_points") == 1]
+    dec = [r for r in rows if r.get("stage") == "decoder" and r.get("num_points") == 1 and "p50_ms" in r]
     if dec:
+        ov = sorted({r["precision"] for r in dec if r["backend"] == "openvino"}, key=("fp32", "bf16").index)
         out += ["", "Decoder, P prompts of one click on one embedding:", "",
-                "| P | ONNX Runtime p50 ms | ms per prompt | PyTorch eager p50 ms |", "| --- | --- | --- | --- |"]
+                "| P | ONNX Runtime p50 ms | ms per prompt | PyTorch eager p50 ms |"
+                + "".join(f" OpenVINO {p} p50 ms | ms per prompt |" for p in ov),
+                "| --- | --- | --- | --- |" + " --- | --- |" * len(ov)]
         for p in sorted({r["num_prompts"] for r in dec}):
             o = next(r for r in dec if r["num_prompts"] == p and r["backend"] == "onnxruntime")
             t = next(r for r in dec if r["num_prompts"] == p and r["backend"] == "pytorch-eager")
-            out.append(f"| {p} | {o['p50_ms']:.1f} | {o['ms_per_prompt']:.1f} | {t['p50_ms']:.1f} |")
+            cells = [next(r for r in dec if r["num_prompts"] == p and r["backend"] == "openvino" and r["precision"] == q)
+                     for q in ov]
+            out.append(f"| {p} | {o['p50_ms']:.1f} | {o['ms_per_prompt']:.1f} | {t['p50_ms']:.1f} |"
+                       + "".join(f" {c['p50_ms']:.1f} | {c['ms_per_prompt']:.1f} |" for c in cells))
+        for q in ov:
+            acc = next(r for r in dec if r["backend"] == "openvino" and r["precision"] == q).get("accuracy_vs_fp32")
+            if acc:
+                out.append(f"\nOpenVINO {q} decoder against fp32 (gate): mean mask IoU {acc['mean_mask_iou']:.4f}, "
+                           f"worst {acc['worst_mask_iou']:.4f}, max score difference {acc['max_score_diff']:.4f}.")
     return "\n".join(out)
 
 

@@ -28,8 +28,11 @@ from .runner import OnnxRuntimeRunner, Runner, run_decoder
 __all__ = ["EngineAccuracyError", "accuracy_against_fp32", "build_engine", "DEFAULT_MIN_MEAN_IOU", "BACKENDS", "PRECISIONS"]
 
 DEFAULT_MIN_MEAN_IOU = 0.98
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "tensorrt", "openvino")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# Which precisions each backend builds (bf16 is OpenVINO-only; OpenVINO has no fp16 on CPUs).
+BACKEND_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8"),
+                      "openvino": ("fp32", "bf16", "int8")}
 
 
 class EngineAccuracyError(SamrtError):
@@ -101,12 +104,18 @@ def accuracy_against_fp32(reference_encoder: Runner, engine_encoder: Runner, dec
     }
 
 
-def _check_build_args(onnx_path: str, backend: str, precision: str) -> bool:
+def _check_build_args(onnx_path: str, backend: str, precision: str, device: str = "cpu") -> bool:
     """Validate the build's arguments; returns whether `onnx_path` is the decoder graph."""
     if backend not in BACKENDS:
         raise SamrtError(f"--backend: got {backend!r}, expected one of {BACKENDS}")
     if precision not in PRECISIONS:
         raise SamrtError(f"--precision: got {precision!r}, expected one of {PRECISIONS}")
+    if precision not in BACKEND_PRECISIONS[backend]:
+        raise SamrtError(f"--precision {precision} with --backend {backend}: expected one of "
+                         f"{BACKEND_PRECISIONS[backend]} for {backend}"
+                         + (" (bf16 is built by --backend openvino)" if precision == "bf16" else ""))
+    if backend == "openvino" and device != "cpu":
+        raise SamrtError(f"--device {device} with --backend openvino: samrt runs OpenVINO on the CPU only")
     is_decoder = onnx_path.endswith(".decoder.onnx")
     if not (onnx_path.endswith(".encoder.onnx") or is_decoder) or not os.path.isfile(onnx_path):
         raise SamrtError(f"--onnx: got {onnx_path!r}, expected an existing *.encoder.onnx or *.decoder.onnx "
@@ -116,11 +125,11 @@ def _check_build_args(onnx_path: str, backend: str, precision: str) -> bool:
     return is_decoder
 
 
-def _default_calibration() -> List[np.ndarray]:
+def _default_calibration(count: int = 8) -> List[np.ndarray]:
     """Calibration scenes from a stream disjoint from training and from the held-out set."""
     from samrt.scenes import scene_for_index
 
-    return [scene_for_index(i, stream=7).image for i in range(8)]
+    return [scene_for_index(i, stream=7).image for i in range(count)]
 
 
 def _build_onnxruntime(onnx_path: str, out: str, precision: str, calibration, image_size: int, device: str):
@@ -203,7 +212,7 @@ def build_engine(
     """
     from samrt.evaluation import eval_scenes
 
-    is_decoder = _check_build_args(onnx_path, backend, precision)
+    is_decoder = _check_build_args(onnx_path, backend, precision, device)
     prepare_output_dir(out_dir, "engines", accept=("export",))
     out = engine_path(onnx_path, out_dir, backend, precision)
     reference = OnnxRuntimeRunner(onnx_path.replace(".decoder.onnx", ".encoder.onnx"), device)
@@ -212,10 +221,17 @@ def build_engine(
     held_out = eval_scenes(eval_images)
     calibration = list(calibration_images) if calibration_images is not None else None
     if precision == "int8" and not calibration:
-        calibration = _default_calibration()
+        count = 8
+        if backend == "openvino":
+            from .openvino_engine import INT8_CALIBRATION_IMAGES as count
+        calibration = _default_calibration(count)
     t0 = time.perf_counter()
     if backend == "onnxruntime":
         engine, details = _build_onnxruntime(onnx_path, out, precision, calibration, image_size, device)
+    elif backend == "openvino":
+        from .openvino_engine import build_openvino_engine
+
+        engine, details = build_openvino_engine(onnx_path, out, precision, calibration, image_size)
     else:
         engine, details = _build_tensorrt(onnx_path, out, out_dir, precision, calibration, image_size, is_decoder)
     build_s = time.perf_counter() - t0
@@ -260,7 +276,8 @@ def _report(onnx_path, out, backend, precision, device, is_decoder, graph: Runne
         "graph": "decoder" if is_decoder else "encoder",
         "input_shapes": {k: list(v) for k, v in graph.input_shapes.items()},
         "versions": {"onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-                     "machine": platform.machine(), "processor": platform.processor()},
+                     "machine": platform.machine(), "processor": platform.processor(),
+                     **({"openvino": details.get("openvino")} if backend == "openvino" else {})},
         "build_s": round(build_s, 2),
         "details": details,
         "speed": speed,

@@ -15,7 +15,7 @@ import numpy as np
 from samrt import prompts
 from samrt.errors import InputError
 
-__all__ = ["Runner", "OnnxRuntimeRunner", "default_providers", "run_decoder", "DECODER_CHUNK"]
+__all__ = ["Runner", "OnnxRuntimeRunner", "check_feeds", "default_providers", "run_decoder", "DECODER_CHUNK"]
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
                "tensor(int64)": np.int64, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
@@ -30,6 +30,23 @@ class Runner:
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         raise NotImplementedError
+
+
+def check_feeds(label: str, feeds: Mapping[str, np.ndarray], input_names: Sequence[str],
+                input_dtypes: Mapping[str, Optional[type]], input_shapes: Mapping[str, tuple]) -> None:
+    """Raise InputError unless `feeds` has exactly `input_names`, each of its declared dtype, rank and
+    fixed sizes (a dimension that is not a non-negative int, e.g. 'num_prompts' or -1, is dynamic)."""
+    missing = [n for n in input_names if n not in feeds]
+    extra = [n for n in feeds if n not in input_shapes]
+    if missing or extra:
+        raise InputError(f"{label}: got inputs {sorted(feeds)}, expected {list(input_names)}")
+    for name, arr in feeds.items():
+        want = input_dtypes.get(name)
+        if want is not None and arr.dtype != want:
+            raise InputError(f"{name}: got dtype {arr.dtype}, expected {np.dtype(want)}")
+        shape = input_shapes[name]
+        if arr.ndim != len(shape) or any(isinstance(d, int) and d >= 0 and d != s for d, s in zip(shape, arr.shape)):
+            raise InputError(f"{name}: got shape {tuple(arr.shape)}, expected {list(shape)}")
 
 
 def default_providers(device: str = "cpu") -> List[str]:
@@ -61,17 +78,7 @@ class OnnxRuntimeRunner(Runner):
         self.input_dtypes = {n: _ORT_DTYPES.get(i.type) for n, i in self._inputs.items()}
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
-        missing = [n for n in self.input_names if n not in feeds]
-        extra = [n for n in feeds if n not in self._inputs]
-        if missing or extra:
-            raise InputError(f"{os.path.basename(self.path)}: got inputs {sorted(feeds)}, expected {self.input_names}")
-        for name, arr in feeds.items():
-            want = self.input_dtypes[name]
-            if want is not None and arr.dtype != want:
-                raise InputError(f"{name}: got dtype {arr.dtype}, expected {np.dtype(want)}")
-            shape = self.input_shapes[name]
-            if arr.ndim != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(shape, arr.shape)):
-                raise InputError(f"{name}: got shape {tuple(arr.shape)}, expected {list(shape)}")
+        check_feeds(os.path.basename(self.path), feeds, self.input_names, self.input_dtypes, self.input_shapes)
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         self.check_feeds(feeds)

@@ -325,9 +325,10 @@ def _add_build_engine(sub) -> None:
     from samrt.engines.build import DEFAULT_MIN_MEAN_IOU
 
     p = sub.add_parser("build-engine", help="an optimized encoder engine with its accuracy report and gate")
-    p.add_argument("--onnx", required=True, help="an export's *.encoder.onnx")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
-    p.add_argument("--precision", default="int8", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--onnx", required=True, help="an export's *.encoder.onnx or *.decoder.onnx")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "openvino"])
+    p.add_argument("--precision", default="int8", choices=["fp32", "fp16", "bf16", "int8"],
+                   help="fp16: onnxruntime, tensorrt; bf16: openvino (native on CPUs with AVX512_BF16/AMX)")
     p.add_argument("--calib-images", help="folder of calibration images for int8 (default: generated scenes)")
     p.add_argument("--out", required=True, help="output folder (usually the export folder)")
     p.add_argument("--min-mean-iou", type=float, default=DEFAULT_MIN_MEAN_IOU,
@@ -356,6 +357,8 @@ def cmd_build_engine(args) -> int:
           f"max score diff {acc['max_score_diff']:.4f}\n"
           f"speed: fp32 {speed['fp32_ms']:.0f} ms, engine {speed['engine_ms']:.0f} ms ({speed['speedup']:.2f}x)\n"
           f"report {report['report_path']}")
+    if report["details"].get("bf16_note"):  # openvino on a CPU without native bf16
+        print(f"note: {report['details']['bf16_note']}")
     return 0
 
 
@@ -378,6 +381,9 @@ def _add_bench(sub) -> None:
                            help="decoder prompt counts P (vit_b at P=256 needs more than 24 GB beside PyTorch)")
             k.add_argument("--export-dir", help="an export folder to measure, reusing the engines already built "
                                                 "there with `samrt build-engine` (default: <build-dir>/export_<model>)")
+            k.add_argument("--ort-precisions", default="fp32,int8,fp16", help="ONNX Runtime encoder engines")
+            k.add_argument("--openvino-precisions", default="fp32,bf16,int8",
+                           help="OpenVINO encoder engines (the decoder: fp32/bf16 among them); '' for none")
         if kind == "serve":
             k.add_argument("--scenarios", default="sessions,interactive",
                            help="sessions: clients encoding and clicking (a concurrency sweep, batching on/off); "
@@ -395,12 +401,17 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def _names(csv: str) -> List[str]:
+    return [n for n in csv.split(",") if n]
+
+
 def cmd_bench(args) -> int:
     from samrt.benchmarks import run
 
     if args.kind == "engines":
         paths = run.run_engines(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.export_dir,
-                                 [int(p) for p in args.prompts.split(",")])
+                                 [int(p) for p in args.prompts.split(",")], _names(args.ort_precisions),
+                                 _names(args.openvino_precisions))
     elif args.kind == "serve":
         conc = [int(c) for c in args.concurrency.split(",")]
         paths = run.run_serve(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.url,

@@ -39,6 +39,14 @@ def test_engines_quick(tmp_path):
         _check_stats(r)
         assert r["timed"]
         assert r["ms_per_prompt"] > 0
+    try:
+        import openvino  # noqa: F401
+
+        ov = [r for r in rows if r["backend"] == "openvino"]  # quick: bf16 encoder and decoder
+        assert {(r["stage"], r["precision"]) for r in ov} == {("encoder", "bf16"), ("decoder", "bf16")}
+        assert all(r["accuracy_vs_fp32"]["masks_compared"] > 0 for r in ov)
+    except ImportError:
+        pass
     assert os.path.isfile(tmp_path / "out" / "encoder_ladder.png")
     assert os.path.isfile(tmp_path / "out" / "decoder_vs_prompts.png")
 

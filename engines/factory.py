@@ -1,0 +1,41 @@
+"""One call from an engine file to its runner, chosen by the file's extension."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from samrt.errors import SamrtError
+
+from .runner import OnnxRuntimeRunner, Runner
+
+__all__ = ["runner_for_engine", "ENGINE_SUFFIXES"]
+
+ENGINE_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".plan": "tensorrt"}
+
+
+def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = None) -> Runner:
+    """A Runner for an engine built by `samrt build-engine` (or an exported graph).
+
+    `.onnx` -> OnnxRuntimeRunner (`device` "cpu" or "cuda"; `threads`: intra-op threads);
+    `.xml` -> OpenVINORunner on the CPU (its precision as recorded in the IR; `threads`:
+    INFERENCE_NUM_THREADS); `.plan` -> TensorRTRunner (CUDA). `threads` None: the backend's default
+    (every core). Raises SamrtError for another extension or an impossible device.
+    """
+    ext = os.path.splitext(path)[1]
+    backend = ENGINE_SUFFIXES.get(ext)
+    if backend is None:
+        raise SamrtError(f"engine {path!r}: got extension {ext!r}, expected one of {sorted(ENGINE_SUFFIXES)}")
+    if backend == "onnxruntime":
+        return OnnxRuntimeRunner(path, device, threads)
+    if backend == "openvino":
+        if device != "cpu":
+            raise SamrtError(f"engine {path!r}: got device {device!r}, expected 'cpu' (samrt runs OpenVINO on the CPU)")
+        from .openvino_engine import OpenVINORunner
+
+        return OpenVINORunner(path, threads=threads)
+    if device != "cuda":
+        raise SamrtError(f"engine {path!r}: got device {device!r}, expected 'cuda' for a TensorRT plan")
+    from .tensorrt_engine import TensorRTRunner
+
+    return TensorRTRunner(path)
