@@ -126,15 +126,11 @@ class BlsRunner:
 
 
 def _engine_runner(params):
-    """The runner for the model's engine file: OpenVINO for an IR (.xml), ONNX Runtime for .onnx."""
-    path = params["engine_path"]
-    if path.endswith(".xml"):
-        from samrt.engines.openvino_engine import OpenVINORunner
+    """The runner for the model's engine file (samrt.engines.runner_for_engine: OpenVINO for an IR
+    .xml, ONNX Runtime for .onnx, TensorRT for .plan)."""
+    from samrt.engines import runner_for_engine
 
-        return OpenVINORunner(path, threads=_ort_threads())
-    from samrt.engines import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(path, params.get("device", "cpu"), _ort_threads())
+    return runner_for_engine(params["engine_path"], params.get("device", "cpu"), _ort_threads())
 
 
 def _decoder_runner(params):
