@@ -391,8 +391,9 @@ def cache_get_inputs(image_id: str) -> Dict[str, Tuple[np.ndarray, str]]:
 def check_cached(image_id: str, out: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """A cache get's answer, or ImageNotCachedError when the cache does not hold the id."""
     if not bool(out["found"].reshape(-1)[0]):
-        raise ImageNotCachedError(f"image_id: got {image_id!r}, which the server's embedding cache does not hold "
-                                  f"(never encoded, or evicted); expected an id from encode()", "NOT_FOUND")
+        # the words of sam_decode's NOT_FOUND, so both ways of asking read the same
+        raise ImageNotCachedError(f"image_id {image_id!r}: not in the embedding cache (unknown or evicted); "
+                                  f"encode the image again with sam_encode", "found=false")
     return out
 
 

@@ -205,7 +205,7 @@ def test_attach_an_image_the_server_holds(server, reference):
     predictor.set_image_id(image_id, original_size=(200, 150))
     with pytest.raises(InputError, match=r"original_size: got \(150, 200\), expected \(200, 150\)"):
         predictor.set_image_id(image_id, original_size=(150, 200))
-    with pytest.raises(ImageNotCachedError, match="does not hold"):
+    with pytest.raises(ImageNotCachedError, match="not in the embedding cache.*encode the image again"):
         predictor.set_image_id("0" * 32)
     # SamPredictor's restore pattern, by hand: with the id it works; without it, a clear error
     by_hand = TritonSamPredictor(SamClient(server.grpc_url))
