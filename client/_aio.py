@@ -15,13 +15,20 @@ from samrt.errors import ServerError, ServerUnavailableError
 
 from ._client import (
     DEFAULT_OUTPUTS,
+    MAX_RESPONSE_BYTES,
     EncodeResult,
     _ints,
     _not_found,
+    cache_get_inputs,
+    check_cached,
     decode_inputs,
     encode_inputs,
+    join_answers,
     parse_encode,
+    parse_model_info,
+    prompts_per_request,
     segment_inputs,
+    split_prompts,
 )
 from ._routing import DOWN_FOR, Ring, acall, merge_statistics, routing_id, split_urls
 from ._transport import TRANSPORT_EXCEPTIONS, Retry
@@ -53,6 +60,9 @@ class AsyncSamClient:
             self._client = None
         else:
             self._client = mod.InferenceServerClient(self.url)
+        self.max_response_bytes = MAX_RESPONSE_BYTES  # decode() splits requests whose answer would be larger
+        self._info = None
+        self._sizes: Dict[str, Tuple[int, int]] = {}
 
     async def _call(self, make, idempotent: bool = True, not_found=None):
         retry = Retry(self.retries, self.backoff, f"{self.protocol}://{self.url}", idempotent, not_found or ServerError)
@@ -101,16 +111,52 @@ class AsyncSamClient:
                                                headers={wire.IMAGE_ID_HEADER: key} if key else None))
         if key and result.image_id != key:  # the server decoded the bytes otherwise: keep them together
             self._aliases[result.image_id] = key
+        self._sizes[result.image_id] = result.original_size
         return result
 
     async def decode(self, image_id: str, point_coords, point_labels, mask_input=None, multimask_output: bool = True,
                      outputs: Sequence[str] = DEFAULT_OUTPUTS) -> Dict[str, np.ndarray]:
+        """As SamClient.decode, including the split above the server's prompt limit or the response limit."""
         inputs = decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs)
-        if self.ring is not None:  # routed by the id it was encoded under
+        if self.ring is not None:  # routed by the id it was encoded under; that replica's client splits
             return await acall(self.ring, self.replicas, self._aliases.get(image_id, image_id),
-                               lambda i, c: c.infer("sam_decode", inputs, list(outputs),
-                                                    headers={wire.IMAGE_ID_HEADER: image_id}))
-        return await self.infer("sam_decode", inputs, list(outputs), headers={wire.IMAGE_ID_HEADER: image_id})
+                               lambda i, c: c.decode(image_id, point_coords, point_labels, mask_input,
+                                                     multimask_output, outputs))
+        info = await self.model_info()
+        size = await self.image_size(image_id) if {"masks", "masks_rle"} & set(outputs) else (0, 0)
+        chunk = prompts_per_request(3 if multimask_output else 1, outputs, info["max_prompts"], info["low_res_size"],
+                                    size, self.max_response_bytes)
+        headers = {wire.IMAGE_ID_HEADER: image_id}
+        parts = [await self.infer("sam_decode", part, list(outputs), headers=headers)
+                 for part, _ in split_prompts(inputs, chunk)]
+        return parts[0] if len(parts) == 1 else join_answers(parts, outputs)
+
+    async def model_info(self) -> dict:
+        """As SamClient.model_info."""
+        if self.ring is not None:
+            return await acall(self.ring, self.replicas, "", lambda i, c: c.model_info())
+        if self._info is None:
+            kw = {"as_json": True} if self.protocol == "grpc" else {}
+            cfg = await self._call(lambda: self._client.get_model_config("sam_decode", **kw))
+            enc = await self._call(lambda: self._client.get_model_config("sam_image_encoder", **kw))
+            if self.protocol == "grpc":
+                cfg, enc = cfg["config"], enc["config"]
+            self._info = parse_model_info(cfg, enc)
+        return self._info
+
+    async def image_size(self, image_id: str) -> Tuple[int, int]:
+        """As SamClient.image_size."""
+        if image_id not in self._sizes:
+            out = await self.infer("sam_embedding_cache", cache_get_inputs(image_id), ["found", "original_size"],
+                                   headers={wire.IMAGE_ID_HEADER: image_id})
+            self._sizes[image_id] = tuple(int(v) for v in check_cached(image_id, out)["original_size"].reshape(-1))
+        return self._sizes[image_id]
+
+    async def image_embedding(self, image_id: str) -> np.ndarray:
+        """As SamClient.image_embedding: float32 [1,D,E,E]."""
+        out = await self.infer("sam_embedding_cache", cache_get_inputs(image_id),
+                               ["found", "image_embeddings", "original_size"], headers={wire.IMAGE_ID_HEADER: image_id})
+        return check_cached(image_id, out)["image_embeddings"][None]
 
     async def segment(self, image, point_coords, point_labels, multimask_output: bool = True,
                       outputs: Sequence[str] = DEFAULT_OUTPUTS) -> Dict[str, np.ndarray]:
@@ -118,11 +164,15 @@ class AsyncSamClient:
                                 list(outputs), headers={wire.IMAGE_ID_HEADER: routing_id(image)})
 
     async def amg(self, image: np.ndarray, options: dict) -> list:
-        """Automatic masks on the server (`sam_amg`): records with COCO RLE; never retried."""
+        """Automatic masks on the server (`sam_amg`): records with COCO RLE; never retried. `options`:
+        SamAutomaticMaskGenerator's parameters by name (numbers of any kind, numpy included), checked here."""
         import json
 
+        from samrt.amg import AmgOptions
+
+        options = json.dumps(AmgOptions.from_fields(dict(options)).to_dict()).encode()
         out = await self.infer("sam_amg", {"image": wire.SAM_AMG.input("image").pack(image),
-                                           "options": wire.SAM_AMG.input("options").pack([json.dumps(options).encode()])},
+                                           "options": wire.SAM_AMG.input("options").pack([options])},
                                ["records"], idempotent=False, headers={wire.IMAGE_ID_HEADER: routing_id(image)})
         return json.loads(out["records"].reshape(-1)[0])
 

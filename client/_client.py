@@ -34,6 +34,8 @@ __all__ = [
 
 DEFAULT_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 _ALL_OUTPUTS = wire.SAM_DECODE.output_names
+# gRPC refuses messages of 2 GiB and more; an answer is kept below this, less room for framing.
+MAX_RESPONSE_BYTES = (2 << 30) - (16 << 20)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class SamClient:
         self._shm = None  # (handle, name, size) of this client's region
         self._sizes: Dict[str, Tuple[int, int]] = {}  # image_id -> original size, for output buffers
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.max_response_bytes = MAX_RESPONSE_BYTES  # decode() splits requests whose answer would be larger
         self._mod = _protocol_module(protocol)
         # Several replicas: one single-URL client each, routed by image_id (client._routing).
         self.ring: Optional[Ring] = None
@@ -295,18 +298,11 @@ class SamClient:
                 cfg = self._call(self._client.get_model_config, "sam_decode", as_json=True)["config"]
             else:
                 cfg = self._call(self._client.get_model_config, "sam_decode")
-            dims = {i["name"]: i["dims"] for i in cfg["input"]}
             if self.protocol == "grpc":
                 enc = self._call(self._client.get_model_config, "sam_image_encoder", as_json=True)["config"]
             else:
                 enc = self._call(self._client.get_model_config, "sam_image_encoder")
-            report = enc.get("parameters", {}).get("engine_report", {}).get("string_value")
-            self._info = {
-                "image_size": int(cfg["parameters"]["image_size"]["string_value"]),
-                "low_res_size": int(dims["mask_input"][-1]),
-                "max_prompts": int(cfg.get("max_batch_size", 0)),
-                "encoder_engine": json.loads(report) if report else None,
-            }
+            self._info = parse_model_info(cfg, enc)
         return self._info
 
     def close(self) -> None:
@@ -354,20 +350,56 @@ class SamClient:
     ) -> Dict[str, np.ndarray]:
         """P prompts for one encoded image. Coordinates in original-image pixels; labels 1 fg,
         0 bg, 2/3 box corners, -1 padding. Returns arrays with the prompt as leading dim.
+
         Several replicas: goes to the image's replica; if that one is down, to the next, which
-        answers ImageNotCachedError (encode again there; TritonSamPredictor does)."""
+        answers ImageNotCachedError (encode again there; TritonSamPredictor does).
+
+        Any P: above the server's prompt limit (`model_info()["max_prompts"]`), or when the answer
+        would exceed `max_response_bytes` (gRPC's 2 GiB message; `masks` alone is P x C x H x W
+        bytes), the prompts go in several requests whose answers are joined in order."""
         if self.ring is not None:
             return call(self.ring, self.replicas, self._aliases.get(image_id, image_id),
                         lambda i, c: c.decode(image_id, point_coords, point_labels, mask_input, multimask_output,
                                               outputs))
         inputs = decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs)
+        p, c = inputs["point_coords"][0].shape[0], 3 if multimask_output else 1
+        chunk = self._prompts_per_request(image_id, c, outputs)
+        if p <= chunk:
+            return self._decode_one(image_id, inputs, p, c, outputs)
+        return join_answers([self._decode_one(image_id, part, n, c, outputs)
+                             for part, n in split_prompts(inputs, chunk)], outputs)
+
+    def _decode_one(self, image_id, inputs, p: int, c: int, outputs) -> Dict[str, np.ndarray]:
         specs = None
         if self.shared_memory and image_id in self._sizes:
-            p, c = inputs["point_coords"][0].shape[0], 3 if multimask_output else 1
             m = self.model_info()["low_res_size"]
             specs = {"masks": (np.bool_, (p, c) + self._sizes[image_id]), "iou_predictions": (np.float32, (p, c)),
                      "low_res_masks": (np.float32, (p, c, m, m))}
         return self.infer("sam_decode", inputs, list(outputs), specs, headers={wire.IMAGE_ID_HEADER: image_id})
+
+    def _prompts_per_request(self, image_id: str, c: int, outputs: Sequence[str]) -> int:
+        info = self.model_info()
+        size = self.image_size(image_id) if {"masks", "masks_rle"} & set(outputs) else (0, 0)
+        return prompts_per_request(c, outputs, info["max_prompts"], info["low_res_size"], size, self.max_response_bytes)
+
+    def image_size(self, image_id: str) -> Tuple[int, int]:
+        """(H, W) of an image the server holds; ImageNotCachedError when it holds none by that id."""
+        if image_id not in self._sizes:
+            out = self._cache_get(image_id, ["found", "original_size"])
+            self._sizes[image_id] = tuple(int(v) for v in out["original_size"].reshape(-1))
+        return self._sizes[image_id]
+
+    def image_embedding(self, image_id: str) -> np.ndarray:
+        """The server's embedding of an image: float32 [1,D,E,E] (SamPredictor.get_image_embedding's
+        shape; [1,256,64,64] for the official models). ImageNotCachedError when it holds none."""
+        out = self._cache_get(image_id, ["found", "image_embeddings", "original_size"])
+        self._sizes[image_id] = tuple(int(v) for v in out["original_size"].reshape(-1))
+        return out["image_embeddings"][None]
+
+    def _cache_get(self, image_id: str, outputs) -> Dict[str, np.ndarray]:
+        out = self.infer(wire.SAM_EMBEDDING_CACHE.name, cache_get_inputs(image_id), outputs,
+                         headers={wire.IMAGE_ID_HEADER: image_id})
+        return check_cached(image_id, out)
 
     def segment(
         self,
@@ -380,6 +412,56 @@ class SamClient:
         """One shot (sam_segment): image plus one prompt -> masks [C,H,W], scores [C], logits."""
         inputs = segment_inputs(image, point_coords, point_labels, multimask_output)
         return self.infer("sam_segment", inputs, list(outputs), headers={wire.IMAGE_ID_HEADER: routing_id(image)})
+
+
+def parse_model_info(decode_config: dict, encoder_config: dict) -> dict:
+    """model_info() from the configs of sam_decode and sam_image_encoder (ModelConfig as JSON)."""
+    dims = {i["name"]: i["dims"] for i in decode_config["input"]}
+    report = encoder_config.get("parameters", {}).get("engine_report", {}).get("string_value")
+    return {
+        "image_size": int(decode_config["parameters"]["image_size"]["string_value"]),
+        "low_res_size": int(dims["mask_input"][-1]),
+        "max_prompts": int(decode_config.get("max_batch_size", 0)),
+        "encoder_engine": json.loads(report) if report else None,
+    }
+
+
+def prompts_per_request(c: int, outputs: Sequence[str], max_prompts: int, low_res_size: int,
+                        original_size: Tuple[int, int], max_bytes: int) -> int:
+    """How many prompts one sam_decode request may carry: at most the server's `max_prompts`
+    (0: no limit), and an answer below `max_bytes`, counting per prompt and mask C x H x W bytes
+    for `masks` (bool), as much again for `masks_rle` (an upper bound), 4 m^2 for `low_res_masks`."""
+    h, w = original_size
+    per_mask = {"masks": h * w, "masks_rle": h * w, "iou_predictions": 4, "low_res_masks": 4 * low_res_size ** 2}
+    per_prompt = c * sum(per_mask[o] for o in outputs)
+    return max(1, min(max_prompts or (1 << 31), max_bytes // max(per_prompt, 1)))
+
+
+def split_prompts(inputs: Dict[str, Tuple[np.ndarray, str]], chunk: int):
+    """decode_inputs' packed arrays in slices of `chunk` prompts: [(inputs, P of the slice)]."""
+    p = inputs["point_coords"][0].shape[0]
+    return [({k: (a[i:i + chunk], d) for k, (a, d) in inputs.items()}, min(chunk, p - i)) for i in range(0, p, chunk)]
+
+
+def join_answers(parts, outputs: Sequence[str]) -> Dict[str, np.ndarray]:
+    """The answers of split_prompts' requests, in order, as one answer."""
+    return {o: np.concatenate([part[o] for part in parts], axis=0) for o in outputs}
+
+
+def cache_get_inputs(image_id: str) -> Dict[str, Tuple[np.ndarray, str]]:
+    """sam_embedding_cache's inputs for a get of `image_id`."""
+    if not isinstance(image_id, str) or not image_id:
+        raise InputError(f"image_id: got {image_id!r}, expected the id sam_encode answered (a string)")
+    return {"image_id": wire.SAM_EMBEDDING_CACHE.input("image_id").pack([image_id.encode()])}
+
+
+def check_cached(image_id: str, out: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """A cache get's answer, or ImageNotCachedError when the cache does not hold the id."""
+    if not bool(out["found"].reshape(-1)[0]):
+        # the words of sam_decode's NOT_FOUND, so both ways of asking read the same
+        raise ImageNotCachedError(f"image_id {image_id!r}: not in the embedding cache (unknown or evicted); "
+                                  f"encode the image again with sam_encode", "found=false")
+    return out
 
 
 def encode_inputs(image: Optional[np.ndarray], image_bytes: Optional[bytes]) -> Dict[str, Tuple[np.ndarray, str]]:

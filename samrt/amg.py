@@ -18,6 +18,7 @@ from .errors import InputError
 
 __all__ = [
     "AmgOptions",
+    "MAX_CROP_N_LAYERS",
     "build_point_grid",
     "generate_crop_boxes",
     "stability_score",
@@ -32,6 +33,11 @@ __all__ = [
 DecodeFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
 # set_crop(crop image) -> DecodeFn for that crop
 CropFn = Callable[[np.ndarray], DecodeFn]
+
+
+# segment_anything has no limit; a served request with n layers costs sum(4^i, i <= n) encoder
+# passes (5 layers: 1365 per image, each also an entry in the shared embedding cache).
+MAX_CROP_N_LAYERS = 4
 
 
 @dataclass
@@ -51,12 +57,23 @@ class AmgOptions:
     min_mask_region_area: int = 0
 
     def validate(self) -> "AmgOptions":
+        """Checks the values and turns numbers of any kind (Python, numpy scalars, 0-d arrays)
+        into Python int / float, as SamAutomaticMaskGenerator accepts them; returns self."""
+        for name, kind in _OPTION_KINDS.items():
+            setattr(self, name, _number(name, getattr(self, name), kind))
         if self.points_per_side is None or self.points_per_side < 1:
             raise InputError(f"points_per_side: got {self.points_per_side}, expected a positive integer")
         if self.points_per_batch < 1:
             raise InputError(f"points_per_batch: got {self.points_per_batch}, expected >= 1")
-        if self.crop_n_layers < 0 or self.crop_n_layers > 4:
-            raise InputError(f"crop_n_layers: got {self.crop_n_layers}, expected 0..4")
+        if self.crop_n_points_downscale_factor < 1:
+            raise InputError(f"crop_n_points_downscale_factor: got {self.crop_n_points_downscale_factor}, expected >= 1")
+        if self.crop_n_layers < 0 or self.crop_n_layers > MAX_CROP_N_LAYERS:
+            n = self.crop_n_layers
+            crops = sum(4 ** i for i in range(n + 1)) if 0 <= n <= 12 else "over 22 million"
+            raise InputError(
+                f"crop_n_layers: got {n}, expected 0..{MAX_CROP_N_LAYERS}: layer i adds 4^i crops, each one encoder pass "
+                f"({crops} passes per image for {n} layers); samrt's server refuses more than {MAX_CROP_N_LAYERS} layers "
+                f"(341 passes) so that one request cannot hold the encoder for hours")
         return self
 
     def to_dict(self) -> dict:
@@ -72,6 +89,28 @@ class AmgOptions:
         if unknown:
             raise InputError(f"options: got unknown {unknown}, expected names from {sorted(known)}")
         return cls(**fields).validate()
+
+
+_OPTION_KINDS = {"points_per_side": int, "points_per_batch": int, "pred_iou_thresh": float,
+                 "stability_score_thresh": float, "stability_score_offset": float, "box_nms_thresh": float,
+                 "crop_n_layers": int, "crop_nms_thresh": float, "crop_overlap_ratio": float,
+                 "crop_n_points_downscale_factor": int, "min_mask_region_area": int}
+
+
+def _number(name: str, value, kind: type):
+    """`value` (a Python or numpy number, or a 0-d array; None passes) as a Python `kind`;
+    InputError for anything else, and for a non-integral value where an integer is expected."""
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    if arr.ndim != 0 or arr.dtype.kind not in "biuf":
+        raise InputError(f"{name}: got {type(value).__name__} {value!r}, expected a number")
+    v = arr.item()
+    if kind is float:
+        return float(v)
+    if isinstance(v, float) and not (np.isfinite(v) and v == int(v)):
+        raise InputError(f"{name}: got {value!r}, expected an integer")
+    return int(v)
 
 
 def build_point_grid(n: int) -> np.ndarray:
@@ -271,11 +310,12 @@ def generate_masks(image: np.ndarray, set_crop: CropFn, opts: AmgOptions, output
         records.append({
             "segmentation": seg,
             "area": int(m.sum()),
-            "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+            # ints and floats exactly where segment_anything has them: boxes are pixel indices
+            "bbox": [int(b[0]), int(b[1]), int(b[2] - b[0]), int(b[3] - b[1])],
             "predicted_iou": float(data["iou"][i]),
             "point_coords": [[float(v) for v in data["points"][i]]],
             "stability_score": float(data["stability"][i]),
-            "crop_box": [float(cb[0]), float(cb[1]), float(cb[2] - cb[0]), float(cb[3] - cb[1])],
+            "crop_box": [int(cb[0]), int(cb[1]), int(cb[2] - cb[0]), int(cb[3] - cb[1])],
         })
     return records
 

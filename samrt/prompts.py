@@ -32,7 +32,9 @@ __all__ = [
     "PAD_LABEL",
     "BOX_LABELS",
     "get_preprocess_shape",
+    "coords_scale",
     "apply_coords",
+    "restore_coords",
     "apply_boxes",
     "check_points",
     "check_boxes",
@@ -56,19 +58,38 @@ def get_preprocess_shape(old_h: int, old_w: int, long_side: int) -> Tuple[int, i
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
-def apply_coords(coords: np.ndarray, original_size: Tuple[int, int], long_side: int) -> np.ndarray:
-    """[..., 2] (x, y) pixels in the original image -> the resized frame (float32)."""
+def coords_scale(original_size: Tuple[int, int], long_side: int) -> Tuple[float, float]:
+    """(x, y) factors from original-image pixels to the resized frame (ResizeLongestSide):
+    new_w / old_w and new_h / old_h."""
     old_h, old_w = original_size
     new_h, new_w = get_preprocess_shape(old_h, old_w, long_side)
+    return new_w / old_w, new_h / old_h
+
+
+def apply_coords(coords: np.ndarray, original_size: Tuple[int, int], long_side: int,
+                 dtype=np.float32) -> np.ndarray:
+    """[..., 2] (x, y) pixels in the original image -> the resized frame (`dtype`, float32 unless
+    asked; segment_anything's numpy transform returns float64)."""
+    sx, sy = coords_scale(original_size, long_side)
     out = np.array(coords, dtype=np.float64, copy=True)
-    out[..., 0] = out[..., 0] * (new_w / old_w)
-    out[..., 1] = out[..., 1] * (new_h / old_h)
-    return out.astype(np.float32)
+    out[..., 0] = out[..., 0] * sx
+    out[..., 1] = out[..., 1] * sy
+    return out.astype(dtype)
 
 
-def apply_boxes(boxes: np.ndarray, original_size: Tuple[int, int], long_side: int) -> np.ndarray:
-    """Bx4 XYXY boxes in the original image -> the resized frame (float32)."""
-    return apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size, long_side).reshape(-1, 4)
+def restore_coords(coords: np.ndarray, original_size: Tuple[int, int], long_side: int) -> np.ndarray:
+    """apply_coords's inverse: [..., 2] (x, y) in the resized frame -> original-image pixels (float64)."""
+    sx, sy = coords_scale(original_size, long_side)
+    out = np.array(coords, dtype=np.float64, copy=True)
+    out[..., 0] = out[..., 0] / sx
+    out[..., 1] = out[..., 1] / sy
+    return out
+
+
+def apply_boxes(boxes: np.ndarray, original_size: Tuple[int, int], long_side: int,
+                dtype=np.float32) -> np.ndarray:
+    """Bx4 XYXY boxes in the original image -> the resized frame (`dtype`, float32 unless asked)."""
+    return apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size, long_side, dtype).reshape(-1, 4)
 
 
 def check_points(point_coords, point_labels) -> Tuple[np.ndarray, np.ndarray]:

@@ -3,11 +3,14 @@
 import numpy as np
 import pytest
 
-from samrt.amg import box_nms, masks_to_boxes, remove_small_regions, uncompressed_rle
+from samrt.amg import MAX_CROP_N_LAYERS, AmgOptions, box_nms, masks_to_boxes, remove_small_regions, uncompressed_rle
 from samrt.client import SamClient, TritonSamAutomaticMaskGenerator
+from samrt.errors import InputError
 
 from ..conftest import random_image
 
+# sam_amg with crops encodes every crop: minutes on a loaded 2-core machine, beyond SamClient's default
+AMG_TIMEOUT = 900.0
 # Thresholds that let masks of a random-init model through the filters.
 PARAMS = dict(points_per_side=6, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0,
               box_nms_thresh=0.7)
@@ -39,8 +42,91 @@ def test_equals_sam_automatic_mask_generator(server, tiny_sam, extra):
 
     image = random_image(240, 320, seed=77)
     ref = SamAutomaticMaskGenerator(tiny_sam, **PARAMS, **extra).generate(image)
-    ours = TritonSamAutomaticMaskGenerator(SamClient(server.grpc_url), **PARAMS, **extra).generate(image)
+    ours = TritonSamAutomaticMaskGenerator(SamClient(server.grpc_url, timeout=AMG_TIMEOUT), **PARAMS, **extra).generate(image)
     _match(ref, ours)
+
+
+def structure(value):
+    """A record's value as its Python types, recursively: what code that indexes or draws with it sees."""
+    if isinstance(value, dict):
+        return {k: structure(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [structure(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return ("ndarray", str(value.dtype), value.ndim)
+    return type(value).__name__
+
+
+@pytest.mark.triton
+def test_records_have_the_official_types(server, tiny_sam):
+    """Every field of every record has segment_anything's type and structure (bbox and crop_box ints:
+    `img[y:y+h, x:x+w]` and OpenCV need them), in every output mode; coco_rle is the server's JSON
+    as `samrt amg` writes it (ints stay ints through JSON)."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    image = random_image(100, 120, seed=3)
+    client = SamClient(server.grpc_url, timeout=AMG_TIMEOUT)
+    for output_mode in ["binary_mask", "uncompressed_rle", "coco_rle"]:
+        kw = dict(PARAMS, output_mode=output_mode)
+        ref = SamAutomaticMaskGenerator(tiny_sam, **kw).generate(image)
+        ours = TritonSamAutomaticMaskGenerator(client, **kw).generate(image)
+        assert len(ours) == len(ref) > 0
+        want = structure(ref[0])
+        assert all(structure(r) == want for r in ref)  # one structure per mode, whatever the mask
+        for o in ours:
+            assert structure(o) == want, output_mode
+            x, y, w, h = o["bbox"]
+            assert image[y:y + h, x:x + w].shape == (h, w, 3)
+
+
+# every kind of number SamAutomaticMaskGenerator takes: Python, numpy ints and floats, 0-d arrays
+NUMPY_KINDS = [np.int64, np.int32, np.uint16, np.float32, np.float64, np.array]
+OPTIONS = dict(points_per_side=4, points_per_batch=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+               stability_score_offset=1.0, box_nms_thresh=0.7, crop_n_layers=1, crop_nms_thresh=0.7,
+               crop_overlap_ratio=0.25, crop_n_points_downscale_factor=2, min_mask_region_area=5)
+
+
+def test_numpy_numbers_for_every_option_are_python_numbers():
+    assert set(OPTIONS) == set(AmgOptions.__dataclass_fields__)  # every option is covered
+    want = AmgOptions(**OPTIONS).validate().to_dict()
+    for kind in NUMPY_KINDS:
+        for name, value in OPTIONS.items():
+            if isinstance(value, float) and kind in (np.int64, np.int32, np.uint16):
+                continue  # a fraction as an integer type is another value
+            number = kind(value)
+            got = AmgOptions(**dict(OPTIONS, **{name: number})).validate().to_dict()
+            # the same value as a Python number (np.float32(0.7) is 0.699999988...: its value, not 0.7)
+            assert got == dict(want, **{name: type(want[name])(np.asarray(number).item())}), (kind, name)
+            assert type(got[name]) is type(want[name]), (kind, name)
+
+
+@pytest.mark.triton
+def test_numpy_numbers_for_every_option(server):
+    """TritonSamAutomaticMaskGenerator with numpy numbers (one kind per option, all kinds used) gives
+    the answer of the Python numbers."""
+    client = SamClient(server.grpc_url, timeout=AMG_TIMEOUT)
+    image = random_image(80, 96, seed=8)
+    want = TritonSamAutomaticMaskGenerator(client, **OPTIONS).generate(image)
+    assert want
+    kinds = [np.float32, np.float64, lambda v: np.array(v, np.float32)]
+    as_numpy = {k: (NUMPY_KINDS[i % 3] if isinstance(v, int) else kinds[i % 3])(v) for i, (k, v) in enumerate(OPTIONS.items())}
+    got = TritonSamAutomaticMaskGenerator(client, **as_numpy).generate(image)
+    assert [r["bbox"] for r in got] == [r["bbox"] for r in want]
+    np.testing.assert_allclose([r["predicted_iou"] for r in got], [r["predicted_iou"] for r in want], atol=1e-6)
+
+
+def test_option_values_are_checked():
+    opts = AmgOptions(points_per_side=np.float64(4.0), pred_iou_thresh=np.array(0.5, np.float32)).validate()
+    assert type(opts.points_per_side) is int and type(opts.pred_iou_thresh) is float
+    with pytest.raises(InputError, match=r"points_per_side: got 4.5, expected an integer"):
+        AmgOptions(points_per_side=4.5).validate()
+    with pytest.raises(InputError, match=r"box_nms_thresh: got str '0.7', expected a number"):
+        AmgOptions(box_nms_thresh="0.7").validate()
+    with pytest.raises(InputError, match=r"crop_n_layers: got ndarray"):
+        AmgOptions(crop_n_layers=np.array([1, 2])).validate()
+    with pytest.raises(InputError, match=rf"crop_n_layers: got {MAX_CROP_N_LAYERS + 1}, expected 0..{MAX_CROP_N_LAYERS}: "
+                                         r"layer i adds 4\^i crops.*1365 passes"):
+        AmgOptions(crop_n_layers=MAX_CROP_N_LAYERS + 1).validate()
 
 
 @pytest.mark.triton
