@@ -412,8 +412,12 @@ class AmgModel:
             image = _image_from_request(request, self.max_pixels, wire.SAM_AMG.name)
             raw = _input(request, "options")
             fields = json.loads(bytes(raw.reshape(-1)[0]).decode()) if raw is not None else {}
-            records = amg.generate_masks(image, self._set_crop, amg.AmgOptions.from_fields(fields), "coco_rle")
+            records = amg.generate_masks(image, self._set_crop, amg.AmgOptions.from_fields(fields), "coco_rle",
+                                         should_stop=_cancelled(request))
             return _response(wire.SAM_AMG, {"records": np.array([json.dumps(records).encode()], dtype=object)})
+        except amg.AmgCancelled as e:  # [robust] the client has gone: stop, answer CANCELLED
+            log.info("%s: %s", wire.SAM_AMG.name, e)
+            return _error(str(e), CANCELLED)
         except (TypeError, ValueError) as e:
             return _error_for(e if isinstance(e, InputError) else InputError(str(e)), wire.SAM_AMG.name)
         except Exception as e:
@@ -433,6 +437,20 @@ class AmgModel:
             coords, labels = prompts.decoder_prompts(coords, labels, size, self.image_size)
             low, iou = run_decoder(self.runner, emb, coords, labels, None, self.low_res_size)
             low, iou = P.select_masks(low, iou, True)
-            return P.upscale_masks(low, input_size, size, self.image_size), iou
+            return low, iou, upscale  # [robust] samrt.amg upscales a few masks at a time (bounded memory)
+
+        def upscale(low: np.ndarray) -> np.ndarray:
+            return P.upscale_masks(low, input_size, size, self.image_size)
 
         return run
+
+
+# -- [robust] abandoned requests: Triton marks a request cancelled when its client goes --
+CANCELLED = "CANCELLED"
+
+
+def _cancelled(request):
+    """A `should_stop()` for samrt.amg: true once Triton has marked `request` cancelled (its
+    gRPC client cancelled the call or its deadline passed, or the connection closed)."""
+    check = getattr(request, "is_cancelled", None)
+    return (lambda: bool(check())) if check is not None else None
