@@ -103,7 +103,8 @@ def test_readiness_does_not_lie_while_a_model_reloads(own_server):
 
 
 # -- abandoned automatic-mask jobs --
-JOB = dict(points_per_side=32, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+# ~10 s to the end on a quiet 2-core CPU (18 batches of 8 points); minutes when the machine is shared
+JOB = dict(points_per_side=12, points_per_batch=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
 
 def _amg(url: str, protocol: str, image, timeout: float, **options):
@@ -116,17 +117,17 @@ def _amg(url: str, protocol: str, image, timeout: float, **options):
 def _queue_wait(url: str) -> float:
     """Seconds a tiny AMG job takes now: sam_amg has one instance, so it waits for the job before."""
     t0 = time.monotonic()
-    _amg(url, "grpc", random_image(32, 32, seed=9), 300.0, points_per_side=1)
+    _amg(url, "grpc", random_image(32, 32, seed=9), 900.0, points_per_side=1)
     return time.monotonic() - t0
 
 
 @pytest.fixture(scope="module")
 def full_job(server):
     """The job's image and how long it takes when run to the end (its embedding already cached)."""
-    image = random_image(600, 800, seed=5)
+    image = random_image(300, 400, seed=5)
     _amg(server.grpc_url, "grpc", image, 300.0, points_per_side=1)  # encode once
     t0 = time.monotonic()
-    records = _amg(server.grpc_url, "grpc", image, 300.0, **JOB)
+    records = _amg(server.grpc_url, "grpc", image, 900.0, **JOB)
     seconds = time.monotonic() - t0
     assert len(records) > 0
     return image, seconds
@@ -134,7 +135,8 @@ def full_job(server):
 
 def test_abandoned_grpc_amg_job_is_cancelled_on_the_server(server, full_job):
     """A gRPC deadline (the SDK's timeout) cancels the request on the server: sam_amg stops at the
-    next batch of points instead of computing the job to the end."""
+    next batch of points instead of computing the job to the end. (Over HTTP it does not: Triton
+    2.51's HTTP frontend does not cancel a request whose connection closed; measured, see README.)"""
     image, full = full_job
     assert full > 3.0, f"the job must be long enough to tell: {full:.1f} s"
     t0 = time.monotonic()
