@@ -445,12 +445,13 @@ class AmgModel:
         return run
 
 
-# -- [robust] abandoned requests: Triton marks a request cancelled when its client goes --
+# -- [robust] abandoned requests: Triton marks a gRPC request cancelled when its client goes --
 CANCELLED = "CANCELLED"
 
 
 def _cancelled(request):
     """A `should_stop()` for samrt.amg: true once Triton has marked `request` cancelled (its
-    gRPC client cancelled the call or its deadline passed, or the connection closed)."""
+    gRPC call was cancelled or its deadline passed; Triton 2.51 marks no HTTP request, even when
+    its connection closed: measured, see README)."""
     check = getattr(request, "is_cancelled", None)
     return (lambda: bool(check())) if check is not None else None
