@@ -29,7 +29,8 @@ def amg_crop_decoder(
     low_res_size: int,
 ) -> amg.DecodeFn:
     """The decode function of one crop: points [B,2] (float, crop pixels, x,y) ->
-    (logits [B,3,h,w] float32 at the crop's size (h,w) = `crop_size`, predicted IoU [B,3]).
+    (low-res logits [B,3,m,m], predicted IoU [B,3], upscale), where `upscale([k,m,m])` gives the
+    logits at the crop's size (h,w) = `crop_size`: samrt.amg upscales a few masks at a time.
 
     `image_embeddings` is the crop's [1,C,e,e] encoder output; each point is a single foreground
     click with SAM's padding point, decoded with the three multimask tokens (SamAutomaticMaskGenerator).
@@ -42,7 +43,10 @@ def amg_crop_decoder(
         coords, labels = prompts.decoder_prompts(coords, labels, size, image_size)
         low, iou = run_decoder(decoder, image_embeddings, coords, labels, None, low_res_size)
         low, iou = P.select_masks(low, iou, True)
-        return P.upscale_masks(low, input_size, size, image_size), iou
+        return low, iou, upscale
+
+    def upscale(low: np.ndarray) -> np.ndarray:
+        return P.upscale_masks(low, input_size, size, image_size)
 
     return run
 

@@ -422,8 +422,12 @@ class AmgModel:
             image = _image_from_request(request, self.max_pixels, self.image_size, wire.SAM_AMG.name)
             raw = _input(request, "options")
             fields = json.loads(bytes(raw.reshape(-1)[0]).decode()) if raw is not None else {}
-            records = amg.generate_masks(image, self._set_crop, amg.AmgOptions.from_fields(fields), "coco_rle")
+            records = amg.generate_masks(image, self._set_crop, amg.AmgOptions.from_fields(fields), "coco_rle",
+                                         should_stop=_cancelled(request))
             return _response(wire.SAM_AMG, {"records": np.array([json.dumps(records).encode()], dtype=object)})
+        except amg.AmgCancelled as e:  # [robust] the client has gone: stop, answer CANCELLED
+            log.info("%s: %s", wire.SAM_AMG.name, e)
+            return _error(str(e), CANCELLED)
         except (TypeError, ValueError) as e:
             return _error_for(e if isinstance(e, InputError) else InputError(str(e)), wire.SAM_AMG.name)
         except Exception as e:
@@ -436,3 +440,15 @@ class AmgModel:
         image_id = _encode(crop, self.image_size)
         emb = _cached(image_id, ["image_embeddings"])["image_embeddings"][None]
         return amg_crop_decoder(self.runner, emb, crop.shape[:2], self.image_size, self.low_res_size)
+
+
+# -- [robust] abandoned requests: Triton marks a gRPC request cancelled when its client goes --
+CANCELLED = "CANCELLED"
+
+
+def _cancelled(request):
+    """A `should_stop()` for samrt.amg: true once Triton has marked `request` cancelled (its
+    gRPC call was cancelled or its deadline passed; Triton 2.51 marks no HTTP request, even when
+    its connection closed: measured, see README)."""
+    check = getattr(request, "is_cancelled", None)
+    return (lambda: bool(check())) if check is not None else None

@@ -5,6 +5,19 @@ backends/python, put the interpreter's own lib dir and `nvidia_pytriton.libs` on
 LD_LIBRARY_PATH and the venv's bin first on PATH (the stub finds python3 there), pick free
 ports, log to a file, wait for readiness. Stopping sends SIGTERM to the server's process
 group (server and stubs), then SIGKILL after a timeout, so no process is left behind.
+
+A model process that dies (killed for memory, crashed) is restarted. Triton 2.51 does not do it
+itself: when a python-backend stub dies, `/v2/health/ready` and the model's readiness still answer
+200 and every request to that model fails with "Stub process '<model>_0_0' is not healthy" until
+the server restarts (measured; a plain `load` of the unchanged model is a no-op). So the server
+runs with `--model-control-mode=explicit --load-model=*` (everything loaded at start, as before)
+and a watchdog thread (`restart_dead_models=True`, the default) watches the stubs of this server
+(by PID, every `watchdog_interval` s); when one is gone it unloads and loads that model through
+the repository API. While it reloads, the model and the server report not ready (strict
+readiness), so readiness does not lie for longer than the watchdog's interval. The embedding
+cache lives in the `sam_embedding_cache` process: if that one dies, cached images are lost and
+decodes answer NOT_FOUND (`ImageNotCachedError`) until the image is encoded again.
+`TritonServer.restarts` lists what was restarted (model name, time).
 """
 
 from __future__ import annotations
@@ -18,9 +31,10 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.request
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from samrt.errors import SamrtError
 
@@ -76,6 +90,8 @@ class TritonServer:
         log_path: Optional[str] = None,
         gpu: bool = False,
         extra_args: Optional[List[str]] = None,
+        restart_dead_models: bool = True,
+        watchdog_interval: float = 1.0,
     ) -> None:
         self.repo = os.path.abspath(repo)
         self.host = host
@@ -87,6 +103,11 @@ class TritonServer:
         self.gpu = gpu
         self.extra_args = list(extra_args or [])
         self.process: Optional[subprocess.Popen] = None
+        self.restart_dead_models = restart_dead_models
+        self.watchdog_interval = watchdog_interval
+        self.restarts: List[Tuple[str, float]] = []  # (model name, time.time()) of each restart
+        self._watchdog: Optional[threading.Thread] = None
+        self._stop_watchdog = threading.Event()
 
     @property
     def http_url(self) -> str:
@@ -114,6 +135,8 @@ class TritonServer:
             "--backend-config=python,shm-growth-byte-size=33554432",
             "--log-verbose=0",
         ]
+        if self.restart_dead_models and not any(a.startswith("--model-control-mode") for a in self.extra_args):
+            cmd += ["--model-control-mode=explicit", "--load-model=*"]  # the watchdog reloads dead models
         if not self.gpu:
             cmd += ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0", "--allow-gpu-metrics=false"]
         return cmd + self.extra_args
@@ -142,6 +165,8 @@ class TritonServer:
                 raise TritonLaunchError(f"tritonserver exited with code {self.process.returncode} before it was ready; "
                                   f"log {self.log_path}:\n{self.log_tail()}")
             if self.is_ready():
+                if self.restart_dead_models:
+                    self._start_watchdog()
                 return self
             time.sleep(0.25)
         self.stop()
@@ -162,6 +187,10 @@ class TritonServer:
             return ""
 
     def stop(self, timeout: float = 30.0) -> None:
+        self._stop_watchdog.set()
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join(timeout=timeout)
+        self._watchdog = None
         p, self.process = self.process, None
         if p is None:
             return
@@ -179,8 +208,78 @@ class TritonServer:
             pass
         p.wait()
 
+    # -- the watchdog: a model process that dies is reloaded --
+    def model_processes(self) -> Dict[str, int]:
+        """{instance name (e.g. "sam_decode_0_0"): PID} of this server's live python-backend stubs."""
+        p = self.process
+        return {} if p is None else _stub_processes(p.pid)
+
+    def _start_watchdog(self) -> None:
+        self._stop_watchdog.clear()
+        self._watchdog = threading.Thread(target=self._watch, name="samrt-model-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        known = self.model_processes()
+        while not self._stop_watchdog.wait(self.watchdog_interval):
+            p = self.process
+            if p is None or p.poll() is not None:
+                return
+            alive = self.model_processes()
+            dead = sorted({_model_of(name) for name in known if name not in alive or alive[name] != known[name]})
+            for model in dead:
+                if self._stop_watchdog.is_set():
+                    return
+                self._reload(model)
+            known = self.model_processes() if dead else {**known, **alive}
+
+    def _reload(self, model: str) -> bool:
+        """Unload and load `model` (a plain load of an unchanged model is a no-op in Triton)."""
+        import logging
+
+        log = logging.getLogger("samrt.server")
+        log.warning("model process of %s is gone; reloading %s", model, model)
+        try:
+            for action in ("unload", "load"):
+                req = urllib.request.Request(f"http://{self.http_url}/v2/repository/models/{model}/{action}",
+                                             data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=300) as r:
+                    r.read()
+        except OSError as e:
+            log.error("reloading %s failed: %s (the model stays not ready; log %s)", model, e, self.log_path)
+            return False
+        self.restarts.append((model, time.time()))
+        return True
+
     def __enter__(self) -> "TritonServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _stub_processes(server_pid: int) -> Dict[str, int]:
+    """{instance name: PID} of the live (not zombie) python-backend stubs whose parent is `server_pid`.
+
+    A stub's command line is: stub, model.py, shm region, shm sizes (2), parent PID, backend dir,
+    IPC handle, instance name, ..."""
+    found: Dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if (len(cmd) > 8 and cmd[0].endswith(b"triton_python_backend_stub") and cmd[5] == str(server_pid).encode()
+                and state not in (b"Z", b"X")):
+            found[cmd[8].decode()] = int(entry)
+    return found
+
+
+def _model_of(instance: str) -> str:
+    """"sam_decode_0_0" -> "sam_decode" (Triton names instances <model>_<group>_<index>)."""
+    return instance.rsplit("_", 2)[0]

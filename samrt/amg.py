@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, SamrtError
 
 __all__ = [
     "AmgOptions",
@@ -27,10 +27,16 @@ __all__ = [
     "remove_small_regions",
     "uncompressed_rle",
     "generate_masks",
+    "AmgCancelled",
+    "UPSCALE_CHUNK",
+    "LOW_RES_DECODE",
 ]
 
-# decode(points [B,2] in crop pixels) -> (logits [B,3,h,w] at crop size, iou [B,3])
-DecodeFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
+# decode(points [B,2] in crop pixels) -> (low-res logits [B,3,m,m], iou [B,3], upscale: [k,m,m] -> [k,h,w]),
+# or (logits [B,3,h,w] at crop size, iou [B,3])
+DecodeFn = Callable[[np.ndarray], tuple]
+# Decode callbacks may hand back low-res logits with their upscale function (see generate_masks).
+LOW_RES_DECODE = True
 # set_crop(crop image) -> DecodeFn for that crop
 CropFn = Callable[[np.ndarray], DecodeFn]
 
@@ -222,46 +228,86 @@ def _coco_rle(mask: np.ndarray) -> Dict:
     return rle
 
 
-def _process_crop(set_crop: CropFn, image, crop_box, grid, opts: AmgOptions, orig_size) -> Dict[str, list]:
+# -- kept masks are held compactly, as COCO RLE (bytes), as segment_anything keeps `rles` --
+def _rle_encode(masks: np.ndarray) -> List[Dict]:
+    """[N,H,W] bool -> N pycocotools RLEs (counts as bytes)."""
+    from pycocotools import mask as mask_utils
+
+    if len(masks) == 0:
+        return []
+    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+
+
+def _rle_decode(rle: Dict) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode(rle).astype(bool)
+
+
+class AmgCancelled(SamrtError):
+    """generate_masks stopped because its `should_stop` callback said so (the client has gone)."""
+
+
+# Masks upscaled to full resolution at once: bounds the job's memory to about
+# UPSCALE_CHUNK x H x W x 4 bytes of logits (plus the kept masks as RLE), whatever points_per_batch is.
+UPSCALE_CHUNK = 8
+
+
+def _check_stop(should_stop: Optional[Callable[[], bool]]) -> None:
+    if should_stop is not None and should_stop():
+        raise AmgCancelled("automatic mask generation cancelled: the request was abandoned by its client")
+
+
+def _process_crop(set_crop: CropFn, image, crop_box, grid, opts: AmgOptions, orig_size,
+                  should_stop: Optional[Callable[[], bool]] = None) -> Dict[str, list]:
     x0, y0, x1, y1 = crop_box
     crop = image[y0:y1, x0:x1]
     ch, cw = crop.shape[:2]
     decode = set_crop(crop)
     points_all = grid * np.array([[cw, ch]])
-    out = {"masks": [], "iou": [], "points": [], "stability": []}
+    out: Dict[str, list] = {"rles": [], "iou": [], "points": [], "stability": [], "boxes": []}
     for start in range(0, len(points_all), opts.points_per_batch):
+        _check_stop(should_stop)
         points = points_all[start : start + opts.points_per_batch]
-        logits, iou = decode(points)
-        logits = logits.reshape((-1,) + logits.shape[-2:])
+        decoded = decode(points)
+        if len(decoded) == 3:  # low-res logits and how to upscale them
+            low, iou, upscale = decoded
+        else:  # logits at crop size already
+            (low, iou), upscale = decoded, None
+        low = low.reshape((-1,) + low.shape[-2:])
         iou = iou.reshape(-1)
-        pts = np.repeat(points, logits.shape[0] // len(points), axis=0)
+        pts = np.repeat(points, low.shape[0] // len(points), axis=0)
         keep = iou > opts.pred_iou_thresh if opts.pred_iou_thresh > 0 else np.ones(len(iou), bool)
-        logits, iou, pts = logits[keep], iou[keep], pts[keep]
-        stab = stability_score(logits, 0.0, opts.stability_score_offset)
-        if opts.stability_score_thresh > 0:
-            keep = stab >= opts.stability_score_thresh
-            logits, iou, pts, stab = logits[keep], iou[keep], pts[keep], stab[keep]
-        masks = logits > 0.0
-        boxes = masks_to_boxes(masks)
-        near = _near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]])
-        keep = ~near
-        for k in np.flatnonzero(keep):
-            out["masks"].append(masks[k])
-            out["iou"].append(float(iou[k]))
-            out["points"].append(pts[k] + np.array([x0, y0]))
-            out["stability"].append(float(stab[k]))
-    if not out["masks"]:
-        return {"masks": [], "iou": [], "points": [], "stability": [], "boxes": [], "crop_boxes": []}
-    masks = np.stack(out["masks"])
-    boxes = masks_to_boxes(masks)
+        low, iou, pts = low[keep], iou[keep], pts[keep]
+        for c in range(0, len(low), UPSCALE_CHUNK):  # full-resolution logits for a few masks at a time
+            logits = low[c : c + UPSCALE_CHUNK]
+            if upscale is not None:
+                logits = upscale(logits)
+            c_iou, c_pts = iou[c : c + UPSCALE_CHUNK], pts[c : c + UPSCALE_CHUNK]
+            stab = stability_score(logits, 0.0, opts.stability_score_offset)
+            if opts.stability_score_thresh > 0:
+                keep = stab >= opts.stability_score_thresh
+                logits, c_iou, c_pts, stab = logits[keep], c_iou[keep], c_pts[keep], stab[keep]
+            masks = logits > 0.0
+            del logits
+            boxes = masks_to_boxes(masks)
+            keep = np.flatnonzero(~_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]]))
+            out["rles"].extend(_rle_encode(masks[keep]))
+            for k in keep:
+                out["iou"].append(float(c_iou[k]))
+                out["points"].append(c_pts[k] + np.array([x0, y0]))
+                out["stability"].append(float(stab[k]))
+                out["boxes"].append(boxes[k])
+    if not out["rles"]:
+        return {"rles": [], "iou": [], "points": [], "stability": [], "boxes": [], "crop_boxes": []}
+    boxes = np.stack(out["boxes"])
     keep = box_nms(boxes, np.asarray(out["iou"], np.float32), opts.box_nms_thresh)
     result = {k: [v[i] for i in keep] for k, v in out.items()}
-    full = []
-    for m in result["masks"]:  # uncrop to the full image
-        canvas = np.zeros(orig_size, bool)
-        canvas[y0:y1, x0:x1] = m
-        full.append(canvas)
-    result["masks"] = full
+    if (x0, y0, x1, y1) != (0, 0, orig_size[1], orig_size[0]):
+        for j, rle in enumerate(result["rles"]):  # uncrop to the full image, one mask at a time
+            canvas = np.zeros(orig_size, bool)
+            canvas[y0:y1, x0:x1] = _rle_decode(rle)
+            result["rles"][j] = _rle_encode(canvas[None])[0]
     result["boxes"] = [boxes[i] + np.array([x0, y0, x0, y0], np.float32) for i in keep]
     result["crop_boxes"] = [list(crop_box) for _ in keep]
     return result
@@ -276,8 +322,17 @@ def _near_crop_edge(boxes: np.ndarray, crop_box, orig_box, atol: float = 20.0) -
     return np.any(near_crop & ~near_image, axis=1)
 
 
-def generate_masks(image: np.ndarray, set_crop: CropFn, opts: AmgOptions, output_mode: str = "coco_rle") -> List[Dict]:
-    """All masks of `image` as SamAutomaticMaskGenerator.generate's records."""
+def generate_masks(image: np.ndarray, set_crop: CropFn, opts: AmgOptions, output_mode: str = "coco_rle",
+                   should_stop: Optional[Callable[[], bool]] = None) -> List[Dict]:
+    """All masks of `image` (HxWx3 uint8) as SamAutomaticMaskGenerator.generate's records.
+
+    `set_crop(crop)` returns the crop's decode function: `decode(points [B,2] in crop pixels)` ->
+    `(low_res_logits [B,3,m,m], iou [B,3], upscale)` where `upscale([k,m,m]) -> [k,h,w]` logits at
+    crop size (or `(logits [B,3,h,w], iou)` already at crop size, which costs B x 3 x h x w x 4
+    bytes at once). Memory: full-resolution logits exist for UPSCALE_CHUNK masks at a time and kept
+    masks are held as COCO RLE, so a job's peak is bounded by the image size, not points_per_batch.
+    `should_stop()` is asked before every batch of points; when it answers true, AmgCancelled is
+    raised. Errors: InputError for bad options or output_mode."""
     if output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
         raise InputError(f"output_mode: got {output_mode!r}, expected binary_mask, uncompressed_rle or coco_rle")
     opts.validate()
@@ -285,31 +340,35 @@ def generate_masks(image: np.ndarray, set_crop: CropFn, opts: AmgOptions, output
     crop_boxes, layers = generate_crop_boxes(orig_size, opts.crop_n_layers, opts.crop_overlap_ratio)
     grids = [build_point_grid(int(opts.points_per_side / (opts.crop_n_points_downscale_factor ** i)))
              for i in range(opts.crop_n_layers + 1)]
-    data: Dict[str, list] = {"masks": [], "iou": [], "points": [], "stability": [], "boxes": [], "crop_boxes": []}
+    data: Dict[str, list] = {"rles": [], "iou": [], "points": [], "stability": [], "boxes": [], "crop_boxes": []}
     for box, layer in zip(crop_boxes, layers):
-        part = _process_crop(set_crop, image, box, grids[layer], opts, orig_size)
+        _check_stop(should_stop)
+        part = _process_crop(set_crop, image, box, grids[layer], opts, orig_size, should_stop)
         for k in data:
             data[k].extend(part[k])
-    if len(crop_boxes) > 1 and data["masks"]:
+    if len(crop_boxes) > 1 and data["rles"]:
         cb = np.asarray(data["crop_boxes"], np.float32)
         scores = 1 / ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1]))
         keep = box_nms(np.asarray(data["boxes"], np.float32), scores, opts.crop_nms_thresh)
         data = {k: [v[i] for i in keep] for k, v in data.items()}
-    if opts.min_mask_region_area > 0 and data["masks"]:
+    if opts.min_mask_region_area > 0 and data["rles"]:
+        _check_stop(should_stop)
         data = _postprocess_small_regions(data, opts.min_mask_region_area, max(opts.box_nms_thresh, opts.crop_nms_thresh))
+    from pycocotools import mask as mask_utils
+
     records = []
-    for i, m in enumerate(data["masks"]):
+    for i, rle in enumerate(data["rles"]):
         if output_mode == "coco_rle":
-            seg = _coco_rle(m)
+            seg = {"size": list(rle["size"]), "counts": rle["counts"].decode("utf-8")}
         elif output_mode == "uncompressed_rle":
-            seg = uncompressed_rle(m)
+            seg = uncompressed_rle(_rle_decode(rle))
         else:
-            seg = m
+            seg = _rle_decode(rle)
         b = data["boxes"][i]
         cb = data["crop_boxes"][i]
         records.append({
             "segmentation": seg,
-            "area": int(m.sum()),
+            "area": int(mask_utils.area(rle)),
             # ints and floats exactly where segment_anything has them: boxes are pixel indices
             "bbox": [int(b[0]), int(b[1]), int(b[2] - b[0]), int(b[3] - b[1])],
             "predicted_iou": float(data["iou"][i]),
@@ -321,20 +380,22 @@ def generate_masks(image: np.ndarray, set_crop: CropFn, opts: AmgOptions, output
 
 
 def _postprocess_small_regions(data, min_area: int, nms_thresh: float):
-    new_masks, scores = [], []
-    for m in data["masks"]:
+    """Fill small holes, remove small islands (one mask decoded at a time), then NMS preferring
+    masks that needed no change."""
+    new_rles, boxes, scores = [], [], []
+    for rle in data["rles"]:
+        m = _rle_decode(rle)
         m, changed = remove_small_regions(m, min_area, "holes")
         unchanged = not changed
         m, changed = remove_small_regions(m, min_area, "islands")
         unchanged = unchanged and not changed
-        new_masks.append(m)
+        new_rles.append(rle if unchanged else _rle_encode(m[None])[0])
+        boxes.append(masks_to_boxes(m[None])[0])
         scores.append(float(unchanged))  # prefer masks that needed no change
-    masks = np.stack(new_masks)
-    boxes = masks_to_boxes(masks)
-    keep = box_nms(boxes, np.asarray(scores, np.float32), nms_thresh)
+    keep = box_nms(np.stack(boxes), np.asarray(scores, np.float32), nms_thresh)
     out = {k: [v[i] for i in keep] for k, v in data.items()}
     for j, i in enumerate(keep):
         if scores[i] == 0.0:  # recompute what changed
-            out["masks"][j] = masks[i]
+            out["rles"][j] = new_rles[i]
             out["boxes"][j] = boxes[i]
     return out
