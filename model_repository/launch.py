@@ -65,18 +65,22 @@ def choose_openvino_engine(manifest: ExportManifest, graph: str, precision: str 
 
 
 def repository_from_export(export_dir: str, out_dir: str, opts: Optional[RepoOptions] = None,
-                           backend: str = "onnxruntime", precision: str = "fp32") -> str:
+                           backend: str = "onnxruntime", precision: Optional[str] = None) -> str:
     """Render a repository for the export in `export_dir` (its manifest, `samrt.artifacts.ExportManifest`).
 
     `precision` other than fp32 serves the encoder engine built by `samrt build-engine` into the
     same folder; its accuracy report goes into the repository and the encoder's config."""
     if backend not in BACKENDS:
         raise SamrtError(f"--backend: got {backend!r}, expected one of {sorted(BACKENDS)}")
+    openvino = backend in ("openvino", "openvino-native")
+    precision = precision or ("auto" if openvino else "fp32")  # OpenVINO: the fastest variant that passes
+    if precision == "auto" and not openvino:
+        raise SamrtError(f"--precision auto: got --backend {backend}, expected --backend openvino")
     manifest = ExportManifest.read(export_dir)
     encoder, decoder = manifest.encoder_path, manifest.decoder_path
     opts = dataclasses.replace(opts or RepoOptions(), native=BACKENDS[backend])
     engine_report = None
-    if backend in ("openvino", "openvino-native"):
+    if openvino:
         encoder, engine_report, why_enc = choose_openvino_engine(manifest, "encoder", precision)
         decoder, _, why_dec = choose_openvino_engine(manifest, "decoder", precision if precision != "int8" else "auto")
         print(f"serving {why_enc}\nserving {why_dec}", file=sys.stderr)

@@ -162,7 +162,7 @@ def render_repository(
     if engine_report is not None:  # served results carry the engine's accuracy report
         summary = {"engine": engine_report["engine"], "precision": engine_report["precision"],
                    "accuracy": engine_report["accuracy"], "gate": engine_report["gate"]}
-        configs["sam_image_encoder"]["parameters"]["engine_report"] = {"string_value": json.dumps(summary)}
+        configs["sam_image_encoder"].setdefault("parameters", {})["engine_report"] = {"string_value": json.dumps(summary)}
     for name, config in configs.items():
         os.makedirs(os.path.join(out_dir, name, "1"))
         text = _to_pbtxt(name, config)

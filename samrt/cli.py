@@ -126,9 +126,9 @@ def _repo_options(p) -> None:
 
     d = RepoOptions()  # the library's defaults, stated once
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8", "auto"],
-                   help="encoder engine to serve (built by `samrt build-engine`; its report travels along); "
-                        "auto (openvino): the fastest variant that passes the gate")
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8", "auto"],
+                   help="engine to serve (built by `samrt build-engine`; its report travels along); default fp32, "
+                        "with --backend openvino auto: the fastest variant of each graph that passes the gate")
     p.add_argument("--cache-bytes", type=int, default=d.cache_bytes, help="embedding cache budget (LRU)")
     p.add_argument("--max-prompts", type=int, default=d.max_prompts, help="prompts per sam_decode request")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image (pixels) sam_encode and sam_amg accept; default 8192*8192 = 67 M")

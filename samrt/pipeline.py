@@ -105,7 +105,7 @@ def ensure_openvino_engines(manifest: ExportManifest, precision: str = "auto") -
 
 
 def build_repository(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", opts=None,
-                     random_init: bool = False, precision: str = "fp32", backend: str = "onnxruntime") -> str:
+                     random_init: bool = False, precision: Optional[str] = None, backend: str = "onnxruntime") -> str:
     """Export (cached in `build_dir/export`), build the engines `backend` and `precision` ask for,
     render `build_dir/repo`; returns the repository path. `backend` "openvino" with precision
     "auto" serves the fastest OpenVINO variant of each graph that passes the accuracy gate."""
@@ -114,8 +114,8 @@ def build_repository(build_dir: str, checkpoint: Optional[str] = None, model_typ
     checkpoint, model_type = resolve_source(checkpoint, model_type, random_init)
     manifest = ensure_export(os.path.join(build_dir, "export"), model_type, checkpoint)
     if backend == "openvino":
-        ensure_openvino_engines(manifest, precision)
-    elif precision != "fp32":
+        ensure_openvino_engines(manifest, precision or "auto")
+    elif precision not in (None, "fp32"):
         ensure_engine(manifest, "encoder", "onnxruntime", precision)
     print(f"model: {manifest.describe()}", file=sys.stderr)
     return repository_from_export(manifest.export_dir, os.path.join(build_dir, "repo"), opts, backend=backend,
@@ -123,7 +123,7 @@ def build_repository(build_dir: str, checkpoint: Optional[str] = None, model_typ
 
 
 def serve(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", opts=None,
-          random_init: bool = False, precision: str = "fp32", host: str = "127.0.0.1", http_port: int = 8000,
+          random_init: bool = False, precision: Optional[str] = None, host: str = "127.0.0.1", http_port: int = 8000,
           grpc_port: int = 8001, metrics_port: int = 8002, backend: str = "onnxruntime") -> None:
     """`samrt serve`: build the repository, run tritonserver until Ctrl-C or SIGTERM."""
     from samrt.model_repository.launch import serve_forever

@@ -102,3 +102,48 @@ def test_re_render_replaces_only_what_it_rendered(tiny_cfg, tiny_export, tmp_pat
         from samrt.artifacts import prepare_output_dir
 
         prepare_output_dir(out, "export")
+
+
+def _fake_engine(export_dir, graph_path, precision, ms, iou, passed):
+    """An OpenVINO engine file with its report, as build-engine writes them (contents not read here)."""
+    import json
+
+    from samrt.artifacts import engine_path
+
+    path = engine_path(graph_path, export_dir, "openvino", precision)
+    open(path, "w").write("<net/>")
+    open(path[:-4] + ".bin", "wb").write(b"\0")
+    json.dump({"engine": os.path.basename(path), "precision": precision, "speed": {"engine_ms": ms},
+               "accuracy": {"mean_mask_iou": iou}, "gate": {"passed": passed, "min": 0.98}},
+              open(path + ".report.json", "w"))
+    return path
+
+
+def test_openvino_serving_picks_the_fastest_variant_that_passes(tiny_export, tmp_path, capsys):
+    import shutil
+
+    from samrt.artifacts import ExportManifest
+    from samrt.model_repository.launch import choose_openvino_engine, repository_from_export
+
+    export_dir = str(tmp_path / "export")
+    shutil.copytree(os.path.dirname(tiny_export.encoder_path), export_dir)
+    m = ExportManifest.read(export_dir)
+    _fake_engine(export_dir, m.encoder_path, "fp32", 300.0, 1.0, True)
+    bf16 = _fake_engine(export_dir, m.encoder_path, "bf16", 150.0, 0.997, True)
+    _fake_engine(export_dir, m.encoder_path, "int8", 100.0, 0.93, False)  # faster, but its gate failed
+    path, report, why = choose_openvino_engine(m, "encoder")
+    assert path == bf16 and "bf16" in why and "int8: gate failed" in why
+    with pytest.raises(Exception, match="no usable decoder engine"):
+        choose_openvino_engine(m, "decoder")
+    dec = _fake_engine(export_dir, m.decoder_path, "fp32", 20.0, 1.0, True)
+    assert choose_openvino_engine(m, "decoder", "fp32")[0] == dec
+    repo = repository_from_export(export_dir, str(tmp_path / "repo"), backend="openvino")
+    assert "serving encoder: openvino bf16" in capsys.readouterr().err
+    enc = parse_config(open(os.path.join(repo, "sam_image_encoder", "config.pbtxt")).read())
+    assert enc.parameters["engine_path"].string_value == bf16
+    native = repository_from_export(export_dir, str(tmp_path / "native"), backend="openvino-native")
+    cfg = parse_config(open(os.path.join(native, "sam_image_encoder", "config.pbtxt")).read())
+    assert cfg.backend == "openvino"
+    assert os.path.isfile(os.path.join(native, "sam_image_encoder", "1", "model.xml"))
+    assert os.path.isfile(os.path.join(native, "sam_image_encoder", "1", "model.bin"))
+    assert parse_config(open(os.path.join(native, "sam_prompt_decoder", "config.pbtxt")).read()).backend == "openvino"
