@@ -104,9 +104,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     m = ExportManifest.read(args.export)
     if args.image:
-        from PIL import Image
+        from samrt.imageio import load_image
 
-        image = np.asarray(Image.open(args.image).convert("RGB"))
+        image = load_image(args.image)
     else:
         image = _scene(args.height, args.width)
     row = measure_amg_memory(m.encoder_path, m.decoder_path, image, m.config.image_size, **json.loads(args.options))

@@ -145,7 +145,7 @@ def _interactive(repo: Optional[str], url: Optional[str], sam, quick: bool, base
     server = None if url else TritonServer(repo, work_dir=os.path.join(build_dir, "work_interactive")).start()
     try:
         rows = []
-        for protocol in ("grpc", "http"):
+        for protocol in (("grpc", "http") if url is None else ("grpc",)):  # a given url: its gRPC endpoint
             target = url or (server.grpc_url if protocol == "grpc" else server.http_url)
             rows += interactive_rows(target, [protocol], image, stream[:len(stream) // 2] if protocol == "grpc"
                                      else stream[len(stream) // 2:], reference, clicks, base)

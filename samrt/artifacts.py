@@ -83,6 +83,11 @@ def prepare_output_dir(path: str, kind: str, accept: Sequence[str] = ()) -> str:
             return path
         raise OutputDirError(f"{path}: holds the output of samrt {marker['kind']}, expected a new or empty folder "
                              f"or one written by samrt {kind}; nothing was changed")
+    if entries and "export" in (kind,) + tuple(accept) and _is_unmarked_export(path):
+        # An export folder written before markers existed: its report says samrt wrote it.
+        _write_marker(path, {"kind": "export", "entries": [], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                             "adopted": "export_report.json written by samrt export"})
+        return path
     if entries:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise OutputDirError(f"{path}: not empty ({len(entries)} entries: {shown}) and not written by samrt "
@@ -91,6 +96,14 @@ def prepare_output_dir(path: str, kind: str, accept: Sequence[str] = ()) -> str:
     os.makedirs(path, exist_ok=True)
     _write_marker(path, {"kind": kind, "entries": [], "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return path
+
+
+def _is_unmarked_export(path: str) -> bool:
+    try:
+        ExportManifest.read(path, require_passed=False)
+        return True
+    except ArtifactError:
+        return False
 
 
 def record_entries(path: str, names: Iterable[str]) -> None:

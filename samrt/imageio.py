@@ -32,6 +32,7 @@ __all__ = [
     "MODE_DECISIONS",
     "decode_image_bytes",
     "load_image",
+    "probe_image",
     "rgb_from_pil",
     "check_pixel_count",
     "check_resized_shape",
@@ -309,3 +310,19 @@ def load_image(path: Union[str, "os.PathLike[str]"], max_pixels: Optional[int] =
     """An image file -> HxWx3 uint8 RGB in displayed orientation (as decode_image_bytes)."""
     path = os.fspath(path)
     return _decode(path, max_pixels, path, "a file")
+
+
+def probe_image(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
+    """(height, width) of an image file as displayed (EXIF orientation applied), from its header,
+    after Pillow's integrity check of the file (`Image.verify`); no pixels decoded.
+    Raises InputError when the file is not an image Pillow can read."""
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if _orientation(im) in (5, 6, 7, 8):  # a quarter turn: the displayed image is transposed
+                w, h = h, w
+            im.verify()
+    except Exception as e:  # Pillow raises many kinds for bad data
+        raise InputError(f"{path}: cannot be decoded as an image ({type(e).__name__}: {e})") from None
+    return h, w

@@ -90,3 +90,18 @@ def test_manifest_of_a_real_export(tiny_export):
     m = ExportManifest.read(os.path.dirname(tiny_export.encoder_path))
     assert m.config.model_type == "tiny" and m.passed and os.path.isfile(m.encoder_path)
     assert m.random_init and "RANDOM-INIT" in m.describe()
+
+
+def test_an_export_folder_without_a_marker_is_recognised_by_its_report(tiny_export, tmp_path):
+    import shutil
+
+    legacy = tmp_path / "old_export"
+    legacy.mkdir()
+    for f in ("export_report.json", os.path.basename(tiny_export.encoder_path), os.path.basename(tiny_export.decoder_path)):
+        shutil.copy(os.path.join(os.path.dirname(tiny_export.encoder_path), f), legacy / f)
+    prepare_output_dir(str(legacy), "engines", accept=("export",))  # engines may go into it
+    assert read_marker(str(legacy))["kind"] == "export"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "export_report.json").write_text("{}")  # not a samrt report: still refused
+    with pytest.raises(OutputDirError):
+        prepare_output_dir(str(tmp_path / "other"), "engines", accept=("export",))

@@ -116,7 +116,7 @@ def test_a_corrupt_file_is_listed_as_failed_while_the_others_finish(ray_run):
     with open(os.path.join(ray_run["out"], "failures.jsonl")) as f:
         failures = [json.loads(line) for line in f]
     assert [(r["file_name"], r["kind"]) for r in failures] == [(CORRUPT, "decode")]
-    assert "cannot be read as an image" in failures[0]["reason"]
+    assert "no image decoder reads" in failures[0]["reason"]
     assert not os.path.exists(os.path.join(ray_run["out"], "zz_corrupt.json"))
 
 

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
-from PIL import Image, ImageOps
 
+
+from samrt import imageio
 from samrt.errors import InputError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageEntry", "Skipped", "ImageFolder"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,7 @@ class ImageFolder:
                 self.skipped.append(Skipped(name, reason))
                 continue
             stems.add(stem)
-            with Image.open(full) as im:
-                w, h = im.size
-                if im.getexif().get(0x0112) in _TRANSPOSED:
-                    w, h = h, w
+            h, w = imageio.probe_image(full)
             entry = ImageEntry(len(self.images), name, w, h)
             self.images.append(entry)
             self._by_name[name] = entry
@@ -80,10 +77,9 @@ class ImageFolder:
         if not name.lower().endswith(IMAGE_SUFFIXES):
             return f"not an image: suffix {os.path.splitext(name)[1] or '(none)'!r}, expected one of {', '.join(IMAGE_SUFFIXES)}"
         try:
-            with Image.open(full) as im:
-                im.verify()
-        except Exception as e:  # PIL raises many kinds for bad data
-            return f"cannot be decoded as an image ({type(e).__name__}: {e})"
+            imageio.probe_image(full)
+        except InputError as e:
+            return str(e).split(": ", 1)[-1]
         return None
 
     def __len__(self) -> int:
@@ -105,7 +101,6 @@ class ImageFolder:
     def load(self, entry: ImageEntry) -> np.ndarray:
         """HxWx3 uint8 RGB, EXIF orientation applied (as the browser shows the file)."""
         try:
-            with Image.open(self.file_path(entry)) as im:
-                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-        except Exception as e:
-            raise InputError(f"{entry.name}: cannot be decoded ({type(e).__name__}: {e})") from None
+            return imageio.load_image(self.file_path(entry))
+        except InputError as e:
+            raise InputError(f"{entry.name}: cannot be decoded ({e})") from None

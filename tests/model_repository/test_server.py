@@ -129,7 +129,6 @@ BAD_DECODES = [
     (dict(point_coords=[[np.inf, 1.0]], point_labels=[1]), "non-finite"),
     (dict(point_coords=[[1.0, 1.0]], point_labels=[5]), r"got \[5\], expected values in"),
     (dict(point_coords=[[1.0, 1.0]], point_labels=[-1]), "only padding labels"),
-    (dict(point_coords=np.zeros((MAX_PROMPTS + 1, 1, 2)), point_labels=np.ones((MAX_PROMPTS + 1, 1))), "batch-size must be <="),
 ]
 
 
@@ -138,6 +137,17 @@ def test_bad_decode_gets_its_error_and_the_server_goes_on(client, kwargs, match)
     image_id = client.encode(random_image(100, 100, seed=7)).image_id
     with pytest.raises(ServerError, match=match):
         client.decode(image_id, **kwargs)
+    assert client.decode(image_id, [[50, 50]], [1])["masks"].shape == (1, 3, 100, 100)
+
+
+def test_more_prompts_than_the_limit_in_one_request(client):
+    """The server's own limit (the SDK's decode() splits such requests; a raw request meets it)."""
+    image_id = client.encode(random_image(100, 100, seed=7)).image_id
+    p = MAX_PROMPTS + 1
+    with pytest.raises(ServerError, match="batch-size must be <="):
+        client.infer("sam_decode", {"image_id": (np.full((p, 1), image_id.encode(), dtype=object), "BYTES"),
+                                    "point_coords": (np.zeros((p, 1, 2), np.float32), "FP32"),
+                                    "point_labels": (np.ones((p, 1), np.int32), "INT32")}, ["iou_predictions"])
     assert client.decode(image_id, [[50, 50]], [1])["masks"].shape == (1, 3, 100, 100)
 
 
