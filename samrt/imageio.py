@@ -319,10 +319,11 @@ def probe_image(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
     path = os.fspath(path)
     try:
         with Image.open(path) as im:
+            im.verify()  # must come first after open (Pillow)
+        with Image.open(path) as im:
             w, h = im.size
             if _orientation(im) in (5, 6, 7, 8):  # a quarter turn: the displayed image is transposed
                 w, h = h, w
-            im.verify()
     except Exception as e:  # Pillow raises many kinds for bad data
         raise InputError(f"{path}: cannot be decoded as an image ({type(e).__name__}: {e})") from None
     return h, w
