@@ -357,6 +357,7 @@ class SamClient:
         Any P: above the server's prompt limit (`model_info()["max_prompts"]`), or when the answer
         would exceed `max_response_bytes` (gRPC's 2 GiB message; `masks` alone is P x C x H x W
         bytes), the prompts go in several requests whose answers are joined in order."""
+        image_id = getattr(image_id, "image_id", image_id)  # an EncodeResult stands for its id
         if self.ring is not None:
             return call(self.ring, self.replicas, self._aliases.get(image_id, image_id),
                         lambda i, c: c.decode(image_id, point_coords, point_labels, mask_input, multimask_output,
@@ -488,6 +489,9 @@ def decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_ou
     bad = [o for o in outputs if o not in model.output_names]
     if bad:
         raise InputError(f"outputs: got {bad}, expected names from {list(model.output_names)}")
+    image_id = getattr(image_id, "image_id", image_id)  # an EncodeResult stands for its id
+    if not isinstance(image_id, str):
+        raise InputError(f"image_id: got {type(image_id).__name__}, expected the str id that encode() returned")
     arrays = check_prompts(point_coords, point_labels, mask_input, multimask_output)
     p = arrays["point_coords"].shape[0]
     arrays["image_id"] = np.full((p, 1), image_id.encode(), dtype=object)

@@ -224,4 +224,5 @@ class TritonSamPredictor(SamPredictorAPI):
             boxes = self.transform.restore_boxes(boxes, self.original_size)
         masks, iou, low = self.predict_batch(coords, _as_numpy(point_labels), boxes, _as_numpy(mask_input),
                                              multimask_output, return_logits)
-        return torch.from_numpy(masks), torch.from_numpy(iou), torch.from_numpy(low)
+        # tensors of their own (the answer's arrays may be read-only buffers of the transport)
+        return tuple(torch.from_numpy(np.array(a)) for a in (masks, iou, low))

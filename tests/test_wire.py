@@ -46,3 +46,16 @@ def test_sdk_requests_are_packed_as_declared():
 def test_image_id_is_a_pixel_hash():
     a = np.zeros((2, 2, 3), np.uint8)
     assert wire.image_id_of(a) == wire.image_id_of(a.copy()) != wire.image_id_of(np.zeros((2, 3, 3), np.uint8))
+
+
+def test_decode_takes_the_encode_result_or_its_id():
+    import pytest
+
+    from samrt.client._client import EncodeResult
+    from samrt.errors import InputError
+
+    a = decode_inputs("abc", [[1, 2]], [1], None, True, ["masks"])
+    b = decode_inputs(EncodeResult("abc", (4, 5)), [[1, 2]], [1], None, True, ["masks"])
+    assert a["image_id"][0].tolist() == b["image_id"][0].tolist() == [[b"abc"]]
+    with pytest.raises(InputError, match="image_id: got int, expected the str id"):
+        decode_inputs(3, [[1, 2]], [1], None, True, ["masks"])
