@@ -1,0 +1,52 @@
+"""Memory grows with a bounded chunk, not with the number of prompts: the decoder runs at most
+DECODER_CHUNK prompts at a time and masks are upscaled UPSCALE_CHUNK prompts at a time."""
+
+import numpy as np
+
+from samrt.engines.runner import DECODER_CHUNK, run_decoder
+from samrt.model_repository import logic
+
+
+class RecordingDecoder:
+    """A Runner that records the rows of every call and answers per-row constants."""
+
+    input_shapes = {"mask_input": ("num_prompts", 1, 8, 8)}
+
+    def __init__(self):
+        self.rows = []
+
+    def run(self, feeds, outputs=None):
+        p = feeds["point_coords"].shape[0]
+        assert feeds["image_embeddings"].shape[0] == p and feeds["image_embeddings"].flags.c_contiguous
+        self.rows.append(p)
+        first = feeds["point_coords"][:, 0, 0]  # row identity travels through
+        return {"low_res_masks": np.broadcast_to(first[:, None, None, None], (p, 4, 8, 8)).astype(np.float32),
+                "iou_predictions": np.broadcast_to(first[:, None], (p, 4)).astype(np.float32)}
+
+
+def test_decoder_runs_in_bounded_chunks_and_keeps_row_order():
+    dec = RecordingDecoder()
+    p = 3 * DECODER_CHUNK + 5
+    coords = np.zeros((p, 2, 2), np.float32)
+    coords[:, 0, 0] = np.arange(p)
+    low, iou = run_decoder(dec, np.ones((2, 4, 2, 2), np.float32), coords, np.ones((p, 2), np.float32), None, 8,
+                           embedding_rows=np.arange(p) % 2)
+    assert max(dec.rows) <= DECODER_CHUNK and sum(dec.rows) == p
+    np.testing.assert_array_equal(iou[:, 0], np.arange(p))
+    np.testing.assert_array_equal(low[:, 0, 0, 0], np.arange(p))
+
+
+def test_masks_are_upscaled_a_chunk_at_a_time(monkeypatch):
+    seen = []
+    real = logic.P.upscale_masks
+
+    def spy(low, *a, **k):
+        seen.append(low.shape[0])
+        return real(low, *a, **k)
+
+    monkeypatch.setattr(logic.P, "upscale_masks", spy)
+    low = np.random.default_rng(0).standard_normal((21, 3, 16, 16)).astype(np.float32)
+    masks = logic.upscaled_masks(low, (48, 64), (30, 40), 64)
+    assert masks.dtype == np.bool_ and masks.shape == (21, 3, 30, 40)
+    assert max(seen) <= logic.UPSCALE_CHUNK and sum(seen) == 21
+    np.testing.assert_array_equal(masks, real(low, (48, 64), (30, 40), 64) > 0)
