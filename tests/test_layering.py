@@ -59,23 +59,7 @@ def modules():
 
 def imports(name: str, path: str):
     """Every module `path` imports, anywhere in the file, as absolute names."""
-    tree = ast.parse(open(path).read())
-    is_pkg = path.endswith("__init__.py")
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = name.split(".")
-                base = parts if is_pkg else parts[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            out.add(mod)
-            out.update(f"{mod}.{a.name}" for a in node.names)
-    return out
+    return _imports_of_tree(name, path, ast.parse(open(path).read()))
 
 
 ALL = modules()
