@@ -143,7 +143,7 @@ class TritonSamPredictor(SamPredictorAPI):
                 self.image_id = self.client.encode(self._image).image_id
                 emb = self.client.image_embedding(self.image_id)
             torch = _torch_or_none()
-            self._features = (self.image_id, torch.from_numpy(emb) if torch is not None else emb)
+            self._features = (self.image_id, torch.from_numpy(np.require(emb, requirements='W')) if torch is not None else emb)  # wire buffers are read-only
         return self._features[1]
 
     @property

@@ -88,3 +88,17 @@ def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     base = np.stack([np.sin(6 * xx + c) * np.cos(5 * yy - c) for c in range(3)], -1) * 100 + 128
     return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def settled_count(read, expected: int, timeout: float = 30.0, settle: float = 0.3) -> int:
+    """Triton adds a request to a model's statistics after the response has left, so a count read
+    right after a call can lag by the last request. Poll ``read()`` until it reaches ``expected``
+    (or ``timeout`` seconds pass), wait ``settle`` seconds for stragglers, and return the count:
+    the caller asserts equality, so more requests than expected still fail."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while read() < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(settle)
+    return read()

@@ -72,7 +72,9 @@ def click(i):
 
 
 def encoder_counts(servers):
-    """{url: sam_image_encoder's inference count} straight from each live server."""
+    """{url: sam_image_encoder's inference count} straight from each live server. Triton counts a
+    request after its response has left, so wait a moment for the last ones to be counted."""
+    time.sleep(0.5)
     out = {}
     for s in servers:
         if s.process is not None:
