@@ -148,16 +148,17 @@ class AsyncSamClient:
     async def image_size(self, image_id: str) -> Tuple[int, int]:
         """As SamClient.image_size."""
         if image_id not in self._sizes:
-            out = await self.infer("sam_embedding_cache", cache_get_inputs(image_id), ["found", "original_size"],
+            out = await self.infer((await self.model_info())["cache_model"], cache_get_inputs(image_id),
+                                   ["found", "original_size"],
                                    headers={wire.IMAGE_ID_HEADER: image_id})
             self._sizes[image_id] = tuple(int(v) for v in check_cached(image_id, out)["original_size"].reshape(-1))
         return self._sizes[image_id]
 
     async def image_embedding(self, image_id: str) -> np.ndarray:
         """As SamClient.image_embedding: float32 [1,D,E,E]."""
-        out = await self.infer("sam_embedding_cache", cache_get_inputs(image_id),
+        out = await self.infer((await self.model_info())["cache_model"], cache_get_inputs(image_id),
                                ["found", "image_embeddings", "original_size"], headers={wire.IMAGE_ID_HEADER: image_id})
-        return check_cached(image_id, out)["image_embeddings"][None]
+        return check_cached(image_id, out)["image_embeddings"]
 
     async def segment(self, image, point_coords, point_labels, multimask_output: bool = True,
                       outputs: Sequence[str] = DEFAULT_OUTPUTS) -> Dict[str, np.ndarray]:

@@ -395,10 +395,10 @@ class SamClient:
         shape; [1,256,64,64] for the official models). ImageNotCachedError when it holds none."""
         out = self._cache_get(image_id, ["found", "image_embeddings", "original_size"])
         self._sizes[image_id] = tuple(int(v) for v in out["original_size"].reshape(-1))
-        return out["image_embeddings"][None]
+        return out["image_embeddings"]
 
     def _cache_get(self, image_id: str, outputs) -> Dict[str, np.ndarray]:
-        out = self.infer(wire.SAM_EMBEDDING_CACHE.name, cache_get_inputs(image_id), outputs,
+        out = self.infer(self.model_info()["cache_model"], cache_get_inputs(image_id), outputs,
                          headers={wire.IMAGE_ID_HEADER: image_id})
         return check_cached(image_id, out)
 
@@ -423,6 +423,8 @@ def parse_model_info(decode_config: dict, encoder_config: dict) -> dict:
         "image_size": int(decode_config["parameters"]["image_size"]["string_value"]),
         "low_res_size": int(dims["mask_input"][-1]),
         "max_prompts": int(decode_config.get("max_batch_size", 0)),
+        # the model that owns the embedding cache (samrt.model_repository.python_models)
+        "cache_model": decode_config["parameters"].get("cache_model", {}).get("string_value", "sam_embedding_cache"),
         "encoder_engine": json.loads(report) if report else None,
     }
 
@@ -450,10 +452,10 @@ def join_answers(parts, outputs: Sequence[str]) -> Dict[str, np.ndarray]:
 
 
 def cache_get_inputs(image_id: str) -> Dict[str, Tuple[np.ndarray, str]]:
-    """sam_embedding_cache's inputs for a get of `image_id`."""
+    """The cache owner's inputs for a get of `image_id` (Triton's batch dim first: [1,1])."""
     if not isinstance(image_id, str) or not image_id:
         raise InputError(f"image_id: got {image_id!r}, expected the id sam_encode answered (a string)")
-    return {"image_id": wire.SAM_EMBEDDING_CACHE.input("image_id").pack([image_id.encode()])}
+    return {"image_id": wire.SAM_MASK_DECODER.input("image_id").pack([[image_id.encode()]])}
 
 
 def check_cached(image_id: str, out: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

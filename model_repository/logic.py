@@ -9,7 +9,7 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -24,10 +24,10 @@ __all__ = [
     "CacheEntry",
     "UnknownImageError",
     "decode_image_bytes",
-    "DecodeRequest",
+    "single_image_id",
     "parse_multimask",
-    "parse_decode_request",
-    "postprocess_decode",
+    "prepare_prompts",
+    "upscaled_masks",
     "masks_to_rle",
 ]
 
@@ -107,21 +107,12 @@ class EmbeddingCache:
 
 
 
-@dataclass
-class DecodeRequest:
-    """One sam_decode request after validation, as decoder inputs in the resized frame."""
-
-    image_id: str
-    point_coords: np.ndarray  # [P,N,2] float32, resized frame
-    point_labels: np.ndarray  # [P,N] float32
-    mask_input: Optional[np.ndarray]  # [P,1,m,m] or None
-    multimask_output: bool
-    original_size: Tuple[int, int]
-    input_size: Tuple[int, int]
-
-    @property
-    def num_prompts(self) -> int:
-        return int(self.point_coords.shape[0])
+def single_image_id(image_ids: np.ndarray) -> str:
+    """`image_id` [P,1] BYTES of one request -> the one id all its rows name."""
+    ids = {(x.decode() if isinstance(x, bytes) else str(x)) for x in np.asarray(image_ids).reshape(-1)}
+    if len(ids) != 1:
+        raise InputError(f"image_id: got {len(ids)} different ids in one request, expected one image per request")
+    return ids.pop()
 
 
 def parse_multimask(multimask_output: Optional[np.ndarray]) -> bool:
@@ -134,59 +125,33 @@ def parse_multimask(multimask_output: Optional[np.ndarray]) -> bool:
     return bool(mm[0]) if mm.size else True
 
 
-def parse_decode_request(
-    image_ids: np.ndarray,
+def prepare_prompts(
     point_coords: np.ndarray,
     point_labels: np.ndarray,
     mask_input: Optional[np.ndarray],
     multimask_output: Optional[np.ndarray],
-    original_size: Tuple[int, int],
-    image_size: int,
     low_res_size: int,
-) -> DecodeRequest:
-    """Validate the wire tensors of one request (batch dim = prompts) and transform the points,
-    with SAM's prompt rules from `samrt.prompts` (the wire's padding rule: `complete_prompts`).
-
-    Wire (`samrt.wire.SAM_DECODE`): image_id [P,1] BYTES, point_coords [P,N,2] FP32 (original
-    pixels), point_labels [P,N] INT32, optional mask_input [P,1,m,m] FP32, optional
-    multimask_output [P,1] BOOL.
-    """
-    ids = {(x.decode() if isinstance(x, bytes) else str(x)) for x in np.asarray(image_ids).reshape(-1)}
-    if len(ids) != 1:
-        raise InputError(f"image_id: got {len(ids)} different ids in one request, expected one image per request")
-    pc, pl = prompts.check_points(point_coords, point_labels)
-    mask = None if mask_input is None else prompts.check_mask_input(mask_input, pc.shape[0], low_res_size)
-    coords, labels = prompts.decoder_prompts(pc, pl, original_size, image_size)
-    return DecodeRequest(
-        image_id=ids.pop(),
-        point_coords=coords,
-        point_labels=labels,
-        mask_input=mask,
-        multimask_output=parse_multimask(multimask_output),
-        original_size=original_size,
-        input_size=prompts.get_preprocess_shape(original_size[0], original_size[1], image_size),
-    )
-
-
-def postprocess_decode(
-    req: DecodeRequest,
-    low_res: np.ndarray,
-    iou: np.ndarray,
-    image_size: int,
-    requested: Sequence[str],
 ) -> Dict[str, np.ndarray]:
-    """Decoder outputs of one request ([P,4,m,m], [P,4]) -> the requested wire outputs."""
-    low_res, iou = P.select_masks(low_res, iou, req.multimask_output)
-    out: Dict[str, np.ndarray] = {"iou_predictions": iou.astype(np.float32)}
-    if "low_res_masks" in requested:
-        out["low_res_masks"] = np.ascontiguousarray(low_res, dtype=np.float32)
-    if "masks" in requested or "masks_rle" in requested:
-        masks = upscaled_masks(low_res, req.input_size, req.original_size, image_size)
-        if "masks" in requested:
-            out["masks"] = masks
-        if "masks_rle" in requested:
-            out["masks_rle"] = masks_to_rle(masks)
-    return out
+    """The click path's first step (`sam_prompt_prep`): one request's wire prompts, checked with
+    SAM's rules (`samrt.prompts`) and completed (the padding point), still in original pixels.
+
+    In (`samrt.wire.SAM_DECODE`): point_coords [P,N,2] FP32, point_labels [P,N] INT32, optional
+    mask_input [P,1,m,m] FP32, optional multimask_output [P,1] BOOL.
+    Out (`samrt.wire.SAM_PROMPT_PREP`): prompt_coords [P,N',2] FP32, prompt_labels [P,N'] FP32,
+    prompt_mask [P,1,m,m] FP32 (zeros when none), has_mask_input [P,1] FP32, multimask [P,1] BOOL.
+    Raises InputError naming what was received and what was expected."""
+    pc, pl = prompts.check_points(point_coords, point_labels)
+    p = pc.shape[0]
+    if mask_input is None:
+        mask, has = np.zeros((p, 1, low_res_size, low_res_size), np.float32), 0.0
+    else:
+        mask, has = prompts.check_mask_input(mask_input, p, low_res_size), 1.0
+    coords, labels = prompts.complete_prompts(pc, pl)
+    return {"prompt_coords": np.ascontiguousarray(coords, np.float32),
+            "prompt_labels": np.ascontiguousarray(labels, np.float32),
+            "prompt_mask": np.ascontiguousarray(mask, np.float32),
+            "has_mask_input": np.full((p, 1), has, np.float32),
+            "multimask": np.full((p, 1), parse_multimask(multimask_output))}
 
 
 # Prompts upscaled at a time: float logits at the original size exist for this many only.

@@ -6,10 +6,27 @@ Tensor names and dtypes come from the wire declaration (`samrt.wire`); prompt ru
 with Triton's code (INVALID_ARG for bad input, NOT_FOUND for an unknown or evicted image_id,
 UNAVAILABLE for overload) and the other requests of the batch go on.
 
-Where the embedding cache lives: python-backend models are separate processes, so the cache is
-owned by one single-instance model, `sam_embedding_cache`, which does nothing slow. `sam_encode`
-and `sam_decode` reach it through BLS; encoders and decoders can then be scaled to several
-instances (processes) and still share one cache, and a long encode never blocks a lookup.
+The click path, `sam_decode`, is a Triton ensemble (rendered from `samrt.wire.CLICK_STEPS`):
+`sam_prompt_prep` checks and completes the prompts, the mask decoder step runs the engine with
+Triton's dynamic batcher gathering prompts of all clients and images, `sam_mask_upscale` and
+`sam_mask_rle` produce `masks` and `masks_rle` (Triton prunes them when a request does not ask
+for those outputs).
+
+Where the embedding lives, and why. An embedding is 4 MiB (official models); a click is a few
+hundred bytes. Python-backend models are separate processes, and a tensor that passes between
+two of them is copied through shared memory. So the model that runs the decoder also owns the
+cache: in the CPU variant `sam_mask_decoder` is the cache and the engine in one process, and a
+click reads its embedding in place (an earlier design fetched it from a cache model through BLS:
+4 MiB copied twice per click). The encode path (`sam_encode`, `sam_amg`) stores and fetches
+embeddings there through BLS, once per image, not per click. The cache keeps its byte bound,
+its LRU order and its NOT_FOUND error (`logic.EmbeddingCache`); it lives and dies with that
+process (the launcher's watchdog restarts it, and images are then encoded again).
+
+The production variant runs the decoder in a native backend (TensorRT / ONNX Runtime /
+OpenVINO), which cannot own a cache: there `sam_embedding_cache` owns it and hands the native
+`sam_prompt_decoder` each prompt's embedding as an ensemble tensor. On a GPU that tensor is copied
+to the device anyway (4 MiB is ~0.1 ms over PCIe 5); this variant was rendered and schema-checked,
+not run (no GPU, no NVIDIA container here).
 """
 
 from __future__ import annotations
@@ -182,53 +199,62 @@ def _id_tensor(image_id: str) -> np.ndarray:
     return np.array([image_id.encode()], dtype=object)
 
 
-def _cached(image_id: str, outputs: List[str]) -> Dict[str, np.ndarray]:
-    """The cache's entry for `image_id`; UnknownImageError (NOT_FOUND) when it holds none."""
-    got = _bls(CACHE, {"image_id": _id_tensor(image_id)}, ["found"] + outputs)
-    if not got["found"][0]:
+def _cache_model(params: Dict[str, str]) -> wire.WireModel:
+    """The model that owns the embedding cache in this repository (see the module docstring)."""
+    return wire.get_model(params.get("cache_model", wire.SAM_MASK_DECODER.name))
+
+
+def _cached(cache: wire.WireModel, image_id: str) -> Dict[str, np.ndarray]:
+    """The cache's entry for `image_id`: image_embeddings [1,D,E,E], original_size [1,2];
+    UnknownImageError (NOT_FOUND) when it holds none."""
+    got = _bls(cache, {"image_id": _id_tensor(image_id)[None]}, ["found", "image_embeddings", "original_size"])
+    if not got["found"].reshape(-1)[0]:
         raise logic.UnknownImageError(image_id)
     return got
 
 
-CACHE = wire.SAM_EMBEDDING_CACHE
+class _CacheOwner:
+    """The embedding cache and its own requests, for the model that owns it (sam_mask_decoder or
+    sam_embedding_cache). Requests carry Triton's batch dim (1 for these).
 
+    put: image_id + image_embeddings + original_size -> found. ask (only `found` requested):
+    whether the id is cached, without touching the LRU order. get (no prompt_coords): found,
+    image_embeddings, original_size; an id it does not hold answers found false with zeros, not an
+    error: Triton 2.51's BLS hands callers every error as INTERNAL, so callers raise NOT_FOUND."""
 
-class CacheModel:
-    """sam_embedding_cache: put (image_id + image_embeddings + original_size) or get (image_id).
+    model: wire.WireModel
 
-    A get of an id it does not hold answers `found` false (with zeros), not an error: Triton 2.51's
-    BLS hands callers every error as INTERNAL, so the caller raises NOT_FOUND itself."""
-
-    def initialize(self, args) -> None:
-        params = _params(args)
+    def _init_cache(self, params: Dict[str, str]) -> None:
         self.cache = logic.EmbeddingCache(int(params["cache_bytes"]))
-        self.missing = np.zeros([int(d) for d in params["embedding_shape"].split(",")], np.float32)
+        self.missing = np.zeros([1] + [int(d) for d in params["embedding_shape"].split(",")], np.float32)
 
-    def execute(self, requests):
-        return [self._one(r) for r in requests]
-
-    def _one(self, request):
+    def _cache_request(self, request, image_id: str):
+        """The response to a put/ask/get request; None for a decode request."""
+        emb = _input(request, "image_embeddings")
+        if emb is not None:
+            size = _input(request, "original_size").reshape(-1)
+            self.cache.put(image_id, logic.CacheEntry(np.array(emb.reshape(emb.shape[-3:]), dtype=np.float32),
+                                                      (int(size[0]), int(size[1]))))
+            return _response(self.model, {"found": np.array([[True]])})
+        if _input(request, "prompt_coords") is not None:
+            return None
+        wanted = request.requested_output_names()
+        if wanted and set(wanted) <= {"found"}:
+            return _response(self.model, {"found": np.array([[image_id in self.cache]])})
         try:
-            image_id = _ids(_input(request, "image_id"))
-            emb = _input(request, "image_embeddings")
-            if emb is not None:
-                size = _input(request, "original_size").reshape(-1)
-                self.cache.put(image_id, logic.CacheEntry(np.array(emb, dtype=np.float32), (int(size[0]), int(size[1]))))
-                return _response(CACHE, {"found": np.array([True])})
-            wanted = request.requested_output_names()
-            if wanted and set(wanted) <= {"found"}:
-                return _response(CACHE, {"found": np.array([image_id in self.cache])})
-            try:
-                entry = self.cache.get(image_id)
-            except logic.UnknownImageError:
-                return _response(CACHE, {"found": np.array([False]), "image_embeddings": self.missing,
-                                         "original_size": np.zeros(2)})
-            return _response(CACHE, {"found": np.array([True]), "image_embeddings": entry.embeddings,
-                                     "original_size": np.asarray(entry.original_size)})
-        except ValueError as e:  # e.g. an embedding larger than the cache
-            return _error(str(e), INVALID_ARG) if not isinstance(e, InputError) else _error_for(e, CACHE.name)
-        except Exception as e:  # one response per request, whatever happens
-            return _error_for(e, CACHE.name)
+            entry = self.cache.get(image_id)
+        except logic.UnknownImageError:
+            return _response(self.model, {"found": np.array([[False]]), "image_embeddings": self.missing,
+                                          "original_size": np.zeros((1, 2))})
+        return _response(self.model, {"found": np.array([[True]]), "image_embeddings": entry.embeddings[None],
+                                      "original_size": np.asarray([entry.original_size])})
+
+    def _decode_entry(self, request, image_id: str):
+        """The cache entry a decode request names (UnknownImageError: NOT_FOUND) and its points in
+        the encoder's resized frame."""
+        entry = self.cache.get(image_id)
+        coords = prompts.apply_coords(_input(request, "prompt_coords"), entry.original_size, self.image_size)
+        return entry, coords
 
 
 class ImageEncoderModel:
@@ -259,10 +285,11 @@ class ImageEncoderModel:
             return _error(f"encoder: {e}", INTERNAL)
 
 
-def _encode(image: np.ndarray, image_size: int) -> str:
+def _encode(image: np.ndarray, image_size: int, cache: wire.WireModel) -> str:
     """Embed `image` unless the cache holds it already; its id either way."""
     image_id = wire.image_id_of(image)
-    if not _bls(CACHE, {"image_id": _id_tensor(image_id)}, ["found"])["found"][0]:
+    key = _id_tensor(image_id)[None]
+    if not _bls(cache, {"image_id": key}, ["found"])["found"].reshape(-1)[0]:
         x, _ = P.preprocess_image(image, image_size)
         pb = _pb()
         req = pb.InferenceRequest(model_name="sam_image_encoder", inputs=[pb.Tensor("image", x)],
@@ -271,8 +298,8 @@ def _encode(image: np.ndarray, image_size: int) -> str:
         if resp.has_error():
             raise _BlsError(resp.error().message(), _code_name(resp.error()))
         emb = pb.get_output_tensor_by_name(resp, "image_embeddings").as_numpy()
-        _bls(CACHE, {"image_id": _id_tensor(image_id), "image_embeddings": emb[0],
-                     "original_size": np.asarray(image.shape[:2])}, ["found"])
+        _bls(cache, {"image_id": key, "image_embeddings": emb, "original_size": np.asarray([image.shape[:2]])},
+             ["found"])
     return image_id
 
 
@@ -284,6 +311,7 @@ class EncodeModel:
         _lower_priority(params)
         self.image_size = int(params["image_size"])
         self.max_pixels = int(params["max_pixels"])
+        self.cache = _cache_model(params)
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
@@ -291,74 +319,186 @@ class EncodeModel:
     def _one(self, request):
         try:
             image = _image_from_request(request, self.max_pixels, self.image_size, wire.SAM_ENCODE.name)
-            image_id = _encode(image, self.image_size)
+            image_id = _encode(image, self.image_size, self.cache)
             return _response(wire.SAM_ENCODE, {"image_id": _id_tensor(image_id), "original_size": np.asarray(image.shape[:2])})
         except Exception as e:
             return _error_for(e, wire.SAM_ENCODE.name)
 
 
-class DecodeModel:
-    """sam_decode: prompts for a cached image -> masks. Requests of different clients and images,
-    batched by Triton, run through the decoder together (one run per distinct point count)."""
+class PromptPrepModel:
+    """sam_prompt_prep, the click path's first step: prompts checked (INVALID_ARG naming what was
+    received) and completed, `logic.prepare_prompts`."""
+
+    def initialize(self, args) -> None:
+        self.low_res_size = int(_params(args)["low_res_size"])
+
+    def execute(self, requests):
+        return [self._one(r) for r in requests]
+
+    def _one(self, request):
+        try:
+            return _response(wire.SAM_PROMPT_PREP, logic.prepare_prompts(
+                _input(request, "point_coords"), _input(request, "point_labels"), _input(request, "mask_input"),
+                _input(request, "multimask_output"), self.low_res_size))
+        except Exception as e:
+            return _error_for(e, wire.SAM_DECODE.name)
+
+
+class MaskDecoderModel(_CacheOwner):
+    """sam_mask_decoder (CPU variant): the embedding cache and the decoder engine in one process.
+    Decode requests of different clients and images, batched by Triton over prompts, run through
+    the engine together (one run per distinct point count), each image's embedding read in place."""
+
+    model = wire.SAM_MASK_DECODER
 
     def initialize(self, args) -> None:
         params = _params(args)
-        self.runner = _decoder_runner(params)
+        self._init_cache(params)
+        self.runner = _engine_runner(params)
         self.image_size = int(params["image_size"])
         self.low_res_size = int(self.runner.input_shapes["mask_input"][-1])
 
     def execute(self, requests):
         responses: List[object] = [None] * len(requests)
-        parsed: Dict[int, logic.DecodeRequest] = {}
-        embeddings: Dict[str, Dict[str, np.ndarray]] = {}
+        decodes: Dict[int, tuple] = {}
         for i, request in enumerate(requests):
             try:
-                image_id = _ids(_input(request, "image_id"))
-                if image_id not in embeddings:
-                    embeddings[image_id] = _cached(image_id, ["image_embeddings", "original_size"])
-                size = embeddings[image_id]["original_size"]
-                parsed[i] = logic.parse_decode_request(
-                    _input(request, "image_id"), _input(request, "point_coords"), _input(request, "point_labels"),
-                    _input(request, "mask_input"), _input(request, "multimask_output"),
-                    (int(size[0]), int(size[1])), self.image_size, self.low_res_size,
-                )
+                image_id = logic.single_image_id(_input(request, "image_id"))
+                responses[i] = self._cache_request(request, image_id)
+                if responses[i] is None:
+                    entry, coords = self._decode_entry(request, image_id)
+                    decodes[i] = (image_id, entry, coords)
             except Exception as e:
                 responses[i] = _error_for(e, wire.SAM_DECODE.name)
         by_points = defaultdict(list)
-        for i, req in parsed.items():
-            by_points[req.point_coords.shape[1]].append(i)
+        for i, (_, _, coords) in decodes.items():
+            by_points[coords.shape[1]].append(i)
         for idxs in by_points.values():
-            self._run_group([(i, parsed[i]) for i in idxs], embeddings, requests, responses)
+            self._run_group(idxs, decodes, requests, responses)
         return responses
 
-    def _run_group(self, group, embeddings, requests, responses) -> None:
+    def _run_group(self, idxs, decodes, requests, responses) -> None:
         from samrt.engines.runner import run_decoder
 
-        ids = list(dict.fromkeys(r.image_id for _, r in group))  # the group's images, once each
-        emb = np.stack([embeddings[i]["image_embeddings"] for i in ids])
-        rows = np.concatenate([np.full(r.num_prompts, ids.index(r.image_id)) for _, r in group])
-        m = self.low_res_size
-        masks = [r.mask_input if r.mask_input is not None else np.zeros((r.num_prompts, 1, m, m), np.float32)
-                 for _, r in group]
-        has = np.concatenate([np.full(r.num_prompts, float(r.mask_input is not None), np.float32) for _, r in group])
+        entries = {}
+        for i in idxs:  # the group's images, once each
+            entries.setdefault(decodes[i][0], decodes[i][1])
+        ids = list(entries)
+        emb = entries[ids[0]].embeddings[None] if len(ids) == 1 else np.stack([entries[k].embeddings for k in ids])
+        rows = np.concatenate([np.full(len(decodes[i][2]), ids.index(decodes[i][0])) for i in idxs])
+        feed = {k: np.concatenate([_input(requests[i], k) for i in idxs]) for k in ("prompt_labels", "prompt_mask",
+                                                                                   "has_mask_input")}
         try:
-            low_res, iou = run_decoder(self.runner, emb, np.concatenate([r.point_coords for _, r in group]),
-                                       np.concatenate([r.point_labels for _, r in group]), np.concatenate(masks), m,
-                                       has_mask_input=has, embedding_rows=rows)
+            low_res, iou = run_decoder(self.runner, emb, np.concatenate([decodes[i][2] for i in idxs]),
+                                       feed["prompt_labels"], feed["prompt_mask"], self.low_res_size,
+                                       has_mask_input=feed["has_mask_input"].reshape(-1), embedding_rows=rows)
         except Exception as e:
-            for i, _ in group:
+            for i in idxs:
                 responses[i] = _error_for(e, "decoder")
             return
         start = 0
-        for i, r in group:
-            sl = slice(start, start + r.num_prompts)
-            start += r.num_prompts
+        for i in idxs:
+            entry, n = decodes[i][1], len(decodes[i][2])
+            sl = slice(start, start + n)
+            start += n
             try:
-                wanted = requests[i].requested_output_names() or ["masks", "iou_predictions", "low_res_masks"]
-                responses[i] = _response(wire.SAM_DECODE, logic.postprocess_decode(
-                    r, low_res[sl], iou[sl], self.image_size, wanted))
+                multimask = logic.parse_multimask(_input(requests[i], "multimask"))
+                low, score = P.select_masks(low_res[sl], iou[sl], multimask)
+                out = {"low_res_masks": low, "iou_predictions": score, "mask_logits": low,
+                       "original_size": np.tile(np.asarray(entry.original_size, np.int32), (n, 1))}
+                wanted = requests[i].requested_output_names() or list(out)
+                responses[i] = _response(self.model, {k: v for k, v in out.items() if k in wanted})
             except Exception as e:
-                responses[i] = _error_for(e, "postprocess")
+                responses[i] = _error_for(e, "decoder")
+
+
+class CacheModel(_CacheOwner):
+    """sam_embedding_cache (production variant): the embedding cache; for a decode request it
+    hands the native decoder each prompt's embedding and its points in the resized frame."""
+
+    model = wire.SAM_EMBEDDING_CACHE
+
+    def initialize(self, args) -> None:
+        params = _params(args)
+        self._init_cache(params)
+        self.image_size = int(params["image_size"])
+
+    def execute(self, requests):
+        return [self._one(r) for r in requests]
+
+    def _one(self, request):
+        try:
+            image_id = logic.single_image_id(_input(request, "image_id"))
+            answer = self._cache_request(request, image_id)
+            if answer is not None:
+                return answer
+            entry, coords = self._decode_entry(request, image_id)
+            p = len(coords)
+            return _response(self.model, {
+                "point_coords": coords,
+                "image_embeddings": np.broadcast_to(entry.embeddings, (p,) + entry.embeddings.shape),
+                "original_size": np.tile(np.asarray(entry.original_size, np.int32), (p, 1))})
+        except ValueError as e:  # e.g. an embedding larger than the cache
+            return _error_for(e if isinstance(e, InputError) else InputError(str(e)), self.model.name)
+        except Exception as e:
+            return _error_for(e, self.model.name)
+
+
+class MaskSelectModel:
+    """sam_mask_select (production variant): the native decoder's 4 masks -> the ones SamPredictor
+    returns (`processing.select_masks`)."""
+
+    def initialize(self, args) -> None:
+        pass
+
+    def execute(self, requests):
+        return [self._one(r) for r in requests]
+
+    def _one(self, request):
+        try:
+            low, iou = P.select_masks(_input(request, "all_low_res_masks"), _input(request, "all_iou_predictions"),
+                                      logic.parse_multimask(_input(request, "multimask")))
+            return _response(wire.SAM_MASK_SELECT, {"low_res_masks": low, "iou_predictions": iou, "mask_logits": low})
+        except Exception as e:
+            return _error_for(e, wire.SAM_MASK_SELECT.name)
+
+
+class MaskUpscaleModel:
+    """sam_mask_upscale: logits [P,C,m,m] -> masks [P,C,H,W] at the original size, with
+    Sam.postprocess_masks' values (`logic.upscaled_masks`, `samrt.upscale`)."""
+
+    model = wire.SAM_MASK_UPSCALE
+
+    def initialize(self, args) -> None:
+        self.image_size = int(_params(args)["image_size"])
+
+    def execute(self, requests):
+        return [self._one(r) for r in requests]
+
+    def _masks(self, request) -> np.ndarray:
+        size = _input(request, "original_size").reshape(-1, 2)[0]
+        original = (int(size[0]), int(size[1]))
+        input_size = prompts.get_preprocess_shape(original[0], original[1], self.image_size)
+        return logic.upscaled_masks(_input(request, "mask_logits"), input_size, original, self.image_size)
+
+    def _one(self, request):
+        try:
+            return _response(self.model, {"masks": self._masks(request)})
+        except Exception as e:
+            return _error_for(e, self.model.name)
+
+
+class MaskRleModel(MaskUpscaleModel):
+    """sam_mask_rle: logits [P,C,m,m] -> masks at the original size as COCO RLE JSON [P,C]
+    (pycocotools). It upscales on its own: Triton runs it only when `masks_rle` is asked for."""
+
+    model = wire.SAM_MASK_RLE
+
+    def _one(self, request):
+        try:
+            return _response(self.model, {"masks_rle": logic.masks_to_rle(self._masks(request))})
+        except Exception as e:
+            return _error_for(e, self.model.name)
 
 
 class SegmentModel:
@@ -370,6 +510,7 @@ class SegmentModel:
         params = _params(args)
         self.image_size = int(params["image_size"])
         self.max_pixels = int(params["max_pixels"])
+        self.cache = _cache_model(params)
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
@@ -383,7 +524,7 @@ class SegmentModel:
                                  f"{None if coords is None else list(coords.shape)} and "
                                  f"{None if labels is None else list(labels.shape)}")
             prompts.complete_prompts(*prompts.check_points(coords[None], labels[None]))
-            image_id = _encode(image, self.image_size)
+            image_id = _encode(image, self.image_size, self.cache)
             dec_in = {"image_id": np.array([[image_id.encode()]], dtype=object),
                       "point_coords": coords[None], "point_labels": labels[None]}
             for opt in ("mask_input", "multimask_output"):
@@ -411,6 +552,7 @@ class AmgModel:
         self.image_size = int(params["image_size"])
         self.max_pixels = int(params["max_pixels"])
         self.low_res_size = int(self.runner.input_shapes["mask_input"][-1])
+        self.cache = _cache_model(params)
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
@@ -437,8 +579,8 @@ class AmgModel:
         from samrt.engines.amg import amg_crop_decoder  # shared with the in-process generator (Ray job)
 
         crop = np.ascontiguousarray(crop)
-        image_id = _encode(crop, self.image_size)
-        emb = _cached(image_id, ["image_embeddings"])["image_embeddings"][None]
+        image_id = _encode(crop, self.image_size, self.cache)
+        emb = _cached(self.cache, image_id)["image_embeddings"]
         return amg_crop_decoder(self.runner, emb, crop.shape[:2], self.image_size, self.low_res_size)
 
 

@@ -25,10 +25,14 @@ NATIVE_PLATFORMS = {"onnxruntime": ("platform", "onnxruntime_onnx", "model.onnx"
                     "openvino": ("backend", "openvino", "model.xml")}  # Triton's OpenVINO backend: IR .xml + .bin
 
 _MODEL_PY = {
-    "sam_embedding_cache": "CacheModel",
     "sam_image_encoder": "ImageEncoderModel",
     "sam_encode": "EncodeModel",
-    "sam_decode": "DecodeModel",
+    "sam_prompt_prep": "PromptPrepModel",
+    "sam_mask_decoder": "MaskDecoderModel",
+    "sam_embedding_cache": "CacheModel",
+    "sam_mask_select": "MaskSelectModel",
+    "sam_mask_upscale": "MaskUpscaleModel",
+    "sam_mask_rle": "MaskRleModel",
     "sam_segment": "SegmentModel",
     "sam_amg": "AmgModel",
 }
@@ -75,21 +79,30 @@ def graph_models(cfg: SamConfig) -> Dict[str, wire.WireModel]:
     }
 
 
+def ensemble_config(steps) -> dict:
+    """`ensemble_scheduling` in ModelConfig's JSON form, from `samrt.wire.click_path`."""
+    return {"step": [{"model_name": st.model, "model_version": -1, "input_map": dict(st.inputs),
+                      "output_map": dict(st.outputs)} for st in steps]}
+
+
 def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: RepoOptions) -> Dict[str, dict]:
     """Every model's config as a dict in ModelConfig's JSON form, derived from `samrt.wire` (the
-    public and cache models) and from `samrt.spec` (the graph-facing models)."""
+    public models, the click path's ensemble and its steps) and from `samrt.spec` (the
+    graph-facing models). `sam_decode` is an ensemble (`wire.click_path`)."""
     sizes = wire.config_sizes(cfg)
     kind = "KIND_GPU" if opts.device == "cuda" else "KIND_CPU"
     python = {"backend": "python"}
+    one_cpu = {"instance_group": [{"count": 1, "kind": "KIND_CPU"}]}
     graphs = graph_models(cfg)
+    embedding_shape = ",".join(str(sizes[d] if isinstance(d, str) else d)
+                               for d in wire.SAM_MASK_DECODER.output("image_embeddings").dims)
+    cache_params = _params(cache_bytes=opts.cache_bytes, embedding_shape=embedding_shape, image_size=cfg.image_size)
     decoder_params = _params(engine_path=os.path.abspath(decoder_onnx), device=opts.device, image_size=cfg.image_size)
     batching = {"dynamic_batching": {"max_queue_delay_microseconds": opts.decoder_queue_delay_us}}
+    batching = batching if opts.dynamic_batching else {}
+    cache_model = wire.SAM_EMBEDDING_CACHE.name if opts.native else wire.SAM_MASK_DECODER.name
+    p = opts.max_prompts
     configs = {
-        wire.SAM_EMBEDDING_CACHE.name: _model(
-            wire.SAM_EMBEDDING_CACHE, sizes, **python,
-            instance_group=[{"count": 1, "kind": "KIND_CPU"}],  # one owner: one cache
-            parameters=_params(cache_bytes=opts.cache_bytes, embedding_shape=",".join(
-                str(sizes[d] if isinstance(d, str) else d) for d in wire.SAM_EMBEDDING_CACHE.output("image_embeddings").dims))),
         "sam_image_encoder": _model(
             graphs["sam_image_encoder"], sizes, opts.encoder_max_batch, **python,
             dynamic_batching={"max_queue_delay_microseconds": opts.encoder_queue_delay_us},
@@ -97,37 +110,52 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
             parameters=_params(engine_path=os.path.abspath(encoder_onnx), device=opts.device,
                                background_priority=opts.background_priority)),
         wire.SAM_ENCODE.name: _model(
-            wire.SAM_ENCODE, sizes, **python, instance_group=[{"count": 1, "kind": "KIND_CPU"}],
-            parameters=_params(image_size=cfg.image_size, max_pixels=opts.max_pixels,
+            wire.SAM_ENCODE, sizes, **python, **one_cpu,
+            parameters=_params(image_size=cfg.image_size, max_pixels=opts.max_pixels, cache_model=cache_model,
                                background_priority=opts.background_priority)),
         wire.SAM_DECODE.name: _model(
-            wire.SAM_DECODE, sizes, opts.max_prompts, **python, **(batching if opts.dynamic_batching else {}),
-            instance_group=[{"count": 1, "kind": kind}], parameters=dict(decoder_params)),
+            wire.SAM_DECODE, sizes, p, platform="ensemble",
+            ensemble_scheduling=ensemble_config(wire.click_path(native=bool(opts.native))),
+            parameters=_params(image_size=cfg.image_size, cache_model=cache_model)),  # for the SDK's model_info()
+        wire.SAM_PROMPT_PREP.name: _model(wire.SAM_PROMPT_PREP, sizes, p, **python, **one_cpu,
+                                          parameters=_params(low_res_size=sizes["m"])),
+        wire.SAM_MASK_UPSCALE.name: _model(wire.SAM_MASK_UPSCALE, sizes, p, **python, **one_cpu,
+                                           parameters=_params(image_size=cfg.image_size)),
+        wire.SAM_MASK_RLE.name: _model(wire.SAM_MASK_RLE, sizes, p, **python, **one_cpu,
+                                       parameters=_params(image_size=cfg.image_size)),
         wire.SAM_AMG.name: _model(
             wire.SAM_AMG, sizes, **python, instance_group=[{"count": 1, "kind": kind}],
-            parameters={**decoder_params, **_params(max_pixels=opts.max_pixels,
+            parameters={**decoder_params, **_params(max_pixels=opts.max_pixels, cache_model=cache_model,
                                                     background_priority=opts.background_priority)}),
         wire.SAM_SEGMENT.name: _model(
-            wire.SAM_SEGMENT, sizes, **python, instance_group=[{"count": 1, "kind": "KIND_CPU"}],
-            parameters=_params(image_size=cfg.image_size, max_pixels=opts.max_pixels)),
+            wire.SAM_SEGMENT, sizes, **python, **one_cpu,
+            parameters=_params(image_size=cfg.image_size, max_pixels=opts.max_pixels, cache_model=cache_model)),
     }
-    if opts.native:
-        if opts.native not in NATIVE_PLATFORMS:
-            raise ValueError(f"native: got {opts.native!r}, expected one of {sorted(NATIVE_PLATFORMS)}")
-        key, value, _ = NATIVE_PLATFORMS[opts.native]
-        platform = {key: value}
-        configs["sam_image_encoder"] = _model(
-            graphs["sam_image_encoder"], sizes, opts.encoder_max_batch, **platform,
-            dynamic_batching={"max_queue_delay_microseconds": opts.encoder_queue_delay_us},
-            instance_group=[{"count": 1, "kind": kind}])
-        decoder = _model(graphs["sam_prompt_decoder"], sizes, opts.max_prompts, **platform,
-                         instance_group=[{"count": 1, "kind": kind}])
-        for t in decoder["input"]:
-            if t["dims"] == []:  # the graph's [P] flag (has_mask_input) is Triton's batch dim alone
-                t["dims"], t["reshape"] = [1], {"shape": []}
-        configs["sam_prompt_decoder"] = decoder
-        for name in (wire.SAM_DECODE.name, wire.SAM_AMG.name):
-            configs[name]["parameters"].update(_params(decoder_model="sam_prompt_decoder", low_res_size=sizes["m"]))
+    if not opts.native:
+        # one instance: one process owns the cache, and the engine reads embeddings in place
+        configs[wire.SAM_MASK_DECODER.name] = _model(
+            wire.SAM_MASK_DECODER, sizes, p, **python, **batching, instance_group=[{"count": 1, "kind": kind}],
+            parameters={**decoder_params, **cache_params})
+        return configs
+    if opts.native not in NATIVE_PLATFORMS:
+        raise ValueError(f"native: got {opts.native!r}, expected one of {sorted(NATIVE_PLATFORMS)}")
+    key, value, _ = NATIVE_PLATFORMS[opts.native]
+    platform = {key: value}
+    configs["sam_image_encoder"] = _model(
+        graphs["sam_image_encoder"], sizes, opts.encoder_max_batch, **platform,
+        dynamic_batching={"max_queue_delay_microseconds": opts.encoder_queue_delay_us},
+        instance_group=[{"count": 1, "kind": kind}])
+    decoder = _model(graphs["sam_prompt_decoder"], sizes, p, **platform, **batching,
+                     instance_group=[{"count": 1, "kind": kind}])
+    for t in decoder["input"]:
+        if t["dims"] == []:  # the graph's [P] flag (has_mask_input) is Triton's batch dim alone
+            t["dims"], t["reshape"] = [1], {"shape": []}
+    configs["sam_prompt_decoder"] = decoder
+    configs[wire.SAM_EMBEDDING_CACHE.name] = _model(wire.SAM_EMBEDDING_CACHE, sizes, p, **python, **one_cpu,
+                                                    parameters=cache_params)
+    configs[wire.SAM_MASK_SELECT.name] = _model(wire.SAM_MASK_SELECT, sizes, p, **python, **one_cpu)
+    configs[wire.SAM_AMG.name]["parameters"].update(_params(decoder_model="sam_prompt_decoder",
+                                                            low_res_size=sizes["m"]))
     return configs
 
 
@@ -169,6 +197,8 @@ def render_repository(
         parse_config(text)
         with open(os.path.join(out_dir, name, "config.pbtxt"), "w") as f:
             f.write(text)
+        if config.get("platform") == "ensemble":  # a version folder, empty
+            continue
         if "platform" in config or config.get("backend") == "openvino":  # native: the model file goes into "1/"
             source = encoder_onnx if name == "sam_image_encoder" else decoder_onnx
             target = os.path.join(out_dir, name, "1", NATIVE_PLATFORMS[opts.native][2])

@@ -15,7 +15,7 @@ and a watchdog thread (`restart_dead_models=True`, the default) watches the stub
 (by PID, every `watchdog_interval` s); when one is gone it unloads and loads that model through
 the repository API. While it reloads, the model and the server report not ready (strict
 readiness), so readiness does not lie for longer than the watchdog's interval. The embedding
-cache lives in the `sam_embedding_cache` process: if that one dies, cached images are lost and
+cache lives in the `sam_mask_decoder` process (`sam_embedding_cache` in the production variant): if that one dies, cached images are lost and
 decodes answer NOT_FOUND (`ImageNotCachedError`) until the image is encoded again.
 `TritonServer.restarts` lists what was restarted (model name, time).
 """

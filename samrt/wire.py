@@ -34,6 +34,14 @@ __all__ = [
     "SAM_SEGMENT",
     "SAM_AMG",
     "SAM_EMBEDDING_CACHE",
+    "SAM_PROMPT_PREP",
+    "SAM_MASK_DECODER",
+    "SAM_MASK_SELECT",
+    "SAM_MASK_UPSCALE",
+    "SAM_MASK_RLE",
+    "CLICK_STEPS",
+    "EnsembleStep",
+    "click_path",
     "NUMPY_DTYPES",
     "get_model",
     "model_from_graph",
@@ -166,19 +174,123 @@ SAM_AMG = WireModel(
             WireTensor("options", "BYTES", (1,), "JSON of SamAutomaticMaskGenerator's parameters", optional=True)),
     outputs=(WireTensor("records", "BYTES", (1,), "JSON list of SamAutomaticMaskGenerator's records, COCO RLE"),),
 )
-SAM_EMBEDDING_CACHE = WireModel(
-    "sam_embedding_cache", "the embedding cache's owner: put (with image_embeddings) or get",
-    inputs=(WireTensor("image_id", "BYTES", (1,), "hash of the pixels"),
-            WireTensor("image_embeddings", "FP32", ("D", "E", "E"), "the embedding to store", optional=True),
-            WireTensor("original_size", "INT32", (2,), "(H, W) of the image", optional=True)),
-    outputs=(WireTensor("found", "BOOL", (1,), "whether the id is cached"),
-             WireTensor("image_embeddings", "FP32", ("D", "E", "E"), "the cached embedding"),
-             WireTensor("original_size", "INT32", (2,), "(H, W) of the image")),
-    public=False,
+# -- the click path: `sam_decode` is a Triton ensemble of these internal steps ------------------
+# CPU variant:        sam_prompt_prep -> sam_mask_decoder (cache + engine) -> sam_mask_upscale -> sam_mask_rle
+# production variant: sam_prompt_prep -> sam_embedding_cache -> sam_prompt_decoder (native engine)
+#                     -> sam_mask_select -> sam_mask_upscale -> sam_mask_rle
+# Triton prunes the steps whose outputs a request does not ask for (no `masks`: no upscaling).
+# No ensemble output is also another step's input: Triton 2.51's pruning counts such a tensor
+# twice and prunes the step that makes it (measured: "unexpected deadlock"), so the decoder
+# hands the postprocessing steps their own copy of the logits, `mask_logits`.
+_PREP_OUTPUTS = (
+    WireTensor("prompt_coords", "FP32", ("N", 2), "points in original pixels, the padding point added"),
+    WireTensor("prompt_labels", "FP32", ("N",), "labels as the decoder graph takes them (-1 padding)"),
+    WireTensor("prompt_mask", "FP32", (1, "m", "m"), "mask_input, zeros where none was sent"),
+    WireTensor("has_mask_input", "FP32", (1,), "1 where mask_input was sent"),
+    WireTensor("multimask", "BOOL", (1,), "multimask_output, true where none was sent"),
+)
+SAM_PROMPT_PREP = WireModel(
+    "sam_prompt_prep", "ensemble step 1: check the prompts (SAM's rules, samrt.prompts) and complete them",
+    inputs=(_POINT_COORDS, _POINT_LABELS, _MASK_INPUT, _MULTIMASK),
+    outputs=_PREP_OUTPUTS, batch="P", public=False,
 )
 
+# The cache owner's own requests (from sam_encode and sam_amg, through BLS): put, get or ask.
+_ID = WireTensor("image_id", "BYTES", (1,), "hash of the pixels")
+_MASK_LOGITS = WireTensor("mask_logits", "FP32", ("C", "m", "m"), "low_res_masks again, for the postprocessing steps")
+_PUT_EMBEDDINGS = WireTensor("image_embeddings", "FP32", ("D", "E", "E"), "put: the embedding to store", optional=True)
+_PUT_SIZE = WireTensor("original_size", "INT32", (2,), "put: (H, W) of the image", optional=True)
+_FOUND = WireTensor("found", "BOOL", (1,), "get: whether the id is cached")
+_GOT_EMBEDDINGS = WireTensor("image_embeddings", "FP32", ("D", "E", "E"), "get: the cached embedding")
+_SIZE = WireTensor("original_size", "INT32", (2,), "(H, W) of the image")
+
+
+def _optional(tensors) -> Tuple[WireTensor, ...]:
+    return tuple(WireTensor(t.name, t.datatype, t.dims, t.meaning, optional=True) for t in tensors)
+
+
+SAM_MASK_DECODER = WireModel(
+    "sam_mask_decoder",
+    "ensemble step 2 (CPU variant): the embedding cache's owner and the decoder engine in one process, "
+    "dynamically batched over prompts of all clients and images",
+    inputs=(_ID,) + _optional(_PREP_OUTPUTS[:4]) + (_optional(_PREP_OUTPUTS[4:])[0], _PUT_EMBEDDINGS, _PUT_SIZE),
+    outputs=(WireTensor("low_res_masks", "FP32", ("C", "m", "m"), "logits of the masks multimask asks for"),
+             WireTensor("iou_predictions", "FP32", ("C",), "predicted IoU of each mask"),
+             _MASK_LOGITS, _SIZE, _FOUND, _GOT_EMBEDDINGS),
+    batch="P", public=False,
+)
+SAM_EMBEDDING_CACHE = WireModel(
+    "sam_embedding_cache",
+    "ensemble step 2 (production variant): the embedding cache's owner; hands the native decoder its feeds",
+    inputs=(_ID, WireTensor("prompt_coords", "FP32", ("N", 2), "decode: points in original pixels", optional=True),
+            _PUT_EMBEDDINGS, _PUT_SIZE),
+    outputs=(WireTensor("point_coords", "FP32", ("N", 2), "decode: points in the encoder's resized frame"),
+             WireTensor("image_embeddings", "FP32", ("D", "E", "E"), "decode: each prompt's embedding; get: the cached one"),
+             _SIZE, _FOUND),
+    batch="P", public=False,
+)
+SAM_MASK_SELECT = WireModel(
+    "sam_mask_select", "production variant: the 3 multimask outputs or the single-mask token's (multimask)",
+    inputs=(WireTensor("all_low_res_masks", "FP32", (4, "m", "m"), "the decoder graph's low_res_masks"),
+            WireTensor("all_iou_predictions", "FP32", (4,), "the decoder graph's iou_predictions"),
+            _PREP_OUTPUTS[4]),
+    outputs=(WireTensor("low_res_masks", "FP32", ("C", "m", "m"), "selected logits"),
+             WireTensor("iou_predictions", "FP32", ("C",), "selected predicted IoU"), _MASK_LOGITS),
+    batch="P", public=False,
+)
+SAM_MASK_UPSCALE = WireModel(
+    "sam_mask_upscale", "low-res logits -> masks at the original size (Sam.postprocess_masks, samrt.upscale)",
+    inputs=(_MASK_LOGITS, _SIZE), outputs=(_MASK_OUTPUTS[0],), batch="P", public=False,
+)
+SAM_MASK_RLE = WireModel(
+    "sam_mask_rle", "low-res logits -> masks at the original size as COCO RLE JSON (pycocotools)",
+    inputs=(_MASK_LOGITS, _SIZE), outputs=(_MASK_OUTPUTS[3],), batch="P", public=False,
+)
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    """One step of an ensemble: the model, and which ensemble tensor feeds each of its inputs
+    (`inputs`: step input -> tensor) and receives each of its outputs (`outputs`: step output -> tensor)."""
+
+    model: str
+    inputs: Tuple[Tuple[str, str], ...]
+    outputs: Tuple[Tuple[str, str], ...]
+
+
+def _same(*names: str) -> Tuple[Tuple[str, str], ...]:
+    return tuple((n, n) for n in names)
+
+
+def click_path(native: bool) -> Tuple[EnsembleStep, ...]:
+    """The steps of the `sam_decode` ensemble. CPU variant (`native` False): the decoder engine
+    runs in `sam_mask_decoder`, beside the cache. Production variant: `sam_embedding_cache` feeds
+    the native `sam_prompt_decoder` (tensor names of the decoder graph, `samrt.spec.decoder_spec`)."""
+    prep = EnsembleStep(SAM_PROMPT_PREP.name, _same(*SAM_PROMPT_PREP.input_names),
+                        _same(*SAM_PROMPT_PREP.output_names))
+    tail = (EnsembleStep(SAM_MASK_UPSCALE.name, _same("mask_logits", "original_size"), _same("masks")),
+            EnsembleStep(SAM_MASK_RLE.name, _same("mask_logits", "original_size"), _same("masks_rle")))
+    if not native:
+        return (prep, EnsembleStep(SAM_MASK_DECODER.name,
+                                   _same("image_id", "prompt_coords", "prompt_labels", "prompt_mask",
+                                         "has_mask_input", "multimask"),
+                                   _same("low_res_masks", "iou_predictions", "mask_logits", "original_size"))) + tail
+    return (prep,
+            EnsembleStep(SAM_EMBEDDING_CACHE.name, _same("image_id", "prompt_coords"),
+                         (("point_coords", "decoder_point_coords"), ("image_embeddings", "decoder_image_embeddings"),
+                          ("original_size", "original_size"))),
+            EnsembleStep("sam_prompt_decoder",
+                         (("image_embeddings", "decoder_image_embeddings"), ("point_coords", "decoder_point_coords"),
+                          ("point_labels", "prompt_labels"), ("mask_input", "prompt_mask"),
+                          ("has_mask_input", "has_mask_input")),
+                         (("low_res_masks", "all_low_res_masks"), ("iou_predictions", "all_iou_predictions"))),
+            EnsembleStep(SAM_MASK_SELECT.name, _same("all_low_res_masks", "all_iou_predictions", "multimask"),
+                         _same("low_res_masks", "iou_predictions", "mask_logits"))) + tail
+
+
+CLICK_STEPS: Tuple[WireModel, ...] = (SAM_PROMPT_PREP, SAM_MASK_DECODER, SAM_EMBEDDING_CACHE, SAM_MASK_SELECT,
+                                      SAM_MASK_UPSCALE, SAM_MASK_RLE)
 PUBLIC_MODELS: Tuple[WireModel, ...] = (SAM_ENCODE, SAM_DECODE, SAM_SEGMENT, SAM_AMG)
-MODELS: Dict[str, WireModel] = {m.name: m for m in PUBLIC_MODELS + (SAM_EMBEDDING_CACHE,)}
+MODELS: Dict[str, WireModel] = {m.name: m for m in PUBLIC_MODELS + CLICK_STEPS}
 
 
 def get_model(name: str) -> WireModel:

@@ -22,7 +22,9 @@ def test_readme_wire_table_is_the_declaration():
 def test_rendered_configs_carry_the_declared_tensors(tiny_cfg, tiny_export):
     from samrt.model_repository.render import RepoOptions, model_configs
 
-    configs = model_configs(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, RepoOptions())
+    configs = {**model_configs(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, RepoOptions()),
+               **model_configs(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path,
+                               RepoOptions(native="onnxruntime"))}  # the production variant's own steps
     sizes = wire.config_sizes(tiny_cfg)
     for name, model in wire.MODELS.items():
         cfg = configs[name]

@@ -30,30 +30,36 @@ def test_cache_is_lru_and_bounded_in_bytes():
         cache.put("big", _entry(100))
 
 
-def _parse(coords, labels, **kw):
-    return logic.parse_decode_request(np.array([[b"id"]] * len(coords), dtype=object), np.asarray(coords, np.float32),
-                                      np.asarray(labels, np.int32), kw.get("mask"), kw.get("multi"), (512, 1024), 1024, 256)
+def _prep(coords, labels, **kw):
+    return logic.prepare_prompts(np.asarray(coords, np.float32), np.asarray(labels, np.int32), kw.get("mask"),
+                                 kw.get("multi"), 256)
 
 
 def test_padding_point_is_added_as_sam_predictor_does():
-    r = _parse([[[10, 20]]], [[1]])
-    np.testing.assert_array_equal(r.point_labels, [[1, -1]])
-    np.testing.assert_allclose(r.point_coords, [[[10, 20], [0, 0]]])  # 1024 frame: scale 1 here
-    r = _parse([[[10, 20], [1, 1], [9, 9]]], [[0, 2, 3]])  # a box: no padding
-    np.testing.assert_array_equal(r.point_labels, [[0, 2, 3]])
-    r = _parse([[[10, 20], [0, 0]]], [[1, -1]])  # explicit padding: used as given
-    assert r.point_labels.shape == (1, 2)
-    assert r.input_size == (512, 1024) and r.multimask_output is True
+    r = _prep([[[10, 20]]], [[1]])
+    np.testing.assert_array_equal(r["prompt_labels"], [[1, -1]])
+    np.testing.assert_allclose(r["prompt_coords"], [[[10, 20], [0, 0]]])  # still original pixels
+    r = _prep([[[10, 20], [1, 1], [9, 9]]], [[0, 2, 3]])  # a box: no padding
+    np.testing.assert_array_equal(r["prompt_labels"], [[0, 2, 3]])
+    r = _prep([[[10, 20], [0, 0]]], [[1, -1]])  # explicit padding: used as given
+    assert r["prompt_labels"].shape == (1, 2)
+    assert r["multimask"].tolist() == [[True]] and r["has_mask_input"].tolist() == [[0.0]]
+    assert r["prompt_mask"].shape == (1, 1, 256, 256) and not r["prompt_mask"].any()
+    r = _prep([[[1, 1]]] * 2, [[1]] * 2, mask=np.ones((2, 1, 256, 256), np.float32), multi=np.array([[False]] * 2))
+    assert r["multimask"].tolist() == [[False]] * 2 and r["has_mask_input"].tolist() == [[1.0]] * 2
+    assert {k: v.dtype for k, v in r.items()} == {"prompt_coords": np.float32, "prompt_labels": np.float32,
+                                                  "prompt_mask": np.float32, "has_mask_input": np.float32,
+                                                  "multimask": np.bool_}
 
 
 def test_request_errors():
     with pytest.raises(InputError, match="different ids in one request"):
-        logic.parse_decode_request(np.array([[b"a"], [b"b"]], dtype=object), np.zeros((2, 1, 2), np.float32),
-                                   np.ones((2, 1), np.int32), None, None, (10, 10), 1024, 256)
+        logic.single_image_id(np.array([[b"a"], [b"b"]], dtype=object))
+    assert logic.single_image_id(np.array([[b"a"], [b"a"]], dtype=object)) == "a"
     with pytest.raises(InputError, match=r"mask_input: got shape \[1, 1, 64, 64\], expected \[1, 1, 256, 256\]"):
-        _parse([[[1, 1]]], [[1]], mask=np.zeros((1, 1, 64, 64), np.float32))
+        _prep([[[1, 1]]], [[1]], mask=np.zeros((1, 1, 64, 64), np.float32))
     with pytest.raises(InputError, match="multimask_output: got different values"):
-        _parse([[[1, 1]], [[2, 2]]], [[1], [1]], multi=np.array([[True], [False]]))
+        _prep([[[1, 1]], [[2, 2]]], [[1], [1]], multi=np.array([[True], [False]]))
 
 
 def test_masks_to_rle_roundtrip():

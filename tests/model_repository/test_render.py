@@ -8,7 +8,8 @@ from samrt.artifacts import MARKER, OutputDirError, read_marker
 from samrt.model_repository.render import RepoOptions, model_configs, parse_config, render_repository
 from samrt.spec import decoder_spec, encoder_spec
 
-MODELS = ["sam_amg", "sam_decode", "sam_embedding_cache", "sam_encode", "sam_image_encoder", "sam_segment"]
+MODELS = ["sam_amg", "sam_decode", "sam_encode", "sam_image_encoder", "sam_mask_decoder", "sam_mask_rle",
+          "sam_mask_upscale", "sam_prompt_prep", "sam_segment"]
 
 
 def test_every_model_is_rendered_and_parses(tiny_repo):
@@ -16,7 +17,11 @@ def test_every_model_is_rendered_and_parses(tiny_repo):
     assert read_marker(tiny_repo)["kind"] == "build-repo" and read_marker(tiny_repo)["entries"] == MODELS
     for name in MODELS:
         cfg = parse_config(open(os.path.join(tiny_repo, name, "config.pbtxt")).read())
-        assert cfg.name == name and cfg.backend == "python"
+        assert cfg.name == name
+        if name == "sam_decode":  # the click path: an ensemble, no code of its own
+            assert cfg.platform == "ensemble" and os.listdir(os.path.join(tiny_repo, name, "1")) == []
+            continue
+        assert cfg.backend == "python"
         model_py = open(os.path.join(tiny_repo, name, "1", "model.py")).read()
         assert "import" in model_py and len(model_py.splitlines()) <= 3  # thin: logic lives in samrt
 
@@ -25,10 +30,12 @@ def test_configs_follow_the_spec(tiny_cfg, tiny_export):
     configs = model_configs(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, RepoOptions(max_prompts=32))
     enc = encoder_spec(tiny_cfg)
     assert configs["sam_image_encoder"]["input"][0]["dims"] == list(enc.tensor("image").shape[1:])
-    assert configs["sam_embedding_cache"]["output"][1]["dims"] == list(enc.tensor("image_embeddings").shape[1:])
+    cache_out = {o["name"]: o["dims"] for o in configs["sam_mask_decoder"]["output"]}
+    assert cache_out["image_embeddings"] == list(enc.tensor("image_embeddings").shape[1:])
     m = decoder_spec(tiny_cfg).tensor("mask_input").shape[-1]
     decode = configs["sam_decode"]
-    assert decode["max_batch_size"] == 32 and "dynamic_batching" in decode
+    assert decode["max_batch_size"] == 32 and decode["platform"] == "ensemble"
+    assert "dynamic_batching" in configs["sam_mask_decoder"]  # the decoder step batches prompts of all clients
     assert {i["name"]: i["dims"] for i in decode["input"]}["mask_input"] == [1, m, m]
     assert [o["name"] for o in decode["output"]] == ["masks", "iou_predictions", "low_res_masks", "masks_rle"]
 
@@ -57,8 +64,50 @@ def test_production_variant_is_rendered_and_schema_checked(tiny_cfg, tiny_export
     dec = parse_config(open(os.path.join(out, "sam_prompt_decoder", "config.pbtxt")).read())
     assert [i.name for i in dec.input] == decoder_spec(tiny_cfg).input_names
     assert list(dec.input[4].reshape.shape) == []  # has_mask_input [P]: Triton's batch dim alone
+    assert dec.HasField("dynamic_batching")  # the native decoder batches prompts of all clients
     decode = parse_config(open(os.path.join(out, "sam_decode", "config.pbtxt")).read())
-    assert decode.parameters["decoder_model"].string_value == "sam_prompt_decoder"
+    assert [st.model_name for st in decode.ensemble_scheduling.step] == [
+        "sam_prompt_prep", "sam_embedding_cache", "sam_prompt_decoder", "sam_mask_select", "sam_mask_upscale",
+        "sam_mask_rle"]
+    amg = parse_config(open(os.path.join(out, "sam_amg", "config.pbtxt")).read())
+    assert amg.parameters["decoder_model"].string_value == "sam_prompt_decoder"
+
+
+def _dims_fit(a, b) -> bool:
+    return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("native", [None, "onnxruntime", "tensorrt", "openvino"])
+def test_the_click_ensemble_is_wired_right(tiny_cfg, tiny_export, native):
+    """What Triton checks when it loads an ensemble, and what its pruning needs, on the configs of
+    every variant (the production ones cannot load here): each step input is fed, in order, by an
+    ensemble input or an earlier step's output of the same datatype and dims; each required input
+    is fed; each ensemble output is made once and is no step's input (Triton 2.51 prunes wrongly
+    otherwise); every step's model is in the repository and batches over prompts."""
+    configs = model_configs(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path,
+                            RepoOptions(native=native, max_prompts=32))
+    decode = configs["sam_decode"]
+    made = {i["name"]: (i["data_type"], i["dims"]) for i in decode["input"]}
+    outputs = {o["name"]: (o["data_type"], o["dims"]) for o in decode["output"]}
+    consumed, produced = set(), []
+    for step in decode["ensemble_scheduling"]["step"]:
+        model = configs[step["model_name"]]
+        assert model["max_batch_size"] == 32, step["model_name"]
+        ins = {i["name"]: i for i in model["input"]}
+        for name, i in ins.items():
+            assert name in step["input_map"] or i.get("optional"), f"{step['model_name']}.{name} is not fed"
+        for key, tensor in step["input_map"].items():
+            assert tensor in made, f"{step['model_name']}.{key} <- {tensor}: nothing makes it before"
+            assert _dims_fit(made[tensor][1], ins[key]["dims"]), (step["model_name"], key, made[tensor])
+            assert made[tensor][0] == ins[key]["data_type"], (step["model_name"], key)
+            consumed.add(tensor)
+        outs = {o["name"]: o for o in model["output"]}
+        for key, tensor in step["output_map"].items():
+            made[tensor] = (outs[key]["data_type"], outs[key]["dims"])
+            produced.append(tensor)
+    for name, (dtype, dims) in outputs.items():
+        assert produced.count(name) == 1 and made[name] == (dtype, dims), name
+        assert name not in consumed, f"ensemble output {name} is also a step input"
 
 
 def test_build_repo_cli_production_variant(tiny_export, tmp_path, capsys):

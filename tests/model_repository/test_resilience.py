@@ -49,34 +49,38 @@ def _until(fn, seconds: float):
             time.sleep(0.25)
 
 
-def test_dead_decoder_process_is_restarted(own_server):
+def test_dead_postprocessing_step_is_restarted_and_the_cache_survives(own_server):
+    """A step of the click ensemble dies (sam_mask_upscale): it is reloaded, and the same image_id
+    decodes again without a new encode (the cache lives in another process)."""
     from samrt.client import SamClient
 
     with SamClient(own_server.grpc_url, retries=0) as c:
         image_id = c.encode(random_image(64, 80, seed=1)).image_id
         c.decode(image_id, *POINT)
-        old = _kill_model_process(own_server, "sam_decode")
+        old = _kill_model_process(own_server, "sam_mask_upscale")
         took = _until(lambda: c.decode(image_id, *POINT), 60.0)
         assert took < 60.0
-        assert own_server.model_processes()["sam_decode_0_0"] != old
-        assert any(m == "sam_decode" for m, _ in own_server.restarts)
+        assert own_server.model_processes()["sam_mask_upscale_0_0"] != old
+        assert any(m == "sam_mask_upscale" for m, _ in own_server.restarts)
         assert own_server.is_ready()
 
 
-def test_dead_cache_process_is_restarted_and_images_are_encoded_again(own_server):
+def test_dead_decoder_process_is_restarted_and_images_are_encoded_again(own_server):
+    """sam_mask_decoder holds the embedding cache: when it dies, it is reloaded empty; an old id
+    answers NOT_FOUND (ImageNotCachedError, a ServerError) until the image is encoded again."""
     from samrt.client import SamClient
 
     image = random_image(64, 80, seed=2)
     with SamClient(own_server.grpc_url, retries=0) as c:
         image_id = c.encode(image).image_id
         c.decode(image_id, *POINT)
-        _kill_model_process(own_server, "sam_embedding_cache")
+        _kill_model_process(own_server, "sam_mask_decoder")
 
         def encode_then_decode():
             c.decode(c.encode(image).image_id, *POINT)
 
         assert _until(encode_then_decode, 60.0) < 60.0
-        assert any(m == "sam_embedding_cache" for m, _ in own_server.restarts)
+        assert any(m == "sam_mask_decoder" for m, _ in own_server.restarts)
         # the restarted cache is empty: the old id is unknown until encoded again (done above)
         c.decode(image_id, *POINT)
 

@@ -73,7 +73,7 @@ def test_concurrent_clients_are_batched_and_get_their_own_answers(server, refere
     images = [random_image(300, 400, seed=s) for s in (10, 11)]
     with SamClient(server.grpc_url) as c:
         ids = [c.encode(im).image_id for im in images]
-        before = _batches_by_size(c.statistics("sam_decode"))
+        before = _batches_by_size(c.statistics("sam_mask_decoder"))  # the ensemble's decoder step
     rng = np.random.default_rng(1)
     jobs = [(i % 2, rng.uniform(20, 280, (1, 2))) for i in range(16)]
     results = [None] * 16
@@ -91,7 +91,7 @@ def test_concurrent_clients_are_batched_and_get_their_own_answers(server, refere
     for t in threads:
         t.join()
     with SamClient(server.grpc_url) as c:
-        after = _batches_by_size(c.statistics("sam_decode"))
+        after = _batches_by_size(c.statistics("sam_mask_decoder"))  # the ensemble's decoder step
     # Batch sizes whose count grew during this test (earlier tests share the server): one above 1.
     grew = {size for size, n in after.items() if n > before.get(size, 0)}
     assert max(grew, default=1) > 1, f"no decoder batch larger than 1 in this test: before {before}, after {after}"
