@@ -167,7 +167,12 @@ def run_amg(out: str, url: str, images_dir: Optional[str], quick: bool, points_p
         images = _images(2 if quick else 5)
     if quick:
         points_per_side = min(points_per_side, 8)
-    rows = bench_amg(url, images, points_per_side=points_per_side)
+    from samrt.client import SamClient
+
+    with SamClient(url) as c:  # what the server runs: the encoder engine's report (None: ONNX Runtime fp32)
+        engine = c.model_info()["encoder_engine"]
+    base = {"encoder_engine": (f"{engine['engine']} ({engine['precision']})" if engine else "onnx (fp32, ONNX Runtime)")}
+    rows = bench_amg(url, images, points_per_side=points_per_side, base=base)
     return write_rows(rows, out, "amg")
 
 

@@ -163,7 +163,7 @@ def _click_points(image: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def interactive_under_load(url: str, protocol: str, image: np.ndarray, stream: Sequence[np.ndarray], clicks: int = 30,
-                           think_s: float = 0.1, seed: int = 3) -> Dict[str, object]:
+                           think_s: float = 0.1, seed: int = 3, boxes_per_request: int = 64) -> Dict[str, object]:
     """Click-to-mask of one client on an encoded image, idle and while another client encodes new
     images one after another. Timed region: `SamClient.decode` of one click, asking for masks,
     iou_predictions and low_res_masks (what SamPredictor.predict returns), until the answer is in."""
@@ -203,6 +203,7 @@ def interactive_under_load(url: str, protocol: str, image: np.ndarray, stream: S
         for x, y in points[:3]:  # warm-up, not timed
             c.decode(image_id, [[x, y]], [1], outputs=CLICK_OUTPUTS)
         idle = click_phase(c, image_id)
+        boxes = boxes_per_prompt(c, image_id, image, boxes_per_request, max(3, clicks // 6), seed)
         thread = threading.Thread(target=streamer)
         thread.start()
         started.wait(60)
@@ -211,7 +212,32 @@ def interactive_under_load(url: str, protocol: str, image: np.ndarray, stream: S
         stop.set()
         thread.join()
     return {"idle": latency_stats(idle), "loaded": latency_stats(loaded), "encodes_during_clicks": len(streamed),
-            "encode_ms": latency_stats(streamed) if streamed else None, "errors": errors}
+            "encode_ms": latency_stats(streamed) if streamed else None, "boxes": boxes, "errors": errors}
+
+
+def boxes_per_prompt(c, image_id: str, image: np.ndarray, p: int, repeats: int, seed: int) -> Dict[str, object]:
+    """One box as a request, and `p` boxes in one sam_decode request (single mask each, as
+    SamPredictor.predict_torch is used for boxes; masks, iou_predictions, low_res_masks asked):
+    p50 of each, and the per-prompt time of the batched request."""
+    h, w = image.shape[:2]
+    rng = np.random.default_rng(seed)
+    x0, y0 = rng.uniform(0, w * 0.6, p), rng.uniform(0, h * 0.6, p)
+    boxes = np.stack([x0, y0, x0 + rng.uniform(0.1, 0.4, p) * w, y0 + rng.uniform(0.1, 0.4, p) * h], 1)
+    coords, labels = boxes.reshape(-1, 2, 2), np.tile([2, 3], (p, 1))
+    one, many = [], []
+    c.decode(image_id, coords, labels, multimask_output=False, outputs=CLICK_OUTPUTS)  # warm-up
+    for r in range(repeats):
+        for i in range(min(p, 8)):
+            t = time.perf_counter()
+            c.decode(image_id, coords[i:i + 1], labels[i:i + 1], multimask_output=False, outputs=CLICK_OUTPUTS)
+            one.append((time.perf_counter() - t) * 1e3)
+        t = time.perf_counter()
+        c.decode(image_id, coords, labels, multimask_output=False, outputs=CLICK_OUTPUTS)
+        many.append((time.perf_counter() - t) * 1e3)
+    one_p50, many_p50 = latency_stats(one)["p50_ms"], latency_stats(many)["p50_ms"]
+    return {"boxes_per_request": p, "one_box_request": latency_stats(one), "many_boxes_request": latency_stats(many),
+            "per_prompt_ms": many_p50 / p, "per_prompt_vs_one_box": (many_p50 / p) / one_p50,
+            "met_no_slower_per_prompt": many_p50 / p <= one_p50}
 
 
 def reference_clicks(sam, image: np.ndarray, clicks: int = 30, seed: int = 3) -> Dict[str, float]:
