@@ -14,12 +14,13 @@ __all__ = ["runner_for_engine", "ENGINE_SUFFIXES"]
 ENGINE_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".plan": "tensorrt"}
 
 
-def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = None) -> Runner:
+def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = None, static_shapes: int = 0) -> Runner:
     """A Runner for an engine built by `samrt build-engine` (or an exported graph).
 
     `.onnx` -> OnnxRuntimeRunner (`device` "cpu" or "cuda"; `threads`: intra-op threads);
     `.xml` -> OpenVINORunner on the CPU (its precision as recorded in the IR; `threads`:
-    INFERENCE_NUM_THREADS); `.plan` -> TensorRTRunner (CUDA). `threads` None: the backend's default
+    INFERENCE_NUM_THREADS; `static_shapes`: compiles for that many recurring input shapes, see
+    OpenVINORunner); `.plan` -> TensorRTRunner (CUDA). `threads` None: the backend's default
     (every core). Raises SamrtError for another extension or an impossible device.
     """
     ext = os.path.splitext(path)[1]
@@ -33,7 +34,7 @@ def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = N
             raise SamrtError(f"engine {path!r}: got device {device!r}, expected 'cpu' (samrt runs OpenVINO on the CPU)")
         from .openvino_engine import OpenVINORunner
 
-        return OpenVINORunner(path, threads=threads)
+        return OpenVINORunner(path, threads=threads, static_shapes=static_shapes)
     if device != "cuda":
         raise SamrtError(f"engine {path!r}: got device {device!r}, expected 'cuda' for a TensorRT plan")
     from .tensorrt_engine import TensorRTRunner

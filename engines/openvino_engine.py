@@ -161,10 +161,17 @@ class OpenVINORunner(Runner):
     because the engine shares the CPU with other processes (the Triton models, other engines).
     Inputs are checked against the model's declared names, dtypes and fixed sizes on every call;
     dynamic dimensions are -1 in `input_shapes`. `run` is serialised by a lock (one infer request).
+
+    `static_shapes` > 0: the first `static_shapes` distinct input shapes seen each get a copy of the
+    model compiled for exactly that shape (OpenVINO's kernels for static shapes are faster: vit_b's
+    decoder in bf16, one click: 16 ms static against 22-26 ms dynamic; 16 prompts: 16.8 against
+    20.6 ms per prompt; a compile takes 0.3 s; Xeon, 2 cores, 2026-11-30); other shapes run on
+    the dynamic model. Outputs are the same model's either way (tests compare them).
     """
 
     def __init__(self, path: str, precision: Optional[str] = None, threads: Optional[int] = None,
-                 streams: int = 1, pinning: bool = False, performance_hint: str = "LATENCY") -> None:
+                 streams: int = 1, pinning: bool = False, performance_hint: str = "LATENCY",
+                 static_shapes: int = 0) -> None:
         ov = _ov()
         import openvino.properties as props
         import openvino.properties.hint as hints
@@ -201,6 +208,21 @@ class OpenVINORunner(Runner):
         self.input_dtypes = {p.get_any_name(): p.get_element_type().to_dtype() for p in self.compiled.inputs}
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
+        self.static_shapes = int(static_shapes)
+        self._static: Dict[tuple, object] = {}  # input shapes -> infer request of a static compile
+
+    def _request_for(self, feeds: Mapping[str, np.ndarray]):
+        """The infer request for these feeds' shapes: a static compile (made on first sight while
+        fewer than `static_shapes` exist), else the dynamic model's."""
+        if not self.static_shapes:
+            return self._request
+        key = tuple(tuple(feeds[n].shape) for n in self.input_names)
+        request = self._static.get(key)
+        if request is None and len(self._static) < self.static_shapes:
+            model = _core().read_model(self.path)
+            model.reshape({n: list(shape) for n, shape in zip(self.input_names, key)})
+            request = self._static[key] = _core().compile_model(model, "CPU", self.config).create_infer_request()
+        return request or self._request
 
     def settings(self) -> Dict[str, object]:
         """The compiled model's effective settings, for reports."""
@@ -225,7 +247,7 @@ class OpenVINORunner(Runner):
         if unknown:
             raise SamrtError(f"{os.path.basename(self.path)}: got outputs {unknown}, expected some of {self.output_names}")
         with self._lock:
-            result = self._request.infer(dict(feeds))  # copies the outputs (share_outputs=False)
+            result = self._request_for(feeds).infer(dict(feeds))  # copies the outputs (share_outputs=False)
             by_name = {port.get_any_name(): value for port, value in result.items()}
         return {n: by_name[n] for n in names}
 

@@ -6,7 +6,7 @@ Tensor names and dtypes come from the wire declaration (`samrt.wire`); prompt ru
 with Triton's code (INVALID_ARG for bad input, NOT_FOUND for an unknown or evicted image_id,
 UNAVAILABLE for overload) and the other requests of the batch go on.
 
-The click path, `sam_decode`, is a Triton ensemble (rendered from `samrt.wire.CLICK_STEPS`):
+The click path, `sam_decode`, is a Triton ensemble (rendered from `samrt.wire.click_path`):
 `sam_prompt_prep` checks and completes the prompts, the mask decoder step runs the engine with
 Triton's dynamic batcher gathering prompts of all clients and images, `sam_mask_upscale` and
 `sam_mask_rle` produce `masks` and `masks_rle` (Triton prunes them when a request does not ask
@@ -20,13 +20,17 @@ click reads its embedding in place (an earlier design fetched it from a cache mo
 4 MiB copied twice per click). The encode path (`sam_encode`, `sam_amg`) stores and fetches
 embeddings there through BLS, once per image, not per click. The cache keeps its byte bound,
 its LRU order and its NOT_FOUND error (`logic.EmbeddingCache`); it lives and dies with that
-process (the launcher's watchdog restarts it, and images are then encoded again).
+process (the launcher's watchdog restarts it, and images are then encoded again). The price: one
+decoder process per server (instance count 1; a second instance would hold a second cache). On
+a CPU one decoder instance uses the cores it is given; beyond that, scale out with replicas and
+image-affine routing (README, "Several replicas").
 
 The production variant runs the decoder in a native backend (TensorRT / ONNX Runtime /
 OpenVINO), which cannot own a cache: there `sam_embedding_cache` owns it and hands the native
-`sam_prompt_decoder` each prompt's embedding as an ensemble tensor. On a GPU that tensor is copied
-to the device anyway (4 MiB is ~0.1 ms over PCIe 5); this variant was rendered and schema-checked,
-not run (no GPU, no NVIDIA container here).
+`sam_prompt_decoder` each prompt's embedding as an ensemble tensor (the decoder graph takes one
+embedding row per prompt: P x 4 MiB per request, copied once into Triton's memory). On a GPU that
+tensor is copied to the device anyway (4 MiB is ~0.1 ms over PCIe 5); this variant was rendered
+and its ensemble checked by tests, not run (no GPU, no NVIDIA container here).
 """
 
 from __future__ import annotations
@@ -142,18 +146,23 @@ class BlsRunner:
         return {n: pb.get_output_tensor_by_name(resp, n).as_numpy() for n in (outputs or self.output_names)}
 
 
-def _engine_runner(params):
+# Input shapes an OpenVINO decoder compiles statically (clicks and boxes recur in a few shapes:
+# 1 prompt of 2-4 points, chunks of 16 prompts); others run on the dynamic model.
+DECODER_STATIC_SHAPES = 12
+
+
+def _engine_runner(params, static_shapes: int = 0):
     """The runner for the model's engine file (samrt.engines.runner_for_engine: OpenVINO for an IR
     .xml, ONNX Runtime for .onnx, TensorRT for .plan)."""
     from samrt.engines import runner_for_engine
 
-    return runner_for_engine(params["engine_path"], params.get("device", "cpu"), _ort_threads())
+    return runner_for_engine(params["engine_path"], params.get("device", "cpu"), _ort_threads(), static_shapes)
 
 
 def _decoder_runner(params):
     if params.get("decoder_model"):
         return BlsRunner(params["decoder_model"], int(params["low_res_size"]))
-    return _engine_runner(params)
+    return _engine_runner(params, DECODER_STATIC_SHAPES)
 
 
 def _lower_priority(params: Dict[str, str]) -> None:
@@ -233,8 +242,11 @@ class _CacheOwner:
         emb = _input(request, "image_embeddings")
         if emb is not None:
             size = _input(request, "original_size").reshape(-1)
-            self.cache.put(image_id, logic.CacheEntry(np.array(emb.reshape(emb.shape[-3:]), dtype=np.float32),
-                                                      (int(size[0]), int(size[1]))))
+            try:
+                self.cache.put(image_id, logic.CacheEntry(np.array(emb.reshape(emb.shape[-3:]), dtype=np.float32),
+                                                          (int(size[0]), int(size[1]))))
+            except ValueError as e:  # an embedding larger than the whole cache: the caller's request
+                raise InputError(f"{self.model.name}: {e}") from None
             return _response(self.model, {"found": np.array([[True]])})
         if _input(request, "prompt_coords") is not None:
             return None
@@ -354,9 +366,22 @@ class MaskDecoderModel(_CacheOwner):
     def initialize(self, args) -> None:
         params = _params(args)
         self._init_cache(params)
-        self.runner = _engine_runner(params)
+        self.runner = _engine_runner(params, DECODER_STATIC_SHAPES)
         self.image_size = int(params["image_size"])
         self.low_res_size = int(self.runner.input_shapes["mask_input"][-1])
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One click's decode at load time, so the first user's click does not pay for the engine's
+        first run (an OpenVINO decoder compiles that shape statically here)."""
+        from samrt.engines.runner import run_decoder
+
+        try:
+            emb = np.zeros((1,) + tuple(int(d) for d in self.runner.input_shapes["image_embeddings"][1:]), np.float32)
+            run_decoder(self.runner, emb, np.zeros((1, 2, 2), np.float32), np.array([[1.0, -1.0]], np.float32),
+                        None, self.low_res_size)
+        except Exception as e:  # a warm-up only: the model serves anyway
+            log.warning("sam_mask_decoder: warm-up decode failed: %s", e)
 
     def execute(self, requests):
         responses: List[object] = [None] * len(requests)
@@ -438,8 +463,6 @@ class CacheModel(_CacheOwner):
                 "point_coords": coords,
                 "image_embeddings": np.broadcast_to(entry.embeddings, (p,) + entry.embeddings.shape),
                 "original_size": np.tile(np.asarray(entry.original_size, np.int32), (p, 1))})
-        except ValueError as e:  # e.g. an embedding larger than the cache
-            return _error_for(e if isinstance(e, InputError) else InputError(str(e)), self.model.name)
         except Exception as e:
             return _error_for(e, self.model.name)
 

@@ -224,3 +224,20 @@ def test_engine_names_and_runner_factory(export_dir, tmp_path):
         runner_for_engine("model.pt")
     with pytest.raises(SamrtError, match=r"got device 'cuda', expected 'cpu'"):
         runner_for_engine(xml, device="cuda")
+
+
+def test_static_shape_compiles_agree_with_the_dynamic_model(export_dir):
+    """static_shapes=2: the first two shapes get their own static compile, the third runs on the
+    dynamic model; every answer equals the dynamic model's (fp32, atol 1e-5)."""
+    ir = os.path.join(export_dir, "tiny.decoder.static_test.xml")
+    ove.ir_from_onnx(os.path.join(export_dir, "tiny.decoder.onnx"), ir, "fp32")
+    dynamic = ove.OpenVINORunner(ir)
+    static = ove.OpenVINORunner(ir, static_shapes=2)
+    for p, n in ((1, 2), (3, 2), (2, 3), (1, 2)):
+        f = decoder_feeds(p, n, seed=p + n)
+        a, b = dynamic.run(f), static.run(f)
+        for name in a:
+            np.testing.assert_allclose(b[name], a[name], atol=1e-5)
+    assert sorted(static._static) == sorted([tuple(tuple(s) for s in shapes) for shapes in (
+        [(1, 256, 64, 64), (1, 2, 2), (1, 2), (1, 1, 256, 256), (1,)],
+        [(3, 256, 64, 64), (3, 2, 2), (3, 2), (3, 1, 256, 256), (3,)])])
