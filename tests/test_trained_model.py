@@ -1,6 +1,5 @@
 """The embedded samrt_small model, through the real Triton server, on held-out scenes."""
 
-import os
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Checkpoint loading: detection from tensor shapes and the clear error for each bad file."""
 
 import dataclasses
-import os
 
 import pytest
 import torch

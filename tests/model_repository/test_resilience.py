@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from samrt.errors import ImageNotCachedError, ServerError, ServerTimeoutError
+from samrt.errors import ServerError, ServerTimeoutError
 
 from ..conftest import random_image
 
