@@ -118,7 +118,8 @@ class AsyncSamClient:
                      outputs: Sequence[str] = DEFAULT_OUTPUTS) -> Dict[str, np.ndarray]:
         """As SamClient.decode, including the split above the server's prompt limit or the response limit."""
         image_id = getattr(image_id, "image_id", image_id)  # an EncodeResult stands for its id
-        inputs = decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs)
+        low_res = (await self.model_info())["low_res_size"] if mask_input is not None and self.ring is None else None
+        inputs = decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs, low_res)
         if self.ring is not None:  # routed by the id it was encoded under; that replica's client splits
             return await acall(self.ring, self.replicas, self._aliases.get(image_id, image_id),
                                lambda i, c: c.decode(image_id, point_coords, point_labels, mask_input,

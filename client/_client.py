@@ -69,10 +69,12 @@ def _not_found(model: str):
     return ImageNotCachedError if model == wire.SAM_DECODE.name else ServerError
 
 
-def check_prompts(point_coords, point_labels, mask_input, multimask_output) -> Dict[str, np.ndarray]:
+def check_prompts(point_coords, point_labels, mask_input, multimask_output,
+                  low_res_size: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Prompts -> wire arrays with the prompt as leading dim ([N,2] is one prompt): shapes and
-    integer labels are checked here; the values (labels, finiteness, padding) by the server with
-    `samrt.prompts`, which answers INVALID_ARG."""
+    integer labels are checked here (`mask_input` against the server's `low_res_size` m when
+    given); the values (labels, finiteness, padding) by the server with `samrt.prompts`, which
+    answers INVALID_ARG."""
     pc = np.asarray(point_coords, dtype=np.float32)
     if pc.ndim == 2:
         pc = pc[None]
@@ -83,6 +85,9 @@ def check_prompts(point_coords, point_labels, mask_input, multimask_output) -> D
         raise InputError(f"point_coords: got shape {list(pc.shape)}, expected [N,2] or [P,N,2]")
     if pl.shape != pc.shape[:2]:
         raise InputError(f"point_labels: got shape {list(pl.shape)}, expected {list(pc.shape[:2])}")
+    if pc.shape[0] == 0 or pc.shape[1] == 0:
+        raise InputError(f"point_coords: got shape {list(pc.shape)} (no prompts or no points), expected "
+                         "at least one prompt of at least one point")
     if not np.issubdtype(pl.dtype, np.integer) and not np.all(np.equal(np.mod(pl, 1), 0)):
         raise InputError(f"point_labels: got non-integer values of dtype {pl.dtype}, expected integers")
     arrays = {"point_coords": pc, "point_labels": pl}
@@ -90,8 +95,11 @@ def check_prompts(point_coords, point_labels, mask_input, multimask_output) -> D
         m = np.asarray(mask_input, dtype=np.float32)
         if m.ndim == 3:
             m = m[None]
-        if m.ndim != 4 or m.shape[0] != pc.shape[0] or m.shape[1] != 1:
-            raise InputError(f"mask_input: got shape {list(np.shape(mask_input))}, expected [1,256,256] or [P,1,256,256]")
+        side = low_res_size or "m"
+        if (m.ndim != 4 or m.shape[0] != pc.shape[0] or m.shape[1] != 1
+                or (low_res_size and m.shape[2:] != (low_res_size, low_res_size))):
+            raise InputError(f"mask_input: got shape {list(np.shape(mask_input))}, expected [1,{side},{side}] or "
+                             f"[P,1,{side},{side}] with P = {pc.shape[0]} (the low_res_masks of an earlier answer)")
         arrays["mask_input"] = m
     arrays["multimask_output"] = np.full((pc.shape[0], 1), bool(multimask_output))
     return arrays
@@ -362,7 +370,8 @@ class SamClient:
             return call(self.ring, self.replicas, self._aliases.get(image_id, image_id),
                         lambda i, c: c.decode(image_id, point_coords, point_labels, mask_input, multimask_output,
                                               outputs))
-        inputs = decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs)
+        low_res = self.model_info()["low_res_size"] if mask_input is not None else None
+        inputs = decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs, low_res)
         p, c = inputs["point_coords"][0].shape[0], 3 if multimask_output else 1
         chunk = self._prompts_per_request(image_id, c, outputs)
         if p <= chunk:
@@ -485,7 +494,8 @@ def parse_encode(out: Dict[str, np.ndarray]) -> EncodeResult:
     return EncodeResult(out["image_id"].reshape(-1)[0].decode(), (int(size[0]), int(size[1])))
 
 
-def decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs):
+def decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_output, outputs,
+                  low_res_size: Optional[int] = None):
     """`sam_decode`'s inputs for P prompts on one image, packed as the wire declares them."""
     model = wire.SAM_DECODE
     bad = [o for o in outputs if o not in model.output_names]
@@ -494,7 +504,7 @@ def decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_ou
     image_id = getattr(image_id, "image_id", image_id)  # an EncodeResult stands for its id
     if not isinstance(image_id, str):
         raise InputError(f"image_id: got {type(image_id).__name__}, expected the str id that encode() returned")
-    arrays = check_prompts(point_coords, point_labels, mask_input, multimask_output)
+    arrays = check_prompts(point_coords, point_labels, mask_input, multimask_output, low_res_size)
     p = arrays["point_coords"].shape[0]
     arrays["image_id"] = np.full((p, 1), image_id.encode(), dtype=object)
     return {name: model.input(name).pack(arr) for name, arr in arrays.items()}

@@ -3,6 +3,10 @@ and one retry policy.
 
 Codes, not message text, decide: gRPC status codes (`StatusCode.INVALID_ARGUMENT`, ...) and HTTP
 status codes ("400", ...) as tritonclient reports them in `InferenceServerException.status()`.
+Two of Triton's own answers are read by their fixed text, because their codes say something
+else: "Request for unknown model" (NOT_FOUND, while a model reloads: not an evicted image) and
+"Stub process ... is not healthy" (INTERNAL, a python-backend process that died and is being
+restarted): both are ServerUnavailableError, retried like a refused connection.
 Only a lost or refused connection (and UNAVAILABLE) is retried, with exponential backoff, and
 only for idempotent requests; a deadline is a `ServerTimeoutError`, never retried (the server may
 still be computing the abandoned request).
@@ -65,12 +69,19 @@ def error_from_exception(e: BaseException, where: str, not_found: Type[ServerErr
         if cls is ImageNotCachedError:
             cls = not_found
         message = e.message() if hasattr(e, "message") else str(e)
+        if _is_model_unavailable_text(message):
+            cls = ServerUnavailableError
         if cls is ServerError and not code and _is_timeout_text(message):
             cls = ServerTimeoutError  # tritonclient.http reports its own timeouts without a status
         return cls(message if cls is not ServerUnavailableError else f"{where}: {message}", code)
     if isinstance(e, (socket.timeout, TimeoutError)) or type(e).__name__ in ("Timeout", "TimeoutError"):
         return ServerTimeoutError(f"{where}: no answer within the timeout ({type(e).__name__})", "timeout")
     return ServerUnavailableError(f"{where}: {type(e).__name__}: {e}", "connection")
+
+
+def _is_model_unavailable_text(message: str) -> bool:
+    # Triton's core: a model not loaded right now; the python backend: a stub that died.
+    return "Request for unknown model" in message or ("Stub process" in message and "is not healthy" in message)
 
 
 def _is_timeout_text(message: str) -> bool:

@@ -162,11 +162,12 @@ class OpenVINORunner(Runner):
     Inputs are checked against the model's declared names, dtypes and fixed sizes on every call;
     dynamic dimensions are -1 in `input_shapes`. `run` is serialised by a lock (one infer request).
 
-    `static_shapes` > 0: the first `static_shapes` distinct input shapes seen each get a copy of the
-    model compiled for exactly that shape (OpenVINO's kernels for static shapes are faster: vit_b's
-    decoder in bf16, one click: 16 ms static against 22-26 ms dynamic; 16 prompts: 16.8 against
-    20.6 ms per prompt; a compile takes 0.3 s; Xeon, 2 cores, 2026-11-30); other shapes run on
-    the dynamic model. Outputs are the same model's either way (tests compare them).
+    `static_shapes` > 0 (fp32 only): the first `static_shapes` distinct input shapes seen each get a
+    copy of the model compiled for exactly that shape; other shapes run on the dynamic model
+    (tests compare the answers). Refused with bf16/int8: OpenVINO 2026.4 on this Xeon (AMX)
+    answered a static bf16 decoder with 3 points wrongly and differently from call to call
+    (predicted IoU 0.003 / -0.003 against the dynamic model's -0.061; 2 and 4 points were right),
+    although static bf16 was faster (one click 16 ms against 22-26 ms dynamic). Off by default.
     """
 
     def __init__(self, path: str, precision: Optional[str] = None, threads: Optional[int] = None,
@@ -209,6 +210,10 @@ class OpenVINORunner(Runner):
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
         self.static_shapes = int(static_shapes)
+        if self.static_shapes and self.inference_precision != "f32":
+            raise SamrtError(f"{os.path.basename(path)}: static_shapes={static_shapes} with "
+                             f"{self.inference_precision}, expected static_shapes=0 (static bf16 compiles gave "
+                             "wrong answers in OpenVINO 2026.4; see OpenVINORunner)")
         self._static: Dict[tuple, object] = {}  # input shapes -> infer request of a static compile
 
     def _request_for(self, feeds: Mapping[str, np.ndarray]):

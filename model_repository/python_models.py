@@ -146,9 +146,9 @@ class BlsRunner:
         return {n: pb.get_output_tensor_by_name(resp, n).as_numpy() for n in (outputs or self.output_names)}
 
 
-# Input shapes an OpenVINO decoder compiles statically (clicks and boxes recur in a few shapes:
-# 1 prompt of 2-4 points, chunks of 16 prompts); others run on the dynamic model.
-DECODER_STATIC_SHAPES = 12
+# Input shapes an OpenVINO decoder would compile statically: 0, since static bf16 compiles gave
+# wrong answers (see samrt.engines.openvino_engine.OpenVINORunner).
+DECODER_STATIC_SHAPES = 0
 
 
 def _engine_runner(params, static_shapes: int = 0):
@@ -373,7 +373,7 @@ class MaskDecoderModel(_CacheOwner):
 
     def _warm_up(self) -> None:
         """One click's decode at load time, so the first user's click does not pay for the engine's
-        first run (an OpenVINO decoder compiles that shape statically here)."""
+        first run."""
         from samrt.engines.runner import run_decoder
 
         try:

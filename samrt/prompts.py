@@ -95,8 +95,8 @@ def apply_boxes(boxes: np.ndarray, original_size: Tuple[int, int], long_side: in
 def check_points(point_coords, point_labels) -> Tuple[np.ndarray, np.ndarray]:
     """[P,N,2] coordinates and [P,N] labels, checked -> (float64 [P,N,2], int32 [P,N]).
 
-    Raises InputError for a wrong shape, non-finite coordinates, non-integer labels or labels
-    outside VALID_LABELS."""
+    Raises InputError for a wrong shape, non-finite coordinates, non-integer labels, labels
+    outside VALID_LABELS, or a prompt whose box corners are not paired (as many 2s as 3s)."""
     if point_labels is None:
         raise InputError("point_labels: got None, expected one label per point when point_coords is given")
     pc = np.asarray(point_coords, dtype=np.float64)
@@ -115,6 +115,12 @@ def check_points(point_coords, point_labels) -> Tuple[np.ndarray, np.ndarray]:
     bad = ~np.isin(labels, VALID_LABELS)
     if bad.any():
         raise InputError(f"point_labels: got {sorted(set(labels[bad].tolist()))}, expected values in {VALID_LABELS}")
+    tops, bottoms = (labels == 2).sum(axis=1), (labels == 3).sum(axis=1)
+    unpaired = np.flatnonzero(tops != bottoms)
+    if unpaired.size:
+        r = int(unpaired[0])
+        raise InputError(f"point_labels: prompt {r} has {int(tops[r])} box top-left corner(s) (label 2) and "
+                         f"{int(bottoms[r])} bottom-right (label 3), expected a box as both corners, 2 then 3")
     return pc, labels.astype(np.int32)
 
 

@@ -46,6 +46,8 @@ def test_build_prompt_conventions():
         (dict(point_coords=np.array([1.0, 2.0, 3.0]), point_labels=np.array([1])), r"point_coords: got shape \(3,\)"),
         (dict(point_coords=None, point_labels=None, box=np.array([1, 2, 3])), r"box: got shape \(3,\)"),
         (dict(point_coords=None, point_labels=None, box=np.array([1, 2, np.nan, 3])), "boxes: got non-finite"),
+        (dict(point_coords=np.array([[1.0, 2.0]]), point_labels=np.array([2])),
+         r"prompt 0 has 1 box top-left corner\(s\) \(label 2\) and 0 bottom-right"),
     ],
 )
 def test_bad_prompts_name_what_was_received(kwargs, match):

@@ -29,6 +29,19 @@ def test_codes_map_to_typed_errors(status, cls):
     assert type(error_from_exception(InferenceServerException("x", status="404"), "here")) is ServerError
 
 
+@pytest.mark.parametrize("message,status", [
+    ("Request for unknown model: 'sam_decode' has no available versions", "StatusCode.NOT_FOUND"),
+    ("Request for unknown model: 'sam_decode' has no available versions", "404"),
+    ("Failed to process the request(s) for model 'sam_mask_upscale_0_0', message: Stub process "
+     "'sam_mask_upscale_0_0' is not healthy.", "StatusCode.INTERNAL"),
+])
+def test_a_reloading_model_is_unavailable_not_an_evicted_image(message, status):
+    """Measured while the launcher's watchdog reloads a dead step of the click ensemble: Triton's
+    own texts, retried as unavailable (not ImageNotCachedError, which would re-encode)."""
+    err = error_from_exception(InferenceServerException(message, status=status), "here", ImageNotCachedError)
+    assert type(err) is ServerUnavailableError
+
+
 def test_retry_policy():
     lost = ConnectionRefusedError("refused")
     retry = Retry(retries=2, backoff=0.1, where="here")
