@@ -86,8 +86,11 @@ def test_interactive_under_load_quick(tmp_path, server):
         assert r["idle"]["n"] == r["loaded"]["n"] == 8
         assert r["encodes_during_clicks"] >= 1  # the load really ran while clicking
         assert r["loaded_vs_idle_p50"] > 0 and isinstance(r["met_loaded_ratio"], bool)
+        boxes = r["boxes"]  # 64 boxes in one request against one box alone
+        assert boxes["boxes_per_request"] == 64 and boxes["many_boxes_request"]["n"] >= 3
+        assert boxes["per_prompt_ms"] > 0 and isinstance(boxes["met_no_slower_per_prompt"], bool)
     table = interactive_table(rows)
-    assert table.count("\n| grpc |") == 1 and "not measured (external server)" in table
+    assert table.count(" | grpc | ") == 1 and "not measured (external server)" in table
 
 
 def test_serve_table_ratio_to_reference_and_verdict():
