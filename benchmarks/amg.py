@@ -7,6 +7,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from samrt.client import SamClient, TritonSamAutomaticMaskGenerator
+
 from .common import latency_stats
 
 __all__ = ["bench_amg"]
@@ -14,8 +16,6 @@ __all__ = ["bench_amg"]
 
 def bench_amg(url: str, images: Sequence[np.ndarray], protocol: str = "grpc", points_per_side: int = 32,
               base: Optional[dict] = None, **params) -> List[dict]:
-    from samrt.client import SamClient, TritonSamAutomaticMaskGenerator
-
     with SamClient(url, protocol, timeout=3600) as client:
         gen = TritonSamAutomaticMaskGenerator(client, points_per_side=points_per_side, output_mode="coco_rle", **params)
         gen.generate(images[0])  # warm-up (also caches the first embedding), not timed

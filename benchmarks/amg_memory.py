@@ -17,6 +17,13 @@ from typing import Dict
 
 import numpy as np
 
+from samrt import amg, prompts
+from samrt import processing as P
+from samrt.artifacts import ExportManifest
+from samrt.engines import OnnxRuntimeRunner
+from samrt.engines.runner import run_decoder
+from samrt.imageio import load_image
+
 __all__ = ["measure_amg_memory"]
 
 
@@ -30,10 +37,6 @@ def _vm(field: str) -> int:
 
 
 def _crop_fn(encoder, decoder, image_size: int):
-    from samrt import amg, prompts
-    from samrt import processing as P
-    from samrt.engines.runner import run_decoder
-
     low_res_size = int(decoder.input_shapes["mask_input"][-1])
     cache: Dict[bytes, np.ndarray] = {}
 
@@ -69,9 +72,6 @@ def measure_amg_memory(encoder_path: str, decoder_path: str, image: np.ndarray, 
                        **options) -> dict:
     """Run one AMG job in this process; its peak RSS above the idle process (runners loaded, image
     embedded), its duration and mask count. Linux only. Run it in a fresh process per figure."""
-    from samrt import amg
-    from samrt.engines import OnnxRuntimeRunner
-
     encoder = OnnxRuntimeRunner(encoder_path)
     decoder = OnnxRuntimeRunner(decoder_path)
     set_crop = _crop_fn(encoder, decoder, image_size)
@@ -91,8 +91,6 @@ def measure_amg_memory(encoder_path: str, decoder_path: str, image: np.ndarray, 
 
 
 def main(argv=None) -> None:
-    from samrt.artifacts import ExportManifest
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--export", required=True, help="an export folder (samrt export)")
     ap.add_argument("--height", type=int, default=1500)
@@ -103,8 +101,6 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     m = ExportManifest.read(args.export)
     if args.image:
-        from samrt.imageio import load_image
-
         image = load_image(args.image)
     else:
         image = _scene(args.height, args.width)

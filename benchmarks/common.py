@@ -9,9 +9,12 @@ import os
 import platform
 import subprocess
 import time
+from importlib import metadata
 from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
+
+from samrt.artifacts import prepare_output_dir
 
 __all__ = ["machine_info", "latency_stats", "time_calls", "write_rows", "BUDGET_MS"]
 
@@ -39,8 +42,6 @@ def _gpu() -> Optional[str]:
 
 
 def machine_info() -> Dict[str, object]:
-    from importlib import metadata
-
     versions = {}
     # Installed distributions (tritonclient has no __version__; nvidia-pytriton carries the server).
     for key, dists in (("numpy", ("numpy",)), ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
@@ -86,8 +87,6 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Dict[
 def write_rows(rows: List[dict], out_dir: str, name: str) -> Dict[str, str]:
     """rows -> <out>/<name>.json (with the machine) and <out>/<name>.csv (flat). `out_dir` must be
     new, empty, or a results folder samrt wrote (samrt.artifacts marker)."""
-    from samrt.artifacts import prepare_output_dir
-
     prepare_output_dir(out_dir, "bench")
     machine = machine_info()
     rows = [{**r, "machine": machine} for r in rows]

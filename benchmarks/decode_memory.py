@@ -15,6 +15,14 @@ from typing import Dict, List
 
 import numpy as np
 
+from samrt.artifacts import ExportManifest
+from samrt.client import SamClient
+from samrt.model_repository.render import RepoOptions, render_repository
+from samrt.model_repository.server import TritonServer
+from samrt.wire import click_path
+
+from .common import write_rows
+
 __all__ = ["measure_decode_memory"]
 
 
@@ -28,19 +36,12 @@ def _kib(pid: int, field: str) -> int:
 
 def measure_decode_memory(export_dir: str, work_dir: str, cases=((480, 640, 256, True), (3024, 4032, 64, True))) -> List[Dict]:
     """Rows: image size, prompts, masks per prompt, the stub's RSS before and its peak after (MiB)."""
-    from samrt.artifacts import ExportManifest
-    from samrt.client import SamClient
-    from samrt.model_repository.render import RepoOptions, render_repository
-    from samrt.model_repository.server import TritonServer
-
     m = ExportManifest.read(export_dir)
     rows = []
     for h, w, p, multimask in cases:
         repo = render_repository(m.config, m.encoder_path, m.decoder_path, os.path.join(work_dir, f"repo_{h}x{w}"),
                                  RepoOptions(max_prompts=256, max_pixels=64 * 2**20))
         with TritonServer(repo, work_dir=os.path.join(work_dir, f"w_{h}x{w}")) as server:
-            from samrt.wire import click_path
-
             steps = [st.model for st in click_path(native=False)]
             pids = {k.rsplit("_", 2)[0]: v for k, v in server.model_processes().items()
                     if k.rsplit("_", 2)[0] in steps}
@@ -72,8 +73,6 @@ def measure_decode_memory(export_dir: str, work_dir: str, cases=((480, 640, 256,
 
 
 def main() -> None:
-    from .common import write_rows
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--export", required=True)
     ap.add_argument("--out", required=True)

@@ -16,6 +16,16 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from samrt import processing as P
+from samrt.app.pipeline import ensure_export
+from samrt.artifacts import engine_path
+from samrt.engines import OnnxRuntimeRunner
+from samrt.engines.build import build_engine
+from samrt.engines.openvino_engine import OpenVINORunner
+from samrt.engines.runner import run_decoder
+from samrt.scenes import eval_scenes
+from samrt.spec import get_config
+
 from .common import time_calls
 
 __all__ = ["bench_engines"]
@@ -29,18 +39,10 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
     reports supplying the accuracy); default <build_dir>/export_<model>, exported if missing.
     `precisions`: the ONNX Runtime encoder engines; `openvino_precisions`: the OpenVINO encoder
     engines (the decoder gets those of fp32/bf16 among them; empty, or openvino missing: none)."""
-    import torch
+    import torch  # torch: the export extra
 
-    from samrt import processing as P
-    from samrt.artifacts import engine_path
-    from samrt.engines import OnnxRuntimeRunner
-    from samrt.engines.build import build_engine
-    from samrt.engines.runner import run_decoder
-    from samrt.pipeline import ensure_export
-    from samrt.evaluation import eval_scenes
-    from samrt.export import load_sam, random_sam
+    from samrt.export import load_sam, random_sam  # torch: the export extra
     from samrt.export.wrappers import PromptDecoder
-    from samrt.spec import get_config
 
     repeats = 2 if quick else 5
     if quick:
@@ -139,8 +141,6 @@ def _accuracy(engine: str) -> Optional[dict]:
 
 
 def ov_runner(path: str):
-    from samrt.engines.openvino_engine import OpenVINORunner
-
     return OpenVINORunner(path)
 
 
@@ -148,9 +148,6 @@ def _openvino_engines(onnx_path: str, export_dir: str, precisions: Sequence[str]
                       rows: List[dict]) -> Dict[str, str]:
     """{precision: .xml} for the OpenVINO engines of `onnx_path`, built (gate at 0: the report keeps
     the accuracy) where missing; a failed build or a missing openvino becomes an error row."""
-    from samrt.artifacts import engine_path
-    from samrt.engines.build import build_engine
-
     stage = "decoder" if onnx_path.endswith(".decoder.onnx") else "encoder"
     built = {}
     for precision in precisions:

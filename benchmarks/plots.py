@@ -9,10 +9,10 @@ __all__ = ["plot_all"]
 
 
 def plot_all(rows: List[dict], out_dir: str) -> List[str]:
-    import matplotlib
+    import matplotlib  # matplotlib: the dev extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: the dev extra
 
     written = []
     enc = [r for r in rows if r.get("bench") == "engines" and r.get("stage") == "encoder" and "p50_ms" in r]

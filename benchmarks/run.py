@@ -2,36 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from samrt.app.pipeline import ensure_export, ensure_openvino_engines
+from samrt.client import SamClient
+from samrt.client.cli import IMAGE_SUFFIXES, load_image
+from samrt.model_repository.launch import choose_openvino_engine
+from samrt.model_repository.render import RepoOptions, render_repository
+from samrt.model_repository.server import TritonServer
+from samrt.scenes import scene_for_index
+from samrt.spec import get_config
+from samrt.visualize import sample_image
+
+from .amg import bench_amg
 from .common import write_rows
+from .engines import bench_engines
+from .perf_analyzer import run_perf_analyzer, write_decode_input_data
 from .plots import plot_all
+from .serve import DEFAULT_VARIANTS, bench_serve, interactive_rows, reference_clicks, reference_sessions
+from .upscale import DEFAULT_SIZES, bench_upscale
 
 __all__ = ["run_engines", "run_serve", "run_amg", "run_upscale"]
 
 
 def _saved(paths: Dict[str, str]) -> List[dict]:
     """The rows as written (each with the machine's description)."""
-    import json
-
     with open(paths["json"]) as f:
         return json.load(f)["rows"]
 
 
 def _images(n: int, size: Optional[int] = None) -> List[np.ndarray]:
-    from samrt.scenes import scene_for_index
-
     return [scene_for_index(i, stream=11, long_side=size).image for i in range(n)]
 
 
 def _model(model_type: str, checkpoint: Optional[str], build_dir: str):
     """(export manifest, torch model) for a checkpoint, the embedded model, or random init."""
-    from samrt.export import load_sam, random_sam
-    from samrt.pipeline import ensure_export
-    from samrt.spec import get_config
+    from samrt.export import load_sam, random_sam  # torch: the export extra
 
     if checkpoint:
         sam, cfg = load_sam(checkpoint)
@@ -44,8 +54,6 @@ def run_engines(out: str, model_type: str, checkpoint: Optional[str], quick: boo
                 export_dir: Optional[str] = None, prompts: Sequence[int] = (1, 4, 16, 64, 256),
                 precisions: Sequence[str] = ("fp32", "int8", "fp16"),
                 openvino_precisions: Sequence[str] = ("fp32", "bf16", "int8")) -> Dict[str, str]:
-    from .engines import bench_engines
-
     rows = bench_engines(model_type, checkpoint, build_dir, quick, prompts=prompts, export_dir=export_dir,
                          precisions=precisions, openvino_precisions=openvino_precisions)
     paths = write_rows(rows, out, "engines")
@@ -60,14 +68,6 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
     """`samrt bench serve`. Scenarios: "sessions" (clients each encoding and clicking, a concurrency
     sweep, batching on and off) and "interactive" (one client clicking, idle and while another client
     streams new images to sam_encode; SamPredictor.predict on the same clicks in the same run)."""
-    from samrt.client import SamClient
-    from samrt.model_repository.render import RepoOptions, render_repository
-
-    from .perf_analyzer import run_perf_analyzer, write_decode_input_data
-    from .serve import bench_serve, reference_sessions
-
-    from .serve import DEFAULT_VARIANTS
-
     variants = DEFAULT_VARIANTS
     if quick:
         concurrency, clicks = [c for c in concurrency if c <= 4][:2] or [1], min(clicks, 5)
@@ -82,9 +82,6 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
         enc, dec = manifest.encoder_path, manifest.decoder_path
         base["backend"] = backend
         if backend == "openvino":  # the engines serving would choose (built here when missing)
-            from samrt.model_repository.launch import choose_openvino_engine
-            from samrt.pipeline import ensure_openvino_engines
-
             ensure_openvino_engines(manifest, precision)
             (enc, rep, why_e), (dec, _, why_d) = (choose_openvino_engine(manifest, g, precision)
                                                    for g in ("encoder", "decoder"))
@@ -106,8 +103,6 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
         return paths
     rows += bench_serve(repos, images, concurrency, clicks, variants, base=base, url=url)
     if not quick:  # Triton's own load generator, where its binary is installed
-        from samrt.model_repository.server import TritonServer
-
         server = None if url else TritonServer(repos["on"], work_dir=os.path.join(build_dir, "work_pa")).start()
         try:
             target = url or server.grpc_url
@@ -133,11 +128,6 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
 def _interactive(repo: Optional[str], url: Optional[str], sam, quick: bool, base: dict, build_dir: str) -> List[dict]:
     """The interactive-under-load rows (gRPC and HTTP) on a 480x640 image, on a server started here
     (or `url`), with the SamPredictor reference when the model is at hand."""
-    from samrt.model_repository.server import TritonServer
-    from samrt.visualize import sample_image
-
-    from .serve import interactive_rows, reference_clicks
-
     image, _ = sample_image(480, 640)
     clicks = 8 if quick else 30
     stream = _images(4 if quick else 12, 320 if quick else None)
@@ -156,19 +146,13 @@ def _interactive(repo: Optional[str], url: Optional[str], sam, quick: bool, base
 
 
 def run_amg(out: str, url: str, images_dir: Optional[str], quick: bool, points_per_side: int) -> Dict[str, str]:
-    from .amg import bench_amg
-
     if images_dir:
-        from samrt.client.cli import IMAGE_SUFFIXES, load_image
-
         images = [load_image(os.path.join(images_dir, f)) for f in sorted(os.listdir(images_dir))
                   if f.lower().endswith(IMAGE_SUFFIXES)]
     else:
         images = _images(2 if quick else 5)
     if quick:
         points_per_side = min(points_per_side, 8)
-    from samrt.client import SamClient
-
     with SamClient(url) as c:  # what the server runs: the encoder engine's report (None: ONNX Runtime fp32)
         engine = c.model_info()["encoder_engine"]
     base = {"encoder_engine": (f"{engine['engine']} ({engine['precision']})" if engine else "onnx (fp32, ONNX Runtime)")}
@@ -178,8 +162,6 @@ def run_amg(out: str, url: str, images_dir: Optional[str], quick: bool, points_p
 
 def run_upscale(out: str, quick: bool) -> Dict[str, str]:
     """Mask upscaling per click (samrt.upscale vs the old numpy path vs torch) -> <out>/upscale.json|csv."""
-    from .upscale import DEFAULT_SIZES, bench_upscale
-
     if quick:
         rows = bench_upscale(sizes=(((48, 64), 5),), image_size=64, low_res=16, warmup=1)
     else:

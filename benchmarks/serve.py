@@ -15,6 +15,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from samrt.client import SamClient
+from samrt.model_repository.server import TritonServer
+
 from .common import BUDGET_MS, latency_stats
 
 __all__ = ["run_sessions", "bench_serve", "reference_sessions"]
@@ -23,8 +26,6 @@ __all__ = ["run_sessions", "bench_serve", "reference_sessions"]
 def run_sessions(url: str, protocol: str, concurrency: int, clicks: int, images: Sequence[np.ndarray],
                  shared_memory: bool = False) -> Dict[str, object]:
     """`concurrency` clients, each one session on its own image; returns latencies and throughput."""
-    from samrt.client import SamClient
-
     encode_ms: List[float] = []
     click_ms: List[float] = []
     errors: List[str] = []
@@ -66,8 +67,6 @@ def run_sessions(url: str, protocol: str, concurrency: int, clicks: int, images:
 
 def _warm_up(url: str, protocol: str, shm: bool, image: np.ndarray) -> float:
     """One encode and two clicks before measuring (sessions, arenas, connections); timed apart."""
-    from samrt.client import SamClient
-
     t = time.perf_counter()
     with SamClient(url, protocol, shared_memory=shm) as c:
         enc = c.encode(image)
@@ -95,7 +94,7 @@ def _summary(res: Dict[str, object], clicks: int, concurrency: int) -> dict:
 
 def reference_sessions(sam, images: Sequence[np.ndarray], clicks: int) -> dict:
     """SamPredictor in one process: the same sessions, one after another."""
-    import torch
+    import torch  # torch: the export extra
     from segment_anything import SamPredictor
 
     predictor = SamPredictor(sam)
@@ -124,8 +123,6 @@ def bench_serve(repo_for: Dict[str, str], images: Sequence[np.ndarray], concurre
     """`variants`: (dynamic batching "on"/"off", protocol, shared memory). Servers for `repo_for`
     {"on": repo, "off": repo} are started here; with `url` only that server is measured. Each
     variant uses its own images, so every encode is a cache miss (a real encode)."""
-    from samrt.model_repository.server import TritonServer
-
     rows = []
     per_variant = max(concurrency)
     for batching in (["external"] if url else sorted({v[0] for v in variants})):
@@ -167,8 +164,6 @@ def interactive_under_load(url: str, protocol: str, image: np.ndarray, stream: S
     """Click-to-mask of one client on an encoded image, idle and while another client encodes new
     images one after another. Timed region: `SamClient.decode` of one click, asking for masks,
     iou_predictions and low_res_masks (what SamPredictor.predict returns), until the answer is in."""
-    from samrt.client import SamClient
-
     points = _click_points(image, clicks, seed)
     stop, started = threading.Event(), threading.Event()
     streamed: List[float] = []
@@ -242,7 +237,7 @@ def boxes_per_prompt(c, image_id: str, image: np.ndarray, p: int, repeats: int, 
 
 def reference_clicks(sam, image: np.ndarray, clicks: int = 30, seed: int = 3) -> Dict[str, float]:
     """SamPredictor.predict in one process on the same image and clicks (set_image not timed)."""
-    import torch
+    import torch  # torch: the export extra
     from segment_anything import SamPredictor
 
     predictor = SamPredictor(sam)

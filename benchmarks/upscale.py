@@ -28,7 +28,7 @@ BUDGET_MS = 3.0  # the target for three 480x640 masks on the 2-core CPU
 def _torch_upscale(image_size: int):
     """Sam.postprocess_masks' own code as a function of numpy logits (None without torch)."""
     try:
-        import torch
+        import torch  # torch: the export extra (the reference; None without it)
         import torch.nn.functional as F
     except ImportError:
         return None, None

@@ -1,4 +1,7 @@
-"""samrt.client: the Python SDK over Triton (no torch, no onnx)."""
+"""samrt.client: the Python SDK over Triton (no torch, no onnx).
+
+Floor "client" (`samrt.layers`): imports the core only.
+"""
 
 from samrt.errors import (
     ImageNotCachedError,

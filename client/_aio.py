@@ -6,11 +6,13 @@ Requests are packed by the same functions as SamClient's, retried by the same po
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from samrt import wire
+from samrt.amg import AmgOptions
 from samrt.errors import ServerError, ServerUnavailableError
 
 from ._client import (
@@ -44,9 +46,9 @@ class AsyncSamClient:
                  timeout: float = 120.0, retries: int = 3, backoff: float = 0.5, down_for: float = DOWN_FOR) -> None:
         urls = split_urls(url)
         if protocol == "grpc":
-            import tritonclient.grpc.aio as mod
+            import tritonclient.grpc.aio as mod  # tritonclient: the client extra
         elif protocol == "http":
-            import tritonclient.http.aio as mod
+            import tritonclient.http.aio as mod  # tritonclient: the client extra
         else:
             raise ValueError(f"protocol: got {protocol!r}, expected 'grpc' or 'http'")
         self._mod, self.url, self.protocol = mod, ",".join(urls), protocol
@@ -169,10 +171,6 @@ class AsyncSamClient:
     async def amg(self, image: np.ndarray, options: dict) -> list:
         """Automatic masks on the server (`sam_amg`): records with COCO RLE; never retried. `options`:
         SamAutomaticMaskGenerator's parameters by name (numbers of any kind, numpy included), checked here."""
-        import json
-
-        from samrt.amg import AmgOptions
-
         options = json.dumps(AmgOptions.from_fields(dict(options)).to_dict()).encode()
         out = await self.infer("sam_amg", {"image": wire.SAM_AMG.input("image").pack(image),
                                            "options": wire.SAM_AMG.input("options").pack([options])},

@@ -8,7 +8,9 @@ backoff for idempotent requests (`client._transport`), timeouts never.
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -46,9 +48,9 @@ class EncodeResult:
 
 def _protocol_module(protocol: str):
     if protocol == "grpc":
-        import tritonclient.grpc as mod
+        import tritonclient.grpc as mod  # tritonclient: the client extra
     elif protocol == "http":
-        import tritonclient.http as mod
+        import tritonclient.http as mod  # tritonclient: the client extra
     else:
         raise ValueError(f"protocol: got {protocol!r}, expected 'grpc' or 'http'")
     return mod
@@ -191,7 +193,7 @@ class SamClient:
                     placed[name] = (offset, n)
                     offset += -(-n // 64) * 64
             self._ensure_region(offset)
-            from tritonclient.utils import shared_memory as shm
+            from tritonclient.utils import shared_memory as shm  # tritonclient: the client extra
 
             for name, (arr, dtype) in inputs.items():
                 if name in placed:
@@ -219,7 +221,7 @@ class SamClient:
         out = {}
         for o in outputs:
             if o in placed:
-                from tritonclient.utils import shared_memory as shm
+                from tritonclient.utils import shared_memory as shm  # tritonclient: the client extra
 
                 dt, shape = output_specs[o]
                 out[o] = shm.get_contents_as_numpy(self._shm[0], np.dtype(dt), shape, offset=placed[o][0]).copy()
@@ -230,10 +232,7 @@ class SamClient:
     def _ensure_region(self, nbytes: int) -> None:
         if self._shm is not None and self._shm[2] >= nbytes:
             return
-        import os
-        import uuid
-
-        from tritonclient.utils import shared_memory as shm
+        from tritonclient.utils import shared_memory as shm  # tritonclient: the client extra
 
         self._release_region()
         size = max(nbytes, 1 << 20) * 2
@@ -245,7 +244,7 @@ class SamClient:
     def _release_region(self) -> None:
         if self._shm is None:
             return
-        from tritonclient.utils import shared_memory as shm
+        from tritonclient.utils import shared_memory as shm  # tritonclient: the client extra
 
         handle, name, _ = self._shm
         self._shm = None
@@ -432,7 +431,7 @@ def parse_model_info(decode_config: dict, encoder_config: dict) -> dict:
         "image_size": int(decode_config["parameters"]["image_size"]["string_value"]),
         "low_res_size": int(dims["mask_input"][-1]),
         "max_prompts": int(decode_config.get("max_batch_size", 0)),
-        # the model that owns the embedding cache (samrt.model_repository.python_models)
+        # the model that owns the embedding cache (samrt.model_repository.models)
         "cache_model": decode_config["parameters"].get("cache_model", {}).get("string_value", "sam_embedding_cache"),
         "encoder_engine": json.loads(report) if report else None,
     }

@@ -14,6 +14,7 @@ still be computing the abandoned request).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Optional, Type
 
@@ -33,13 +34,7 @@ _BY_CODE = {
 def _transport_exceptions() -> tuple:
     from tritonclient.utils import InferenceServerException
 
-    kinds = [InferenceServerException, OSError]
-    try:
-        import asyncio
-
-        kinds.append(asyncio.TimeoutError)
-    except ImportError:  # pragma: no cover
-        pass
+    kinds = [InferenceServerException, OSError, asyncio.TimeoutError]
     try:
         import aiohttp
 
@@ -61,7 +56,7 @@ TRANSPORT_EXCEPTIONS = _transport_exceptions()
 def error_from_exception(e: BaseException, where: str, not_found: Type[ServerError] = ServerError) -> ServerError:
     """The typed error for what tritonclient or the network raised; `where` names the endpoint;
     `not_found`: the error NOT_FOUND means for this request (ImageNotCachedError for sam_decode)."""
-    from tritonclient.utils import InferenceServerException
+    from tritonclient.utils import InferenceServerException  # tritonclient: the client extra
 
     if isinstance(e, InferenceServerException):
         code = str(e.status() or "")

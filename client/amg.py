@@ -78,7 +78,7 @@ class TritonSamAutomaticMaskGenerator:
         )
         records = json.loads(out["records"].reshape(-1)[0])
         if self.output_mode != "coco_rle":
-            from pycocotools import mask as mask_utils
+            from pycocotools import mask as mask_utils  # pycocotools: the client extra
 
             for r in records:
                 rle = {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}

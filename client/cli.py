@@ -71,7 +71,7 @@ def segment_file(client: SamClient, path: str, points: Sequence[str], box: Optio
 
 def amg_document(image_id: int, file_name: str, image: np.ndarray, records: List[dict]) -> dict:
     """One SA-1B style document: {"image": {image_id, file_name, height, width}, "annotations":
-    records with an "id" each}. `samrt amg` through a server and on Ray (samrt.dataset_amg) both write it."""
+    records with an "id" each}. `samrt amg` through a server and on Ray (samrt.app.dataset_amg) both write it."""
     return {"image": {"image_id": int(image_id), "file_name": file_name, "height": int(image.shape[0]),
                       "width": int(image.shape[1])},
             "annotations": [{"id": k, **r} for k, r in enumerate(records)]}
@@ -79,7 +79,7 @@ def amg_document(image_id: int, file_name: str, image: np.ndarray, records: List
 
 def amg_folder(client: SamClient, folder: str, out_dir: str, progress: bool = True, **amg_kwargs) -> List[str]:
     """One SA-1B style JSON (image info + COCO RLE annotations) per image of `folder`."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # tqdm: the client extra
 
     if not os.path.isdir(folder):
         raise InputError(f"{folder}: not a folder; expected a folder of images")

@@ -26,7 +26,7 @@ __all__ = ["TritonSamPredictor"]
 
 def _torch_or_none():
     try:
-        import torch
+        import torch  # torch: optional for the SDK (tensors in and out when it is installed)
     except ImportError:
         return None
     return torch

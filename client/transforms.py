@@ -18,7 +18,7 @@ __all__ = ["ResizeLongestSide"]
 
 def _torch():
     try:
-        import torch
+        import torch  # torch: optional for the SDK (the *_torch methods only)
     except ImportError as e:  # pragma: no cover - the client-only install has no torch
         raise ImportError("the *_torch methods need torch (pip install torch); the numpy methods do not") from e
     return torch

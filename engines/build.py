@@ -2,7 +2,7 @@
 report (versions, precision, shapes or profiles, hashes, speed, accuracy against fp32), and an
 accuracy gate: below the threshold the build fails and the report says why.
 
-Accuracy is measured on held-out generated scenes (samrt.evaluation's set): for every
+Accuracy is measured on held-out generated scenes (the held-out set of samrt.scenes): for every
 ground-truth object, the centre point is decoded from the fp32 pipeline and from the pipeline
 with the engine swapped in; the masks are compared (IoU) and so are the predicted scores.
 """
@@ -22,8 +22,13 @@ from samrt import processing as P
 from samrt import prompts
 from samrt.artifacts import ExportManifest, engine_path, prepare_output_dir
 from samrt.errors import SamrtError
+from samrt.scenes import centre_point, eval_scenes, mask_iou, scene_for_index
+from samrt.spec import decoder_spec, encoder_spec
 
+from . import onnxruntime_engines as ortx
+from .openvino_engine import INT8_CALIBRATION_IMAGES, build_openvino_engine
 from .runner import OnnxRuntimeRunner, Runner, run_decoder
+from .tensorrt_engine import TensorRTRunner, plan_from_onnx, profiles_from_spec
 
 __all__ = ["EngineAccuracyError", "accuracy_against_fp32", "build_engine", "DEFAULT_MIN_MEAN_IOU", "BACKENDS", "PRECISIONS"]
 
@@ -59,8 +64,6 @@ def _median_ms(fn: Callable[[], None], repeats: int) -> float:
 
 def _centre_click_prompts(scene, image_size: int):
     """Every object's centre click on a held-out scene, as decoder prompts."""
-    from samrt.evaluation import centre_point
-
     pts = np.array([centre_point(m) for m in scene.masks])
     coords, labels = prompts.assemble_prompts(pts[:, None, :], np.ones((len(pts), 1), np.int32), None)
     return prompts.decoder_prompts(coords, labels, scene.image.shape[:2], image_size)
@@ -69,8 +72,6 @@ def _centre_click_prompts(scene, image_size: int):
 def accuracy_against_fp32(reference_encoder: Runner, engine_encoder: Runner, decoder: Runner,
                           scenes: Sequence, engine_decoder: Optional[Runner] = None) -> dict:
     """Mask IoU and score difference of engine vs fp32 over every object's centre click."""
-    from samrt.evaluation import mask_iou
-
     image_size = int(reference_encoder.input_shapes["image"][-1])
     low_res = int(decoder.input_shapes["mask_input"][-1])
     ious: List[float] = []
@@ -127,15 +128,11 @@ def _check_build_args(onnx_path: str, backend: str, precision: str, device: str 
 
 def _default_calibration(count: int = 8) -> List[np.ndarray]:
     """Calibration scenes from a stream disjoint from training and from the held-out set."""
-    from samrt.scenes import scene_for_index
-
     return [scene_for_index(i, stream=7).image for i in range(count)]
 
 
 def _build_onnxruntime(onnx_path: str, out: str, precision: str, calibration, image_size: int, device: str):
     """An ONNX Runtime engine file -> (its runner, build details)."""
-    from . import onnxruntime_engines as ortx
-
     details: Dict[str, object] = {}
     if precision == "fp32":
         ortx.optimized_onnx_from_onnx(onnx_path, out)
@@ -151,11 +148,6 @@ def _build_onnxruntime(onnx_path: str, out: str, precision: str, calibration, im
 def _build_tensorrt(onnx_path: str, out: str, out_dir: str, precision: str, calibration, image_size: int,
                     is_decoder: bool):
     """A TensorRT plan (profiles from the I/O spec) -> (its runner, build details)."""
-    from samrt.spec import decoder_spec, encoder_spec
-
-    from . import onnxruntime_engines as ortx
-    from .tensorrt_engine import TensorRTRunner, plan_from_onnx, profiles_from_spec
-
     cfg = ExportManifest.read(os.path.dirname(onnx_path) or ".").config
     source, fp16_onnx = onnx_path, None
     if precision == "int8":
@@ -210,8 +202,6 @@ def build_engine(
     engines folder samrt wrote. Raises EngineAccuracyError after writing the report when the
     gate fails (mean mask IoU against fp32 below `min_mean_iou`).
     """
-    from samrt.evaluation import eval_scenes
-
     is_decoder = _check_build_args(onnx_path, backend, precision, device)
     prepare_output_dir(out_dir, "engines", accept=("export",))
     out = engine_path(onnx_path, out_dir, backend, precision)
@@ -221,16 +211,12 @@ def build_engine(
     held_out = eval_scenes(eval_images)
     calibration = list(calibration_images) if calibration_images is not None else None
     if precision == "int8" and not calibration:
-        count = 8
-        if backend == "openvino":
-            from .openvino_engine import INT8_CALIBRATION_IMAGES as count
+        count = INT8_CALIBRATION_IMAGES if backend == "openvino" else 8
         calibration = _default_calibration(count)
     t0 = time.perf_counter()
     if backend == "onnxruntime":
         engine, details = _build_onnxruntime(onnx_path, out, precision, calibration, image_size, device)
     elif backend == "openvino":
-        from .openvino_engine import build_openvino_engine
-
         engine, details = build_openvino_engine(onnx_path, out, precision, calibration, image_size)
     else:
         engine, details = _build_tensorrt(onnx_path, out, out_dir, precision, calibration, image_size, is_decoder)
@@ -260,7 +246,7 @@ def build_engine(
 def _report(onnx_path, out, backend, precision, device, is_decoder, graph: Runner, build_s, details, speed,
             accuracy, min_mean_iou, eval_images) -> dict:
     """The engine's report: what it is, where it came from, how fast and how accurate."""
-    import onnxruntime
+    import onnxruntime  # onnxruntime: the cpu or gpu extra
 
     passed = accuracy["mean_mask_iou"] is not None and accuracy["mean_mask_iou"] >= min_mean_iou
     return {
@@ -283,5 +269,5 @@ def _report(onnx_path, out, backend, precision, device, is_decoder, graph: Runne
         "speed": speed,
         "accuracy": accuracy,
         "gate": {"metric": "mean_mask_iou against fp32", "min": min_mean_iou, "passed": passed,
-                 "held_out": f"{eval_images} scenes of samrt.evaluation.eval_scenes"},
+                 "held_out": f"{eval_images} scenes of samrt.scenes.eval_scenes"},
     }

@@ -7,7 +7,9 @@ from typing import Optional
 
 from samrt.errors import SamrtError
 
+from .openvino_engine import OpenVINORunner
 from .runner import OnnxRuntimeRunner, Runner
+from .tensorrt_engine import TensorRTRunner
 
 __all__ = ["runner_for_engine", "ENGINE_SUFFIXES"]
 
@@ -32,11 +34,7 @@ def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = N
     if backend == "openvino":
         if device != "cpu":
             raise SamrtError(f"engine {path!r}: got device {device!r}, expected 'cpu' (samrt runs OpenVINO on the CPU)")
-        from .openvino_engine import OpenVINORunner
-
         return OpenVINORunner(path, threads=threads, static_shapes=static_shapes)
     if device != "cuda":
         raise SamrtError(f"engine {path!r}: got device {device!r}, expected 'cuda' for a TensorRT plan")
-    from .tensorrt_engine import TensorRTRunner
-
     return TensorRTRunner(path)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from typing import Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
+
+from samrt import processing as P
 
 __all__ = [
     "FP32_OPS",
@@ -31,7 +34,7 @@ FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "
 
 def optimized_onnx_from_onnx(src: str, dst: str, level: str = "extended") -> str:
     """ONNX Runtime's offline graph optimisation, saved as its own model (portable levels only)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # onnxruntime: the cpu or gpu extra
 
     levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
@@ -47,7 +50,7 @@ def optimized_onnx_from_onnx(src: str, dst: str, level: str = "extended") -> str
 
 def fp16_onnx_from_onnx(src: str, dst: str, keep_fp32_ops: Sequence[str] = FP32_OPS) -> str:
     """FP16 weights and compute, FP32 inputs/outputs, `keep_fp32_ops` left in FP32."""
-    import onnx
+    import onnx  # onnx: the export extra
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(src)
@@ -70,7 +73,7 @@ def fp16_onnx_from_onnx(src: str, dst: str, keep_fp32_ops: Sequence[str] = FP32_
 def weight_nodes(model_path: str, ops: Iterable[str] = ("MatMul", "Conv", "Gemm")) -> List[str]:
     """Names of the linear layers: the given op types with a weight initializer among their inputs.
     Activation-by-activation products (attention scores, attention times values) are left out."""
-    import onnx
+    import onnx  # onnx: the export extra
 
     graph = onnx.load(model_path, load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
@@ -81,7 +84,7 @@ def weight_nodes(model_path: str, ops: Iterable[str] = ("MatMul", "Conv", "Gemm"
 def sensitive_nodes(model_path: str, ops: Iterable[str] = ("LayerNormalization", "Softmax"),
                     name_parts: Iterable[str] = ("neck",)) -> List[str]:
     """Node names to keep in float: the given op types and every node of the encoder's neck."""
-    import onnx
+    import onnx  # onnx: the export extra
 
     ops, parts = set(ops), tuple(name_parts)
     graph = onnx.load(model_path, load_external_data=False).graph
@@ -98,9 +101,7 @@ def calibrate_linear_layers(model_path: str, node_names: Sequence[str], images: 
     vit_b it adds reductions over each 12x4096x4096 attention map and needs more than 24 GB; its
     bound on collected outputs (CalibMaxIntermediateOutputs) drops the data instead of merging it
     in onnxruntime 1.31. Here each image's ranges are merged before the next image runs."""
-    import tempfile
-
-    import onnx
+    import onnx  # onnx: the export extra
     from onnxruntime.quantization import CalibrationDataReader, MinMaxCalibrater, save_tensors_data
 
     graph = onnx.load(model_path, load_external_data=False).graph
@@ -132,8 +133,6 @@ class ImageCalibrationReader:
     """onnxruntime.quantization.CalibrationDataReader over preprocessed images."""
 
     def __init__(self, images: Iterable[np.ndarray], image_size: int, input_name: str = "image") -> None:
-        from samrt import processing as P
-
         self._feeds: Iterator[dict] = iter(
             [{input_name: P.preprocess_image(im, image_size)[0]} for im in images]
         )
@@ -150,7 +149,7 @@ def int8_onnx_from_onnx(src: str, dst: str, calibration_images: Sequence[np.ndar
     """INT8 static quantisation in QDQ form (weights int8 per channel, activations uint8) of the
     linear layers, calibrated on `calibration_images`; LayerNorm, Softmax, the attention products
     and the neck stay in float."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static  # onnxruntime: the cpu or gpu extra
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not calibration_images:

@@ -16,6 +16,7 @@ The precision travels in the IR (`rt_info` samrt/precision) and in the file name
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -24,6 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from samrt import processing as P
 from samrt.errors import SamrtError
 
 from .runner import Runner, check_feeds
@@ -69,7 +71,7 @@ class OpenVINOUnavailable(SamrtError):
 
 def _ov():
     try:
-        import openvino
+        import openvino  # openvino: the openvino extra
 
         return openvino
     except ImportError as e:
@@ -90,7 +92,7 @@ def _core():
 
 def openvino_version() -> Optional[str]:
     try:
-        import openvino
+        import openvino  # openvino: the openvino extra
 
         return openvino.__version__
     except ImportError:
@@ -174,7 +176,7 @@ class OpenVINORunner(Runner):
                  streams: int = 1, pinning: bool = False, performance_hint: str = "LATENCY",
                  static_shapes: int = 0) -> None:
         ov = _ov()
-        import openvino.properties as props
+        import openvino.properties as props  # openvino: the openvino extra
         import openvino.properties.hint as hints
 
         if not os.path.isfile(path) or not path.endswith((".xml", ".onnx")):
@@ -231,7 +233,7 @@ class OpenVINORunner(Runner):
 
     def settings(self) -> Dict[str, object]:
         """The compiled model's effective settings, for reports."""
-        import openvino.properties as props
+        import openvino.properties as props  # openvino: the openvino extra
         import openvino.properties.hint as hints
 
         get = self.compiled.get_property
@@ -302,9 +304,7 @@ def int8_ir_from_onnx(src: str, dst_xml: str, calibration_images: Sequence[np.nd
     (negative: off), fast bias correction, and the layers of `int8_float_nodes(float_weights,
     attention_products_float)` kept in float. Returns (dst_xml, the names of the layers kept in float).
     """
-    import nncf
-
-    from samrt import processing as P
+    import nncf  # nncf: the openvino extra
 
     if not calibration_images:
         raise ValueError("calibration_images: got none, expected at least one image")
@@ -325,8 +325,6 @@ def int8_ir_from_onnx(src: str, dst_xml: str, calibration_images: Sequence[np.nd
 
 
 def _file_facts(xml_path: str) -> Dict[str, object]:
-    import hashlib
-
     bin_path = xml_path[: -len(".xml")] + ".bin"
     h = hashlib.sha256()
     with open(bin_path, "rb") as f:
@@ -348,7 +346,7 @@ def build_openvino_engine(onnx_path: str, out: str, precision: str,
     details: Dict[str, object] = {"bf16_support": support, "openvino": openvino_version(), "ir_weights": "fp32"}
     t0 = time.perf_counter()
     if precision == "int8":
-        import nncf
+        import nncf  # nncf: the openvino extra
 
         if onnx_path.endswith(".decoder.onnx"):
             raise SamrtError("--backend openvino --precision int8: the decoder stays in float (fp32 or bf16); "

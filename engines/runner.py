@@ -61,7 +61,7 @@ class OnnxRuntimeRunner(Runner):
     """ONNX Runtime session over one .onnx file."""
 
     def __init__(self, path: str, device: str = "cpu", intra_op_threads: Optional[int] = None) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # onnxruntime: the cpu or gpu extra
 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model {path!r}: no such file")

@@ -32,7 +32,7 @@ class TensorRTUnavailable(SamrtError):
 
 def _trt():
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # tensorrt: NVIDIA's container only
     except Exception as e:  # ImportError, or the PyPI stub failing to find libraries
         raise TensorRTUnavailable(
             f"TensorRT is not available here ({type(e).__name__}: {e}); build plans inside NVIDIA's "
@@ -157,7 +157,7 @@ class TensorRTRunner(Runner):
 
     def __init__(self, plan_path: str) -> None:
         trt = _trt()
-        import torch
+        import torch  # torch: CUDA buffers (NVIDIA's container has it)
 
         self._torch = torch
         self.logger = trt.Logger(trt.Logger.WARNING)

@@ -40,7 +40,8 @@ _REQUIRED = (
 
 def build_sam(cfg: SamConfig) -> torch.nn.Module:
     """An untrained `segment_anything.modeling.Sam` for `cfg` (mirrors build_sam._build_sam)."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import (  # segment-anything: imported when a model is built
+        ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer)
 
     sam = Sam(
         image_encoder=ImageEncoderViT(
@@ -176,7 +177,7 @@ def load_sam(
     sd = load_state_dict(checkpoint)
     cfg = config_from_state_dict(sd)
     if model_type not in (None, "auto"):
-        expected = get_config("vit_h" if model_type == "default" else model_type)
+        expected = get_config(model_type)  # an alias ("default") resolves there
         if cfg != expected:
             raise ModelTypeMismatchError(
                 f"checkpoint {checkpoint!r} holds {_describe(cfg)}, but --model-type asked for {_describe(expected)}"
@@ -221,7 +222,7 @@ def resize_image_input(sd: Mapping[str, torch.Tensor], image_size: int) -> Dict[
     blocks, the neck, the prompt encoder (its Fourier features take normalised coordinates) and
     the mask decoder do not depend on the input size.
     """
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # torch: the export extra
 
     cfg = config_from_state_dict(sd)
     if image_size % cfg.patch_size:

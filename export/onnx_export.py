@@ -86,7 +86,7 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, example: Dict[str, to
 
 
 def _session(path: str):
-    import onnxruntime as ort
+    import onnxruntime as ort  # onnxruntime: the cpu or gpu extra
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -147,7 +147,7 @@ def random_decoder_inputs(cfg: SamConfig, num_prompts: int, num_points: int, see
 
 
 def _versions() -> dict:
-    import onnx
+    import onnx  # onnx: the export extra
     import onnxruntime
 
     return {

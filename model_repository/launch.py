@@ -1,5 +1,5 @@
 """`samrt build-repo` and the serving loop of `samrt serve` as library functions (the steps before,
-export and engines, are orchestrated by `samrt.pipeline`)."""
+export and engines, are orchestrated by `samrt.app.pipeline`)."""
 
 from __future__ import annotations
 

@@ -172,7 +172,7 @@ def upscaled_masks(low_res: np.ndarray, input_size, original_size, image_size: i
 
 def masks_to_rle(masks: np.ndarray) -> np.ndarray:
     """Boolean [..., H, W] masks -> object array [...] of COCO RLE JSON (counts as a string)."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # pycocotools: the client extra
 
     lead = masks.shape[:-2]
     flat = masks.reshape((-1,) + masks.shape[-2:])

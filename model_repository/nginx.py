@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-from . import wire
+from samrt import wire
 
 __all__ = ["nginx_config", "HASH_VARIABLE"]
 
@@ -47,7 +47,7 @@ def nginx_config(
     `timeout_s`: how long a request may take upstream (encoding a large image on CPU is slow)."""
     if not grpc_replicas and not http_replicas:
         raise ValueError("nginx_config: got no replicas, expected grpc_replicas and/or http_replicas")
-    lines = ["# samrt replicas behind NGINX: requests hashed on the image id header (samrt.balancer)",
+    lines = ["# samrt replicas behind NGINX: requests hashed on the image id header (samrt.model_repository.nginx)",
              "worker_processes auto;"]
     if prefix:
         lines += [f"pid {prefix}/nginx.pid;", f"error_log {prefix}/error.log warn;"]

@@ -24,17 +24,18 @@ NATIVE_PLATFORMS = {"onnxruntime": ("platform", "onnxruntime_onnx", "model.onnx"
                     "tensorrt": ("platform", "tensorrt_plan", "model.plan"),
                     "openvino": ("backend", "openvino", "model.xml")}  # Triton's OpenVINO backend: IR .xml + .bin
 
+# python-backend model -> (module of samrt.model_repository.models, class) its model.py imports
 _MODEL_PY = {
-    "sam_image_encoder": "ImageEncoderModel",
-    "sam_encode": "EncodeModel",
-    "sam_prompt_prep": "PromptPrepModel",
-    "sam_mask_decoder": "MaskDecoderModel",
-    "sam_embedding_cache": "CacheModel",
-    "sam_mask_select": "MaskSelectModel",
-    "sam_mask_upscale": "MaskUpscaleModel",
-    "sam_mask_rle": "MaskRleModel",
-    "sam_segment": "SegmentModel",
-    "sam_amg": "AmgModel",
+    "sam_image_encoder": ("encode", "ImageEncoderModel"),
+    "sam_encode": ("encode", "EncodeModel"),
+    "sam_prompt_prep": ("click", "PromptPrepModel"),
+    "sam_mask_decoder": ("click", "MaskDecoderModel"),
+    "sam_embedding_cache": ("click", "CacheModel"),
+    "sam_mask_select": ("click", "MaskSelectModel"),
+    "sam_mask_upscale": ("click", "MaskUpscaleModel"),
+    "sam_mask_rle": ("click", "MaskRleModel"),
+    "sam_segment": ("click", "SegmentModel"),
+    "sam_amg": ("amg", "AmgModel"),
 }
 
 
@@ -161,14 +162,14 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
 
 def parse_config(text: str):
     """Parse config.pbtxt text into Triton's ModelConfig protobuf (raises on any unknown field)."""
-    from google.protobuf import text_format
+    from google.protobuf import text_format  # protobuf: with tritonclient[grpc]
     from tritonclient.grpc import model_config_pb2
 
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
 def _to_pbtxt(name: str, config: dict) -> str:
-    from google.protobuf import json_format, text_format
+    from google.protobuf import json_format, text_format  # protobuf: with tritonclient[grpc]
     from tritonclient.grpc import model_config_pb2
 
     msg = json_format.ParseDict({"name": name, **config}, model_config_pb2.ModelConfig())
@@ -206,9 +207,10 @@ def render_repository(
             if source.endswith(".xml"):  # an IR's weights travel beside it
                 shutil.copy(source[:-4] + ".bin", target[:-4] + ".bin")
             continue
+        module, cls = _MODEL_PY[name]
         with open(os.path.join(out_dir, name, "1", "model.py"), "w") as f:
             f.write(f'"""Rendered by samrt; the logic lives in samrt.model_repository."""\n'
-                    f"from samrt.model_repository.python_models import {_MODEL_PY[name]} as TritonPythonModel  # noqa: F401\n")
+                    f"from samrt.model_repository.models.{module} import {cls} as TritonPythonModel  # noqa: F401\n")
     if engine_report is not None:
         with open(os.path.join(out_dir, "sam_image_encoder", "engine_report.json"), "w") as f:
             json.dump(engine_report, f, indent=2)

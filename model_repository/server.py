@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -235,8 +236,6 @@ class TritonServer:
 
     def _reload(self, model: str) -> bool:
         """Unload and load `model` (a plain load of an unchanged model is a no-op in Triton)."""
-        import logging
-
         log = logging.getLogger("samrt.server")
         log.warning("model process of %s is gone; reloading %s", model, model)
         try:

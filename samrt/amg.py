@@ -192,7 +192,7 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.n
 
 def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> Tuple[np.ndarray, bool]:
     """Remove disconnected islands ('islands') or fill small holes ('holes'); 8-connectivity."""
-    from scipy import ndimage
+    from scipy import ndimage  # scipy: the client extra
 
     correct_holes = mode == "holes"
     working = (correct_holes ^ mask).astype(np.uint8)
@@ -221,7 +221,7 @@ def uncompressed_rle(mask: np.ndarray) -> Dict:
 
 
 def _coco_rle(mask: np.ndarray) -> Dict:
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # pycocotools: the client extra
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("utf-8")
@@ -231,7 +231,7 @@ def _coco_rle(mask: np.ndarray) -> Dict:
 # -- kept masks are held compactly, as COCO RLE (bytes), as segment_anything keeps `rles` --
 def _rle_encode(masks: np.ndarray) -> List[Dict]:
     """[N,H,W] bool -> N pycocotools RLEs (counts as bytes)."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # pycocotools: the client extra
 
     if len(masks) == 0:
         return []
@@ -239,7 +239,7 @@ def _rle_encode(masks: np.ndarray) -> List[Dict]:
 
 
 def _rle_decode(rle: Dict) -> np.ndarray:
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # pycocotools: the client extra
 
     return mask_utils.decode(rle).astype(bool)
 
@@ -354,7 +354,7 @@ def generate_masks(image: np.ndarray, set_crop: CropFn, opts: AmgOptions, output
     if opts.min_mask_region_area > 0 and data["rles"]:
         _check_stop(should_stop)
         data = _postprocess_small_regions(data, opts.min_mask_region_area, max(opts.box_nms_thresh, opts.crop_nms_thresh))
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # pycocotools: the client extra
 
     records = []
     for i, rle in enumerate(data["rles"]):

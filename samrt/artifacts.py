@@ -1,6 +1,6 @@
 """What samrt writes to disk and how it finds it again: output folders, export manifests, engine
 file names, the embedded checkpoint. Torch-free (numpy only), so the server, the engines, the
-client and the orchestration (`samrt.pipeline`) all read artifacts the same way.
+client and the orchestration (`samrt.app.pipeline`) all read artifacts the same way.
 
 Output folders carry a marker file, `.samrt`, that says which samrt command made them. samrt
 writes into a folder only when it is new, empty, or marked by samrt; it replaces (deletes) only

@@ -18,7 +18,7 @@ Official contract (vit_b/vit_l/vit_h, image_size 1024):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 __all__ = [
     "SamConfig",
@@ -30,6 +30,9 @@ __all__ = [
     "encoder_spec",
     "decoder_spec",
     "get_config",
+    "resolve_model_type",
+    "MODEL_ALIASES",
+    "MODEL_TYPE_CHOICES",
 ]
 
 # SAM's normalisation constants (RGB, 0..255 scale), as in segment_anything.build_sam.
@@ -96,13 +99,29 @@ MODEL_CONFIGS: Dict[str, SamConfig] = {
 }
 
 
+# Other names of a model type, as segment_anything's `sam_model_registry` has them ("default": vit_h).
+MODEL_ALIASES: Dict[str, str] = {"default": "vit_h"}
+# What `--model-type` accepts: "auto" (read the checkpoint's shapes), the aliases, the types.
+MODEL_TYPE_CHOICES: Tuple[str, ...] = ("auto", *MODEL_ALIASES, *MODEL_CONFIGS)
+
+
+def resolve_model_type(model_type: Optional[str]) -> Optional[str]:
+    """The model type an alias names ("default" -> "vit_h"); a type, "auto" and None as given.
+    The one place aliases are resolved. KeyError for a name that is none of these."""
+    if model_type in (None, "auto") or model_type in MODEL_CONFIGS:
+        return model_type
+    if model_type in MODEL_ALIASES:
+        return MODEL_ALIASES[model_type]
+    raise KeyError(f"unknown model type {model_type!r}; expected one of {list(MODEL_TYPE_CHOICES)}")
+
+
 def get_config(model_type: str) -> SamConfig:
-    try:
-        return MODEL_CONFIGS[model_type]
-    except KeyError:
-        raise KeyError(
-            f"unknown model type {model_type!r}; expected one of {sorted(MODEL_CONFIGS)}"
-        ) from None
+    """The configuration of `model_type` (a type or an alias). KeyError for an unknown name or "auto"."""
+    resolved = resolve_model_type(model_type)
+    if resolved not in MODEL_CONFIGS:
+        raise KeyError(f"unknown model type {model_type!r}; expected one of "
+                       f"{sorted(MODEL_CONFIGS) + sorted(MODEL_ALIASES)}")
+    return MODEL_CONFIGS[resolved]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ def sample_image(height: int = 480, width: int = 640, seed: int = 0) -> Tuple[np
 
 
 # One look for every picture samrt draws: `overlay` below, and the annotation page
-# (samrt/annotate/static), which reads this table from the app's /api/config.
+# (samrt/app/annotate/static), which reads this table from the app's /api/config.
 STYLE = {
     "fill_alpha": 0.45,                 # mask fill opacity over the image
     "outline_alpha": 1.0,               # mask outline, drawn opaque

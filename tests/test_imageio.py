@@ -295,7 +295,7 @@ def test_issue_case_15000x12000_under_a_300m_limit():
 
 
 def test_default_limit_admits_phone_photos():
-    from samrt.cli import build_parser
+    from samrt.app.cli import build_parser
     from samrt.model_repository.render import RepoOptions
 
     default = RepoOptions().max_pixels

@@ -34,7 +34,7 @@ def test_sdk_example_runs(server):
 
 
 def test_every_samrt_command_in_the_readme_parses():
-    from samrt.cli import build_parser
+    from samrt.app.cli import build_parser
 
     parser = build_parser()
     lines = [l.strip() for l in README.splitlines() if l.strip().startswith(".venv/bin/samrt ")]

@@ -17,7 +17,7 @@ AMG_RECOVERED = 0.5       # "most objects" for AMG
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    from samrt.pipeline import build_repository
+    from samrt.app.pipeline import build_repository
     from samrt.model_repository.server import TritonServer
 
     build = str(tmp_path_factory.mktemp("small"))
@@ -28,7 +28,7 @@ def small_server(tmp_path_factory):
 
 def test_a_click_inside_an_object_gives_its_mask(small_server):
     from samrt.client import SamClient, TritonSamPredictor
-    from samrt.evaluation import centre_point, eval_scenes, mask_iou
+    from samrt.scenes import centre_point, eval_scenes, mask_iou
 
     predictor = TritonSamPredictor(SamClient(small_server.grpc_url))
     ious = []
@@ -44,7 +44,7 @@ def test_a_click_inside_an_object_gives_its_mask(small_server):
 
 def test_automatic_masks_recover_most_objects(small_server):
     from samrt.client import SamClient, TritonSamAutomaticMaskGenerator
-    from samrt.evaluation import eval_scenes, mask_iou
+    from samrt.scenes import eval_scenes, mask_iou
 
     # SAM's default filters (predicted IoU 0.88, stability 0.95) are tuned to the released ViT-H; this
     # small model's IoU head predicts lower (median 0.39 over one scene's grid), and with those

@@ -107,7 +107,7 @@ from a separate stream (`samrt.scenes.EVAL_SEED`).
   error region and the previous low-res logits as mask prompt.
 - Each scene is resized (longest side) to the input like any served image; the loss compares the
   upsampled logits with the ground truth's area coverage at the input resolution, or on a coarser
-  grid where a stage says so (`samrt.train_data`).
+  grid where a stage says so (`samrt.scenes.train_data`).
 - A first point is ambiguous: multimask output, only the lowest-loss mask back-propagated. A
   first box and the later rounds train the single-mask token (what SamPredictor answers them with). Loss: focal (γ 2, no α weighting) and dice 20:1; the IoU head with MSE.
 - AdamW, linear warm-up then cosine decay to 0 (peak lr and warm-up per stage below), weight decay {opts['weight_decay']}, gradient clip 1.0.

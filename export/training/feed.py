@@ -1,6 +1,6 @@
 """Each step's training samples, and the batch tensors they become.
 
-The samples themselves (`samrt.train_data`) are torch-free, so worker processes can draw them.
+The samples themselves (`samrt.scenes.train_data`) are torch-free, so worker processes can draw them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from samrt import processing as P
 from samrt.spec import SamConfig
-from samrt.train_data import SceneSampling, TrainingSample, training_sample
+from samrt.scenes import SceneSampling, TrainingSample, training_sample
 
 from .options import TrainOptions
 

@@ -18,7 +18,7 @@ import torch
 
 from samrt.artifacts import check_new_or_own_file
 from samrt.spec import SamConfig
-from samrt.train_data import TrainingSample
+from samrt.scenes import TrainingSample
 
 from ..checkpoint import build_sam, config_from_state_dict, resize_image_input
 from ..wrappers import PromptDecoder
@@ -115,7 +115,7 @@ def _run_steps(sam, decoder: PromptDecoder, optim: torch.optim.Optimizer, progre
                opts: TrainOptions, state_path: str) -> None:
     """Steps from progress.step to opts.steps (or until opts.max_minutes), a state file every
     opts.checkpoint_every steps, at the end and when time runs out."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # tqdm: the train extra
 
     bar = tqdm(total=opts.steps, initial=progress.step, desc="train", dynamic_ncols=True)
     feed = SceneFeed(cfg, opts)

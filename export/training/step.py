@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from samrt.spec import SamConfig
-from samrt.train_data import TrainingSample
+from samrt.scenes import TrainingSample
 
 from ..wrappers import PromptDecoder
 from .clicks import error_points

@@ -1,6 +1,8 @@
 """The `samrt` command: a thin layer that parses arguments and calls library functions.
 
-Heavy dependencies (torch, onnx) are imported inside the subcommands that need them.
+What needs an optional dependency is imported inside the subcommands that use it (torch for
+`train`; tritonclient, through `samrt.client`, for the client commands, the demo, `amg --ray` and
+the benchmarks; aiohttp for `annotate`), so each extra breaks only its own subcommands.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import SamrtError
+from samrt.amg import AmgOptions
+from samrt.engines.build import DEFAULT_MIN_MEAN_IOU, build_engine
+from samrt.errors import SamrtError
+from samrt.model_repository.launch import repository_from_export
+from samrt.model_repository.render import RepoOptions
+from samrt.spec import MODEL_CONFIGS, MODEL_TYPE_CHOICES
 
-MODEL_TYPES = ["auto", "default", "vit_h", "vit_l", "vit_b", "tiny"]
+from . import pipeline
 
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="official SAM checkpoint -> checked encoder and decoder ONNX graphs")
-    p.add_argument("--model-type", default="auto", choices=MODEL_TYPES,
+    p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES,
                    help="expected model type; 'auto' detects it from the checkpoint's tensor shapes")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="official state-dict file, e.g. sam_vit_b_01ec64.pth")
@@ -33,9 +40,7 @@ def _add_export(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from samrt.pipeline import export_model
-
-    result = export_model(args.out, args.model_type, args.checkpoint, args.random_init, args.seed, args.name)
+    result = pipeline.export_model(args.out, args.model_type, args.checkpoint, args.random_init, args.seed, args.name)
     for graph in ("encoder", "decoder"):
         for check in result.report[graph]["checks"]:
             diffs = ", ".join(f"{k} max abs {v['max_abs_diff']:.2e}" for k, v in check["outputs"].items())
@@ -47,14 +52,14 @@ def cmd_export(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="serve on tritonserver, segment a generated sample from one click, write an overlay")
     p.add_argument("--checkpoint", help="SAM checkpoint (default: the embedded samrt_small model)")
-    p.add_argument("--model-type", default="auto", choices=MODEL_TYPES)
+    p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES)
     p.add_argument("--random-init", action="store_true", help="seeded random weights (masks mean nothing)")
     p.add_argument("--out", default="build/demo", help="output folder")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
-    from samrt.demo import run_demo
+    from .demo import run_demo  # tritonclient (samrt.client): the client extra
 
     result = run_demo(args.out, args.checkpoint, args.model_type, args.random_init)
     print(json.dumps(result, indent=2))
@@ -109,7 +114,7 @@ def _pair(kind):
 
 
 def cmd_train(args) -> int:
-    from samrt.export.training import SMALL_CONFIG, TrainOptions, train
+    from samrt.export.training import SMALL_CONFIG, TrainOptions, train  # torch: the train extra
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions) if hasattr(args, f.name)}
     opts = TrainOptions(**given)
@@ -122,8 +127,6 @@ def cmd_train(args) -> int:
 
 
 def _repo_options(p) -> None:
-    from samrt.model_repository.render import RepoOptions
-
     d = RepoOptions()  # the library's defaults, stated once
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8", "auto"],
@@ -135,8 +138,6 @@ def _repo_options(p) -> None:
 
 
 def _opts(args):
-    from samrt.model_repository.render import RepoOptions
-
     return RepoOptions(device=args.device, cache_bytes=args.cache_bytes, max_prompts=args.max_prompts,
                        max_pixels=args.max_pixels)
 
@@ -154,8 +155,6 @@ def _add_build_repo(sub) -> None:
 
 
 def cmd_build_repo(args) -> int:
-    from samrt.model_repository.launch import repository_from_export
-
     print(f"wrote {repository_from_export(args.export, args.out, _opts(args), args.backend, args.precision)}")
     return 0
 
@@ -163,7 +162,7 @@ def cmd_build_repo(args) -> int:
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="export if needed, render the repository, run tritonserver until Ctrl-C")
     p.add_argument("--checkpoint", help="SAM checkpoint (default: the embedded samrt_small model)")
-    p.add_argument("--model-type", default="auto", choices=MODEL_TYPES)
+    p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES)
     p.add_argument("--random-init", action="store_true", help="seeded random weights (masks mean nothing)")
     p.add_argument("--build-dir", default="build/serve", help="where the export and repository go")
     p.add_argument("--host", default="127.0.0.1")
@@ -178,9 +177,7 @@ def _add_serve(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from samrt.pipeline import serve
-
-    serve(args.build_dir, args.checkpoint, args.model_type, _opts(args), args.random_init, args.precision,
+    pipeline.serve(args.build_dir, args.checkpoint, args.model_type, _opts(args), args.random_init, args.precision,
           host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
           backend=args.backend)
     return 0
@@ -206,7 +203,7 @@ def _add_segment(sub) -> None:
 
 
 def cmd_segment(args) -> int:
-    from samrt.client import SamClient
+    from samrt.client import SamClient  # tritonclient: the client extra
     from samrt.client.cli import segment_file
 
     with SamClient(args.url, args.protocol, timeout=args.timeout) as client:
@@ -215,8 +212,6 @@ def cmd_segment(args) -> int:
 
 
 def _add_amg(sub) -> None:
-    from samrt.amg import AmgOptions
-
     d = AmgOptions()  # SamAutomaticMaskGenerator's defaults, stated once in the library
     p = sub.add_parser("amg", help="automatic masks for a folder of images: one SA-1B style JSON each")
     p.add_argument("folder")
@@ -244,7 +239,7 @@ def cmd_amg(args) -> int:
                             ("--actors", args.actors != 1), ("--cpus-per-actor", args.cpus_per_actor)) if v]
     if given:
         raise SamrtError(f"{', '.join(given)}: only with --ray (without it, amg runs on the server at --url)")
-    from samrt.client import SamClient
+    from samrt.client import SamClient  # tritonclient: the client extra
     from samrt.client.cli import amg_folder
 
     with SamClient(args.url, args.protocol, timeout=args.timeout) as client:
@@ -264,7 +259,7 @@ def _add_annotate(sub) -> None:
     p.add_argument("--url", help="a running `samrt serve` (host:port; default: start a server here)")
     p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
     p.add_argument("--checkpoint", help="SAM checkpoint for the server it starts (default: the embedded model)")
-    p.add_argument("--model-type", default="auto", choices=MODEL_TYPES)
+    p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES)
     p.add_argument("--build-dir", default="build/annotate", help="where the server it starts keeps export and repository")
     p.add_argument("--prefetch", type=int, default=2, help="images encoded ahead of the one being annotated")
     p.add_argument("--amg-points-per-side", type=int, default=16, help="prefill grid (SAM's default: 32)")
@@ -276,7 +271,7 @@ def _add_annotate(sub) -> None:
 
 
 def cmd_annotate(args) -> int:
-    from samrt.annotate import run_annotate
+    from samrt.app.annotate import run_annotate  # aiohttp: the annotate extra
 
     run_annotate(args.folder, args.out, args.url, args.protocol, args.host, args.port, args.checkpoint, args.model_type,
                  args.build_dir, args.prefetch,
@@ -286,8 +281,7 @@ def cmd_annotate(args) -> int:
 
 
 def _cmd_amg_ray(args) -> int:
-    from samrt.amg import AmgOptions
-    from samrt.dataset_amg import run_dataset_amg
+    from .dataset_amg import run_dataset_amg  # ray, tritonclient: the ray extra
 
     opts = AmgOptions(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
                       stability_score_thresh=args.stability_score_thresh, crop_n_layers=args.crop_n_layers,
@@ -310,9 +304,7 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from samrt.pipeline import evaluate_model
-
-    result = evaluate_model(args.checkpoint, args.onnx_dir, args.scenes, args.device)
+    result = pipeline.evaluate_model(args.checkpoint, args.onnx_dir, args.scenes, args.device)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -322,8 +314,6 @@ def cmd_eval(args) -> int:
 
 
 def _add_build_engine(sub) -> None:
-    from samrt.engines.build import DEFAULT_MIN_MEAN_IOU
-
     p = sub.add_parser("build-engine", help="an optimized encoder engine with its accuracy report and gate")
     p.add_argument("--onnx", required=True, help="an export's *.encoder.onnx or *.decoder.onnx")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "openvino"])
@@ -339,11 +329,9 @@ def _add_build_engine(sub) -> None:
 
 
 def cmd_build_engine(args) -> int:
-    from samrt.engines.build import build_engine
-
     calib = None
     if args.calib_images:
-        from samrt.client.cli import IMAGE_SUFFIXES, load_image
+        from samrt.client.cli import IMAGE_SUFFIXES, load_image  # tritonclient (samrt.client): the client extra
 
         names = sorted(f for f in os.listdir(args.calib_images) if f.lower().endswith(IMAGE_SUFFIXES))
         if not names:
@@ -371,7 +359,7 @@ def _add_bench(sub) -> None:
         k.add_argument("--quick", action="store_true", help="a smoke run in under two minutes")
         k.add_argument("--build-dir", default="build/bench")
         if kind != "amg":
-            k.add_argument("--model-type", default="vit_b", choices=MODEL_TYPES[2:])
+            k.add_argument("--model-type", default="vit_b", choices=list(MODEL_CONFIGS))
             k.add_argument("--checkpoint")
         if kind != "engines":
             k.add_argument("--url", help="a running server's gRPC endpoint (default: start servers here)"
@@ -406,20 +394,20 @@ def _names(csv: str) -> List[str]:
 
 
 def cmd_bench(args) -> int:
-    from samrt.benchmarks import run
+    from samrt.benchmarks import run as bench_run  # tritonclient (samrt.client), torch: the dev extra
 
     if args.kind == "engines":
-        paths = run.run_engines(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.export_dir,
+        paths = bench_run.run_engines(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.export_dir,
                                  [int(p) for p in args.prompts.split(",")], _names(args.ort_precisions),
                                  _names(args.openvino_precisions))
     elif args.kind == "serve":
         conc = [int(c) for c in args.concurrency.split(",")]
-        paths = run.run_serve(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.url,
+        paths = bench_run.run_serve(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.url,
                               conc, args.clicks, [s for s in args.scenarios.split(",") if s], args.backend)
     elif args.kind == "upscale":
-        paths = run.run_upscale(args.out, args.quick)
+        paths = bench_run.run_upscale(args.out, args.quick)
     else:
-        paths = run.run_amg(args.out, args.url, args.images, args.quick, args.points_per_side)
+        paths = bench_run.run_amg(args.out, args.url, args.images, args.quick, args.points_per_side)
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
 

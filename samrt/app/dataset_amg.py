@@ -35,12 +35,12 @@ import numpy as np
 
 from samrt.client.cli import IMAGE_SUFFIXES, amg_document, load_image
 from samrt.artifacts import OutputDirError
-from samrt.pipeline import ensure_export
+from samrt.app.pipeline import ensure_export
 from samrt.engines import InProcessMaskGenerator, OnnxRuntimeRunner
 from samrt.artifacts import default_checkpoint
 
-from .amg import AmgOptions
-from .errors import InputError, SamrtError
+from samrt.amg import AmgOptions
+from samrt.errors import InputError, SamrtError
 
 __all__ = ["run_dataset_amg", "plan_dataset_amg", "DatasetPlan", "FAILURES_FILE", "MARKER", "OutputDirError"]
 
@@ -192,7 +192,7 @@ class _AmgActor:
     """One Ray actor: builds the engines once, then image paths in -> JSON documents out."""
 
     def __init__(self, model: Dict[str, list], options: dict, threads: int) -> None:
-        import ray
+        import ray  # ray: the ray extra
 
         self._tmp = tempfile.TemporaryDirectory(prefix="samrt-amg-")  # gone when the actor exits
         runners = {}
@@ -254,7 +254,7 @@ def _append_failure(out_dir: str, task: ImageTask, kind: str, reason: str) -> di
 
 def _cpus_per_actor(actors: int) -> int:
     """The cluster's CPUs shared among the actors, but no more than the largest node has."""
-    import ray
+    import ray  # ray: the ray extra
 
     total = int(ray.cluster_resources().get("CPU", 1))
     largest = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
@@ -263,7 +263,7 @@ def _cpus_per_actor(actors: int) -> int:
 
 def _model_refs(export_dir: str, checkpoint: Optional[str]) -> Tuple[Dict[str, list], dict]:
     """Export once here (cached in export_dir), then put both graphs into the object store."""
-    import ray
+    import ray  # ray: the ray extra
 
     manifest = ensure_export(export_dir, "auto", checkpoint)
     model = {}
@@ -339,7 +339,7 @@ def run_dataset_amg(
 def _ray_session(ray_address: Optional[str]) -> Iterator[None]:
     """Join the cluster at `ray_address`, or use the one this process already joined, or start a
     local one; leave (or stop) what this call started; the Ray Data settings changed here are restored."""
-    import ray
+    import ray  # ray: the ray extra
 
     started_here = ray_address is not None or not ray.is_initialized()
     if ray_address is not None:
@@ -362,7 +362,7 @@ def _ray_session(ray_address: Optional[str]) -> Iterator[None]:
 def _run_on_ray(todo: List[ImageTask], out_dir: str, opts: AmgOptions, checkpoint: str, export_dir: str,
                 ray_address: Optional[str], actors: int, cpus_per_actor: Optional[int], progress: bool,
                 summary: Dict[str, Any]) -> None:
-    import ray
+    import ray  # ray: the ray extra
 
     with _ray_session(ray_address):
         model, _ = _model_refs(export_dir, checkpoint)
@@ -381,7 +381,7 @@ def _run_on_ray(todo: List[ImageTask], out_dir: str, opts: AmgOptions, checkpoin
 
 def _collect(ds, tasks: Dict[str, ImageTask], out_dir: str, progress: bool, summary: Dict[str, Any]) -> None:
     """Write each result as it arrives (a record, or a line of failures.jsonl); count and time them."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # tqdm: the client extra
 
     t0 = time.perf_counter()
     first = last = None

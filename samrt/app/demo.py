@@ -10,15 +10,15 @@ from typing import Optional
 
 import numpy as np
 
-from .artifacts import ExportManifest, default_checkpoint, prepare_output_dir
+from samrt.artifacts import ExportManifest, default_checkpoint, prepare_output_dir
+from samrt.client import SamClient, TritonSamPredictor
+from samrt.model_repository.server import TritonServer
+from samrt.visualize import candidates, overlay, sample_image, save_png
+
 from .pipeline import build_repository
-from .visualize import candidates, overlay, sample_image, save_png
 
 
 def run_demo(out_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", random_init: bool = False) -> dict:
-    from samrt.client import SamClient, TritonSamPredictor
-    from samrt.model_repository.server import TritonServer
-
     if checkpoint is None and not random_init and default_checkpoint() is None:
         print("no embedded model in this install: using RANDOM-INIT vit_b weights (the mask means nothing)",
               file=sys.stderr)

@@ -1,9 +1,9 @@
 """Orchestration, in one plain place: export if needed -> engine -> Triton repository -> server.
 
 The CLI (`samrt serve`, `samrt demo`), the benchmarks and the apps call these functions; each
-step is a library function of its own layer (`samrt.export`, `samrt.engines`,
-`samrt.model_repository`). This module imports none of them at import time, and torch only
-when an export has to run.
+step is a library function of its own floor (`samrt.export`, `samrt.engines`,
+`samrt.model_repository`). torch (through `samrt.export`) is imported only when an export or a
+PyTorch evaluation has to run, so serving an existing export needs no torch.
 """
 
 from __future__ import annotations
@@ -12,8 +12,14 @@ import os
 import sys
 from typing import Optional
 
-from .artifacts import ArtifactError, ExportManifest, default_checkpoint, engine_path
-from .errors import SamrtError
+from samrt.artifacts import ArtifactError, ExportManifest, default_checkpoint, engine_path
+from samrt.engines import OnnxSamPredictor
+from samrt.engines.build import EngineAccuracyError, build_engine
+from samrt.errors import SamrtError
+from samrt.model_repository.launch import OPENVINO_PRECISIONS, repository_from_export, serve_forever
+from samrt.model_repository.server import TritonServer
+from samrt.scenes import eval_scenes, evaluate
+from samrt.spec import get_config, resolve_model_type
 
 __all__ = ["resolve_source", "export_model", "ensure_openvino_engines", "ensure_export", "ensure_engine", "build_repository", "serve",
            "evaluate_model"]
@@ -21,7 +27,8 @@ __all__ = ["resolve_source", "export_model", "ensure_openvino_engines", "ensure_
 
 def resolve_source(checkpoint: Optional[str], model_type: str = "auto", random_init: bool = False):
     """(checkpoint or None, model type) of what to serve: the given checkpoint, random weights of
-    `model_type`, or the embedded default model."""
+    `model_type`, or the embedded default model. An alias ("default") comes back resolved ("vit_h")."""
+    model_type = resolve_model_type(model_type)
     if random_init:
         if model_type in ("auto", None):
             raise SamrtError("--random-init needs --model-type (vit_b, vit_l, vit_h or tiny)")
@@ -38,14 +45,13 @@ def export_model(out_dir: str, model_type: str = "auto", checkpoint: Optional[st
                  seed: int = 0, name: Optional[str] = None):
     """`samrt export`: a checkpoint (or seeded random weights, with a loud warning) -> checked ONNX
     graphs in `out_dir`; returns `samrt.export.ExportResult`."""
-    from samrt.export import export_sam, load_sam, random_sam
+    from samrt.export import export_sam, load_sam, random_sam  # torch: the export extra
     from samrt.export.checkpoint import RANDOM_INIT_WARNING
-    from samrt.spec import get_config
 
     if random_init:
         if model_type in ("auto", None):
             raise SamrtError("--random-init needs --model-type (vit_b, vit_l, vit_h or tiny), got 'auto'")
-        cfg = get_config("vit_h" if model_type == "default" else model_type)
+        cfg = get_config(model_type)
         print(f"WARNING: {RANDOM_INIT_WARNING}", file=sys.stderr)
         sam = random_sam(cfg, seed=seed)
     else:
@@ -61,13 +67,12 @@ def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[s
     source = os.path.abspath(checkpoint) if checkpoint else None
     try:
         manifest = ExportManifest.read(out_dir)
-        same_type = model_type in ("auto", None) or manifest.config.model_type == model_type
+        same_type = model_type in ("auto", None) or manifest.config.model_type == resolve_model_type(model_type)
         if manifest.checkpoint == source and same_type:
             return manifest
     except ArtifactError:
         pass
-    from samrt.export import export_sam, load_sam, random_sam
-    from samrt.spec import get_config
+    from samrt.export import export_sam, load_sam, random_sam  # torch: only when an export has to run
 
     if checkpoint:
         sam, cfg = load_sam(checkpoint, model_type)
@@ -81,8 +86,6 @@ def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[s
 def ensure_engine(manifest: ExportManifest, graph: str, backend: str, precision: str) -> str:
     """The engine of `graph` ("encoder" or "decoder") built by `samrt build-engine` into the export
     folder, built now if missing; returns its path (its gate must have passed)."""
-    from samrt.engines.build import build_engine
-
     source = manifest.encoder_path if graph == "encoder" else manifest.decoder_path
     path = engine_path(source, manifest.export_dir, backend, precision)
     if not os.path.isfile(path + ".report.json"):
@@ -93,9 +96,6 @@ def ensure_engine(manifest: ExportManifest, graph: str, backend: str, precision:
 def ensure_openvino_engines(manifest: ExportManifest, precision: str = "auto") -> None:
     """Build the OpenVINO variants serving may choose from (`precision` "auto": every one; a failed
     gate is reported and leaves that variant out)."""
-    from samrt.engines.build import EngineAccuracyError
-    from samrt.model_repository.launch import OPENVINO_PRECISIONS
-
     for graph, precisions in OPENVINO_PRECISIONS.items():
         for p in (precisions if precision == "auto" else [q for q in precisions if q in (precision, "fp32")]):
             try:
@@ -109,8 +109,6 @@ def build_repository(build_dir: str, checkpoint: Optional[str] = None, model_typ
     """Export (cached in `build_dir/export`), build the engines `backend` and `precision` ask for,
     render `build_dir/repo`; returns the repository path. `backend` "openvino" with precision
     "auto" serves the fastest OpenVINO variant of each graph that passes the accuracy gate."""
-    from samrt.model_repository.launch import repository_from_export
-
     checkpoint, model_type = resolve_source(checkpoint, model_type, random_init)
     manifest = ensure_export(os.path.join(build_dir, "export"), model_type, checkpoint)
     if backend == "openvino":
@@ -126,9 +124,6 @@ def serve(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "a
           random_init: bool = False, precision: Optional[str] = None, host: str = "127.0.0.1", http_port: int = 8000,
           grpc_port: int = 8001, metrics_port: int = 8002, backend: str = "onnxruntime") -> None:
     """`samrt serve`: build the repository, run tritonserver until Ctrl-C or SIGTERM."""
-    from samrt.model_repository.launch import serve_forever
-    from samrt.model_repository.server import TritonServer
-
     repo = build_repository(build_dir, checkpoint, model_type, opts, random_init, precision, backend)
     gpu = bool(opts is not None and getattr(opts, "device", "cpu") == "cuda")
     serve_forever(TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
@@ -139,18 +134,14 @@ def evaluate_model(checkpoint: Optional[str] = None, onnx_dir: Optional[str] = N
                    device: str = "cpu") -> dict:
     """`samrt eval`: the paper's figures on held-out scenes, for an export folder (ONNX Runtime)
     or a checkpoint (PyTorch; default: the embedded model)."""
-    from samrt.evaluation import eval_scenes, evaluate
-
     if onnx_dir:
-        from samrt.engines import OnnxSamPredictor
-
         manifest = ExportManifest.read(onnx_dir)
         predictor = OnnxSamPredictor.from_onnx(manifest.encoder_path, manifest.decoder_path)
         source = onnx_dir
     else:
-        from segment_anything import SamPredictor
+        from segment_anything import SamPredictor  # torch: the export extra
 
-        from samrt.export import load_sam
+        from samrt.export import load_sam  # torch
 
         source = checkpoint or default_checkpoint()
         if source is None:

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .scenes import EVAL_SEED, Scene, scene_for_index
+from .generate import EVAL_SEED, Scene, scene_for_index
 
 __all__ = ["eval_scenes", "centre_point", "next_click", "mask_iou", "evaluate"]
 
@@ -27,7 +27,7 @@ def eval_scenes(n: int = 60, stream: int = EVAL_SEED) -> List[Scene]:
 
 def centre_point(mask: np.ndarray) -> Tuple[float, float]:
     """(x, y) of the pixel farthest from the mask's boundary."""
-    from scipy.ndimage import distance_transform_edt
+    from scipy.ndimage import distance_transform_edt  # scipy: the client extra
 
     dist = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
@@ -55,7 +55,7 @@ def _box(mask: np.ndarray) -> np.ndarray:
 
 def evaluate(predictor, scenes: Iterable[Scene], clicks: Sequence[int] = CLICKS, progress: bool = False) -> Dict:
     """mIoU figures over every ground-truth instance of `scenes`."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # tqdm: the client extra
 
     best, oracle, box_ious = [], [], []
     per_click: Dict[int, List[float]] = {k: [] for k in clicks}

@@ -16,8 +16,8 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image
 
-from . import processing as P
-from .scenes import generate_scene
+from samrt import processing as P
+from .generate import generate_scene
 
 __all__ = ["SceneSampling", "TrainingSample", "training_sample", "noisy_box", "sample_point"]
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from samrt.cli import main
+from samrt.app.cli import main
 
 
 def test_export_random_init_says_so(tmp_path, capsys):
@@ -41,7 +41,7 @@ def test_model_type_mismatch_via_cli(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "samrt.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "samrt.app.cli", "--help"], capture_output=True, text=True, check=True)
     assert "export" in out.stdout
 
 
@@ -51,7 +51,7 @@ def test_client_side_imports_need_no_torch():
 
 
 def test_train_range_flags_say_what_they_expect(capsys):
-    from samrt.cli import main
+    from samrt.app.cli import main
 
     with pytest.raises(SystemExit):
         main(["train", "--out", "x.pth", "--scene-long-side", "640"])
@@ -59,7 +59,7 @@ def test_train_range_flags_say_what_they_expect(capsys):
 
 
 def test_train_image_size_must_be_a_multiple_of_the_patch(capsys):
-    from samrt.cli import main
+    from samrt.app.cli import main
 
     assert main(["train", "--out", "x.pth", "--image-size", "500"]) != 0
     assert "--image-size: got 500, expected a positive multiple of the patch size 16" in capsys.readouterr().err

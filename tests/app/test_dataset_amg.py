@@ -1,4 +1,4 @@
-"""`samrt amg --ray` (samrt.dataset_amg) on a local Ray cluster, against `samrt amg` through a real server.
+"""`samrt amg --ray` (samrt.app.dataset_amg) on a local Ray cluster, against `samrt amg` through a real server.
 
 The embedded samrt_small model, 12 held-out scenes, the filters this model needs (README "The embedded
 model": predicted IoU 0.5, stability 0.85). A 4x4 grid in batches of 8 points keeps the module near
@@ -27,7 +27,7 @@ CORRUPT = "zz_corrupt.png"  # sorts last, so the good scenes keep the image_id `
 def _write_scenes(folder) -> None:
     from PIL import Image
 
-    from samrt.evaluation import eval_scenes
+    from samrt.scenes import eval_scenes
 
     os.makedirs(folder, exist_ok=True)
     for i, scene in enumerate(eval_scenes(SCENES)):
@@ -41,7 +41,7 @@ def _docs(folder) -> dict:
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
     """The embedded model exported once; the server's repository and the Ray job both use this export."""
-    from samrt.pipeline import build_repository
+    from samrt.app.pipeline import build_repository
 
     root = tmp_path_factory.mktemp("dataset_amg")
     repo = build_repository(str(root / "build"), default_checkpoint())
@@ -75,7 +75,7 @@ def ray_run(build, cluster):
     """The 12 scenes plus a corrupt file, on 2 actors."""
     import shutil
 
-    from samrt.dataset_amg import run_dataset_amg
+    from samrt.app.dataset_amg import run_dataset_amg
 
     images = build["root"] / "images"
     shutil.copytree(build["scenes"], images)
@@ -122,7 +122,7 @@ def test_a_corrupt_file_is_listed_as_failed_while_the_others_finish(ray_run):
 
 @pytest.mark.slow
 def test_a_rerun_writes_nothing(ray_run, build):
-    from samrt.dataset_amg import run_dataset_amg
+    from samrt.app.dataset_amg import run_dataset_amg
 
     out = ray_run["out"]
 
@@ -139,7 +139,7 @@ def test_a_rerun_writes_nothing(ray_run, build):
 
 @pytest.mark.slow
 def test_a_missing_record_is_redone_and_the_others_kept(ray_run, build):
-    from samrt.dataset_amg import run_dataset_amg
+    from samrt.app.dataset_amg import run_dataset_amg
 
     out = ray_run["out"]
     victim = os.path.join(out, "scene_03.json")
@@ -155,7 +155,7 @@ def test_a_missing_record_is_redone_and_the_others_kept(ray_run, build):
 
 
 def test_refuses_an_output_folder_it_did_not_write(tmp_path):
-    from samrt.dataset_amg import OutputDirError, plan_dataset_amg
+    from samrt.app.dataset_amg import OutputDirError, plan_dataset_amg
 
     _write_one_image(tmp_path / "images")
     out = tmp_path / "out"
@@ -168,7 +168,7 @@ def test_refuses_an_output_folder_it_did_not_write(tmp_path):
 
 @pytest.mark.slow
 def test_a_rerun_with_other_options_is_refused(ray_run):
-    from samrt.dataset_amg import OutputDirError, plan_dataset_amg
+    from samrt.app.dataset_amg import OutputDirError, plan_dataset_amg
 
     other = AmgOptions(**{**OPTIONS, "points_per_side": 16})
     with pytest.raises(OutputDirError, match=r"was written with points_per_side 4 \(got 16\); a rerun must use the same options"):
@@ -202,7 +202,7 @@ def test_an_actor_killed_mid_run_is_replaced_and_its_images_retried(build, clust
     import threading
     import time
 
-    from samrt.dataset_amg import run_dataset_amg
+    from samrt.app.dataset_amg import run_dataset_amg
 
     images = tmp_path / "images"
     images.mkdir()
@@ -230,7 +230,7 @@ def test_an_actor_killed_mid_run_is_replaced_and_its_images_retried(build, clust
 
 
 def test_cli_ray_options_need_ray(tmp_path, capsys):
-    from samrt.cli import main
+    from samrt.app.cli import main
 
     rc = main(["amg", str(tmp_path), "--out", str(tmp_path / "out"), "--actors", "2", "--ray-address", "auto"])
     assert rc == 2

@@ -83,7 +83,7 @@ def test_retries_across_a_server_restart(tiny_repo, tmp_path):
 
 
 def test_cli_segment_and_amg(server, tmp_path, capsys):
-    from samrt.cli import main
+    from samrt.app.cli import main
 
     img_dir = tmp_path / "images"
     img_dir.mkdir()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from samrt import wire
-from samrt.balancer import nginx_config
+from samrt.model_repository.nginx import nginx_config
 from samrt.client import AsyncSamClient, SamClient, TritonSamPredictor
 from samrt.client._routing import Ring
 from samrt.model_repository.render import RepoOptions, render_repository

@@ -204,7 +204,7 @@ def test_precision_and_backend_combinations_are_checked(export_dir):
 
 
 def test_cli_rejects_bf16_for_onnxruntime(export_dir, capsys):
-    from samrt.cli import main
+    from samrt.app.cli import main
 
     code = main(["build-engine", "--onnx", os.path.join(export_dir, "tiny.encoder.onnx"), "--backend", "onnxruntime",
                  "--precision", "bf16", "--out", export_dir])

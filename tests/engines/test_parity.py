@@ -94,7 +94,7 @@ def vit_b(tmp_path_factory):
     and the reference built by segment_anything's own registry from the same file."""
     from segment_anything import SamPredictor, sam_model_registry
 
-    from samrt.cli import main
+    from samrt.app.cli import main
     from samrt.engines import OnnxSamPredictor
     from samrt.export import random_sam, save_checkpoint
     from samrt.spec import get_config

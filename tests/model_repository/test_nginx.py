@@ -1,4 +1,4 @@
-"""samrt.balancer: the NGINX configuration the README shows is the one the function writes,
+"""samrt.model_repository.nginx: the NGINX configuration the README shows is the one the function writes,
 and NGINX accepts it (tests/client/test_replicas.py runs it in front of three servers)."""
 
 import os
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from samrt.balancer import HASH_VARIABLE, nginx_config
+from samrt.model_repository.nginx import HASH_VARIABLE, nginx_config
 
 README = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
 GRPC = ["replica1:8001", "replica2:8001", "replica3:8001"]

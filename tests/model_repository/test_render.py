@@ -111,7 +111,7 @@ def test_the_click_ensemble_is_wired_right(tiny_cfg, tiny_export, native):
 
 
 def test_build_repo_cli_production_variant(tiny_export, tmp_path, capsys):
-    from samrt.cli import main
+    from samrt.app.cli import main
 
     export_dir = os.path.dirname(tiny_export.encoder_path)
     assert main(["build-repo", "--export", export_dir, "--backend", "onnxruntime-native", "--device", "cuda",
@@ -124,7 +124,7 @@ def test_build_repo_cli_production_variant(tiny_export, tmp_path, capsys):
 
 def test_build_repo_refuses_a_folder_it_did_not_render(tiny_export, tmp_path, capsys):
     """The fault: `build-repo --out DIR` used to delete DIR whatever it held."""
-    from samrt.cli import main
+    from samrt.app.cli import main
 
     export_dir = os.path.dirname(tiny_export.encoder_path)
     users = tmp_path / "work"

@@ -67,7 +67,7 @@ def test_degenerate_shape_gets_an_input_error(client, h, w):
 def test_cli_segment_and_amg_work_in_the_displayed_frame(server, tmp_path):
     import json
 
-    from samrt.cli import main
+    from samrt.app.cli import main
 
     exif = Image.Exif()
     exif[0x0112] = 8  # rotate 90 counter-clockwise: stored 128 wide x 96 high, shown 96 x 128

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from samrt.evaluation import centre_point, evaluate, next_click
+from samrt.scenes import centre_point, evaluate, next_click
 from samrt.scenes import generate_scene, scene_for_index
 
 

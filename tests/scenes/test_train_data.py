@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from samrt.train_data import SceneSampling, _coverage, noisy_box, training_sample
+from samrt.scenes.train_data import SceneSampling, _coverage, noisy_box, training_sample
 
 
 def _spec(**kw):

@@ -1,4 +1,4 @@
-"""samrt.annotate: SAM's data engine in a browser (`samrt annotate`).
+"""samrt.app.annotate: SAM's data engine in a browser (`samrt annotate`).
 
 Stage 1 (assisted-manual): clicks and boxes answered by `sam_decode` from a precomputed
 embedding, three candidates, refinement with the previous logits, accept, next. Stage 2

@@ -1,7 +1,7 @@
 """The web app (aiohttp): the page, the folder's images, and a JSON API over AnnotationService.
 
     GET  /                                   the page (static/index.html)
-    GET  /static/{file}                      its scripts and style (only files of samrt/annotate/static)
+    GET  /static/{file}                      its scripts and style (only files of samrt/app/annotate/static)
     GET  /images/{name}                      an image of the folder, by its listed name; anything else: 403
     GET  /api/config                         drawing style (samrt.visualize.STYLE), shortcuts, folders
     GET  /api/images                         images with object counts, skipped files with reasons, stats

@@ -6,8 +6,10 @@ import os
 import sys
 from typing import Optional
 
+from samrt.client import SamClient
 from samrt.model_repository.server import TritonServer
 
+from ..pipeline import build_repository
 from .app import MODEL_URL, create_app
 
 __all__ = ["start_model_server", "run_annotate"]
@@ -15,9 +17,7 @@ __all__ = ["start_model_server", "run_annotate"]
 
 def start_model_server(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto") -> TritonServer:
     """Export if needed, render the repository and start tritonserver (ready on return): the one
-    place where `samrt annotate` starts a server (`samrt.pipeline.build_repository`)."""
-    from samrt.pipeline import build_repository
-
+    place where `samrt annotate` starts a server (`samrt.app.pipeline.build_repository`)."""
     repo = build_repository(build_dir, checkpoint, model_type)
     return TritonServer(repo, work_dir=os.path.join(build_dir, "triton_work")).start()
 
@@ -31,7 +31,7 @@ def run_annotate(images_folder: str, out_dir: str, url: Optional[str] = None, pr
     Without `url`, starts a model server (the embedded model unless `checkpoint`) and stops it
     on the way out; with `url` (host:port of a running `samrt serve`), uses that one. The folders
     are checked first (InputError / SamrtError), so a bad folder starts no server."""
-    from aiohttp import web
+    from aiohttp import web  # aiohttp: the annotate extra
 
     app = create_app(images_folder, out_dir, url, protocol, prefetch, prefill_options)
     server = None
@@ -41,8 +41,6 @@ def run_annotate(images_folder: str, out_dir: str, url: Optional[str] = None, pr
             app[MODEL_URL] = server.grpc_url if protocol == "grpc" else server.http_url
             print(f"tritonserver ready at {app[MODEL_URL]} ({protocol}); log {server.log_path}", file=sys.stderr)
         else:
-            from samrt.client import SamClient
-
             with SamClient(url, protocol, retries=0) as probe:
                 if not probe.is_ready():
                     print(f"warning: no ready samrt server at {url} ({protocol}) yet; the page shows errors until there is",

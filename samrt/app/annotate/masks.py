@@ -30,14 +30,14 @@ def from_runs(runs: List[int], height: int, width: int) -> np.ndarray:
 
 def coco_rle(mask: np.ndarray) -> Dict:
     """HxW bool -> COCO RLE {'size': [H, W], 'counts': str} (SA-1B's `segmentation`)."""
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # pycocotools: the client extra
 
     rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def from_coco_rle(rle: Dict) -> np.ndarray:
-    from pycocotools import mask as mask_utils
+    from pycocotools import mask as mask_utils  # pycocotools: the client extra
 
     counts = rle["counts"]
     return mask_utils.decode({"size": rle["size"], "counts": counts.encode() if isinstance(counts, str) else counts}).astype(bool)

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from samrt.annotate.app import SERVICE, create_app
-from samrt.annotate.masks import from_coco_rle, from_runs
+from samrt.app.annotate.app import SERVICE, create_app
+from samrt.app.annotate.masks import from_coco_rle, from_runs
 
 from .conftest import with_client
 

@@ -14,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from samrt.annotate.masks import from_coco_rle, from_runs
+from samrt.app.annotate.masks import from_coco_rle, from_runs
 from samrt.artifacts import default_checkpoint
 from samrt.model_repository.server import free_port
 
@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.triton,
 @pytest.fixture(scope="module")
 def small_build(tmp_path_factory):
     """The embedded model exported and rendered (what `samrt annotate` itself would do)."""
-    from samrt.pipeline import build_repository
+    from samrt.app.pipeline import build_repository
 
     build = str(tmp_path_factory.mktemp("annotate_small"))
     return build, build_repository(build, default_checkpoint())
@@ -63,7 +63,7 @@ class Annotate:
     def __init__(self, args, timeout=180.0):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "samrt.cli", "annotate", *args, "--port", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "samrt.app.cli", "annotate", *args, "--port", str(self.port)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -113,7 +113,7 @@ def test_the_page_in_chromium_click_pick_accept_next(small_server, tmp_path):
                     page.mouse.click(box["x"] + (x + 0.5) * box["width"] / w, box["y"] + (y + 0.5) * box["height"] / h, **kw)
                 return resp.value.json()
 
-            from samrt.evaluation import centre_point, mask_iou
+            from samrt.scenes import centre_point, mask_iou
 
             state = click(*centre_point(gt))
             page.wait_for_selector("#view[data-mask-drawn=true]")

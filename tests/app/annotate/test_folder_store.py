@@ -1,4 +1,4 @@
-"""samrt.annotate without a model server: the folder scan, the output files, path safety."""
+"""samrt.app.annotate without a model server: the folder scan, the output files, path safety."""
 
 import json
 import os
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samrt.annotate.app import create_app
-from samrt.annotate.folder import ImageFolder
-from samrt.annotate.masks import bbox_xywh, coco_rle, from_coco_rle, from_runs, to_runs
-from samrt.annotate.store import AnnotationStore
+from samrt.app.annotate.app import create_app
+from samrt.app.annotate.folder import ImageFolder
+from samrt.app.annotate.masks import bbox_xywh, coco_rle, from_coco_rle, from_runs, to_runs
+from samrt.app.annotate.store import AnnotationStore
 from samrt.errors import InputError, SamrtError
 
 from .conftest import with_client
@@ -144,14 +144,14 @@ def test_the_app_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, samrt.annotate; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
+    code = "import sys, samrt.app.annotate; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_sessions_beyond_the_limit_forget_the_least_recently_used(scene_folder, tmp_path):
     import asyncio
 
-    from samrt.annotate.service import MAX_SESSIONS, AnnotationService
+    from samrt.app.annotate.service import MAX_SESSIONS, AnnotationService
 
     folder, _ = scene_folder
     f = ImageFolder(folder)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from samrt.evaluation import eval_scenes, evaluate
+from samrt.scenes import eval_scenes, evaluate
 from samrt.export import load_sam
 from samrt.export.checkpoint import build_sam
 from samrt.export.training import TrainOptions, lr_at, train, write_model_card

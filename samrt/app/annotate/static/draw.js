@@ -6,7 +6,7 @@ export function scaled(value, height, width, minimum) {
   return Math.max(minimum, Math.round(value * Math.max(height, width) / 512));
 }
 
-// Row-major runs (off, on, off, ...) -> Uint8Array of 0/1 (samrt.annotate.masks.to_runs).
+// Row-major runs (off, on, off, ...) -> Uint8Array of 0/1 (samrt.app.annotate.masks.to_runs).
 export function decodeRuns(runs, height, width) {
   const mask = new Uint8Array(height * width);
   let pos = 0;

@@ -1,0 +1,107 @@
+"""The encode path: `sam_image_encoder` (the encoder engine, batched by Triton) and `sam_encode`
+(an image or its encoded bytes -> image_id, embedded on a cache miss), with the helpers the
+other paths use to embed an image and to read the cache through BLS."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+from samrt import imageio
+from samrt import processing as P
+from samrt import wire
+from samrt.errors import InputError
+
+from .. import logic
+from .base import PythonModel, bls, engine_runner, error_response, input_array, lower_priority, response
+
+__all__ = ["ImageEncoderModel", "EncodeModel", "encode", "cached", "image_from_request", "cache_model", "id_tensor"]
+
+ENCODER = "sam_image_encoder"  # a graph model: its tensors are the ONNX graph's (samrt.spec)
+
+
+def image_from_request(request, max_pixels: int, image_size: int, model: str) -> np.ndarray:
+    """`image` (UINT8 HxWx3) or `image_bytes` (an encoded image, decoded by samrt.imageio: EXIF
+    orientation applied, modes as its MODE_DECISIONS), checked against the pixel limit and for a
+    shape whose resized side would be 0."""
+    image, data = input_array(request, "image"), input_array(request, "image_bytes")
+    if (image is None) == (data is None):
+        raise InputError(f"{model}: got " + ("both image and image_bytes" if image is not None else
+                         "neither image nor image_bytes") + ", expected exactly one of them")
+    if image is None:
+        image = imageio.decode_image_bytes(bytes(np.asarray(data).reshape(-1)[0]), max_pixels)
+    image = P.check_image(image, max_pixels)
+    h, w = image.shape[:2]
+    imageio.check_resized_shape((h, w), P.get_preprocess_shape(h, w, image_size), image_size, model)
+    return image
+
+
+def id_tensor(image_id: str) -> np.ndarray:
+    return np.array([image_id.encode()], dtype=object)
+
+
+def cache_model(params: Dict[str, str]) -> wire.WireModel:
+    """The model that owns the embedding cache in this repository (see samrt.model_repository.models)."""
+    return wire.get_model(params.get("cache_model", wire.SAM_MASK_DECODER.name))
+
+
+def cached(cache: wire.WireModel, image_id: str) -> Dict[str, np.ndarray]:
+    """The cache's entry for `image_id`: image_embeddings [1,D,E,E], original_size [1,2];
+    UnknownImageError (NOT_FOUND) when it holds none."""
+    got = bls(cache, {"image_id": id_tensor(image_id)[None]}, ["found", "image_embeddings", "original_size"])
+    if not got["found"].reshape(-1)[0]:
+        raise logic.UnknownImageError(image_id)
+    return got
+
+
+def encode(image: np.ndarray, image_size: int, cache: wire.WireModel) -> str:
+    """Embed `image` unless the cache holds it already; its id either way."""
+    image_id = wire.image_id_of(image)
+    key = id_tensor(image_id)[None]
+    if not bls(cache, {"image_id": key}, ["found"])["found"].reshape(-1)[0]:
+        x, _ = P.preprocess_image(image, image_size)
+        emb = bls(ENCODER, {"image": x}, ["image_embeddings"])["image_embeddings"]
+        bls(cache, {"image_id": key, "image_embeddings": emb, "original_size": np.asarray([image.shape[:2]])},
+            ["found"])
+    return image_id
+
+
+class ImageEncoderModel(PythonModel):
+    """sam_image_encoder: the encoder engine (ONNX Runtime or OpenVINO), batched by Triton."""
+
+    error_name = ENCODER
+
+    def setup(self, params) -> None:
+        lower_priority(params)
+        self.runner = engine_runner(params)
+
+    def _batch(self, requests):
+        images = [input_array(r, "image") for r in requests]
+        try:
+            out = self.runner.run({"image": np.concatenate(images, axis=0)})["image_embeddings"]
+        except Exception as e:  # one bad tensor must not take the batch down: one by one, each its own answer
+            return [error_response(e, self.error_name)] if len(requests) == 1 else super()._batch(requests)
+        sizes = np.cumsum([0] + [len(i) for i in images])
+        return [response(None, {"image_embeddings": out[a:b]}) for a, b in zip(sizes[:-1], sizes[1:])]
+
+    def _one(self, request):
+        out = self.runner.run({"image": input_array(request, "image")})["image_embeddings"]
+        return response(None, {"image_embeddings": out})
+
+
+class EncodeModel(PythonModel):
+    """sam_encode: image (UINT8 HxWx3) or image_bytes -> image_id, original_size; embeds on a miss."""
+
+    error_name = wire.SAM_ENCODE.name
+
+    def setup(self, params) -> None:
+        lower_priority(params)
+        self.image_size = int(params["image_size"])
+        self.max_pixels = int(params["max_pixels"])
+        self.cache = cache_model(params)
+
+    def _one(self, request):
+        image = image_from_request(request, self.max_pixels, self.image_size, wire.SAM_ENCODE.name)
+        image_id = encode(image, self.image_size, self.cache)
+        return response(wire.SAM_ENCODE, {"image_id": id_tensor(image_id), "original_size": np.asarray(image.shape[:2])})
