@@ -7,7 +7,7 @@ STAMP := $(VENV)/.samrt-installed
 # torch 2.14.1 + torchvision 0.29.1: the pair segment-anything's torchvision import works with here.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast perf-analyzer clean
+.PHONY: install demo test test-quick perf-analyzer clean
 
 install: $(STAMP)
 
@@ -24,11 +24,13 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/samrt demo --out build/demo
 
+# The full suite (what .ci/run calls).
 test: install
 	$(PY) -m pytest -q tests
 
-test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests
+# The developers' loop: every test that starts no server and is not marked slow (a few minutes).
+test-quick: install
+	$(PY) -m pytest -q -m "not triton and not slow" tests
 
 # Triton's perf_analyzer (for `samrt bench serve`): the binary ships in the tritonclient[all] 2.51.0
 # wheel (the server's version), kept in its own venv; it links libb64 (Debian) and libcudart 12.

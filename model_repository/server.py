@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Tuple
 
 from samrt.errors import SamrtError
 
-__all__ = ["TritonServer", "TritonLaunchError", "free_port", "bundled_triton_dir"]
+__all__ = ["TritonServer", "TritonLaunchError", "free_port", "bundled_triton_dir", "check_installed"]
 
 
 class TritonLaunchError(SamrtError):
@@ -62,18 +62,31 @@ def bundled_triton_dir() -> str:
     return path
 
 
+def _python_stub(src: str) -> str:
+    """The bundled python-backend stub for this interpreter's Python version."""
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = os.path.join(src, "python_backend_stubs", ver, "triton_python_backend_stub")
+    if not os.path.isfile(stub):
+        raise TritonLaunchError(f"nvidia-pytriton ships no python backend stub for Python {ver}")
+    return stub
+
+
+def check_installed() -> str:
+    """The bundled server's folder, once the binary and the python stub for this interpreter are
+    found there; TritonLaunchError saying what is missing otherwise (tests skip with its message)."""
+    src = bundled_triton_dir()
+    _python_stub(src)
+    return src
+
+
 def _prepare_tree(work_dir: str) -> str:
     """A copy of the bundled server with the python stub for this interpreter in place."""
-    src = bundled_triton_dir()
+    src = check_installed()
     dst = os.path.join(work_dir, "tritonserver")
-    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = os.path.join(dst, "backends", "python", "triton_python_backend_stub")
     if not os.path.isfile(stub):
         shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("python_backend_stubs"))
-        stub_src = os.path.join(src, "python_backend_stubs", ver, "triton_python_backend_stub")
-        if not os.path.isfile(stub_src):
-            raise TritonLaunchError(f"nvidia-pytriton ships no python backend stub for Python {ver}")
-        shutil.copy2(stub_src, stub)
+        shutil.copy2(_python_stub(src), stub)
     return dst
 
 

@@ -1,14 +1,72 @@
-"""Shared fixtures: tiny models built through the same code path as the official ones."""
+"""Shared fixtures: tiny models built through the same code path as the official ones, and the
+tritonservers the tests share.
+
+Servers: `server` (the tiny export) and `small_server` (the embedded samrt_small model) are
+started once per session and shared by every module that only sends requests; a module that
+kills model processes, changes options or serves another repository starts its own. Tests that
+count Triton's statistics compare before/after (`settled_count`); tests that fill the embedding
+cache encode again what they decode. Every test that starts a server carries the `triton` marker
+(set here for the server fixtures; a start from an unmarked test fails it), so `-m "not triton"`
+starts none, and without the tritonserver binary those tests skip, saying what is missing.
+"""
 
 from __future__ import annotations
 
+from typing import Optional
 
 import numpy as np
 import pytest
 
+from samrt.artifacts import default_checkpoint
 from samrt.model_repository.render import RepoOptions, render_repository
-
+from samrt.model_repository.server import TritonLaunchError, TritonServer, check_installed
 from samrt.spec import get_config
+
+# Fixtures that start a tritonserver: a test that uses one (directly or through another fixture)
+# is marked `triton`.
+SERVER_FIXTURES = {"server", "small_server", "own_server", "replicas"}
+_RUNNING: dict = {}  # the test being set up or run (for the check in _servers_only_in_triton_tests)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.triton)
+
+
+def _triton_missing() -> Optional[str]:
+    if "missing" not in _RUNNING:
+        try:
+            check_installed()
+            _RUNNING["missing"] = None
+        except TritonLaunchError as e:
+            _RUNNING["missing"] = str(e)
+    return _RUNNING["missing"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before the test's fixtures: a `triton` test without the server binary skips with the reason."""
+    _RUNNING["item"] = item
+    if item.get_closest_marker("triton") is not None and _triton_missing():
+        pytest.skip(f"no tritonserver: {_triton_missing()}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _servers_only_in_triton_tests():
+    """A tritonserver started while an unmarked test is set up or runs fails that test: the quick
+    loop (`-m "not triton"`) must start none."""
+    start = TritonServer.start
+
+    def checked_start(self, *args, **kwargs):
+        item = _RUNNING.get("item")
+        if item is not None and item.get_closest_marker("triton") is None:
+            pytest.fail(f"{item.nodeid} starts a tritonserver but is not marked triton")
+        return start(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TritonServer, "start", checked_start)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -63,12 +121,10 @@ def tiny_repo(tiny_export, tiny_cfg, tmp_path_factory):
     return render_repository(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, out, opts)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_repo):
-    """Module-scoped: each module's server (and its stubs' memory) is gone before the next module."""
-    from samrt.model_repository.server import TritonServer
-
-    with TritonServer(tiny_repo) as srv:
+@pytest.fixture(scope="session")
+def server(tiny_repo, tmp_path_factory):
+    """The tiny export's server, shared by the session (see the module docstring)."""
+    with TritonServer(tiny_repo, work_dir=str(tmp_path_factory.mktemp("shared_tiny"))) as srv:
         yield srv
 
 
@@ -79,6 +135,25 @@ def client(server, request):
     url = server.grpc_url if request.param == "grpc" else server.http_url
     with SamClient(url, request.param, retries=0) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def small_build(tmp_path_factory):
+    """The embedded samrt_small model exported and rendered (what `samrt serve` or `samrt annotate`
+    does): (build folder, repository). Skips where the install has no embedded model."""
+    from samrt.app.pipeline import build_repository
+
+    if default_checkpoint() is None:
+        pytest.skip("no embedded samrt_small checkpoint in samrt/assets")
+    build = str(tmp_path_factory.mktemp("small"))
+    return build, build_repository(build, default_checkpoint())
+
+
+@pytest.fixture(scope="session")
+def small_server(small_build, tmp_path_factory):
+    """The embedded model's server, shared by the session."""
+    with TritonServer(small_build[1], work_dir=str(tmp_path_factory.mktemp("shared_small"))) as srv:
+        yield srv
 
 
 def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:

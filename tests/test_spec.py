@@ -1,6 +1,7 @@
 import pytest
 
-from samrt.spec import MODEL_CONFIGS, SamConfig, decoder_spec, encoder_spec, get_config
+from samrt.spec import (MODEL_ALIASES, MODEL_CONFIGS, MODEL_TYPE_CHOICES, SamConfig, decoder_spec, encoder_spec,
+                        get_config, resolve_model_type)
 
 
 def test_official_contract_vit_b():
@@ -42,3 +43,15 @@ def test_config_roundtrip_and_unknown_type():
         assert SamConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(KeyError, match="unknown model type 'vit_x'.*expected one of"):
         get_config("vit_x")
+
+
+def test_aliases_resolve_in_one_place():
+    """segment_anything's registry calls vit_h "default"; get_config and resolve_model_type accept it."""
+    assert MODEL_ALIASES == {"default": "vit_h"}
+    assert resolve_model_type("default") == "vit_h" and get_config("default") is MODEL_CONFIGS["vit_h"]
+    assert [resolve_model_type(t) for t in ("auto", None, "vit_b", "tiny")] == ["auto", None, "vit_b", "tiny"]
+    assert MODEL_TYPE_CHOICES == ("auto", "default", "vit_h", "vit_l", "vit_b", "tiny")
+    with pytest.raises(KeyError, match=r"unknown model type 'vit_x'; expected one of \['auto', 'default'"):
+        resolve_model_type("vit_x")
+    with pytest.raises(KeyError, match="unknown model type 'auto'"):  # a type to build, not "detect it"
+        get_config("auto")

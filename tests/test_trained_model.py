@@ -15,17 +15,6 @@ AMG_MATCH_IOU = 0.5       # an object counts as recovered by AMG when a record o
 AMG_RECOVERED = 0.5       # "most objects" for AMG
 
 
-@pytest.fixture(scope="module")
-def small_server(tmp_path_factory):
-    from samrt.app.pipeline import build_repository
-    from samrt.model_repository.server import TritonServer
-
-    build = str(tmp_path_factory.mktemp("small"))
-    repo = build_repository(build, default_checkpoint())
-    with TritonServer(repo) as srv:
-        yield srv
-
-
 def test_a_click_inside_an_object_gives_its_mask(small_server):
     from samrt.client import SamClient, TritonSamPredictor
     from samrt.scenes import centre_point, eval_scenes, mask_iou

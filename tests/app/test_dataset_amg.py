@@ -39,26 +39,23 @@ def _docs(folder) -> dict:
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    """The embedded model exported once; the server's repository and the Ray job both use this export."""
-    from samrt.app.pipeline import build_repository
-
+def build(small_build, tmp_path_factory):
+    """The embedded model exported once (conftest's small_build): the shared server's repository and
+    the Ray job both use this export."""
     root = tmp_path_factory.mktemp("dataset_amg")
-    repo = build_repository(str(root / "build"), default_checkpoint())
     scenes = str(root / "scenes")
     _write_scenes(scenes)
-    return {"root": root, "repo": repo, "export": str(root / "build" / "export"), "scenes": scenes}
+    return {"root": root, "export": os.path.join(small_build[0], "export"), "scenes": scenes}
 
 
 @pytest.fixture(scope="module")
-def served(build):
-    """`samrt amg` through a real tritonserver: {json name: document}. The server is stopped afterwards."""
+def served(build, small_server):
+    """`samrt amg` through a real tritonserver (the session's small_server): {json name: document}."""
     from samrt.client import SamClient
     from samrt.client.cli import amg_folder
-    from samrt.model_repository.server import TritonServer
 
     out = str(build["root"] / "served")
-    with TritonServer(build["repo"]) as server, SamClient(server.grpc_url, timeout=600) as client:
+    with SamClient(small_server.grpc_url, timeout=600) as client:
         amg_folder(client, build["scenes"], out, progress=False, **OPTIONS)
     return _docs(out)
 

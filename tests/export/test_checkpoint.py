@@ -45,6 +45,12 @@ def test_model_type_mismatch(tiny_checkpoint):
         load_sam(tiny_checkpoint, "vit_b")
 
 
+def test_model_type_alias_names_vit_h(tiny_checkpoint):
+    """--model-type default is vit_h (resolved by samrt.spec), so a tiny checkpoint does not match it."""
+    with pytest.raises(ModelTypeMismatchError, match=r"asked for vit_h \(embed_dim 1280"):
+        load_sam(tiny_checkpoint, "default")
+
+
 def test_truncated_file(tiny_checkpoint, tmp_path):
     data = open(tiny_checkpoint, "rb").read()
     path = tmp_path / "truncated.pth"

@@ -10,7 +10,7 @@ import pytest
 
 from samrt.model_repository.nginx import HASH_VARIABLE, nginx_config
 
-README = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+README = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
 GRPC = ["replica1:8001", "replica2:8001", "replica3:8001"]
 HTTP = ["replica1:8000", "replica2:8000", "replica3:8000"]
 

@@ -59,15 +59,18 @@ def _opts():
 
 
 @pytest.fixture(scope="module")
-def tiny_repo(ov_export, tmp_path_factory):
-    """Overrides conftest's: the shared `server` fixture serves OpenVINO fp32 in this module."""
+def server(ov_export, tmp_path_factory):
+    """This module's own server (overrides conftest's shared one): OpenVINO fp32 engines, so the
+    tests of test_server.py imported above run against OpenVINO."""
     from samrt.model_repository.launch import repository_from_export
+    from samrt.model_repository.server import TritonServer
 
     out = str(tmp_path_factory.mktemp("ov_repo") / "repo")
     repo = repository_from_export(ov_export, out, _opts(), backend="openvino", precision="fp32")
     text = open(os.path.join(repo, "sam_mask_decoder", "config.pbtxt")).read()
     assert "tiny.decoder.fp32.xml" in text  # the engine really is OpenVINO's
-    return repo
+    with TritonServer(repo, work_dir=str(tmp_path_factory.mktemp("ov_work"))) as srv:
+        yield srv
 
 
 def test_the_served_engines_are_openvino(server):

@@ -35,23 +35,6 @@ pytestmark = [pytest.mark.triton,
               pytest.mark.skipif(default_checkpoint() is None, reason="no embedded samrt_small checkpoint")]
 
 
-@pytest.fixture(scope="module")
-def small_build(tmp_path_factory):
-    """The embedded model exported and rendered (what `samrt annotate` itself would do)."""
-    from samrt.app.pipeline import build_repository
-
-    build = str(tmp_path_factory.mktemp("annotate_small"))
-    return build, build_repository(build, default_checkpoint())
-
-
-@pytest.fixture(scope="module")
-def small_server(small_build):
-    from samrt.model_repository.server import TritonServer
-
-    with TritonServer(small_build[1]) as srv:
-        yield srv
-
-
 def _get(url, timeout=2.0):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.load(r)
