@@ -5,6 +5,9 @@ embedding, three candidates, refinement with the previous logits, accept, next. 
 (semi-automatic): `sam_amg` proposals to keep or reject, then what is missing by hand.
 Output: one SA-1B style JSON per image (COCO RLE), a COCO instances file on demand, and the
 data engine's figures (seconds per mask, masks per image).
+
+Part of the "app" floor (`samrt.layers`); it needs aiohttp (the annotate extra) at import, so the
+CLI imports it inside `samrt annotate` only.
 """
 
 from .app import create_app
