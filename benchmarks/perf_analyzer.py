@@ -53,7 +53,7 @@ def run_perf_analyzer(grpc_url: str, data_path: str, out_csv: str, concurrency: 
                       log_path: Optional[str] = None) -> Tuple[List[str], Optional[str]]:
     """(the command line, the binary that ran it or None when none is installed).
 
-    The command is always returned so the README and the rows can show it; with `log_path`,
+    The command is always returned so docs/benchmarks.md and the rows can show it; with `log_path`,
     perf_analyzer's own report (latency breakdown per concurrency) is kept there."""
     cmd = ["perf_analyzer", "-m", "sam_decode", "-u", grpc_url, "-i", "grpc", "--input-data", data_path,
            "--shape", "image_id:1", "--concurrency-range", concurrency, "-f", out_csv,

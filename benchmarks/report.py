@@ -1,4 +1,4 @@
-"""Markdown tables from benchmark results (what the README shows): `python -m samrt.benchmarks.report DIR`."""
+"""Markdown tables from benchmark results (what docs/benchmarks.md shows): `python -m samrt.benchmarks.report DIR`."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ except ImportError:  # only the comparisons with OpenCV skip, each with this rea
     cv2 = None
 needs_cv2 = pytest.mark.skipif(cv2 is None, reason="opencv-python-headless (the dev extra) gives the reference values")
 
-README = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+IMAGES_PAGE = open(os.path.join(os.path.dirname(__file__), "..", "docs", "images.md")).read()
 
 # EXIF Orientation -> the displayed image, written from the EXIF 2.3 spec's definitions
 DISPLAYED = {
@@ -209,12 +209,12 @@ def test_in_memory_modes():
         imageio.rgb_from_pil(Image.new("I", (2, 2), 7))
 
 
-def test_every_pillow_mode_has_a_decision_and_the_readme_lists_them():
+def test_every_pillow_mode_has_a_decision_and_the_docs_list_them():
     for mode in getattr(Image, "MODES", ()):
         assert mode in imageio.MODE_DECISIONS, f"Pillow mode {mode!r} has no decision"
-    rows = dict(re.findall(r"^\| `([^`]+)` \| (.+?) \|$", README, re.M))
+    rows = dict(re.findall(r"^\| `([^`]+)` \| (.+?) \|$", IMAGES_PAGE, re.M))
     for mode, decision in imageio.MODE_DECISIONS.items():
-        assert rows.get(mode) == decision, f"README's modes table: {mode!r}"
+        assert rows.get(mode) == decision, f"docs/images.md's modes table: {mode!r}"
 
 
 # -- 3. pixel limits --------------------------------------------------------------------------------

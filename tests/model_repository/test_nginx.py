@@ -1,4 +1,4 @@
-"""samrt.model_repository.nginx: the NGINX configuration the README shows is the one the function writes,
+"""samrt.model_repository.nginx: the NGINX configuration docs/replicas.md shows is the one the function writes,
 and NGINX accepts it (tests/client/test_replicas.py runs it in front of three servers)."""
 
 import os
@@ -10,14 +10,14 @@ import pytest
 
 from samrt.model_repository.nginx import HASH_VARIABLE, nginx_config
 
-README = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+REPLICAS_PAGE = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "replicas.md")).read()
 GRPC = ["replica1:8001", "replica2:8001", "replica3:8001"]
 HTTP = ["replica1:8000", "replica2:8000", "replica3:8000"]
 
 
-def test_readme_shows_the_generated_config():
-    m = re.search(r"```nginx\n(.*?)```", README, re.S)
-    assert m, "README has no nginx block"
+def test_docs_show_the_generated_config():
+    m = re.search(r"```nginx\n(.*?)```", REPLICAS_PAGE, re.S)
+    assert m, "docs/replicas.md has no nginx block"
     assert m.group(1) == nginx_config(GRPC, HTTP)
 
 
