@@ -10,6 +10,7 @@ from samrt.errors import (
 
 from ._client import DEFAULT_OUTPUTS, EncodeResult, SamClient
 from ._aio import AsyncSamClient
+from ._endpoints import release_stale_regions
 from .amg import TritonSamAutomaticMaskGenerator
 from .predictor import TritonSamPredictor
 
@@ -25,4 +26,5 @@ __all__ = [
     "ServerTimeoutError",
     "ServerError",
     "ServerUnavailableError",
+    "release_stale_regions",
 ]
