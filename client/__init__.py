@@ -1,4 +1,8 @@
-"""samrt.client: the Python SDK over Triton (no torch, no onnx)."""
+"""samrt.client: the Python SDK over Triton (no torch, no onnx).
+
+`SamClient` and `AsyncSamClient` may be shared by any number of threads (or tasks); each caller
+gets its own answer. `TritonSamPredictor` holds per-image state like SamPredictor: one per thread.
+"""
 
 from samrt.errors import (
     ImageNotCachedError,

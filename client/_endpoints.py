@@ -186,11 +186,11 @@ class Endpoint:
     def infer(self, model: str, inputs: Inputs, outputs: Sequence[str], output_specs: Optional[OutputSpecs] = None,
               idempotent: bool = True, headers: Optional[Dict[str, str]] = None) -> Dict[str, np.ndarray]:
         kw = dict(idempotent=idempotent, not_found=not_found_error(model), headers=headers)
-        if self.pool is None:
+        placed, nbytes = layout(inputs, outputs, output_specs) if self.pool is not None else ({}, 0)
+        if not placed:  # no shared memory, or nothing for it (ids and texts travel in the request)
             ins, outs = _request(self.conn.mod, inputs, outputs, {})
             result = self.conn.call("infer", model, ins, outputs=outs, **kw)
             return {o: result.as_numpy(o) for o in outputs}
-        placed, nbytes = layout(inputs, outputs, output_specs)
         with self.pool.lease(nbytes) as region:
             for name, (array, _) in inputs.items():
                 if name in placed:

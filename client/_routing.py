@@ -14,6 +14,8 @@ marked down for `down_for` seconds and its images go to the next replica in thei
 they are not cached: a decode there raises `ImageNotCachedError`, on which `TritonSamPredictor`
 encodes again, once. When `down_for` has passed the replica is tried again first; if it answers,
 it has rejoined (its images move back, encoded again there once if its cache was lost).
+
+One URL is a ring of one: the same code path, and every error comes back as it is.
 """
 
 from __future__ import annotations

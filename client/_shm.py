@@ -136,7 +136,6 @@ class RegionPool:
                 return region
             too_small = self._idle.pop() if self._idle else None
             name = f"{PREFIX}{self._pid}_{self._token}_{next(self._counter)}"
-            sweep, self._swept = not self._swept, True
         if too_small is not None:
             self._unregister_and_destroy(too_small)
         region = _create(name, 1 << max(nbytes, MIN_REGION_BYTES).bit_length())
@@ -147,8 +146,12 @@ class RegionPool:
             raise
         with self._lock:
             self._leased.append(region)
-        if sweep:
-            self.released += release_stale(self.server)
+            sweep, self._swept = not self._swept, True
+        if sweep:  # now that the server took a region of ours: we see its /dev/shm
+            try:
+                self.released += release_stale(self.server)
+            except Exception:  # noqa: BLE001 - housekeeping for dead processes; this request goes on
+                pass
         return region
 
     def register_again(self, region: Region) -> bool:

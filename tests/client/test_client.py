@@ -12,7 +12,6 @@ from PIL import Image
 
 from samrt.client import AsyncSamClient, SamClient, ServerUnavailableError
 from samrt.client._endpoints import ServerShm
-from samrt.errors import InputError
 
 from ..conftest import random_image
 

@@ -208,6 +208,26 @@ def test_the_timeout_fires_for_every_thread(protocol):
     assert all(timeout * 0.9 <= s < bound for s in waited.values()), waited
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_timeout_fires_for_every_task(protocol):
+    """AsyncSamClient: 8 tasks on one client of a server that never answers, each times out."""
+    timeout, bound = 1.0, 15.0
+
+    async def attempt(client, i):
+        t0 = time.monotonic()
+        with pytest.raises(ServerTimeoutError):
+            await client.encode(random_image(16, 16, seed=i))
+        return time.monotonic() - t0
+
+    async def main(url):
+        async with AsyncSamClient(url, protocol, timeout=timeout, retries=2) as client:
+            return await asyncio.wait_for(asyncio.gather(*[attempt(client, i) for i in range(N_THREADS)]), 3 * bound)
+
+    with black_hole() as url:
+        waited = asyncio.run(main(url))
+    assert all(timeout * 0.9 <= s < bound for s in waited), waited
+
+
 def run_client_process(url, protocol, then):
     """A Python process that clicks once through SamClient(shared_memory=True), prints its pid,
     then does `then` ("sleep": waits to be killed; "exit": returns without close())."""
