@@ -1,6 +1,9 @@
 """samrt.client: the Python SDK over Triton (no torch, no onnx).
 
 Floor "client" (`samrt.layers`): imports the core only.
+
+`SamClient` and `AsyncSamClient` may be shared by any number of threads (or tasks); each caller
+gets its own answer. `TritonSamPredictor` holds per-image state like SamPredictor: one per thread.
 """
 
 from samrt.errors import (
@@ -13,6 +16,7 @@ from samrt.errors import (
 
 from ._client import DEFAULT_OUTPUTS, EncodeResult, SamClient
 from ._aio import AsyncSamClient
+from ._endpoints import release_stale_regions
 from .amg import TritonSamAutomaticMaskGenerator
 from .predictor import TritonSamPredictor
 
@@ -28,4 +32,5 @@ __all__ = [
     "ServerTimeoutError",
     "ServerError",
     "ServerUnavailableError",
+    "release_stale_regions",
 ]

@@ -7,12 +7,15 @@ reach the same replica, and its embedding cache, without asking anyone; every cl
 the same replica URLs (in any order) makes the same choice; and when a replica leaves, only its
 own images move, each to its next replica in that image's order.
 
-Health: a replica that fails with `ServerUnavailableError` (after its own retries), or answers
-another server error and then says it is not ready (a Triton shutting down answers "unknown
-model" while it unloads), is marked down for `down_for` seconds and its images go to the next replica in their order, where they are
-not cached: a decode there raises `ImageNotCachedError`, on which `TritonSamPredictor` encodes
-again, once. When `down_for` has passed the replica is tried again first; if it answers, it has
-rejoined (its images move back, encoded again there once if its cache was lost).
+Health (`Route`, the one place where failover is decided, for both clients): a replica that
+fails with `ServerUnavailableError` (after its own retries), or answers another server error and
+then says it is not ready (a Triton shutting down answers "unknown model" while it unloads), is
+marked down for `down_for` seconds and its images go to the next replica in their order, where
+they are not cached: a decode there raises `ImageNotCachedError`, on which `TritonSamPredictor`
+encodes again, once. When `down_for` has passed the replica is tried again first; if it answers,
+it has rejoined (its images move back, encoded again there once if its cache was lost).
+
+One URL is a ring of one: the same code path, and every error comes back as it is.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, TypeVar, Union
+from typing import Awaitable, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -28,9 +31,10 @@ from samrt import wire
 from samrt.imageio import decode_image_bytes
 from samrt.errors import InputError, InvalidRequestError, ServerError, ServerTimeoutError, ServerUnavailableError
 
-__all__ = ["split_urls", "Ring", "call", "acall", "routing_id", "merge_statistics"]
+__all__ = ["split_urls", "Ring", "Route", "call", "acall", "routing_id", "merge_statistics"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 DOWN_FOR = 30.0
 
 
@@ -120,65 +124,89 @@ class Ring:
         return [u for i, u in enumerate(self.urls) if self.is_down(i)]
 
 
-def _all_down(ring: Ring, errors: List[ServerUnavailableError]) -> ServerUnavailableError:
-    return ServerUnavailableError(f"all {len(ring.urls)} replicas unavailable: "
-                                  + "; ".join(str(e) for e in errors), "replicas")
+class Route:
+    """One request's way through the replicas: the candidates for its key, in order, and what each
+    outcome means. Every failover decision is here, once, for the sync and asyncio clients alike
+    (`call` and `acall` only drive it, the one with `await`):
+
+    - success: the replica is up (`mark_up`: one that was down has rejoined);
+    - `ServerUnavailableError` (no connection after the replica's own retries): down, try the next;
+    - the request's own errors (`InvalidRequestError`, `ServerTimeoutError`: the replica may still
+      be computing) come back as they are, from the replica that served the key;
+    - any other server error (`ImageNotCachedError`, INTERNAL, ...): the replica's readiness
+      decides (`probed`): ready, its answer stands; not ready (a Triton stopping answers "unknown
+      model" or "not ready" while it unloads): down, try the next;
+    - with a single replica there is nowhere to go: every error comes back as it is.
+    Iterating yields replica indices; `exhausted()` is the error once every candidate failed."""
+
+    def __init__(self, ring: Ring, key: str) -> None:
+        self.ring, self.key = ring, key
+        self.errors: List[ServerUnavailableError] = []
+
+    def __iter__(self):
+        return iter(self.ring.candidates(self.key))
+
+    def succeeded(self, i: int) -> None:
+        self.ring.mark_up(i)
+
+    def failed(self, i: int, error: ServerError) -> bool:
+        """After `error` from replica i: raises it when it is the caller's answer; False when the
+        replica is marked down (try the next); True when its readiness decides (probe it, then
+        call `probed`)."""
+        if len(self.ring.urls) == 1:
+            raise error
+        if isinstance(error, ServerUnavailableError):
+            self._down(i, error)
+            return False
+        if isinstance(error, (InvalidRequestError, ServerTimeoutError)):
+            raise error
+        return True
+
+    def probed(self, i: int, error: ServerError, ready: bool) -> None:
+        """The probe's answer after `failed` returned True: ready raises `error` (its answer stands),
+        not ready marks the replica down (try the next)."""
+        if ready:
+            raise error
+        self._down(i, ServerUnavailableError(f"{self.ring.urls[i]}: not ready (it answered: {error})", "not_ready"))
+
+    def _down(self, i: int, error: ServerUnavailableError) -> None:
+        self.ring.mark_down(i)
+        self.errors.append(error)
+
+    def exhausted(self) -> ServerUnavailableError:
+        return ServerUnavailableError(f"all {len(self.ring.urls)} replicas unavailable: "
+                                      + "; ".join(str(e) for e in self.errors), "replicas")
 
 
-def _worth_a_probe(e: ServerError) -> bool:
-    """Errors after which the replica's readiness decides: a stopping Triton keeps its endpoints
-    open while it unloads models and answers NOT_FOUND (unknown model) or INTERNAL ("Server not
-    ready") meanwhile. Bad inputs and timeouts are the request's, not the replica's."""
-    return not isinstance(e, (ServerUnavailableError, InvalidRequestError, ServerTimeoutError))
-
-
-def _not_ready(url: str, e: ServerError) -> ServerUnavailableError:
-    return ServerUnavailableError(f"{url}: not ready (it answered: {e})", "not_ready")
-
-
-def call(ring: Ring, clients: Sequence[T], key: str, fn: Callable[[int, T], object]):
-    """fn(i, clients[i]) on `key`'s replica. On ServerUnavailableError, or on another server
-    error from a replica that then says it is not ready (`is_ready()`: a replica stopping), that
-    replica is marked down and the next is tried. Other errors (ImageNotCachedError from a ready
-    replica, InvalidRequestError, timeouts) come from the replica that served the key, as they are."""
-    errors: List[ServerUnavailableError] = []
-    for i in ring.candidates(key):
+def call(ring: Ring, clients: Sequence[T], key: str, fn: Callable[[int, T], R]) -> R:
+    """fn(i, clients[i]) on `key`'s replica, failing over as `Route` decides (a probe is
+    `clients[i].is_ready()`)."""
+    route = Route(ring, key)
+    for i in route:
         try:
             result = fn(i, clients[i])
-        except ServerUnavailableError as e:
-            ring.mark_down(i)
-            errors.append(e)
-            continue
         except ServerError as e:
-            if not _worth_a_probe(e) or clients[i].is_ready():
-                raise
-            ring.mark_down(i)
-            errors.append(_not_ready(ring.urls[i], e))
+            if route.failed(i, e):
+                route.probed(i, e, clients[i].is_ready())
             continue
-        ring.mark_up(i)
+        route.succeeded(i)
         return result
-    raise _all_down(ring, errors)
+    raise route.exhausted()
 
 
-async def acall(ring: Ring, clients: Sequence[T], key: str, fn):
+async def acall(ring: Ring, clients: Sequence[T], key: str, fn: Callable[[int, T], Awaitable[R]]) -> R:
     """`call` for coroutines: `await fn(i, clients[i])`, `await clients[i].is_ready()`."""
-    errors: List[ServerUnavailableError] = []
-    for i in ring.candidates(key):
+    route = Route(ring, key)
+    for i in route:
         try:
             result = await fn(i, clients[i])
-        except ServerUnavailableError as e:
-            ring.mark_down(i)
-            errors.append(e)
-            continue
         except ServerError as e:
-            if not _worth_a_probe(e) or await clients[i].is_ready():
-                raise
-            ring.mark_down(i)
-            errors.append(_not_ready(ring.urls[i], e))
+            if route.failed(i, e):
+                route.probed(i, e, await clients[i].is_ready())
             continue
-        ring.mark_up(i)
+        route.succeeded(i)
         return result
-    raise _all_down(ring, errors)
+    raise route.exhausted()
 
 
 def merge_statistics(stats: Sequence[dict]) -> dict:

@@ -8,25 +8,16 @@ would cost gigabytes per image. The server keeps them local and sends only the k
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from samrt import wire
 from samrt.amg import AmgOptions, uncompressed_rle
 from samrt.errors import InputError
 
 from ._client import SamClient
 
 __all__ = ["TritonSamAutomaticMaskGenerator"]
-
-
-def _json_number(value):
-    """numpy scalars (np.int64(4), np.float32(0.9)) as the Python numbers JSON knows."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"options: got {type(value).__name__}, expected numbers")
 
 
 class TritonSamAutomaticMaskGenerator:
@@ -64,19 +55,7 @@ class TritonSamAutomaticMaskGenerator:
     def generate(self, image: np.ndarray) -> List[Dict[str, Any]]:
         """Records as SamAutomaticMaskGenerator.generate: segmentation, area, bbox (XYWH),
         predicted_iou, point_coords, stability_score, crop_box (XYWH)."""
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise InputError(f"image: got dtype {image.dtype} shape {list(image.shape)}, expected HxWx3 uint8")
-        model = wire.SAM_AMG
-        options = json.dumps(self.options.to_dict(), default=_json_number).encode()
-        out = self.client.infer(
-            model.name,
-            {"image": model.input("image").pack(image), "options": model.input("options").pack([options])},
-            ["records"],
-            idempotent=False,  # an expensive job: a retry would compute it again beside the abandoned one
-            headers={wire.IMAGE_ID_HEADER: wire.image_id_of(image)},  # routing (several replicas, a balancer)
-        )
-        records = json.loads(out["records"].reshape(-1)[0])
+        records = self.client.amg(image, self.options)
         if self.output_mode != "coco_rle":
             from pycocotools import mask as mask_utils  # pycocotools: the client extra
 

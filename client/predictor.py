@@ -5,20 +5,27 @@ of `SamPredictor(sam)`. Same methods, arguments, output shapes and dtypes: `pred
 `predict_torch`, `transform`, `get_image_embedding`, `features`, `device` and
 `model.mask_threshold` as SamPredictor has them (torch tensors where torch is importable; the
 client-only install needs no torch and gets numpy from `get_image_embedding`).
+
+Like SamPredictor it holds per-image state (the image set last), so one predictor is for one
+thread; a web app or any code that clicks from many threads shares one `SamClient` and calls its
+stateless `encode(image)` / `decode(image_id, ...)`, or gives each thread its own predictor.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
 
 from samrt import processing as P
-from samrt import prompts
 from samrt.errors import ImageNotCachedError, InputError
 from samrt.predictor_api import SamPredictorAPI
 
 from ._client import SamClient
+from ._requests import Prompts
 from .transforms import ResizeLongestSide
 
 __all__ = ["TritonSamPredictor"]
@@ -62,11 +69,19 @@ class TritonSamPredictor(SamPredictorAPI):
     pixels; in `predict_torch` the resized frame (`transform.apply_coords`), as SamPredictor's.
 
     To use an image the server already holds (encoded by another process): `set_image_id(image_id)`.
+
+    Not for sharing between threads: like SamPredictor it holds per-image state (`set_image`
+    then `predict`), so a click from one thread can land on the image another thread set. Give
+    each thread its own predictor (they may share one `SamClient`, which is thread-safe), or, in a
+    web app, call the stateless `SamClient.encode(image)` and `SamClient.decode(image_id, ...)`.
+    Two threads inside one predictor at once get a `RuntimeWarning` (it does not serialise them).
     """
 
     def __init__(self, client: SamClient, keep_image: bool = True) -> None:
         """`keep_image`: hold the image so that an evicted embedding is re-encoded transparently."""
         self.client = client
+        self._users = set()  # threads inside a call now (the warning on concurrent use)
+        self._users_lock = threading.Lock()
         self.keep_image = keep_image
         info = client.model_info()
         self.image_size = info["image_size"]
@@ -80,14 +95,33 @@ class TritonSamPredictor(SamPredictorAPI):
         """Where predict_torch's tensors are: the CPU (torch.device('cpu'); the string 'cpu' without torch)."""
         return self.model.device
 
+    @contextlib.contextmanager
+    def _one_thread(self):
+        """Warns when another thread is inside this predictor too: its image may change under us."""
+        me = threading.get_ident()
+        with self._users_lock:
+            others = bool(self._users - {me})
+            self._users.add(me)
+        if others:
+            warnings.warn("TritonSamPredictor used from two threads at once: it holds per-image state like "
+                          "SamPredictor, so a click may be decoded on the other thread's image. Give each thread "
+                          "its own predictor, or call SamClient.encode / SamClient.decode(image_id, ...), which "
+                          "are stateless", RuntimeWarning, stacklevel=3)
+        try:
+            yield
+        finally:
+            with self._users_lock:
+                self._users.discard(me)
+
     # -- image -----------------------------------------------------------------------------
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """HxWx3 uint8 image ('RGB' or 'BGR'), encoded on the server (cached by pixel hash)."""
         image = self._rgb(image, image_format)
-        self.reset_image()
-        result = self.client.encode(image)
-        self._attach(result.image_id, result.original_size)
-        self._image = image if self.keep_image else None
+        with self._one_thread():
+            self.reset_image()
+            result = self.client.encode(image)
+            self._attach(result.image_id, result.original_size)
+            self._image = image if self.keep_image else None
 
     def set_image_id(self, image_id: str, original_size: Optional[Tuple[int, int]] = None) -> None:
         """Use an image the server holds already (its id from `SamClient.encode`, another client or
@@ -158,14 +192,14 @@ class TritonSamPredictor(SamPredictorAPI):
                                  "image the server holds with .set_image_id(image_id), or set one with .set_image(image)")
         self._features = None
 
-    def _decode(self, coords, labels, mask_input, multimask_output, outputs):
+    def _decode(self, prompts: Prompts, outputs):
         try:
-            return self.client.decode(self.image_id, coords, labels, mask_input, multimask_output, outputs)
+            return self.client._decode_prompts(self.image_id, prompts, outputs)
         except ImageNotCachedError:
             if self._image is None:
                 raise
             self.image_id = self.client.encode(self._image).image_id  # evicted: encode again, once
-            return self.client.decode(self.image_id, coords, labels, mask_input, multimask_output, outputs)
+            return self.client._decode_prompts(self.image_id, prompts, outputs)
 
     # -- prompts: predict() comes from SamPredictorAPI -------------------------------------
     def predict_batch(
@@ -185,15 +219,17 @@ class TritonSamPredictor(SamPredictorAPI):
         """
         self._require_image()
         # The same prompt assembly as the in-process predictor (points, padding or box corners),
-        # sent as labelled points: the server uses a prompt holding -1 or 2/3 labels as given.
-        c, l = prompts.assemble_prompts(point_coords, point_labels, boxes)
+        # checked once here and sent as labelled points: the server uses a prompt holding -1 or
+        # 2/3 labels as given.
+        prompts = Prompts.assemble(point_coords, point_labels, boxes, mask_input, multimask_output, self.low_res_size)
         outputs = ["iou_predictions", "low_res_masks"] + ([] if return_logits else ["masks"])
-        out = self._decode(c, l, mask_input, multimask_output, outputs)
-        low = out["low_res_masks"]
-        if return_logits:
-            masks = P.upscale_masks(low, self.input_size, self.original_size, self.image_size)
-        else:
-            masks = out["masks"]
+        with self._one_thread():
+            out = self._decode(prompts, outputs)
+            low = out["low_res_masks"]
+            if return_logits:
+                masks = P.upscale_masks(low, self.input_size, self.original_size, self.image_size)
+            else:
+                masks = out["masks"]
         return masks, out["iou_predictions"], low
 
     def predict_torch(

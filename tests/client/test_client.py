@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from samrt.client import AsyncSamClient, SamClient, ServerUnavailableError
-from samrt.errors import InputError
+from samrt.client._endpoints import ServerShm
 
 from ..conftest import random_image
 
@@ -27,8 +27,13 @@ def test_shared_memory_gives_the_same_answers(server):
         y = shm.decode(b.image_id, [[50, 60]], [1])
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
-        assert shm._shm is not None  # the region really was used
-    assert shm._shm is None  # and released on close
+        pool = shm.replicas[0].pool
+        assert len(pool._idle) == 1  # a region really was used
+        name = pool._idle[0].name
+        assert name in {n for n, _ in ServerShm(shm.replicas[0].conn).status()}
+    assert pool._idle == []  # and released on close
+    with SamClient(server.grpc_url) as plain:
+        assert name not in {n for n, _ in ServerShm(plain.replicas[0].conn).status()}
 
 
 def test_async_client(server):
@@ -63,6 +68,9 @@ def test_retries_across_a_server_restart(tiny_repo, tmp_path):
     srv = TritonServer(tiny_repo, work_dir=str(tmp_path / "w"), **ports).start()
     client = SamClient(srv.grpc_url, retries=6, backoff=0.5)
     image_id = client.encode(random_image(64, 64, seed=1)).image_id
+    # a shared-memory client too: the restarted server knows none of its regions
+    shm_client = SamClient(srv.http_url, "http", retries=6, backoff=0.5, shared_memory=True)
+    assert shm_client.encode(random_image(64, 64, seed=1)).image_id == image_id
     srv.stop()
     restarted = {}
 
@@ -76,9 +84,14 @@ def test_retries_across_a_server_restart(tiny_repo, tmp_path):
         result = client.encode(random_image(64, 64, seed=1))  # retried until the new server answers
         assert result.image_id == image_id
         assert client.decode(image_id, [[5, 5]], [1])["masks"].shape == (1, 3, 64, 64)
+        # registered again (the server answered that it did not know the region), then sent once more
+        assert shm_client.encode(random_image(64, 64, seed=1)).image_id == image_id
+        assert shm_client.decode(image_id, [[5, 5]], [1])["masks"].shape == (1, 3, 64, 64)
+        assert shm_client.replicas[0].pool._idle[0].name in {n for n, _ in ServerShm(shm_client.replicas[0].conn).status()}
     finally:
         t.join()
         client.close()
+        shm_client.close()
         restarted["server"].stop()
 
 

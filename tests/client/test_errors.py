@@ -11,6 +11,7 @@ from tritonclient.utils import InferenceServerException
 from samrt.client import (ImageNotCachedError, InvalidRequestError, SamClient, ServerError, ServerTimeoutError,
                           ServerUnavailableError, TritonSamAutomaticMaskGenerator)
 from samrt.client._transport import Retry, error_from_exception
+from samrt.errors import InputError
 
 from ..conftest import CACHE_ENTRIES, random_image
 
@@ -60,8 +61,12 @@ pytestmark_server = pytest.mark.triton
 @pytest.mark.triton
 def test_server_codes_arrive_over_both_protocols(client):
     image_id = client.encode(random_image(64, 64, seed=70)).image_id
-    with pytest.raises(InvalidRequestError) as bad:
-        client.decode(image_id, [[1.0, 1.0]], [5])
+    with pytest.raises(InputError, match=r"point_labels: got \[5\], expected values in"):
+        client.decode(image_id, [[1.0, 1.0]], [5])  # refused before it is sent, in the server's words
+    with pytest.raises(InvalidRequestError) as bad:  # sent anyway, the server refuses it with its code
+        client.infer("sam_decode", {"image_id": (np.array([[image_id.encode()]], dtype=object), "BYTES"),
+                                    "point_coords": (np.ones((1, 1, 2), np.float32), "FP32"),
+                                    "point_labels": (np.array([[5]], np.int32), "INT32")}, ["iou_predictions"])
     assert bad.value.code in ("StatusCode.INVALID_ARGUMENT", "400")
     with pytest.raises(InvalidRequestError):
         client.infer("sam_encode", {"image": (np.zeros((0, 0, 3), np.uint8), "UINT8")}, ["image_id"])

@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from samrt import wire
-from samrt.client import ImageNotCachedError, InvalidRequestError, ServerError, ServerUnavailableError
-from samrt.client._routing import Ring, acall, call, merge_statistics, routing_id, split_urls
+from samrt.client import (ImageNotCachedError, InvalidRequestError, ServerError, ServerTimeoutError,
+                          ServerUnavailableError)
+from samrt.client._routing import Ring, Route, acall, call, merge_statistics, routing_id, split_urls
 from samrt.errors import InputError
 
 from ..conftest import random_image
@@ -110,6 +111,70 @@ def test_acall_fails_over():
         return c.answer()
 
     assert asyncio.run(acall(ring, reps, key, answer)) == URLS[ring.order(key)[1]]
+
+
+UNAVAILABLE = ServerUnavailableError("refused", "connection")
+NOT_CACHED = ImageNotCachedError("unknown image", "StatusCode.NOT_FOUND")
+RELOADING = ServerError("Request for unknown model", "StatusCode.NOT_FOUND")
+BAD = InvalidRequestError("bad prompt", "StatusCode.INVALID_ARGUMENT")
+LATE = ServerTimeoutError("deadline", "StatusCode.DEADLINE_EXCEEDED")
+
+
+@pytest.mark.parametrize("error,ready,outcome", [
+    (UNAVAILABLE, None, "down"),      # no connection after its own retries: the next replica
+    (BAD, None, "raise"),             # the request's fault: no probe, no failover
+    (LATE, None, "raise"),            # the replica may still be computing: never sent again
+    (NOT_CACHED, True, "raise"),      # a ready replica's answer stands (the predictor encodes again)
+    (NOT_CACHED, False, "down"),      # from a replica that is not ready: it is stopping
+    (RELOADING, False, "down"),
+    (RELOADING, True, "raise"),
+])
+def test_route_decides_each_outcome_once(error, ready, outcome):
+    """The decisions both clients share (call and acall only drive a Route)."""
+    ring = Ring(URLS)
+    route = Route(ring, KEYS[0])
+    first = next(iter(route))
+    try:
+        probe = route.failed(first, error)
+        if probe:
+            assert ready is not None, "a probe where none is needed"
+            route.probed(first, error, ready)
+        else:
+            assert ready is None, "no probe where readiness decides"
+        got = "down"
+    except ServerError as e:
+        assert e is error
+        got = "raise"
+    assert got == outcome
+    assert ring.down() == ([URLS[first]] if outcome == "down" else [])
+    assert len(route.errors) == (outcome == "down")
+
+
+def test_one_replica_gives_every_error_as_it_is():
+    ring = Ring(URLS[:1])
+    for error in (UNAVAILABLE, RELOADING, NOT_CACHED):
+        rep = FakeReplica(URLS[0], fail=error, ready=False)
+        with pytest.raises(type(error)) as e:
+            call(ring, [rep], KEYS[0], lambda i, c: c.answer())
+        assert e.value is error and rep.calls == 1
+    assert ring.down() == []
+
+
+def test_a_replica_rejoins_when_it_answers_after_down_for():
+    now = [0.0]
+    ring = Ring(URLS, down_for=10.0, clock=lambda: now[0])
+    key = KEYS[2]
+    first, second, _ = ring.order(key)
+    reps = [FakeReplica(u) for u in URLS]
+    reps[first].fail = UNAVAILABLE
+    assert call(ring, reps, key, lambda i, c: c.answer()) == URLS[second]
+    reps[first].fail = None  # back, but not asked before down_for has passed
+    now[0] = 5.0
+    assert call(ring, reps, key, lambda i, c: c.answer()) == URLS[second] and reps[first].calls == 1
+    now[0] = 10.0
+    assert call(ring, reps, key, lambda i, c: c.answer()) == URLS[first] and ring.down() == []
+    reps[first].fail = UNAVAILABLE  # gone again after it rejoined: down again, its keys move again
+    assert call(ring, reps, key, lambda i, c: c.answer()) == URLS[second] and ring.down() == [URLS[first]]
 
 
 def test_routing_id_is_the_servers_id_for_pixels_and_bytes():
