@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -45,12 +45,18 @@ class UnknownImageError(InputError):
 
 @dataclass
 class CacheEntry:
-    embeddings: np.ndarray  # [C,E,E] float32
+    """One cached image: its embedding [C,E,E] float32 (what `get` answers), its original (H, W),
+    and the decoder engine's per-image tensors (`image_state`, name -> array: work that depends
+    only on the image, done once when it is cached; empty for the classic decoder). The cache's
+    byte bound counts every array."""
+
+    embeddings: np.ndarray
     original_size: Tuple[int, int]
+    image_state: Dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return int(self.embeddings.nbytes)
+        return int(self.embeddings.nbytes) + sum(int(a.nbytes) for a in self.image_state.values())
 
 
 class EmbeddingCache:
