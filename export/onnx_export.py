@@ -16,8 +16,10 @@ import torch
 
 from samrt.artifacts import EXPORT_REPORT, prepare_output_dir
 from samrt.errors import ExportCheckError
-from samrt.spec import GraphSpec, SamConfig, decoder_spec, encoder_spec
+from samrt.prompts import ABSENT_LABEL
+from samrt.spec import GraphSpec, SamConfig, decoder_spec, encoder_spec, fast_decoder_spec, image_prep_spec
 
+from .fast_decoder import FastMaskDecoder, ImagePrecompute
 from .wrappers import ImageEncoder, PromptDecoder
 
 __all__ = [
@@ -26,7 +28,9 @@ __all__ = [
     "ExportResult",
     "export_graph",
     "check_graph",
+    "check_fast_decoder",
     "random_decoder_inputs",
+    "FAST_DECODER_GRAPHS",
     "export_sam",
 ]
 
@@ -54,6 +58,7 @@ class ExportResult:
     decoder_path: str
     report_path: str
     report: dict = field(default_factory=dict)
+    fast_decoder_paths: Dict[str, str] = field(default_factory=dict)
 
 
 def _param_bytes(module: torch.nn.Module) -> int:
@@ -112,9 +117,15 @@ def check_graph(
         ref = module(*[torch.from_numpy(inputs[n]) for n in spec.input_names])
     ref = ref if isinstance(ref, (tuple, list)) else (ref,)
     out = sess.run(spec.output_names, inputs)
-    report = {"input_shapes": {k: list(v.shape) for k, v in inputs.items()}, "outputs": {}, "passed": True}
-    for name, r, o in zip(spec.output_names, ref, out):
-        r = r.numpy()
+    return _compare(path, spec.output_names, [r.numpy() for r in ref], out,
+                    {k: list(v.shape) for k, v in inputs.items()}, tol)
+
+
+def _compare(path: str, names, ref, out, input_shapes: dict, tol: Tolerance) -> dict:
+    """Per output: max abs/rel difference of `out` (ONNX Runtime) against `ref` (PyTorch), passed
+    when every element is within atol + rtol * |ref| and finite."""
+    report = {"input_shapes": input_shapes, "outputs": {}, "passed": True}
+    for name, r, o in zip(names, ref, out):
         if r.shape != o.shape:
             raise ExportCheckError(f"{path}: output {name} has shape {o.shape}, expected {r.shape} (PyTorch)")
         diff = np.abs(o.astype(np.float64) - r.astype(np.float64))
@@ -129,6 +140,50 @@ def check_graph(
         }
         report["passed"] &= ok
     return report
+
+
+FAST_DECODER_GRAPHS = ("image_prep", "fast_decoder", "fast_decoder_mask")
+
+
+def check_fast_decoder(paths: Dict[str, str], decoder: torch.nn.Module, cfg: SamConfig, seed: int = 0) -> List[dict]:
+    """The fast decoder's graphs (`paths`: FAST_DECODER_GRAPHS -> .onnx) in ONNX Runtime against
+    the classic decoder in PyTorch (`PromptDecoder`, the reference), on the same random embedding
+    and prompts: with and without a mask prompt, prompts padded to more slots than they fill
+    (ABSENT_LABEL), every label kind. Each case is compared like `check_graph`, with DECODER_TOLERANCE."""
+    rng = np.random.default_rng(seed)
+    sessions = {g: _session(p) for g, p in paths.items()}
+    for g, sess in sessions.items():
+        spec = image_prep_spec(cfg) if g == "image_prep" else fast_decoder_spec(cfg, g == "fast_decoder_mask")
+        got_in, got_out = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
+        if got_in != spec.input_names or got_out != spec.output_names:
+            raise ExportCheckError(f"{paths[g]}: graph has inputs {got_in} / outputs {got_out}, expected "
+                                   f"{spec.input_names} / {spec.output_names}")
+    e, m = cfg.embedding_size, cfg.low_res_size
+    emb = rng.standard_normal((1, cfg.prompt_embed_dim, e, e), dtype=np.float32)
+    state = dict(zip(image_prep_spec(cfg).output_names, sessions["image_prep"].run(None, {"image_embeddings": emb})))
+    checks = []
+    # (prompts, points, slots): one click + SAM's padding point in 2 slots; 3 points in 6 slots (boxes too)
+    for i, (p, n, slots) in enumerate([(1, 2, 2), (5, 3, 6)]):
+        coords = rng.uniform(0, cfg.image_size, (p, n, 2)).astype(np.float32)
+        labels = rng.integers(0, 2, (p, n)).astype(np.float32)
+        labels[:, -1] = -1  # SAM's padding point
+        if n >= 3:
+            labels[::2, 0], labels[::2, 1] = 2, 3  # a box in every other prompt
+        mask = rng.standard_normal((p, 1, m, m), dtype=np.float32) * 4
+        pad = slots - n
+        fast_in = {**state, "point_coords": np.concatenate([coords, rng.uniform(0, 9, (p, pad, 2)).astype(np.float32)], 1),
+                   "point_labels": np.concatenate([labels, np.full((p, pad), ABSENT_LABEL, np.float32)], 1)}
+        for with_mask in (False, True):
+            graph = "fast_decoder_mask" if with_mask else "fast_decoder"
+            feeds = dict(fast_in, **({"mask_input": mask} if with_mask else {}))
+            out = sessions[graph].run(["low_res_masks", "iou_predictions"], feeds)
+            with torch.no_grad():
+                ref = decoder(torch.from_numpy(np.repeat(emb, p, 0)), torch.from_numpy(coords), torch.from_numpy(labels),
+                              torch.from_numpy(mask), torch.full((p,), float(with_mask)))
+            shapes = {"prompts": p, "points": n, "slots": slots, "mask_input": with_mask}
+            checks.append(_compare(paths[graph], ["low_res_masks", "iou_predictions"], [r.numpy() for r in ref], out,
+                                   shapes, DECODER_TOLERANCE))
+    return checks
 
 
 def random_decoder_inputs(cfg: SamConfig, num_prompts: int, num_points: int, seed: int = 0) -> Dict[str, np.ndarray]:
@@ -203,6 +258,14 @@ def export_sam(
     ]
     timings["decoder_check_s"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    fast_paths = {g: os.path.join(out_dir, f"{name}.{g}.onnx") for g in FAST_DECODER_GRAPHS}
+    _export_fast_decoder(sam, cfg, fast_paths, seed)
+    timings["fast_decoder_export_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fast_checks = check_fast_decoder(fast_paths, decoder, cfg, seed + 7)
+    timings["fast_decoder_check_s"] = time.perf_counter() - t0
+
     report = {
         "name": name,
         "config": cfg.to_dict(),
@@ -212,8 +275,13 @@ def export_sam(
         "versions": _versions(),
         "encoder": {"path": os.path.basename(enc_path), "spec": _spec_dict(enc_spec), "checks": [enc_check]},
         "decoder": {"path": os.path.basename(dec_path), "spec": _spec_dict(dec_spec), "checks": dec_checks},
+        "fast_decoder": {"paths": {g: os.path.basename(p) for g, p in fast_paths.items()},
+                         "specs": {g: _spec_dict(image_prep_spec(cfg) if g == "image_prep" else
+                                                 fast_decoder_spec(cfg, g == "fast_decoder_mask"))
+                                   for g in FAST_DECODER_GRAPHS},
+                         "reference": "decoder (PromptDecoder) in PyTorch", "checks": fast_checks},
         "timings": timings,
-        "passed": enc_check["passed"] and all(c["passed"] for c in dec_checks),
+        "passed": enc_check["passed"] and all(c["passed"] for c in dec_checks + fast_checks),
     }
     report_path = os.path.join(out_dir, EXPORT_REPORT)
     with open(report_path, "w") as f:
@@ -221,13 +289,31 @@ def export_sam(
     if not report["passed"]:
         failed = [
             f"{g}.{o}: max abs {r['max_abs_diff']:.3g} > atol {r['atol']} + rtol {r['rtol']}"
-            for g, checks in (("encoder", [enc_check]), ("decoder", dec_checks))
+            for g, checks in (("encoder", [enc_check]), ("decoder", dec_checks), ("fast_decoder", fast_checks))
             for c in checks
             for o, r in c["outputs"].items()
             if not r["passed"]
         ]
         raise ExportCheckError(f"ONNX disagrees with PyTorch ({'; '.join(failed)}); see {report_path}")
-    return ExportResult(enc_path, dec_path, report_path, report)
+    return ExportResult(enc_path, dec_path, report_path, report, fast_paths)
+
+
+def _export_fast_decoder(sam: torch.nn.Module, cfg: SamConfig, paths: Dict[str, str], seed: int) -> None:
+    """The fast decoder's three graphs (`samrt.export.fast_decoder`) to `paths`."""
+    rng = np.random.default_rng(seed)
+    prep = ImagePrecompute(sam).eval()
+    e, m = cfg.embedding_size, cfg.low_res_size
+    emb = torch.from_numpy(rng.standard_normal((1, cfg.prompt_embed_dim, e, e), dtype=np.float32))
+    export_graph(prep, image_prep_spec(cfg), {"image_embeddings": emb}, paths["image_prep"])
+    with torch.no_grad():
+        state = dict(zip(image_prep_spec(cfg).output_names, prep(emb)))
+    # 3 prompts of 5 slots so that both axes stay symbolic
+    prompts = {"point_coords": torch.from_numpy(rng.uniform(0, cfg.image_size, (3, 5, 2)).astype(np.float32)),
+               "point_labels": torch.ones(3, 5), "mask_input": torch.randn(3, 1, m, m)}
+    for graph, with_mask in (("fast_decoder", False), ("fast_decoder_mask", True)):
+        spec = fast_decoder_spec(cfg, with_mask)
+        example = {n: (state[n] if n in state else prompts[n]) for n in spec.input_names}
+        export_graph(FastMaskDecoder(sam, with_mask).eval(), spec, example, paths[graph])
 
 
 def _spec_dict(spec: GraphSpec) -> dict:

@@ -14,8 +14,8 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from .errors import SamrtError
 from .spec import SamConfig
@@ -159,6 +159,9 @@ class ExportManifest:
     random_init: bool
     passed: bool
     report: dict
+    # the fast decoder's graphs ("image_prep", "fast_decoder", "fast_decoder_mask") -> path;
+    # empty for an export written before samrt exported them
+    fast_decoder_paths: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def read(cls, export_dir: str, require_passed: bool = True) -> "ExportManifest":
@@ -169,6 +172,7 @@ class ExportManifest:
                 report = json.load(f)
             cfg = SamConfig.from_dict(report["config"])
             enc, dec = report["encoder"]["path"], report["decoder"]["path"]
+            fast = dict(report.get("fast_decoder", {}).get("paths", {}))
         except OSError:
             raise ArtifactError(f"{export_dir}: no {EXPORT_REPORT}; expected a folder written by `samrt export`") from None
         except (ValueError, KeyError, TypeError) as e:
@@ -176,10 +180,20 @@ class ExportManifest:
         manifest = cls(export_dir=export_dir, config=cfg, name=report.get("name", cfg.model_type),
                        encoder_path=os.path.join(export_dir, enc), decoder_path=os.path.join(export_dir, dec),
                        checkpoint=report.get("checkpoint"), random_init=bool(report.get("random_init")),
-                       passed=bool(report.get("passed")), report=report)
+                       passed=bool(report.get("passed")), report=report,
+                       fast_decoder_paths={g: os.path.join(export_dir, f) for g, f in fast.items()})
         if require_passed and not manifest.passed:
             raise ArtifactError(f"{path}: the export did not pass its check against PyTorch; not using it")
         return manifest
+
+    def graph_path(self, graph: str) -> str:
+        """The exported ONNX file of `graph` (encoder, decoder, image_prep, fast_decoder,
+        fast_decoder_mask); ArtifactError when this export has none."""
+        paths = {"encoder": self.encoder_path, "decoder": self.decoder_path, **self.fast_decoder_paths}
+        if graph not in paths:
+            raise ArtifactError(f"{self.export_dir}: no {graph} graph (exported by an older samrt: export again); "
+                                f"it has {sorted(paths)}")
+        return paths[graph]
 
     def describe(self) -> str:
         source = "RANDOM-INIT, masks mean nothing" if self.random_init else self.checkpoint

@@ -30,6 +30,7 @@ from .errors import InputError
 __all__ = [
     "VALID_LABELS",
     "PAD_LABEL",
+    "ABSENT_LABEL",
     "BOX_LABELS",
     "get_preprocess_shape",
     "coords_scale",
@@ -48,6 +49,9 @@ __all__ = [
 
 VALID_LABELS = (-1, 0, 1, 2, 3)
 PAD_LABEL = -1
+# A prompt slot that is no token at all: the fast decoder graphs (samrt.spec.fast_decoder_spec) pad
+# prompts to a fixed slot count with it and mask those slots out of attention. Never on the wire.
+ABSENT_LABEL = -2
 BOX_LABELS = (2, 3)
 
 

@@ -1,4 +1,4 @@
-"""The one declared I/O spec of samrt's two graphs, derived from a model configuration.
+"""The one declared I/O spec of samrt's graphs, derived from a model configuration.
 
 Export, engine profiles, Triton configs and the client all derive their tensor names,
 dtypes and shapes from here. Importable without torch or onnx.
@@ -13,6 +13,16 @@ Official contract (vit_b/vit_l/vit_h, image_size 1024):
              has_mask_input   float32 [P]
           -> low_res_masks    float32 [P,4,256,256] (token 0 single-mask, 1..3 multimask)
              iou_predictions  float32 [P,4]
+
+The fast decoder (the same answers as `decoder` up to float rounding; `samrt.export.fast_decoder`)
+is two graphs, plus a variant of the second with a mask prompt (HW = 64*64, Ci = 128):
+
+    image_prep        image_embeddings float32 [1,256,64,64]
+                   -> image_tokens [HW,256], t2i_keys_t [Ci,HW], t2i_values [HW,Ci], i2t_queries_t [Ci,HW]
+    fast_decoder      the four tensors above (one image), point_coords float32 [P,T,2],
+                      point_labels float32 [P,T] (as the decoder's, and -2: an absent slot)
+                   -> low_res_masks float32 [P,4,256,256], iou_predictions float32 [P,4]
+    fast_decoder_mask the same plus mask_input float32 [P,1,256,256]
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ __all__ = [
     "PIXEL_MEAN",
     "PIXEL_STD",
     "encoder_spec",
+    "image_prep_spec",
+    "fast_decoder_spec",
     "decoder_spec",
     "get_config",
     "resolve_model_type",
@@ -191,4 +203,36 @@ def decoder_spec(cfg: SamConfig) -> GraphSpec:
             TensorSpec("low_res_masks", "float32", ("num_prompts", t, m, m)),
             TensorSpec("iou_predictions", "float32", ("num_prompts", t)),
         ),
+    )
+
+
+def _image_state_tensors(cfg: SamConfig) -> Tuple[TensorSpec, ...]:
+    hw, c, ci = cfg.embedding_size ** 2, cfg.prompt_embed_dim, cfg.prompt_embed_dim // 2
+    return (TensorSpec("image_tokens", "float32", (hw, c)),
+            TensorSpec("t2i_keys_t", "float32", (ci, hw)),
+            TensorSpec("t2i_values", "float32", (hw, ci)),
+            TensorSpec("i2t_queries_t", "float32", (ci, hw)))
+
+
+def image_prep_spec(cfg: SamConfig) -> GraphSpec:
+    """The fast decoder's per-image graph: one embedding -> the tensors kept with it in the cache."""
+    e, c = cfg.embedding_size, cfg.prompt_embed_dim
+    return GraphSpec(name="image_prep", inputs=(TensorSpec("image_embeddings", "float32", (1, c, e, e)),),
+                     outputs=_image_state_tensors(cfg))
+
+
+def fast_decoder_spec(cfg: SamConfig, with_mask: bool = False) -> GraphSpec:
+    """The fast decoder's per-prompt graph (one image, P prompts of T slots each)."""
+    m, t = cfg.low_res_size, cfg.num_mask_tokens
+    inputs = _image_state_tensors(cfg) + (
+        TensorSpec("point_coords", "float32", ("num_prompts", "num_tokens", 2)),
+        TensorSpec("point_labels", "float32", ("num_prompts", "num_tokens")),
+    )
+    if with_mask:
+        inputs += (TensorSpec("mask_input", "float32", ("num_prompts", 1, m, m)),)
+    return GraphSpec(
+        name="fast_decoder_mask" if with_mask else "fast_decoder",
+        inputs=inputs,
+        outputs=(TensorSpec("low_res_masks", "float32", ("num_prompts", t, m, m)),
+                 TensorSpec("iou_predictions", "float32", ("num_prompts", t))),
     )

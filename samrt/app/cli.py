@@ -45,7 +45,11 @@ def cmd_export(args) -> int:
         for check in result.report[graph]["checks"]:
             diffs = ", ".join(f"{k} max abs {v['max_abs_diff']:.2e}" for k, v in check["outputs"].items())
             print(f"{graph} check {check['input_shapes'].get('point_coords', check['input_shapes'].get('image'))}: {diffs}")
-    print(f"wrote {result.encoder_path}\nwrote {result.decoder_path}\nwrote {result.report_path}")
+    for check in result.report["fast_decoder"]["checks"]:
+        diffs = ", ".join(f"{k} max abs {v['max_abs_diff']:.2e}" for k, v in check["outputs"].items())
+        print(f"fast decoder check against the decoder {check['input_shapes']}: {diffs}")
+    for path in [result.encoder_path, result.decoder_path, *result.fast_decoder_paths.values(), result.report_path]:
+        print(f"wrote {path}")
     return 0
 
 
