@@ -2,9 +2,16 @@
 report (versions, precision, shapes or profiles, hashes, speed, accuracy against fp32), and an
 accuracy gate: below the threshold the build fails and the report says why.
 
+Which graphs, backends and precisions exist is declared once in `samrt.variants`. A fast decoder
+engine is its three exported graphs (fast_decoder, fast_decoder_mask, image_prep) built with the
+same backend and precision and gated together; its report sits beside the fast_decoder file.
+
 Accuracy is measured on held-out generated scenes (the held-out set of samrt.scenes): for every
-ground-truth object, the centre point is decoded from the fp32 pipeline and from the pipeline
-with the engine swapped in; the masks are compared (IoU) and so are the predicted scores.
+ground-truth object, prompts are decoded from the fp32 pipeline (ONNX Runtime: the exported
+encoder and the classic decoder) and from the pipeline with the engine swapped in; the masks are
+compared (IoU) and so are the predicted scores. Encoders are checked on each object's centre
+click; decoders on the centre click, the object's box, and the click with the box (a 3-point
+prompt, so the fast decoder's absent slots are exercised).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import json
 import os
 import platform
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,21 +30,20 @@ from samrt import prompts
 from samrt.artifacts import ExportManifest, engine_path, prepare_output_dir
 from samrt.errors import SamrtError
 from samrt.scenes import centre_point, eval_scenes, mask_iou, scene_for_index
-from samrt.spec import decoder_spec, encoder_spec
+from samrt.spec import decoder_spec, encoder_spec, fast_decoder_spec, image_prep_spec
+from samrt.variants import GRAPHS, REPORT_SUFFIX, Variant
 
 from . import onnxruntime_engines as ortx
-from .openvino_engine import INT8_CALIBRATION_IMAGES, build_openvino_engine
-from .runner import OnnxRuntimeRunner, Runner, run_decoder
-from .tensorrt_engine import TensorRTRunner, plan_from_onnx, profiles_from_spec
+from .decoders import STATIC_SHAPES, ClassicDecoder, MaskDecoder, decoder_from_paths
+from .factory import runner_for_engine
+from .openvino_engine import INT8_CALIBRATION_IMAGES, build_openvino_engine, openvino_version
+from .runner import OnnxRuntimeRunner, Runner
+from .tensorrt_engine import plan_from_onnx, profiles_from_spec
 
-__all__ = ["EngineAccuracyError", "accuracy_against_fp32", "build_engine", "DEFAULT_MIN_MEAN_IOU", "BACKENDS", "PRECISIONS"]
+__all__ = ["EngineAccuracyError", "accuracy_against_fp32", "build_engine", "build_variant", "graph_of_onnx",
+           "DEFAULT_MIN_MEAN_IOU"]
 
 DEFAULT_MIN_MEAN_IOU = 0.98
-BACKENDS = ("onnxruntime", "tensorrt", "openvino")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-# Which precisions each backend builds (bf16 is OpenVINO-only; OpenVINO has no fp16 on CPUs).
-BACKEND_PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8"),
-                      "openvino": ("fp32", "bf16", "int8")}
 
 
 class EngineAccuracyError(SamrtError):
@@ -62,18 +68,34 @@ def _median_ms(fn: Callable[[], None], repeats: int) -> float:
     return float(np.median(times))
 
 
-def _centre_click_prompts(scene, image_size: int):
-    """Every object's centre click on a held-out scene, as decoder prompts."""
-    pts = np.array([centre_point(m) for m in scene.masks])
-    coords, labels = prompts.assemble_prompts(pts[:, None, :], np.ones((len(pts), 1), np.int32), None)
-    return prompts.decoder_prompts(coords, labels, scene.image.shape[:2], image_size)
+def _object_prompts(scene, image_size: int, kinds: Sequence[str]) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Decoder prompts (coords in the resized frame, labels) for every object of a held-out scene:
+    "click" its centre point, "box" its bounding box, "click+box" both (SAM's prompt rules)."""
+    centres = np.array([centre_point(m) for m in scene.masks], np.float64)
+    out = []
+    for kind in kinds:
+        boxes = None
+        if "box" in kind:
+            boxes = []
+            for m in scene.masks:
+                ys, xs = np.nonzero(m)
+                boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
+            boxes = np.asarray(boxes, np.float64)
+        if "click" in kind:
+            coords, labels = prompts.assemble_prompts(centres[:, None, :], np.ones((len(centres), 1), np.int32), boxes)
+        else:
+            coords, labels = prompts.assemble_prompts(None, None, boxes)
+        out.append(prompts.decoder_prompts(coords, labels, scene.image.shape[:2], image_size))
+    return out
 
 
-def accuracy_against_fp32(reference_encoder: Runner, engine_encoder: Runner, decoder: Runner,
-                          scenes: Sequence, engine_decoder: Optional[Runner] = None) -> dict:
-    """Mask IoU and score difference of engine vs fp32 over every object's centre click."""
+def accuracy_against_fp32(reference_encoder: Runner, engine_encoder: Runner, decoder: MaskDecoder,
+                          scenes: Sequence, engine_decoder: Optional[MaskDecoder] = None,
+                          prompt_kinds: Sequence[str] = ("click",)) -> dict:
+    """Mask IoU and score difference of engine vs fp32 over every object's prompts
+    (`prompt_kinds`, see `_object_prompts`): the 3 multimask candidates of each prompt are compared."""
     image_size = int(reference_encoder.input_shapes["image"][-1])
-    low_res = int(decoder.input_shapes["mask_input"][-1])
+    engine_decoder = engine_decoder or decoder
     ious: List[float] = []
     score_diffs: List[float] = []
     cosines: List[float] = []
@@ -86,16 +108,18 @@ def accuracy_against_fp32(reference_encoder: Runner, engine_encoder: Runner, dec
         cosines.append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
         if not scene.masks:
             continue
-        coords, labels = _centre_click_prompts(scene, image_size)
-        ref_low, ref_iou = run_decoder(decoder, ref_emb, coords, labels, None, low_res)
-        eng_low, eng_iou = run_decoder(engine_decoder or decoder, eng_emb, coords, labels, None, low_res)
-        ref_m = P.upscale_masks(ref_low[:, 1:], input_size, size, image_size) > 0
-        eng_m = P.upscale_masks(eng_low[:, 1:], input_size, size, image_size) > 0
-        for r, e in zip(ref_m.reshape(-1, *size), eng_m.reshape(-1, *size)):
-            ious.append(mask_iou(r, e))
-        score_diffs.extend(np.abs(ref_iou[:, 1:] - eng_iou[:, 1:]).ravel().tolist())
+        ref_state, eng_state = decoder.prepare_image(ref_emb), engine_decoder.prepare_image(eng_emb)
+        for coords, labels in _object_prompts(scene, image_size, prompt_kinds):
+            ref_low, ref_iou = decoder.decode(ref_emb, ref_state, coords, labels)
+            eng_low, eng_iou = engine_decoder.decode(eng_emb, eng_state, coords, labels)
+            ref_m = P.upscale_masks(ref_low[:, 1:], input_size, size, image_size) > 0
+            eng_m = P.upscale_masks(eng_low[:, 1:], input_size, size, image_size) > 0
+            for r, e in zip(ref_m.reshape(-1, *size), eng_m.reshape(-1, *size)):
+                ious.append(mask_iou(r, e))
+            score_diffs.extend(np.abs(ref_iou[:, 1:] - eng_iou[:, 1:]).ravel().tolist())
     return {
         "images": len(scenes),
+        "prompts": list(prompt_kinds),
         "masks_compared": len(ious),
         "mean_mask_iou": float(np.mean(ious)) if ious else None,
         "worst_mask_iou": float(np.min(ious)) if ious else None,
@@ -105,25 +129,23 @@ def accuracy_against_fp32(reference_encoder: Runner, engine_encoder: Runner, dec
     }
 
 
-def _check_build_args(onnx_path: str, backend: str, precision: str, device: str = "cpu") -> bool:
-    """Validate the build's arguments; returns whether `onnx_path` is the decoder graph."""
-    if backend not in BACKENDS:
-        raise SamrtError(f"--backend: got {backend!r}, expected one of {BACKENDS}")
-    if precision not in PRECISIONS:
-        raise SamrtError(f"--precision: got {precision!r}, expected one of {PRECISIONS}")
-    if precision not in BACKEND_PRECISIONS[backend]:
-        raise SamrtError(f"--precision {precision} with --backend {backend}: expected one of "
-                         f"{BACKEND_PRECISIONS[backend]} for {backend}"
-                         + (" (bf16 is built by --backend openvino)" if precision == "bf16" else ""))
-    if backend == "openvino" and device != "cpu":
-        raise SamrtError(f"--device {device} with --backend openvino: samrt runs OpenVINO on the CPU only")
-    is_decoder = onnx_path.endswith(".decoder.onnx")
-    if not (onnx_path.endswith(".encoder.onnx") or is_decoder) or not os.path.isfile(onnx_path):
-        raise SamrtError(f"--onnx: got {onnx_path!r}, expected an existing *.encoder.onnx or *.decoder.onnx "
-                         "written by `samrt export`")
-    if precision == "int8" and is_decoder:
-        raise SamrtError("--precision int8: the decoder stays in float (fp32 or fp16); quantise the encoder")
-    return is_decoder
+def graph_of_onnx(onnx_path: str) -> Tuple[str, Dict[str, str]]:
+    """(graph, {exported graph: path}) for an export's ONNX file: *.encoder.onnx, *.decoder.onnx, or
+    any of the fast decoder's three (*.fast_decoder.onnx, *.fast_decoder_mask.onnx,
+    *.image_prep.onnx: the others are found beside it). SamrtError when it is none of these or a
+    file is missing."""
+    base = os.path.basename(onnx_path)
+    for graph in ("fast_decoder", "encoder", "decoder"):
+        for f in GRAPHS[graph].files:
+            if base.endswith(f".{f}.onnx"):
+                prefix = onnx_path[: -len(f".{f}.onnx")]
+                files = {g: f"{prefix}.{g}.onnx" for g in GRAPHS[graph].files}
+                missing = [p for p in files.values() if not os.path.isfile(p)]
+                if missing:
+                    raise SamrtError(f"--onnx {onnx_path}: missing {missing}; expected the files `samrt export` writes")
+                return graph, files
+    raise SamrtError(f"--onnx: got {onnx_path!r}, expected an existing *.encoder.onnx, *.decoder.onnx or "
+                     "*.fast_decoder.onnx written by `samrt export`")
 
 
 def _default_calibration(count: int = 8) -> List[np.ndarray]:
@@ -131,8 +153,8 @@ def _default_calibration(count: int = 8) -> List[np.ndarray]:
     return [scene_for_index(i, stream=7).image for i in range(count)]
 
 
-def _build_onnxruntime(onnx_path: str, out: str, precision: str, calibration, image_size: int, device: str):
-    """An ONNX Runtime engine file -> (its runner, build details)."""
+def _build_onnxruntime(onnx_path: str, out: str, precision: str, calibration, image_size: int) -> dict:
+    """An ONNX Runtime engine file; returns build details."""
     details: Dict[str, object] = {}
     if precision == "fp32":
         ortx.optimized_onnx_from_onnx(onnx_path, out)
@@ -142,46 +164,62 @@ def _build_onnxruntime(onnx_path: str, out: str, precision: str, calibration, im
     else:
         ortx.int8_onnx_from_onnx(onnx_path, out, calibration, image_size)
         details["calibration_images"] = len(calibration)
-    return OnnxRuntimeRunner(out, device), details
+    return details
 
 
-def _build_tensorrt(onnx_path: str, out: str, out_dir: str, precision: str, calibration, image_size: int,
-                    is_decoder: bool):
-    """A TensorRT plan (profiles from the I/O spec) -> (its runner, build details)."""
+# TensorRT optimisation profiles of the symbolic axes (min, opt, max)
+_TRT_PROFILES = {"batch": (1, 1, 4), "num_prompts": (1, 16, 256), "num_points": (1, 3, 16), "num_tokens": (2, 4, 16)}
+
+
+def _graph_spec(name: str, cfg):
+    return {"encoder": encoder_spec, "decoder": decoder_spec, "image_prep": image_prep_spec,
+            "fast_decoder": fast_decoder_spec,
+            "fast_decoder_mask": lambda c: fast_decoder_spec(c, True)}[name](cfg)
+
+
+def _build_tensorrt(file: str, onnx_path: str, out: str, out_dir: str, precision: str, calibration,
+                    image_size: int) -> dict:
+    """A TensorRT plan (profiles from the I/O spec); returns build details."""
     cfg = ExportManifest.read(os.path.dirname(onnx_path) or ".").config
     source, fp16_onnx = onnx_path, None
     if precision == "int8":
         source = ortx.int8_onnx_from_onnx(onnx_path, out + ".qdq.onnx", calibration, image_size)
     if precision == "fp16":
         fp16_onnx = ortx.fp16_onnx_from_onnx(onnx_path, out + ".fp16.onnx")
-    if is_decoder:
-        profile = profiles_from_spec(decoder_spec(cfg), {"num_prompts": (1, 16, 256), "num_points": (1, 3, 16)})
-    else:
-        profile = profiles_from_spec(encoder_spec(cfg), {"batch": (1, 1, 4)})
-    details = plan_from_onnx(source, out, precision, profile, timing_cache=os.path.join(out_dir, "timing.cache"),
-                             fp16_onnx_path=fp16_onnx)
-    return TensorRTRunner(out), dict(details)
+    spec = _graph_spec(file, cfg)
+    axes = {a for t in spec.inputs for a in t.dynamic_axes.values()}
+    profile = profiles_from_spec(spec, {a: _TRT_PROFILES[a] for a in axes})
+    return dict(plan_from_onnx(source, out, precision, profile, timing_cache=os.path.join(out_dir, "timing.cache"),
+                               fp16_onnx_path=fp16_onnx))
 
 
-def _speed(is_decoder: bool, reference: Runner, ref_decoder: Runner, engine: Runner, sample_image: np.ndarray,
+def _speed(graph: str, reference: Runner, ref_decoder: MaskDecoder, engine, sample_image: np.ndarray,
            repeats: int) -> dict:
-    """Median ms of the fp32 graph and the engine on the same input."""
+    """Median ms of the exact path (ONNX Runtime fp32: the exported encoder, the classic decoder)
+    and the engine on the same input."""
     image_size = int(reference.input_shapes["image"][-1])
     x = P.preprocess_image(sample_image, image_size)[0]
-    if is_decoder:
+    if GRAPHS[graph].role == "decoder":
         emb = reference.run({"image": x})["image_embeddings"]
-        coords = np.tile(np.array([[[100.0, 100.0], [0.0, 0.0]]], np.float32), (16, 1, 1))
-        labels = np.tile(np.array([[1.0, -1.0]], np.float32), (16, 1))
-        m = int(ref_decoder.input_shapes["mask_input"][-1])
-        speed = {"timed": "decoder run for 16 single-click prompts (median of repeats, after one warm-up)",
-                 "fp32_ms": _median_ms(lambda: run_decoder(ref_decoder, emb, coords, labels, None, m), repeats),
-                 "engine_ms": _median_ms(lambda: run_decoder(engine, emb, coords, labels, None, m), repeats)}
+        coords = np.array([[[image_size / 3, image_size / 4], [0.0, 0.0]]], np.float32)
+        labels = np.array([[1.0, -1.0]], np.float32)
+        ref_state, state = ref_decoder.prepare_image(emb), engine.prepare_image(emb)
+        speed = {"timed": "one click (a point and SAM's padding point, P=1) on a prepared image: the decoder's "
+                          "decode only (median of repeats, after one warm-up)",
+                 "fp32_ms": _median_ms(lambda: ref_decoder.decode(emb, ref_state, coords, labels), repeats),
+                 "engine_ms": _median_ms(lambda: engine.decode(emb, state, coords, labels), repeats),
+                 "prepare_image_ms": _median_ms(lambda: engine.prepare_image(emb), max(1, repeats // 2))}
     else:
         speed = {"timed": "encoder run on one preprocessed image (median of repeats, after one warm-up)",
                  "fp32_ms": _median_ms(lambda: reference.run({"image": x}), repeats),
                  "engine_ms": _median_ms(lambda: engine.run({"image": x}), repeats)}
     speed["speedup"] = speed["fp32_ms"] / speed["engine_ms"]
     return speed
+
+
+def _say(progress: Optional[Callable[[str], None]], text: str) -> None:
+    if progress is not None:
+        progress(text)
 
 
 def build_engine(
@@ -194,76 +232,110 @@ def build_engine(
     eval_images: int = 8,
     speed_repeats: int = 3,
     device: str = "cpu",
+    progress: Optional[Callable[[str], None]] = None,
 ) -> dict:
-    """Build an engine from an export's *.encoder.onnx or *.decoder.onnx, check it, report.
+    """Build an engine from an export's graph (see `graph_of_onnx`), check it, report.
 
-    The engine goes to `engine_path(onnx_path, out_dir, backend, precision)` with its report
-    beside it (`<engine>.report.json`). `out_dir` must be new, empty, an export folder or an
-    engines folder samrt wrote. Raises EngineAccuracyError after writing the report when the
-    gate fails (mean mask IoU against fp32 below `min_mean_iou`).
+    The engine files go to `engine_path(<exported graph>, out_dir, backend, precision)` with the
+    report beside the first (`<engine>.report.json`). `out_dir` must be new, empty, an export
+    folder or an engines folder samrt wrote. Raises SamrtError for an impossible combination
+    (`samrt.variants.Variant.check`) and EngineAccuracyError after writing the report when the gate
+    fails (mean mask IoU against fp32 below `min_mean_iou`). `progress` gets one line per step.
     """
-    is_decoder = _check_build_args(onnx_path, backend, precision, device)
+    graph, sources = graph_of_onnx(onnx_path)
+    variant = Variant(graph, backend, precision).check(device)
     prepare_output_dir(out_dir, "engines", accept=("export",))
-    out = engine_path(onnx_path, out_dir, backend, precision)
-    reference = OnnxRuntimeRunner(onnx_path.replace(".decoder.onnx", ".encoder.onnx"), device)
-    ref_decoder = OnnxRuntimeRunner(onnx_path.replace(".encoder.onnx", ".decoder.onnx"), device)
+    first_file = GRAPHS[graph].files[0]
+    prefix = sources[first_file][: -len(f".{first_file}.onnx")]
+    reference = OnnxRuntimeRunner(f"{prefix}.encoder.onnx", device)
+    ref_decoder = ClassicDecoder(OnnxRuntimeRunner(f"{prefix}.decoder.onnx", device))
     image_size = int(reference.input_shapes["image"][-1])
     held_out = eval_scenes(eval_images)
     calibration = list(calibration_images) if calibration_images is not None else None
     if precision == "int8" and not calibration:
         count = INT8_CALIBRATION_IMAGES if backend == "openvino" else 8
         calibration = _default_calibration(count)
+    outs = {f: engine_path(src, out_dir, backend, precision) for f, src in sources.items()}
     t0 = time.perf_counter()
-    if backend == "onnxruntime":
-        engine, details = _build_onnxruntime(onnx_path, out, precision, calibration, image_size, device)
-    elif backend == "openvino":
-        engine, details = build_openvino_engine(onnx_path, out, precision, calibration, image_size)
-    else:
-        engine, details = _build_tensorrt(onnx_path, out, out_dir, precision, calibration, image_size, is_decoder)
+    details: Dict[str, object] = {}
+    for f, src in sources.items():
+        _say(progress, f"  {variant}: building {os.path.basename(outs[f])} from {os.path.basename(src)}")
+        if backend == "onnxruntime":
+            d = _build_onnxruntime(src, outs[f], precision, calibration, image_size)
+        elif backend == "openvino":
+            d = build_openvino_engine(src, outs[f], precision, calibration, image_size)[1]
+        else:
+            d = _build_tensorrt(f, src, outs[f], out_dir, precision, calibration, image_size)
+        if len(sources) == 1:
+            details.update(d)
+        else:
+            details.setdefault("files", {})[f] = d
     build_s = time.perf_counter() - t0
 
-    if is_decoder:
-        accuracy = accuracy_against_fp32(reference, reference, ref_decoder, held_out, engine_decoder=engine)
-    else:
+    _say(progress, f"  {variant}: checking against fp32 on {eval_images} held-out scenes")
+    if graph == "encoder":
+        engine = runner_for_engine(outs["encoder"], device)
         accuracy = accuracy_against_fp32(reference, engine, ref_decoder, held_out)
-    speed = _speed(is_decoder, reference, ref_decoder, engine, held_out[0].image, speed_repeats)
-    report = _report(onnx_path, out, backend, precision, device, is_decoder, ref_decoder if is_decoder else reference,
-                     build_s, details, speed, accuracy, min_mean_iou, eval_images)
-    report_path = out + ".report.json"
+    else:
+        engine = decoder_from_paths(outs, device, static_shapes=STATIC_SHAPES)
+        accuracy = accuracy_against_fp32(reference, reference, ref_decoder, held_out, engine_decoder=engine,
+                                         prompt_kinds=("click", "box", "click+box"))
+    speed = _speed(graph, reference, ref_decoder, engine, held_out[0].image, speed_repeats)
+    first = next(iter(outs.values()))
+    report = _report(variant, sources, outs, device, engine, build_s, details, speed, accuracy, min_mean_iou,
+                     eval_images)
+    report_path = first + REPORT_SUFFIX
     with open(report_path, "w") as f:
         json.dump(report, f, indent=2)
     report["report_path"] = report_path
-    report["path"] = out
+    report["path"] = first
+    _say(progress, f"  {variant}: mean mask IoU vs fp32 {accuracy['mean_mask_iou']:.4f} (gate {min_mean_iou}), "
+                   f"{speed['engine_ms']:.1f} ms vs {speed['fp32_ms']:.1f} ms fp32 ({speed['speedup']:.2f}x), "
+                   f"built in {build_s:.0f} s")
     if not report["gate"]["passed"]:
         raise EngineAccuracyError(
-            f"{os.path.basename(out)}: mean mask IoU against fp32 {accuracy['mean_mask_iou']:.4f} is below the "
+            f"{os.path.basename(first)}: mean mask IoU against fp32 {accuracy['mean_mask_iou']:.4f} is below the "
             f"gate {min_mean_iou} (worst {accuracy['worst_mask_iou']:.4f}, over {accuracy['masks_compared']} masks); "
             f"report {report_path}"
         )
     return report
 
 
-def _report(onnx_path, out, backend, precision, device, is_decoder, graph: Runner, build_s, details, speed,
-            accuracy, min_mean_iou, eval_images) -> dict:
+def build_variant(manifest: ExportManifest, variant: Variant, **kwargs) -> dict:
+    """`build_engine` for a declared variant, into the export's own folder."""
+    return build_engine(manifest.graph_path(GRAPHS[variant.graph].files[0]), manifest.export_dir, variant.backend,
+                        variant.precision, **kwargs)
+
+
+def _report(variant: Variant, sources: Dict[str, str], outs: Dict[str, str], device: str, engine, build_s, details,
+            speed, accuracy, min_mean_iou, eval_images) -> dict:
     """The engine's report: what it is, where it came from, how fast and how accurate."""
     import onnxruntime  # onnxruntime: the cpu or gpu extra
 
+    first = next(iter(outs))
     passed = accuracy["mean_mask_iou"] is not None and accuracy["mean_mask_iou"] >= min_mean_iou
+    runners = {"encoder": engine} if variant.graph == "encoder" else (
+        {"decoder": engine.runner} if variant.graph == "decoder" else
+        {"fast_decoder": engine.decoder, "fast_decoder_mask": engine.decoder_mask, "image_prep": engine.image_prep})
+    files = {f: {"engine": os.path.basename(outs[f]), "source": os.path.abspath(sources[f]), "sha256": _sha256(outs[f]),
+                 "source_sha256": _sha256(sources[f]), "bytes": os.path.getsize(outs[f]),
+                 "input_shapes": {k: list(v) for k, v in runners[f].input_shapes.items()}} for f in outs}
     return {
-        "engine": os.path.basename(out),
-        "source": os.path.abspath(onnx_path),
-        "backend": backend,
-        "precision": precision,
+        "engine": files[first]["engine"],
+        "source": files[first]["source"],
+        "backend": variant.backend,
+        "precision": variant.precision,
         "device": device,
-        "sha256": _sha256(out),
-        "source_sha256": _sha256(onnx_path),
-        "bytes": os.path.getsize(out),
-        "source_bytes": os.path.getsize(onnx_path),
-        "graph": "decoder" if is_decoder else "encoder",
-        "input_shapes": {k: list(v) for k, v in graph.input_shapes.items()},
+        "sha256": files[first]["sha256"],
+        "source_sha256": files[first]["source_sha256"],
+        "bytes": sum(f["bytes"] for f in files.values()),
+        "source_bytes": sum(os.path.getsize(p) for p in sources.values()),
+        "graph": variant.graph,
+        "files": files,
+        "input_shapes": files[first]["input_shapes"],
         "versions": {"onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
                      "machine": platform.machine(), "processor": platform.processor(),
-                     **({"openvino": details.get("openvino")} if backend == "openvino" else {})},
+                     **({"openvino": openvino_version()} if variant.backend == "openvino" else {})},
         "build_s": round(build_s, 2),
         "details": details,
         "speed": speed,
@@ -271,3 +343,4 @@ def _report(onnx_path, out, backend, precision, device, is_decoder, graph: Runne
         "gate": {"metric": "mean_mask_iou against fp32", "min": min_mean_iou, "passed": passed,
                  "held_out": f"{eval_images} scenes of samrt.scenes.eval_scenes"},
     }
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from samrt.cpus import usable_cpus
 from samrt.errors import SamrtError
 
 from .openvino_engine import OpenVINORunner
@@ -16,25 +17,28 @@ __all__ = ["runner_for_engine", "ENGINE_SUFFIXES"]
 ENGINE_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".plan": "tensorrt"}
 
 
-def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = None, static_shapes: int = 0) -> Runner:
+def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = None, static_shapes: int = 0,
+                      snippets: bool = True) -> Runner:
     """A Runner for an engine built by `samrt build-engine` (or an exported graph).
 
     `.onnx` -> OnnxRuntimeRunner (`device` "cpu" or "cuda"; `threads`: intra-op threads);
     `.xml` -> OpenVINORunner on the CPU (its precision as recorded in the IR; `threads`:
     INFERENCE_NUM_THREADS; `static_shapes`: compiles for that many recurring input shapes, see
-    OpenVINORunner); `.plan` -> TensorRTRunner (CUDA). `threads` None: the backend's default
-    (every core). Raises SamrtError for another extension or an impossible device.
+    OpenVINORunner; `snippets`: OpenVINO's Snippets fusion, off for decoders); `.plan` ->
+    TensorRTRunner (CUDA). `threads` None: `samrt.cpus.usable_cpus()` (the CPUs this process may
+    use: affinity and cgroup quota, or SAMRT_THREADS). Raises SamrtError for another extension or an
+    impossible device.
     """
     ext = os.path.splitext(path)[1]
     backend = ENGINE_SUFFIXES.get(ext)
     if backend is None:
         raise SamrtError(f"engine {path!r}: got extension {ext!r}, expected one of {sorted(ENGINE_SUFFIXES)}")
     if backend == "onnxruntime":
-        return OnnxRuntimeRunner(path, device, threads)
+        return OnnxRuntimeRunner(path, device, threads or usable_cpus())
     if backend == "openvino":
         if device != "cpu":
             raise SamrtError(f"engine {path!r}: got device {device!r}, expected 'cpu' (samrt runs OpenVINO on the CPU)")
-        return OpenVINORunner(path, threads=threads, static_shapes=static_shapes)
+        return OpenVINORunner(path, threads=threads, static_shapes=static_shapes, snippets=snippets)
     if device != "cuda":
         raise SamrtError(f"engine {path!r}: got device {device!r}, expected 'cuda' for a TensorRT plan")
     return TensorRTRunner(path)
