@@ -77,7 +77,6 @@ class ClassicDecoder(MaskDecoder):
     def __init__(self, runner: Runner, chunk: int = DECODER_CHUNK) -> None:
         self.runner, self.chunk = runner, chunk
         self.low_res_size = int(runner.input_shapes["mask_input"][-1])
-        self.embedding_shape = tuple(int(d) for d in runner.input_shapes["image_embeddings"][1:])
 
     def prepare_image(self, embeddings: np.ndarray) -> Dict[str, np.ndarray]:
         return {}
@@ -87,7 +86,7 @@ class ClassicDecoder(MaskDecoder):
                            self.chunk, has_mask_input=has_mask_input)
 
     def warm_up(self) -> None:
-        emb = np.zeros((1,) + self.embedding_shape, np.float32)
+        emb = np.zeros((1,) + tuple(int(d) for d in self.runner.input_shapes["image_embeddings"][1:]), np.float32)
         self.decode(emb, {}, np.zeros((1, 2, 2), np.float32), np.array([[1.0, -1.0]], np.float32))
 
 

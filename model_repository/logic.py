@@ -137,25 +137,28 @@ def prepare_prompts(
     mask_input: Optional[np.ndarray],
     multimask_output: Optional[np.ndarray],
     low_res_size: int,
-) -> Dict[str, np.ndarray]:
+    zeros_for_missing_mask: bool = True,
+) -> Dict[str, Optional[np.ndarray]]:
     """The click path's first step (`sam_prompt_prep`): one request's wire prompts, checked with
     SAM's rules (`samrt.prompts`) and completed (the padding point), still in original pixels.
 
     In (`samrt.wire.SAM_DECODE`): point_coords [P,N,2] FP32, point_labels [P,N] INT32, optional
     mask_input [P,1,m,m] FP32, optional multimask_output [P,1] BOOL.
     Out (`samrt.wire.SAM_PROMPT_PREP`): prompt_coords [P,N',2] FP32, prompt_labels [P,N'] FP32,
-    prompt_mask [P,1,m,m] FP32 (zeros when none), has_mask_input [P,1] FP32, multimask [P,1] BOOL.
+    prompt_mask [P,1,m,m] FP32 (zeros when none; None with `zeros_for_missing_mask` False, for a
+    decoder that needs no mask tensor then), has_mask_input [P,1] FP32, multimask [P,1] BOOL.
     Raises InputError naming what was received and what was expected."""
     pc, pl = prompts.check_points(point_coords, point_labels)
     p = pc.shape[0]
     if mask_input is None:
-        mask, has = np.zeros((p, 1, low_res_size, low_res_size), np.float32), 0.0
+        mask = np.zeros((p, 1, low_res_size, low_res_size), np.float32) if zeros_for_missing_mask else None
+        has = 0.0
     else:
         mask, has = prompts.check_mask_input(mask_input, p, low_res_size), 1.0
     coords, labels = prompts.complete_prompts(pc, pl)
     return {"prompt_coords": np.ascontiguousarray(coords, np.float32),
             "prompt_labels": np.ascontiguousarray(labels, np.float32),
-            "prompt_mask": np.ascontiguousarray(mask, np.float32),
+            "prompt_mask": None if mask is None else np.ascontiguousarray(mask, np.float32),
             "has_mask_input": np.full((p, 1), has, np.float32),
             "multimask": np.full((p, 1), parse_multimask(multimask_output))}
 

@@ -11,18 +11,26 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional, Union
 
 from samrt import wire
 from samrt.artifacts import record_entries, replace_recorded_entries
 from samrt.spec import SamConfig, decoder_spec, encoder_spec
+from samrt.variants import BACKENDS
 
-__all__ = ["RepoOptions", "render_repository", "model_configs", "parse_config"]
+__all__ = ["RepoOptions", "render_repository", "model_configs", "parse_config", "decoder_files"]
 
-# Native Triton backends of the production variant: (config key, value, model file name).
-NATIVE_PLATFORMS = {"onnxruntime": ("platform", "onnxruntime_onnx", "model.onnx"),
-                    "tensorrt": ("platform", "tensorrt_plan", "model.plan"),
-                    "openvino": ("backend", "openvino", "model.xml")}  # Triton's OpenVINO backend: IR .xml + .bin
+# Native Triton backends of the production variant: (config key, value, model file name), as
+# declared with the backends (Triton's OpenVINO backend takes the IR .xml with its .bin).
+NATIVE_PLATFORMS = {name: b.triton for name, b in BACKENDS.items()}
+DecoderFiles = Union[str, Mapping[str, str]]
+
+
+def decoder_files(decoder: DecoderFiles) -> Dict[str, str]:
+    """The decoder's engine files as `samrt.engines.decoders.decoder_from_paths` takes them: a path
+    (the classic graph) -> {"decoder": path}; the fast decoder's {graph: path} as given. Absolute."""
+    files = {"decoder": decoder} if isinstance(decoder, str) else dict(decoder)
+    return {k: os.path.abspath(v) for k, v in files.items()}
 
 # python-backend model -> (module of samrt.model_repository.models, class) its model.py imports
 _MODEL_PY = {
@@ -44,7 +52,9 @@ class RepoOptions:
     """Serving settings that go into the configs."""
 
     device: str = "cpu"
-    cache_bytes: int = 512 * 1024 * 1024  # 128 official embeddings of 4 MiB
+    # 1 GiB: 102 images of an official model with the fast decoder (4 MiB embedding + 6 MiB of its
+    # per-image tensors), 256 with the classic decoder (the embedding only)
+    cache_bytes: int = 1024 * 1024 * 1024
     max_prompts: int = 256  # prompts per sam_decode request (and per dynamic batch)
     max_pixels: int = 8192 * 8192  # 67 M: 48-50 MP phone photos; the server holds 3 bytes/pixel while encoding
     encoder_max_batch: int = 4
@@ -86,7 +96,7 @@ def ensemble_config(steps) -> dict:
                       "output_map": dict(st.outputs)} for st in steps]}
 
 
-def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: RepoOptions) -> Dict[str, dict]:
+def model_configs(cfg: SamConfig, encoder_onnx: str, decoder: DecoderFiles, opts: RepoOptions) -> Dict[str, dict]:
     """Every model's config as a dict in ModelConfig's JSON form, derived from `samrt.wire` (the
     public models, the click path's ensemble and its steps) and from `samrt.spec` (the
     graph-facing models). `sam_decode` is an ensemble (`wire.click_path`)."""
@@ -98,7 +108,8 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
     embedding_shape = ",".join(str(sizes[d] if isinstance(d, str) else d)
                                for d in wire.SAM_MASK_DECODER.output("image_embeddings").dims)
     cache_params = _params(cache_bytes=opts.cache_bytes, embedding_shape=embedding_shape, image_size=cfg.image_size)
-    decoder_params = _params(engine_path=os.path.abspath(decoder_onnx), device=opts.device, image_size=cfg.image_size)
+    files = decoder_files(decoder)
+    decoder_params = _params(decoder_engine=json.dumps(files), device=opts.device, image_size=cfg.image_size)
     batching = {"dynamic_batching": {"max_queue_delay_microseconds": opts.decoder_queue_delay_us}}
     batching = batching if opts.dynamic_batching else {}
     cache_model = wire.SAM_EMBEDDING_CACHE.name if opts.native else wire.SAM_MASK_DECODER.name
@@ -118,8 +129,6 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
             wire.SAM_DECODE, sizes, p, platform="ensemble",
             ensemble_scheduling=ensemble_config(wire.click_path(native=bool(opts.native))),
             parameters=_params(image_size=cfg.image_size, cache_model=cache_model)),  # for the SDK's model_info()
-        wire.SAM_PROMPT_PREP.name: _model(wire.SAM_PROMPT_PREP, sizes, p, **python, **one_cpu,
-                                          parameters=_params(low_res_size=sizes["m"])),
         wire.SAM_MASK_UPSCALE.name: _model(wire.SAM_MASK_UPSCALE, sizes, p, **python, **one_cpu,
                                            parameters=_params(image_size=cfg.image_size)),
         wire.SAM_MASK_RLE.name: _model(wire.SAM_MASK_RLE, sizes, p, **python, **one_cpu,
@@ -140,6 +149,11 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
         return configs
     if opts.native not in NATIVE_PLATFORMS:
         raise ValueError(f"native: got {opts.native!r}, expected one of {sorted(NATIVE_PLATFORMS)}")
+    if set(files) != {"decoder"}:
+        raise ValueError(f"native {opts.native}: got decoder files {sorted(files)}, expected the classic decoder "
+                         "graph (a native backend runs it; the fast decoder runs in the python-backend variant)")
+    configs[wire.SAM_PROMPT_PREP.name] = _model(wire.SAM_PROMPT_PREP, sizes, p, **python, **one_cpu,
+                                                parameters=_params(low_res_size=sizes["m"]))
     key, value, _ = NATIVE_PLATFORMS[opts.native]
     platform = {key: value}
     configs["sam_image_encoder"] = _model(
@@ -176,22 +190,32 @@ def _to_pbtxt(name: str, config: dict) -> str:
     return text_format.MessageToString(msg)
 
 
+def _summary(report: dict) -> str:
+    return json.dumps({"engine": report["engine"], "graph": report.get("graph"), "backend": report.get("backend"),
+                       "precision": report["precision"], "accuracy": report["accuracy"], "gate": report["gate"]})
+
+
 def render_repository(
-    cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, out_dir: str, opts: Optional[RepoOptions] = None,
-    engine_report: Optional[dict] = None,
+    cfg: SamConfig, encoder_onnx: str, decoder: DecoderFiles, out_dir: str, opts: Optional[RepoOptions] = None,
+    engine_report: Optional[dict] = None, decoder_report: Optional[dict] = None,
 ) -> str:
-    """Write `out_dir/<model>/config.pbtxt` and `out_dir/<model>/1/model.py` for every model."""
+    """Write `out_dir/<model>/config.pbtxt` and `out_dir/<model>/1/model.py` for every model.
+
+    `decoder`: the classic decoder graph's file, or the fast decoder's {graph: file}
+    (`decoder_files`). `engine_report` / `decoder_report`: the served engines' build reports (they
+    travel into the configs and beside them); None for the exported graphs themselves."""
     opts = opts or RepoOptions()
-    for path in (encoder_onnx, decoder_onnx):
+    for path in [encoder_onnx, *decoder_files(decoder).values()]:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such ONNX file (run `samrt export` first)")
+            raise FileNotFoundError(f"{path}: no such engine or ONNX file (run `samrt export` first)")
     replace_recorded_entries(out_dir, "build-repo")
-    configs = model_configs(cfg, encoder_onnx, decoder_onnx, opts)
+    configs = model_configs(cfg, encoder_onnx, decoder, opts)
     record_entries(out_dir, list(configs))
-    if engine_report is not None:  # served results carry the engine's accuracy report
-        summary = {"engine": engine_report["engine"], "precision": engine_report["precision"],
-                   "accuracy": engine_report["accuracy"], "gate": engine_report["gate"]}
-        configs["sam_image_encoder"].setdefault("parameters", {})["engine_report"] = {"string_value": json.dumps(summary)}
+    reports = {"sam_image_encoder": engine_report,
+               ("sam_prompt_decoder" if opts.native else wire.SAM_MASK_DECODER.name): decoder_report}
+    for name, report in reports.items():  # served results carry the engine's accuracy report
+        if report is not None:
+            configs[name].setdefault("parameters", {})["engine_report"] = {"string_value": _summary(report)}
     for name, config in configs.items():
         os.makedirs(os.path.join(out_dir, name, "1"))
         text = _to_pbtxt(name, config)
@@ -201,7 +225,7 @@ def render_repository(
         if config.get("platform") == "ensemble":  # a version folder, empty
             continue
         if "platform" in config or config.get("backend") == "openvino":  # native: the model file goes into "1/"
-            source = encoder_onnx if name == "sam_image_encoder" else decoder_onnx
+            source = encoder_onnx if name == "sam_image_encoder" else decoder_files(decoder)["decoder"]
             target = os.path.join(out_dir, name, "1", NATIVE_PLATFORMS[opts.native][2])
             shutil.copy(source, target)
             if source.endswith(".xml"):  # an IR's weights travel beside it
@@ -211,7 +235,8 @@ def render_repository(
         with open(os.path.join(out_dir, name, "1", "model.py"), "w") as f:
             f.write(f'"""Rendered by samrt; the logic lives in samrt.model_repository."""\n'
                     f"from samrt.model_repository.models.{module} import {cls} as TritonPythonModel  # noqa: F401\n")
-    if engine_report is not None:
-        with open(os.path.join(out_dir, "sam_image_encoder", "engine_report.json"), "w") as f:
-            json.dump(engine_report, f, indent=2)
+    for name, report in reports.items():
+        if report is not None:
+            with open(os.path.join(out_dir, name, "engine_report.json"), "w") as f:
+                json.dump(report, f, indent=2)
     return out_dir

@@ -26,8 +26,9 @@ from typing import Dict, List, Optional, Tuple
 from .artifacts import ArtifactError, ExportManifest, engine_path
 from .errors import SamrtError
 
-__all__ = ["Backend", "Graph", "Variant", "EngineReport", "BACKENDS", "GRAPHS", "PRECISIONS", "ROLES",
-           "REPORT_SUFFIX", "auto_candidates", "parse_variant"]
+__all__ = ["Backend", "Graph", "Variant", "EngineReport", "ServedEngine", "ServingPlan", "BACKENDS", "GRAPHS",
+           "PRECISIONS", "ROLES", "REPORT_SUFFIX", "SERVING_BACKENDS", "NATIVE_SERVING", "DECODERS",
+           "auto_candidates", "parse_variant"]
 
 PRECISIONS: Tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 REPORT_SUFFIX = ".report.json"
@@ -76,6 +77,14 @@ GRAPHS: Dict[str, Graph] = {
                           "re-association, fixed prompt slots)"),
 }
 ROLES = ("encoder", "decoder")
+# What `samrt serve` / `build-repo --backend` take: auto (the fastest variant that passes, per graph),
+# a backend whose engines run in python-backend models (what runs on a CPU), or the production
+# variant for NVIDIA's Triton container, whose encoder and decoder run in native Triton backends.
+NATIVE_SERVING: Dict[str, str] = {"onnxruntime-native": "onnxruntime", "openvino-native": "openvino",
+                                  "tensorrt": "tensorrt"}
+SERVING_BACKENDS: Tuple[str, ...] = ("auto", "onnxruntime", "openvino", *NATIVE_SERVING)
+# `--decoder`: the fast decoder (default) or the classic graph
+DECODERS: Dict[str, str] = {"fast": "fast_decoder", "classic": "decoder"}
 
 
 @dataclass(frozen=True)
@@ -198,3 +207,27 @@ def auto_candidates(role: str, device: str = "cpu", native_bf16: bool = True) ->
         return [Variant(graph, "tensorrt", "fp16"), Variant(graph, "onnxruntime", "fp32")]
     order = (["bf16"] if native_bf16 else []) + ["fp32"]
     return [Variant(graph, "openvino", p) for p in order] + [Variant(graph, "onnxruntime", "fp32")]
+
+
+@dataclass(frozen=True)
+class ServedEngine:
+    """What serving runs for one role: the variant, its files, its report (None for the export
+    itself), and why it was chosen (printed at start, kept in the repository)."""
+
+    variant: Variant
+    paths: Dict[str, str]
+    report: Optional[EngineReport]
+    why: str
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """The engines a repository serves: encoder and decoder, and the native Triton backend of the
+    production variant (None: python-backend models, what runs on a CPU)."""
+
+    encoder: ServedEngine
+    decoder: ServedEngine
+    native: Optional[str] = None
+
+    def describe(self) -> str:
+        return f"serving encoder: {self.encoder.why}\nserving decoder: {self.decoder.why}"

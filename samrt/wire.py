@@ -175,7 +175,7 @@ SAM_AMG = WireModel(
     outputs=(WireTensor("records", "BYTES", (1,), "JSON list of SamAutomaticMaskGenerator's records, COCO RLE"),),
 )
 # -- the click path: `sam_decode` is a Triton ensemble of these internal steps ------------------
-# CPU variant:        sam_prompt_prep -> sam_mask_decoder (cache + engine) -> sam_mask_upscale -> sam_mask_rle
+# CPU variant:        sam_mask_decoder (prompt checks + cache + engine) -> sam_mask_upscale / sam_mask_rle
 # production variant: sam_prompt_prep -> sam_embedding_cache -> sam_prompt_decoder (native engine)
 #                     -> sam_mask_select -> sam_mask_upscale -> sam_mask_rle
 # Triton prunes the steps whose outputs a request does not ask for (no `masks`: no upscaling).
@@ -211,9 +211,10 @@ def _optional(tensors) -> Tuple[WireTensor, ...]:
 
 SAM_MASK_DECODER = WireModel(
     "sam_mask_decoder",
-    "ensemble step 2 (CPU variant): the embedding cache's owner and the decoder engine in one process, "
-    "dynamically batched over prompts of all clients and images",
-    inputs=(_ID,) + _optional(_PREP_OUTPUTS[:4]) + (_optional(_PREP_OUTPUTS[4:])[0], _PUT_EMBEDDINGS, _PUT_SIZE),
+    "ensemble step 1 (CPU variant): the embedding cache's owner and the decoder engine in one process: "
+    "prompts checked (SAM's rules, samrt.prompts) and decoded, dynamically batched over prompts of all "
+    "clients and images",
+    inputs=(_ID,) + _optional((_POINT_COORDS, _POINT_LABELS)) + (_MASK_INPUT, _MULTIMASK, _PUT_EMBEDDINGS, _PUT_SIZE),
     outputs=(WireTensor("low_res_masks", "FP32", ("C", "m", "m"), "logits of the masks multimask asks for"),
              WireTensor("iou_predictions", "FP32", ("C",), "predicted IoU of each mask"),
              _MASK_LOGITS, _SIZE, _FOUND, _GOT_EMBEDDINGS),
@@ -262,18 +263,18 @@ def _same(*names: str) -> Tuple[Tuple[str, str], ...]:
 
 
 def click_path(native: bool) -> Tuple[EnsembleStep, ...]:
-    """The steps of the `sam_decode` ensemble. CPU variant (`native` False): the decoder engine
-    runs in `sam_mask_decoder`, beside the cache. Production variant: `sam_embedding_cache` feeds
-    the native `sam_prompt_decoder` (tensor names of the decoder graph, `samrt.spec.decoder_spec`)."""
-    prep = EnsembleStep(SAM_PROMPT_PREP.name, _same(*SAM_PROMPT_PREP.input_names),
-                        _same(*SAM_PROMPT_PREP.output_names))
+    """The steps of the `sam_decode` ensemble. CPU variant (`native` False): two steps, the
+    decoder step (`sam_mask_decoder`: prompt checks, the cache and the engine in one process, so
+    a click crosses one process boundary before its masks) and the postprocessing one. Production
+    variant: `sam_embedding_cache` feeds the native `sam_prompt_decoder` (tensor names of the
+    decoder graph, `samrt.spec.decoder_spec`)."""
     tail = (EnsembleStep(SAM_MASK_UPSCALE.name, _same("mask_logits", "original_size"), _same("masks")),
             EnsembleStep(SAM_MASK_RLE.name, _same("mask_logits", "original_size"), _same("masks_rle")))
     if not native:
-        return (prep, EnsembleStep(SAM_MASK_DECODER.name,
-                                   _same("image_id", "prompt_coords", "prompt_labels", "prompt_mask",
-                                         "has_mask_input", "multimask"),
-                                   _same("low_res_masks", "iou_predictions", "mask_logits", "original_size"))) + tail
+        return (EnsembleStep(SAM_MASK_DECODER.name, _same(*SAM_DECODE.input_names),
+                             _same("low_res_masks", "iou_predictions", "mask_logits", "original_size")),) + tail
+    prep = EnsembleStep(SAM_PROMPT_PREP.name, _same(*SAM_PROMPT_PREP.input_names),
+                        _same(*SAM_PROMPT_PREP.output_names))
     return (prep,
             EnsembleStep(SAM_EMBEDDING_CACHE.name, _same("image_id", "prompt_coords"),
                          (("point_coords", "decoder_point_coords"), ("image_embeddings", "decoder_image_embeddings"),

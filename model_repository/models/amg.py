@@ -14,10 +14,10 @@ import numpy as np
 
 from samrt import amg, wire
 from samrt.engines.amg import amg_crop_decoder  # shared with the in-process generator (Ray job)
+from samrt.engines.decoders import ClassicDecoder
 from samrt.errors import InputError
 
-from .base import (CANCELLED, DECODER_STATIC_SHAPES, PythonModel, bls, engine_runner, error, input_array, log,
-                   lower_priority, response)
+from .base import CANCELLED, PythonModel, bls, decoder_engine, error, input_array, log, lower_priority, response
 from .encode import cache_model, cached, encode, image_from_request
 
 __all__ = ["AmgModel", "BlsRunner"]
@@ -36,10 +36,11 @@ class BlsRunner:
                    list(outputs or self.output_names))
 
 
-def _decoder_runner(params: Dict[str, str]):
+def _decoder(params: Dict[str, str]):
+    """The production variant's native decoder through BLS, else this process's own decoder engine."""
     if params.get("decoder_model"):
-        return BlsRunner(params["decoder_model"], int(params["low_res_size"]))
-    return engine_runner(params, DECODER_STATIC_SHAPES)
+        return ClassicDecoder(BlsRunner(params["decoder_model"], int(params["low_res_size"])))
+    return decoder_engine(params)
 
 
 def _cancelled(request):
@@ -57,10 +58,9 @@ class AmgModel(PythonModel):
 
     def setup(self, params) -> None:
         lower_priority(params)
-        self.runner = _decoder_runner(params)
+        self.decoder = _decoder(params)
         self.image_size = int(params["image_size"])
         self.max_pixels = int(params["max_pixels"])
-        self.low_res_size = int(self.runner.input_shapes["mask_input"][-1])
         self.cache = cache_model(params)
 
     def _one(self, request):
@@ -83,4 +83,4 @@ class AmgModel(PythonModel):
         crop = np.ascontiguousarray(crop)
         image_id = encode(crop, self.image_size, self.cache)
         emb = cached(self.cache, image_id)["image_embeddings"]
-        return amg_crop_decoder(self.runner, emb, crop.shape[:2], self.image_size, self.low_res_size)
+        return amg_crop_decoder(self.decoder, emb, crop.shape[:2], self.image_size)

@@ -19,11 +19,12 @@ import numpy as np
 
 from samrt import wire
 from samrt.engines import runner_for_engine
+from samrt.engines.decoders import STATIC_SHAPES, decoder_from_paths
 from samrt.errors import InputError
 
 from .. import logic
 
-__all__ = ["PythonModel", "bls", "BlsError", "error", "error_response", "response", "input_array", "engine_runner",
+__all__ = ["PythonModel", "bls", "BlsError", "error", "error_response", "response", "input_array", "engine_runner", "decoder_engine",
            "lower_priority", "INVALID_ARG", "NOT_FOUND", "UNAVAILABLE", "INTERNAL", "CANCELLED"]
 
 log = logging.getLogger("samrt.server")
@@ -31,11 +32,6 @@ log = logging.getLogger("samrt.server")
 # Error codes, by name of TritonError's constants. CANCELLED: Triton marked the request
 # cancelled (its gRPC client has gone).
 INVALID_ARG, NOT_FOUND, UNAVAILABLE, INTERNAL, CANCELLED = "INVALID_ARG", "NOT_FOUND", "UNAVAILABLE", "INTERNAL", "CANCELLED"
-
-# Input shapes an OpenVINO decoder would compile statically: 0, since static bf16 compiles gave
-# wrong answers (see samrt.engines.openvino_engine.OpenVINORunner).
-DECODER_STATIC_SHAPES = 0
-
 
 def _pb():
     import triton_python_backend_utils as pb_utils  # exists only inside Triton's python-backend stub
@@ -151,10 +147,19 @@ class PythonModel:
         raise NotImplementedError
 
 
-def engine_runner(params: Dict[str, str], static_shapes: int = 0):
+def engine_runner(params: Dict[str, str]):
     """The runner for the model's engine file (samrt.engines.runner_for_engine: OpenVINO for an IR
-    .xml, ONNX Runtime for .onnx, TensorRT for .plan)."""
-    return runner_for_engine(params["engine_path"], params.get("device", "cpu"), _ort_threads(), static_shapes)
+    .xml, ONNX Runtime for .onnx, TensorRT for .plan), with as many threads as this process may use
+    (`samrt.cpus.usable_cpus`, or SAMRT_THREADS)."""
+    return runner_for_engine(params["engine_path"], params.get("device", "cpu"))
+
+
+def decoder_engine(params: Dict[str, str]):
+    """The model's mask decoder (`samrt.engines.decoders`) from its `decoder_engine` parameter: JSON
+    {"decoder": path} (the classic graph) or the fast decoder's three files; OpenVINO decoders
+    compile the shapes they meet statically, each checked when compiled."""
+    return decoder_from_paths(json.loads(params["decoder_engine"]), params.get("device", "cpu"),
+                              static_shapes=STATIC_SHAPES)
 
 
 def lower_priority(params: Dict[str, str]) -> None:
@@ -170,6 +175,3 @@ def lower_priority(params: Dict[str, str]) -> None:
     elif policy not in ("idle", "normal"):
         raise ValueError(f"background_priority: got {policy!r}, expected 'idle' or 'normal'")
 
-
-def _ort_threads() -> int:
-    return int(os.environ.get("SAMRT_ORT_THREADS", "0")) or (os.cpu_count() or 1)

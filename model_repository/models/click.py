@@ -1,12 +1,14 @@
 """The click path: the steps of the `sam_decode` ensemble (rendered from `samrt.wire.click_path`)
 and the one-shot `sam_segment`.
 
-CPU variant: `sam_prompt_prep` checks and completes the prompts; `sam_mask_decoder` owns the
-embedding cache and runs the decoder engine, Triton's dynamic batcher gathering prompts of all
-clients and images; `sam_mask_upscale` and `sam_mask_rle` produce `masks` and `masks_rle` (Triton
-prunes them when a request does not ask for those outputs). Production variant: `sam_embedding_cache`
-owns the cache and hands the native `sam_prompt_decoder` each prompt's embedding; `sam_mask_select`
-picks the masks SamPredictor returns.
+CPU variant: `sam_mask_decoder` checks and completes the prompts (SAM's rules, `logic.prepare_prompts`),
+owns the embedding cache and runs the decoder (`samrt.engines.decoders`: the fast decoder by
+default, whose per-image tensors are computed when an image is put in the cache and kept with its
+embedding), Triton's dynamic batcher gathering prompts of all clients and images;
+`sam_mask_upscale` and `sam_mask_rle` produce `masks` and `masks_rle` (Triton prunes them when a
+request does not ask for those outputs). Production variant: `sam_prompt_prep` checks the prompts,
+`sam_embedding_cache` owns the cache and hands the native `sam_prompt_decoder` each prompt's
+embedding; `sam_mask_select` picks the masks SamPredictor returns.
 """
 
 from __future__ import annotations
@@ -18,12 +20,10 @@ import numpy as np
 
 from samrt import processing as P
 from samrt import prompts, wire
-from samrt.engines.runner import run_decoder
 from samrt.errors import InputError
 
 from .. import logic
-from .base import (DECODER_STATIC_SHAPES, PythonModel, bls, engine_runner, error_response, input_array, log,
-                   response)
+from .base import PythonModel, bls, decoder_engine, error_response, input_array, log, response
 from .encode import cache_model, encode, image_from_request
 
 __all__ = ["PromptPrepModel", "MaskDecoderModel", "CacheModel", "MaskSelectModel", "MaskUpscaleModel", "MaskRleModel",
@@ -51,13 +51,14 @@ class _CacheOwner(PythonModel):
         emb = input_array(request, "image_embeddings")
         if emb is not None:
             size = input_array(request, "original_size").reshape(-1)
+            emb = np.ascontiguousarray(emb.reshape(emb.shape[-3:]), dtype=np.float32)
+            entry = logic.CacheEntry(emb, (int(size[0]), int(size[1])), self._image_state(emb))
             try:
-                self.cache.put(image_id, logic.CacheEntry(np.array(emb.reshape(emb.shape[-3:]), dtype=np.float32),
-                                                          (int(size[0]), int(size[1]))))
+                self.cache.put(image_id, entry)
             except ValueError as e:  # an embedding larger than the whole cache: the caller's request
                 raise InputError(f"{self.model.name}: {e}") from None
             return response(self.model, {"found": np.array([[True]])})
-        if input_array(request, "prompt_coords") is not None:
+        if input_array(request, "prompt_coords") is not None or input_array(request, "point_coords") is not None:
             return None
         wanted = request.requested_output_names()
         if wanted and set(wanted) <= {"found"}:
@@ -70,6 +71,10 @@ class _CacheOwner(PythonModel):
         return response(self.model, {"found": np.array([[True]]), "image_embeddings": entry.embeddings[None],
                                      "original_size": np.asarray([entry.original_size])})
 
+    def _image_state(self, embeddings: np.ndarray) -> Dict[str, np.ndarray]:
+        """The decoder's per-image tensors for an embedding [C,E,E], kept with it (none here)."""
+        return {}
+
     def _decode_entry(self, request, image_id: str):
         """The cache entry a decode request names (UnknownImageError: NOT_FOUND) and its points in
         the encoder's resized frame."""
@@ -79,8 +84,8 @@ class _CacheOwner(PythonModel):
 
 
 class PromptPrepModel(PythonModel):
-    """sam_prompt_prep, the click path's first step: prompts checked (INVALID_ARG naming what was
-    received) and completed, `logic.prepare_prompts`."""
+    """sam_prompt_prep (production variant), the click path's first step: prompts checked
+    (INVALID_ARG naming what was received) and completed, `logic.prepare_prompts`."""
 
     error_name = wire.SAM_DECODE.name
 
@@ -94,73 +99,74 @@ class PromptPrepModel(PythonModel):
 
 
 class MaskDecoderModel(_CacheOwner):
-    """sam_mask_decoder (CPU variant): the embedding cache and the decoder engine in one process.
-    Decode requests of different clients and images, batched by Triton over prompts, run through
-    the engine together (one run per distinct point count), each image's embedding read in place."""
+    """sam_mask_decoder (CPU variant): prompt checks, the embedding cache and the decoder in one
+    process. Decode requests of different clients and images, batched by Triton over prompts, run
+    through the decoder per image (prompts of one image and point count together), each image's
+    embedding and per-image tensors read in place."""
 
     model = wire.SAM_MASK_DECODER
     error_name = wire.SAM_DECODE.name
 
     def setup(self, params) -> None:
         self._init_cache(params)
-        self.runner = engine_runner(params, DECODER_STATIC_SHAPES)
-        self.low_res_size = int(self.runner.input_shapes["mask_input"][-1])
-        self._warm_up()
-
-    def _warm_up(self) -> None:
-        """One click's decode at load time, so the first user's click does not pay for the engine's
-        first run."""
-        try:
-            emb = np.zeros((1,) + tuple(int(d) for d in self.runner.input_shapes["image_embeddings"][1:]), np.float32)
-            run_decoder(self.runner, emb, np.zeros((1, 2, 2), np.float32), np.array([[1.0, -1.0]], np.float32),
-                        None, self.low_res_size)
+        self.decoder = decoder_engine(params)
+        self.low_res_size = self.decoder.low_res_size
+        try:  # compile (and check) the shapes of ordinary clicks now, not on the first user's click
+            self.decoder.warm_up()
         except Exception as e:  # a warm-up only: the model serves anyway
             log.warning("sam_mask_decoder: warm-up decode failed: %s", e)
 
+    def _image_state(self, embeddings: np.ndarray) -> Dict[str, np.ndarray]:
+        return self.decoder.prepare_image(embeddings[None])
+
     def _batch(self, requests):
         responses: List[object] = [None] * len(requests)
-        decodes: Dict[int, tuple] = {}
+        jobs: Dict[int, tuple] = {}
         for i, request in enumerate(requests):
             try:
                 image_id = logic.single_image_id(input_array(request, "image_id"))
                 responses[i] = self._cache_request(request, image_id)
                 if responses[i] is None:
-                    entry, coords = self._decode_entry(request, image_id)
-                    decodes[i] = (image_id, entry, coords)
+                    prep = logic.prepare_prompts(
+                        input_array(request, "point_coords"), input_array(request, "point_labels"),
+                        input_array(request, "mask_input"), input_array(request, "multimask_output"), self.low_res_size,
+                        zeros_for_missing_mask=False)
+                    entry = self.cache.get(image_id)
+                    coords = prompts.apply_coords(prep["prompt_coords"], entry.original_size, self.image_size)
+                    jobs[i] = (image_id, entry, coords, prep)
             except Exception as e:
                 responses[i] = error_response(e, self.error_name)
-        by_points = defaultdict(list)
-        for i, (_, _, coords) in decodes.items():
-            by_points[coords.shape[1]].append(i)
-        for idxs in by_points.values():
-            self._run_group(idxs, decodes, requests, responses)
+        groups = defaultdict(list)  # one decoder run per image and point count
+        for i, (image_id, _, coords, _) in jobs.items():
+            groups[(image_id, coords.shape[1])].append(i)
+        for idxs in groups.values():
+            self._run_group(idxs, jobs, requests, responses)
         return responses
 
-    def _run_group(self, idxs, decodes, requests, responses) -> None:
-        entries = {}
-        for i in idxs:  # the group's images, once each
-            entries.setdefault(decodes[i][0], decodes[i][1])
-        ids = list(entries)
-        emb = entries[ids[0]].embeddings[None] if len(ids) == 1 else np.stack([entries[k].embeddings for k in ids])
-        rows = np.concatenate([np.full(len(decodes[i][2]), ids.index(decodes[i][0])) for i in idxs])
-        feed = {k: np.concatenate([input_array(requests[i], k) for i in idxs]) for k in ("prompt_labels", "prompt_mask",
-                                                                                        "has_mask_input")}
+    def _run_group(self, idxs, jobs, requests, responses) -> None:
+        entry = jobs[idxs[0]][1]
+        preps = [jobs[i][3] for i in idxs]
+        masks = None  # a mask tensor only when some prompt has a mask prompt (zeros for the others)
+        if any(p["prompt_mask"] is not None for p in preps):
+            m = self.low_res_size
+            masks = np.concatenate([p["prompt_mask"] if p["prompt_mask"] is not None else
+                                    np.zeros((len(p["prompt_labels"]), 1, m, m), np.float32) for p in preps])
         try:
-            low_res, iou = run_decoder(self.runner, emb, np.concatenate([decodes[i][2] for i in idxs]),
-                                       feed["prompt_labels"], feed["prompt_mask"], self.low_res_size,
-                                       has_mask_input=feed["has_mask_input"].reshape(-1), embedding_rows=rows)
+            low_res, iou = self.decoder.decode(
+                entry.embeddings[None], entry.image_state, np.concatenate([jobs[i][2] for i in idxs]),
+                np.concatenate([p["prompt_labels"] for p in preps]), masks,
+                np.concatenate([p["has_mask_input"] for p in preps]).reshape(-1))
         except Exception as e:
             for i in idxs:
                 responses[i] = error_response(e, "decoder")
             return
         start = 0
-        for i in idxs:
-            entry, n = decodes[i][1], len(decodes[i][2])
+        for i, prep in zip(idxs, preps):
+            n = len(jobs[i][2])
             sl = slice(start, start + n)
             start += n
             try:
-                multimask = logic.parse_multimask(input_array(requests[i], "multimask"))
-                low, score = P.select_masks(low_res[sl], iou[sl], multimask)
+                low, score = P.select_masks(low_res[sl], iou[sl], bool(prep["multimask"].reshape(-1)[0]))
                 out = {"low_res_masks": low, "iou_predictions": score, "mask_logits": low,
                        "original_size": np.tile(np.asarray(entry.original_size, np.int32), (n, 1))}
                 wanted = requests[i].requested_output_names() or list(out)

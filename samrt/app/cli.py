@@ -18,9 +18,9 @@ from typing import List, Optional
 from samrt.amg import AmgOptions
 from samrt.engines.build import DEFAULT_MIN_MEAN_IOU, build_engine
 from samrt.errors import SamrtError
-from samrt.model_repository.launch import repository_from_export
 from samrt.model_repository.render import RepoOptions
 from samrt.spec import MODEL_CONFIGS, MODEL_TYPE_CHOICES
+from samrt.variants import BACKENDS, DECODERS, PRECISIONS, SERVING_BACKENDS
 
 from . import pipeline
 
@@ -133,10 +133,20 @@ def cmd_train(args) -> int:
 def _repo_options(p) -> None:
     d = RepoOptions()  # the library's defaults, stated once
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"])
-    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "int8", "auto"],
-                   help="engine to serve (built by `samrt build-engine`; its report travels along); default fp32, "
-                        "with --backend openvino auto: the fastest variant of each graph that passes the gate")
-    p.add_argument("--cache-bytes", type=int, default=d.cache_bytes, help="embedding cache budget (LRU)")
+    p.add_argument("--backend", default="auto", choices=SERVING_BACKENDS,
+                   help="auto: per graph, the fastest engine that passes the accuracy gate (on a CPU: OpenVINO bf16 "
+                        "where bf16 is native, else OpenVINO fp32, else ONNX Runtime fp32), built on first use and "
+                        "reused; onnxruntime / openvino: that backend's engines in python-backend models; "
+                        "onnxruntime-native / openvino-native / tensorrt: the production variant for NVIDIA's "
+                        "Triton container (rendered here, not run)")
+    p.add_argument("--precision", default="auto", choices=("auto",) + PRECISIONS,
+                   help="auto: as --backend says; fp32 with --backend onnxruntime: the exact path (the exported "
+                        "graphs, equal to SamPredictor up to float rounding); int8: the encoder (built on request, "
+                        "calibrated; the decoder stays in float)")
+    p.add_argument("--decoder", default="fast", choices=sorted(DECODERS),
+                   help="fast: the exact, lighter decoder (per-image precompute, fixed prompt slots); classic: "
+                        "the decoder graph as other tools consume it")
+    p.add_argument("--cache-bytes", type=int, default=d.cache_bytes, help="embedding cache budget (LRU, bytes)")
     p.add_argument("--max-prompts", type=int, default=d.max_prompts, help="prompts per sam_decode request")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image (pixels) sam_encode and sam_amg accept; default 8192*8192 = 67 M")
 
@@ -149,17 +159,13 @@ def _opts(args):
 def _add_build_repo(sub) -> None:
     p = sub.add_parser("build-repo", help="render the Triton model repository for an export folder")
     p.add_argument("--export", required=True, help="folder written by `samrt export`")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "onnxruntime-native", "tensorrt", "openvino",
-                                                             "openvino-native"],
-                   help="onnxruntime: python-backend models (runs on CPU here); onnxruntime-native / tensorrt: "
-                        "the production variant for NVIDIA's Triton container (rendered here, not run)")
     p.add_argument("--out", required=True)
     _repo_options(p)
     p.set_defaults(func=cmd_build_repo)
 
 
 def cmd_build_repo(args) -> int:
-    print(f"wrote {repository_from_export(args.export, args.out, _opts(args), args.backend, args.precision)}")
+    print(f"wrote {pipeline.repository_for_export(args.export, args.out, _opts(args), args.backend, args.precision, args.decoder)}")
     return 0
 
 
@@ -173,9 +179,6 @@ def _add_serve(sub) -> None:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"],
-                   help="engines of the CPU server: ONNX Runtime, or OpenVINO (with --precision auto: the fastest "
-                        "variant of each graph that passes the accuracy gate, built on first use)")
     _repo_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -183,7 +186,7 @@ def _add_serve(sub) -> None:
 def cmd_serve(args) -> int:
     pipeline.serve(args.build_dir, args.checkpoint, args.model_type, _opts(args), args.random_init, args.precision,
           host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-          backend=args.backend)
+          backend=args.backend, decoder=args.decoder)
     return 0
 
 
@@ -319,9 +322,9 @@ def cmd_eval(args) -> int:
 
 def _add_build_engine(sub) -> None:
     p = sub.add_parser("build-engine", help="an optimized encoder engine with its accuracy report and gate")
-    p.add_argument("--onnx", required=True, help="an export's *.encoder.onnx or *.decoder.onnx")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "openvino"])
-    p.add_argument("--precision", default="int8", choices=["fp32", "fp16", "bf16", "int8"],
+    p.add_argument("--onnx", required=True, help="an export's *.encoder.onnx, *.decoder.onnx or *.fast_decoder.onnx")
+    p.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS))
+    p.add_argument("--precision", default="int8", choices=PRECISIONS,
                    help="fp16: onnxruntime, tensorrt; bf16: openvino (native on CPUs with AVX512_BF16/AMX)")
     p.add_argument("--calib-images", help="folder of calibration images for int8 (default: generated scenes)")
     p.add_argument("--out", required=True, help="output folder (usually the export folder)")

@@ -37,6 +37,7 @@ from samrt.client.cli import IMAGE_SUFFIXES, amg_document, load_image
 from samrt.artifacts import OutputDirError
 from samrt.app.pipeline import ensure_export
 from samrt.engines import InProcessMaskGenerator, OnnxRuntimeRunner
+from samrt.engines.decoders import FastDecoder
 from samrt.artifacts import default_checkpoint
 
 from samrt.amg import AmgOptions
@@ -201,7 +202,8 @@ class _AmgActor:
             with open(path, "wb") as f:
                 f.write(ray.get(ref))
             runners[role] = OnnxRuntimeRunner(path, "cpu", threads)
-        self.generator = InProcessMaskGenerator(runners["encoder"], runners["decoder"])
+        decoder = FastDecoder(runners["image_prep"], runners["fast_decoder"], runners["fast_decoder_mask"])
+        self.generator = InProcessMaskGenerator(runners["encoder"], decoder)
         self.options = AmgOptions(**options).validate()
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -262,12 +264,14 @@ def _cpus_per_actor(actors: int) -> int:
 
 
 def _model_refs(export_dir: str, checkpoint: Optional[str]) -> Tuple[Dict[str, list], dict]:
-    """Export once here (cached in export_dir), then put both graphs into the object store."""
+    """Export once here (cached in export_dir), then put the encoder and the fast decoder's graphs
+    (the decoder the server's sam_amg runs too) into the object store."""
     import ray  # ray: the ray extra
 
     manifest = ensure_export(export_dir, "auto", checkpoint)
     model = {}
-    for role, path in (("encoder", manifest.encoder_path), ("decoder", manifest.decoder_path)):
+    for role in ("encoder", "image_prep", "fast_decoder", "fast_decoder_mask"):
+        path = manifest.graph_path(role)
         with open(path, "rb") as f:
             model[role] = [ray.put(f.read()), os.path.basename(path)]
     return model, manifest.report

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+import time
+from typing import Callable, List, Optional, Tuple
 
-from samrt.artifacts import ArtifactError, ExportManifest, default_checkpoint, engine_path
+from samrt.artifacts import ArtifactError, ExportManifest, default_checkpoint
 from samrt.engines import OnnxSamPredictor
-from samrt.engines.build import EngineAccuracyError, build_engine
+from samrt.engines.build import EngineAccuracyError, build_variant
 from samrt.errors import SamrtError
-from samrt.model_repository.launch import OPENVINO_PRECISIONS, repository_from_export, serve_forever
+from samrt.model_repository.launch import repository_from_plan, serve_forever
 from samrt.model_repository.server import TritonServer
 from samrt.scenes import eval_scenes, evaluate
 from samrt.spec import get_config, resolve_model_type
+from samrt.variants import (BACKENDS, DECODERS, GRAPHS, NATIVE_SERVING, PRECISIONS, ROLES, SERVING_BACKENDS, EngineReport,
+                            ServedEngine, ServingPlan, Variant, auto_candidates)
 
-__all__ = ["resolve_source", "export_model", "ensure_openvino_engines", "ensure_export", "ensure_engine", "build_repository", "serve",
-           "evaluate_model"]
+__all__ = ["resolve_source", "export_model", "ensure_export", "plan_engines", "build_repository",
+           "repository_for_export", "serve", "evaluate_model"]
 
 
 def resolve_source(checkpoint: Optional[str], model_type: str = "auto", random_init: bool = False):
@@ -62,16 +65,21 @@ def export_model(out_dir: str, model_type: str = "auto", checkpoint: Optional[st
 
 def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[str] = None,
                   seed: int = 0) -> ExportManifest:
-    """Export (encoder and decoder ONNX, checked against PyTorch) unless `out_dir` already holds a
-    passing export of the same source; `checkpoint` None means seeded random weights of `model_type`."""
+    """Export (encoder, decoder and fast decoder ONNX, checked against PyTorch) unless `out_dir`
+    already holds a passing export of the same source with every graph; `checkpoint` None means
+    seeded random weights of `model_type`."""
     source = os.path.abspath(checkpoint) if checkpoint else None
     try:
         manifest = ExportManifest.read(out_dir)
         same_type = model_type in ("auto", None) or manifest.config.model_type == resolve_model_type(model_type)
-        if manifest.checkpoint == source and same_type:
+        if manifest.checkpoint == source and same_type and manifest.fast_decoder_paths:
+            _say(f"reusing the export in {out_dir}")
             return manifest
     except ArtifactError:
         pass
+    _say(f"exporting {checkpoint or f'random-init {model_type}'} to ONNX in {out_dir} (first start only; "
+         "each graph is checked against PyTorch; vit_b takes about two minutes here)")
+    t0 = time.perf_counter()
     from samrt.export import export_sam, load_sam, random_sam  # torch: only when an export has to run
 
     if checkpoint:
@@ -80,51 +88,143 @@ def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[s
         cfg = get_config(model_type)
         sam = random_sam(cfg, seed=seed)
     export_sam(sam, cfg, out_dir, checkpoint=checkpoint, random_init=checkpoint is None, seed=seed)
+    _say(f"  exported in {time.perf_counter() - t0:.0f} s")
     return ExportManifest.read(out_dir)
 
 
-def ensure_engine(manifest: ExportManifest, graph: str, backend: str, precision: str) -> str:
-    """The engine of `graph` ("encoder" or "decoder") built by `samrt build-engine` into the export
-    folder, built now if missing; returns its path (its gate must have passed)."""
-    source = manifest.encoder_path if graph == "encoder" else manifest.decoder_path
-    path = engine_path(source, manifest.export_dir, backend, precision)
-    if not os.path.isfile(path + ".report.json"):
-        build_engine(source, manifest.export_dir, backend, precision)
-    return path
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
-def ensure_openvino_engines(manifest: ExportManifest, precision: str = "auto") -> None:
-    """Build the OpenVINO variants serving may choose from (`precision` "auto": every one; a failed
-    gate is reported and leaves that variant out)."""
-    for graph, precisions in OPENVINO_PRECISIONS.items():
-        for p in (precisions if precision == "auto" else [q for q in precisions if q in (precision, "fp32")]):
+def _openvino_bf16_native() -> Optional[bool]:
+    """Whether OpenVINO runs bf16 natively here; None when openvino is not installed."""
+    try:
+        from samrt.engines.openvino_engine import bf16_support  # openvino: the openvino extra
+
+        return bf16_support()["mode"] == "native"
+    except (ImportError, SamrtError):
+        return None
+
+
+def _candidates(role: str, backend: str, precision: str, decoder: str, device: str) -> Tuple[List[Variant], bool]:
+    """(the variants to try for `role` in order, whether speed decides): see `plan_engines`."""
+    graph = "encoder" if role == "encoder" else DECODERS[decoder]
+    exact = Variant(graph, "onnxruntime", "fp32")
+    native_bf16 = _openvino_bf16_native()
+    if backend in NATIVE_SERVING:  # the production variant: the classic decoder in a native backend
+        b = NATIVE_SERVING[backend]
+        graph = "encoder" if role == "encoder" else "decoder"
+        if role == "decoder":
+            p = "fp16" if b == "tensorrt" else ("fp32" if precision in ("auto", "int8") else precision)
+        else:
+            p = ("fp16" if b == "tensorrt" else "fp32") if precision == "auto" else precision
+        return [Variant(graph, b, p)], False
+    if precision == "auto":
+        if backend == "auto":
+            if device == "cuda":
+                return [Variant(graph, "tensorrt", "fp16"), exact], True
+            return (auto_candidates(role, device, bool(native_bf16)) if native_bf16 is not None else [exact]), True
+        if backend == "openvino":
+            order = (["bf16"] if native_bf16 else []) + ["fp32"]
+            return [Variant(graph, "openvino", p) for p in order], True
+        return [Variant(graph, backend, "fp32")], False
+    if role == "decoder" and precision not in GRAPHS[graph].precisions:  # int8: the encoder only
+        return _candidates(role, backend, "auto", decoder, device)
+    if backend == "auto":
+        backend = next(b for b in (["openvino", "onnxruntime"] if device == "cpu" else ["tensorrt", "onnxruntime"])
+                       if precision in BACKENDS[b].precisions and (b != "openvino" or native_bf16 is not None))
+    return [Variant(graph, backend, precision)], False
+
+
+def plan_engines(manifest: ExportManifest, backend: str = "auto", precision: str = "auto", decoder: str = "fast",
+                 device: str = "cpu", say: Callable[[str], None] = _say) -> ServingPlan:
+    """The one build-and-choose step of `samrt serve` and `samrt build-repo`: which engine of each
+    graph to serve, built into the export folder when missing (once; later starts reuse it).
+
+    `backend` "auto" and `precision` "auto" (the defaults): per graph, the first of
+    `samrt.variants.auto_candidates` that builds, passes its accuracy gate and is faster than the
+    exact path in its own build's timing (on a CPU: OpenVINO bf16 where bf16 is native, then
+    OpenVINO fp32, then the exact path, ONNX Runtime fp32 on the exported graphs). A backend or a
+    precision given narrows that list; a precision given must pass its gate (ArtifactError
+    otherwise). `decoder` "fast" (default) or "classic" (`samrt.variants.DECODERS`); the
+    production variants (`NATIVE_SERVING`) serve the classic decoder. `say` gets progress lines.
+    """
+    if backend not in SERVING_BACKENDS:
+        raise SamrtError(f"--backend: got {backend!r}, expected one of {SERVING_BACKENDS}")
+    if precision not in ("auto",) + PRECISIONS:
+        raise SamrtError(f"--precision: got {precision!r}, expected one of {('auto',) + PRECISIONS}")
+    if decoder not in DECODERS:
+        raise SamrtError(f"--decoder: got {decoder!r}, expected one of {sorted(DECODERS)}")
+    chosen = {}
+    for role in ROLES:
+        candidates, by_speed = _candidates(role, backend, precision, decoder, device)
+        chosen[role] = _choose(manifest, role, candidates, by_speed, device, say)
+    return ServingPlan(chosen["encoder"], chosen["decoder"], NATIVE_SERVING.get(backend))
+
+
+def _choose(manifest: ExportManifest, role: str, candidates: List[Variant], by_speed: bool, device: str,
+            say: Callable[[str], None]) -> ServedEngine:
+    refused = []
+    for variant in candidates:
+        variant.check(device)
+        if variant.is_export:
+            why = f"{variant} (the exported graphs: the exact path)" + (f"; not used: {'; '.join(refused)}" if refused else "")
+            return ServedEngine(variant, variant.paths(manifest), None, why)
+        report = EngineReport.find(manifest, variant)
+        if report is None:
+            say(f"building {variant} for the {role}: first start only, cached in {manifest.export_dir} "
+                f"(an encoder of vit_b takes a few minutes here, a decoder under one)")
+            t0 = time.perf_counter()
             try:
-                ensure_engine(manifest, graph, "openvino", p)
+                build_variant(manifest, variant, device=device, progress=say)
             except EngineAccuracyError as e:
-                print(f"not serving {graph} {p}: {e}", file=sys.stderr)
+                say(f"  {e}")
+            report = EngineReport.read(variant.report_path(manifest))
+            say(f"  built {variant} in {time.perf_counter() - t0:.0f} s")
+        else:
+            say(f"reusing {variant} built in {manifest.export_dir} ({report.describe()})")
+        if not report.passed:
+            if not by_speed:
+                raise ArtifactError(f"{variant.path(manifest)}: its accuracy gate failed ({report.describe()}); "
+                                    "not serving it")
+            refused.append(f"{variant}: gate failed")
+            continue
+        if by_speed and report.speedup <= 1.0:
+            refused.append(f"{variant}: not faster than onnxruntime fp32 here ({report.speedup:.2f}x)")
+            continue
+        why = report.describe() + (f"; not used: {'; '.join(refused)}" if refused else "")
+        return ServedEngine(variant, variant.paths(manifest), report, why)
+    raise ArtifactError(f"no {role} engine to serve: {'; '.join(refused)}")
 
 
 def build_repository(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", opts=None,
-                     random_init: bool = False, precision: Optional[str] = None, backend: str = "onnxruntime") -> str:
-    """Export (cached in `build_dir/export`), build the engines `backend` and `precision` ask for,
-    render `build_dir/repo`; returns the repository path. `backend` "openvino" with precision
-    "auto" serves the fastest OpenVINO variant of each graph that passes the accuracy gate."""
+                     random_init: bool = False, precision: str = "auto", backend: str = "auto",
+                     decoder: str = "fast") -> str:
+    """Export (cached in `build_dir/export`), choose and build the engines (`plan_engines`), render
+    `build_dir/repo`; returns the repository path."""
     checkpoint, model_type = resolve_source(checkpoint, model_type, random_init)
     manifest = ensure_export(os.path.join(build_dir, "export"), model_type, checkpoint)
-    if backend == "openvino":
-        ensure_openvino_engines(manifest, precision or "auto")
-    elif precision not in (None, "fp32"):
-        ensure_engine(manifest, "encoder", "onnxruntime", precision)
-    print(f"model: {manifest.describe()}", file=sys.stderr)
-    return repository_from_export(manifest.export_dir, os.path.join(build_dir, "repo"), opts, backend=backend,
-                                  precision=precision)
+    _say(f"model: {manifest.describe()}")
+    return repository_for_export(manifest.export_dir, os.path.join(build_dir, "repo"), opts, backend, precision,
+                                 decoder)
+
+
+def repository_for_export(export_dir: str, out_dir: str, opts=None, backend: str = "auto", precision: str = "auto",
+                          decoder: str = "fast") -> str:
+    """`samrt build-repo`: the repository of an export folder, with the engines `plan_engines`
+    chooses (built into the export folder when missing)."""
+    manifest = ExportManifest.read(export_dir)
+    device = getattr(opts, "device", "cpu") if opts is not None else "cpu"
+    plan = plan_engines(manifest, backend or "auto", precision or "auto", decoder, device)
+    _say(plan.describe())
+    return repository_from_plan(manifest, plan, out_dir, opts)
 
 
 def serve(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", opts=None,
-          random_init: bool = False, precision: Optional[str] = None, host: str = "127.0.0.1", http_port: int = 8000,
-          grpc_port: int = 8001, metrics_port: int = 8002, backend: str = "onnxruntime") -> None:
+          random_init: bool = False, precision: str = "auto", host: str = "127.0.0.1", http_port: int = 8000,
+          grpc_port: int = 8001, metrics_port: int = 8002, backend: str = "auto", decoder: str = "fast") -> None:
     """`samrt serve`: build the repository, run tritonserver until Ctrl-C or SIGTERM."""
-    repo = build_repository(build_dir, checkpoint, model_type, opts, random_init, precision, backend)
+    repo = build_repository(build_dir, checkpoint, model_type, opts, random_init, precision, backend, decoder)
     gpu = bool(opts is not None and getattr(opts, "device", "cpu") == "cuda")
     serve_forever(TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                gpu=gpu))
