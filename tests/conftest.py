@@ -118,7 +118,8 @@ def tiny_repo(tiny_export, tiny_cfg, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("repo") / "repo")
     opts = RepoOptions(cache_bytes=CACHE_ENTRIES * EMBEDDING_BYTES + 1024, max_pixels=MAX_PIXELS,
                        max_prompts=MAX_PROMPTS)  # the default: no fixed queue delay for a lone click
-    return render_repository(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, out, opts)
+    # what a new user gets: the fast decoder (here in ONNX Runtime fp32, the exact path)
+    return render_repository(tiny_cfg, tiny_export.encoder_path, tiny_export.fast_decoder_paths, out, opts)
 
 
 @pytest.fixture(scope="session")

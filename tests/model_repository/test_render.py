@@ -9,7 +9,7 @@ from samrt.model_repository.render import RepoOptions, model_configs, parse_conf
 from samrt.spec import decoder_spec, encoder_spec
 
 MODELS = ["sam_amg", "sam_decode", "sam_encode", "sam_image_encoder", "sam_mask_decoder", "sam_mask_rle",
-          "sam_mask_upscale", "sam_prompt_prep", "sam_segment"]
+          "sam_mask_upscale", "sam_segment"]
 
 
 def test_every_model_is_rendered_and_parses(tiny_repo):
@@ -84,8 +84,8 @@ def test_the_click_ensemble_is_wired_right(tiny_cfg, tiny_export, native):
     ensemble input or an earlier step's output of the same datatype and dims; each required input
     is fed; each ensemble output is made once and is no step's input (Triton 2.51 prunes wrongly
     otherwise); every step's model is in the repository and batches over prompts."""
-    configs = model_configs(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path,
-                            RepoOptions(native=native, max_prompts=32))
+    decoder = tiny_export.decoder_path if native else tiny_export.fast_decoder_paths
+    configs = model_configs(tiny_cfg, tiny_export.encoder_path, decoder, RepoOptions(native=native, max_prompts=32))
     decode = configs["sam_decode"]
     made = {i["name"]: (i["data_type"], i["dims"]) for i in decode["input"]}
     outputs = {o["name"]: (o["data_type"], o["dims"]) for o in decode["output"]}
@@ -119,7 +119,11 @@ def test_build_repo_cli_production_variant(tiny_export, tmp_path, capsys):
     assert os.path.isfile(tmp_path / "native" / "sam_prompt_decoder" / "1" / "model.onnx")
     assert main(["build-repo", "--export", export_dir, "--backend", "tensorrt", "--precision", "fp16",
                  "--out", str(tmp_path / "trt")]) == 2
-    assert "build it first with `samrt build-engine" in capsys.readouterr().err
+    assert "--device cpu with --backend tensorrt: expected one of ('cuda',)" in capsys.readouterr().err
+    # on a GPU machine the plan builds the TensorRT engines first; here TensorRT is not installed
+    assert main(["build-repo", "--export", export_dir, "--backend", "tensorrt", "--device", "cuda",
+                 "--out", str(tmp_path / "trt")]) == 2
+    assert "TensorRT" in capsys.readouterr().err
 
 
 def test_build_repo_refuses_a_folder_it_did_not_render(tiny_export, tmp_path, capsys):
@@ -153,44 +157,65 @@ def test_re_render_replaces_only_what_it_rendered(tiny_cfg, tiny_export, tmp_pat
         prepare_output_dir(out, "export")
 
 
-def _fake_engine(export_dir, graph_path, precision, ms, iou, passed):
-    """An OpenVINO engine file with its report, as build-engine writes them (contents not read here)."""
+def _fake_engine(manifest, graph, precision, ms, iou, passed, backend="openvino"):
+    """Engine files with their report, as build-engine writes them (contents not read here)."""
     import json
 
-    from samrt.artifacts import engine_path
+    from samrt.variants import Variant
 
-    path = engine_path(graph_path, export_dir, "openvino", precision)
-    open(path, "w").write("<net/>")
-    open(path[:-4] + ".bin", "wb").write(b"\0")
-    json.dump({"engine": os.path.basename(path), "precision": precision, "speed": {"engine_ms": ms},
+    variant = Variant(graph, backend, precision)
+    paths = variant.paths(manifest)
+    for path in paths.values():
+        open(path, "w").write("<net/>")
+        open(path[:-4] + ".bin", "wb").write(b"\0")
+    json.dump({"engine": os.path.basename(variant.path(manifest)), "graph": graph, "backend": backend,
+               "precision": precision, "speed": {"engine_ms": ms, "fp32_ms": 100.0},
                "accuracy": {"mean_mask_iou": iou}, "gate": {"passed": passed, "min": 0.98}},
-              open(path + ".report.json", "w"))
-    return path
+              open(variant.report_path(manifest), "w"))
+    return paths
 
 
-def test_openvino_serving_picks_the_fastest_variant_that_passes(tiny_export, tmp_path, capsys):
+def test_serving_picks_the_first_variant_that_passes_and_is_faster(tiny_export, tmp_path, capsys, monkeypatch):
+    """plan_engines on built engines (their reports say how they did): the first auto candidate that
+    passed its gate and is faster than the exact path; a refused one is named in the why."""
+    import json
     import shutil
 
+    from samrt.app import pipeline
     from samrt.artifacts import ExportManifest
-    from samrt.model_repository.launch import choose_openvino_engine, repository_from_export
+    from samrt.model_repository.launch import repository_from_plan
 
+    monkeypatch.setattr(pipeline, "_openvino_bf16_native", lambda: True)  # this test's CPU: native bf16
     export_dir = str(tmp_path / "export")
     shutil.copytree(os.path.dirname(tiny_export.encoder_path), export_dir)
     m = ExportManifest.read(export_dir)
-    _fake_engine(export_dir, m.encoder_path, "fp32", 300.0, 1.0, True)
-    bf16 = _fake_engine(export_dir, m.encoder_path, "bf16", 150.0, 0.997, True)
-    _fake_engine(export_dir, m.encoder_path, "int8", 100.0, 0.93, False)  # faster, but its gate failed
-    path, report, why = choose_openvino_engine(m, "encoder")
-    assert path == bf16 and "bf16" in why and "int8: gate failed" in why
-    with pytest.raises(Exception, match="no usable decoder engine"):
-        choose_openvino_engine(m, "decoder")
-    dec = _fake_engine(export_dir, m.decoder_path, "fp32", 20.0, 1.0, True)
-    assert choose_openvino_engine(m, "decoder", "fp32")[0] == dec
-    repo = repository_from_export(export_dir, str(tmp_path / "repo"), backend="openvino")
-    assert "serving encoder: openvino bf16" in capsys.readouterr().err
+    _fake_engine(m, "encoder", "bf16", 50.0, 0.97, False)  # faster, but its gate failed
+    fp32 = _fake_engine(m, "encoder", "fp32", 80.0, 1.0, True)
+    _fake_engine(m, "encoder", "int8", 10.0, 0.999, True)  # int8 is served on request only
+    fast = _fake_engine(m, "fast_decoder", "bf16", 20.0, 0.995, True)
+    plan = pipeline.plan_engines(m)
+    assert plan.encoder.paths == fp32 and "encoder openvino bf16: gate failed" in plan.encoder.why
+    assert plan.decoder.paths == fast and plan.native is None
+    repo = repository_from_plan(m, plan, str(tmp_path / "repo"))
     enc = parse_config(open(os.path.join(repo, "sam_image_encoder", "config.pbtxt")).read())
-    assert enc.parameters["engine_path"].string_value == bf16
-    native = repository_from_export(export_dir, str(tmp_path / "native"), backend="openvino-native")
+    assert enc.parameters["engine_path"].string_value == fp32["encoder"]
+    dec = parse_config(open(os.path.join(repo, "sam_mask_decoder", "config.pbtxt")).read())
+    assert json.loads(dec.parameters["decoder_engine"].string_value) == fast
+    assert json.load(open(os.path.join(repo, "serving_plan.json")))["decoder"]["variant"] == "fast_decoder openvino bf16"
+    # a precision asked for is served only through its gate
+    with pytest.raises(Exception, match="its accuracy gate failed"):
+        pipeline.plan_engines(m, "openvino", "bf16")
+    assert pipeline.plan_engines(m, precision="int8").encoder.variant.precision == "int8"
+    # not faster than the exact path: the next candidate (here the exact path itself)
+    _fake_engine(m, "fast_decoder", "bf16", 150.0, 0.995, True)
+    _fake_engine(m, "fast_decoder", "fp32", 120.0, 1.0, True)
+    plan = pipeline.plan_engines(m)
+    assert plan.decoder.variant.is_export and "not faster than onnxruntime fp32" in plan.decoder.why
+    assert plan.decoder.paths == m.fast_decoder_paths
+    # the production variant serves the classic decoder in the native backend
+    _fake_engine(m, "decoder", "fp32", 30.0, 1.0, True)
+    plan = pipeline.plan_engines(m, "openvino-native", "fp32")
+    native = repository_from_plan(m, plan, str(tmp_path / "native"))
     cfg = parse_config(open(os.path.join(native, "sam_image_encoder", "config.pbtxt")).read())
     assert cfg.backend == "openvino"
     assert os.path.isfile(os.path.join(native, "sam_image_encoder", "1", "model.xml"))
