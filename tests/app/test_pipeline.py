@@ -57,7 +57,9 @@ def _fake_export(folder, model_type: str) -> None:
     os.makedirs(folder)
     report = {"config": get_config(model_type).to_dict(), "name": model_type, "checkpoint": None, "random_init": True,
               "passed": True, "encoder": {"path": f"{model_type}.encoder.onnx"},
-              "decoder": {"path": f"{model_type}.decoder.onnx"}}
+              "decoder": {"path": f"{model_type}.decoder.onnx"},
+              "fast_decoder": {"paths": {g: f"{model_type}.{g}.onnx"
+                                         for g in ("image_prep", "fast_decoder", "fast_decoder_mask")}}}
     with open(os.path.join(folder, "export_report.json"), "w") as f:
         json.dump(report, f)
 
@@ -69,3 +71,45 @@ def test_an_export_of_vit_h_is_reused_for_the_alias(asked, tmp_path):
     with pytest.raises(_Stop):  # another type: exported again
         pipeline.ensure_export(str(tmp_path / "export"), "vit_b", None)
     assert asked == [("random_sam", "vit_b"), ("export_sam", "vit_b")]
+
+
+def test_an_export_without_the_fast_decoder_is_exported_again(asked, tmp_path):
+    """An export folder written before samrt exported the fast decoder is exported again."""
+    _fake_export(tmp_path / "export", "vit_b")
+    report_path = tmp_path / "export" / "export_report.json"
+    report = json.loads(report_path.read_text())
+    del report["fast_decoder"]
+    report_path.write_text(json.dumps(report))
+    with pytest.raises(_Stop):
+        pipeline.ensure_export(str(tmp_path / "export"), "vit_b", None)
+    assert asked == [("random_sam", "vit_b"), ("export_sam", "vit_b")]
+
+
+@pytest.mark.slow
+def test_build_repository_exports_builds_once_and_renders(tmp_path, monkeypatch, capsys):
+    """On the tiny model, as `samrt serve` runs it with no flags: the first call exports, builds the
+    engines it serves and renders; the second reuses the export and the engines (nothing built)."""
+    from samrt.engines import build as engine_build
+    from samrt.model_repository.render import parse_config
+
+    builds = []
+    real_build = engine_build.build_engine
+
+    def counting_build(*args, **kwargs):
+        builds.append(os.path.basename(args[0]))
+        return real_build(*args, **{**kwargs, "eval_images": 2, "speed_repeats": 1})
+
+    monkeypatch.setattr(engine_build, "build_engine", counting_build)
+    build_dir = str(tmp_path / "build")
+    repo = pipeline.build_repository(build_dir, None, "tiny", random_init=True)
+    err = capsys.readouterr().err
+    assert "exporting random-init tiny" in err and "serving encoder:" in err and "serving decoder:" in err
+    first = list(builds)
+    assert first  # OpenVINO (the dev install has it) engines were built: the default serves them
+    served = json.load(open(os.path.join(repo, "serving_plan.json")))
+    assert served["decoder"]["variant"].startswith("fast_decoder")
+    assert parse_config(open(os.path.join(repo, "sam_mask_decoder", "config.pbtxt")).read()).name == "sam_mask_decoder"
+    repo2 = pipeline.build_repository(build_dir, None, "tiny", random_init=True)
+    err = capsys.readouterr().err
+    assert repo2 == repo and builds == first and "reusing the export" in err
+    assert json.load(open(os.path.join(repo, "serving_plan.json"))) == served
