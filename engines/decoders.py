@@ -29,7 +29,8 @@ from .runner import DECODER_CHUNK, Runner, run_decoder
 __all__ = ["MaskDecoder", "ClassicDecoder", "FastDecoder", "decoder_from_paths", "slots_for", "IMAGE_STATE",
            "STATIC_SHAPES"]
 
-# The fast decoder's per-image tensors (image_prep's outputs), in its graphs' input order.
+# The fast decoder's per-image tensors, in its graphs' input order: the embedding transposed
+# (image_tokens, made here: exact) and image_prep's outputs.
 IMAGE_STATE = ("image_tokens", "t2i_keys_t", "t2i_values", "i2t_queries_t")
 
 
@@ -68,6 +69,10 @@ class MaskDecoder:
         """Run (and, for static compiles, compile and check) the shapes of ordinary clicks now, so
         that the first click does not pay for it."""
 
+    def embeddings_of(self, state: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
+        """The embedding [C,E,E] as a view into `state`, when the state holds it (None: it does not)."""
+        return None
+
 
 class ClassicDecoder(MaskDecoder):
     """The classic decoder graph (one embedding row per prompt) behind the MaskDecoder interface."""
@@ -104,7 +109,13 @@ class FastDecoder(MaskDecoder):
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         if emb.shape != (1,) + self.embedding_shape:
             raise InputError(f"image_embeddings: got shape {list(emb.shape)}, expected {[1, *self.embedding_shape]}")
-        return self.image_prep.run({"image_embeddings": emb}, list(IMAGE_STATE))
+        state = self.image_prep.run({"image_embeddings": emb}, list(IMAGE_STATE[1:]))
+        state["image_tokens"] = np.ascontiguousarray(emb[0].reshape(emb.shape[1], -1).T)
+        return state
+
+    def embeddings_of(self, state: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The embedding [C,E,E] as a view of the state's image_tokens (no second copy in the cache)."""
+        return state["image_tokens"].T.reshape(self.embedding_shape)
 
     def decode(self, embeddings, state, point_coords, point_labels, mask_input=None, has_mask_input=None):
         coords = np.asarray(point_coords, np.float32)

@@ -8,14 +8,15 @@ classic ones and checked against PyTorch (`samrt.export.onnx_export`):
 
 `ImagePrecompute` (once per image, when it is encoded; kept with the embedding in the cache)
     image_embeddings float32 [1,C,E,E] ->
-    image_tokens     float32 [HW,C]   the embedding as tokens (HW = E*E), no mask embedding added
     t2i_keys_t       float32 [Ci,HW]  layer 1, token->image attention: k_proj(src + PE), transposed
     t2i_values       float32 [HW,Ci]  layer 1, token->image attention: v_proj(src)
     i2t_queries_t    float32 [Ci,HW]  layer 1, image->token attention: q_proj(src + PE), transposed
-  where src = embedding + no_mask_embed (the dense prompt when no mask is given) and Ci = C / 2.
+  where src = embedding + no_mask_embed (the dense prompt when no mask is given), HW = E*E and
+  Ci = C / 2. The embedding itself is kept as `image_tokens` [HW,C] (its exact transpose, made by
+  the caller: no rounding by a bf16 engine).
 
 `FastMaskDecoder` (per prompt; `with_mask` selects the variant with a mask prompt)
-    the four image tensors above (one image), point_coords float32 [P,T,2] (resized frame),
+    image_tokens and the three image tensors above (one image), point_coords float32 [P,T,2] (resized frame),
     point_labels float32 [P,T] (1, 0, 2, 3, -1 as SAM's; ABSENT_LABEL marks a slot that is not a
     token at all), [mask_input float32 [P,1,m,m]] ->
     low_res_masks float32 [P,4,m,m], iou_predictions float32 [P,4]  (as the classic graph)
@@ -63,8 +64,8 @@ def _dense_pe_tokens(prompt_encoder) -> torch.Tensor:
 
 
 class ImagePrecompute(nn.Module):
-    """image_embeddings [1,C,E,E] -> (image_tokens [HW,C], t2i_keys_t [Ci,HW], t2i_values [HW,Ci],
-    i2t_queries_t [Ci,HW]): layer 1's image-only projections (see the module docstring)."""
+    """image_embeddings [1,C,E,E] -> (t2i_keys_t [Ci,HW], t2i_values [HW,Ci], i2t_queries_t [Ci,HW]):
+    layer 1's image-only projections (see the module docstring)."""
 
     def __init__(self, sam: nn.Module) -> None:
         super().__init__()
@@ -78,8 +79,7 @@ class ImagePrecompute(nn.Module):
         tokens = image_embeddings[0].flatten(1).transpose(0, 1)
         src = tokens + self.no_mask_embed.weight
         pos = src + self.pos
-        return (tokens, self.t2i.k_proj(pos).transpose(0, 1), self.t2i.v_proj(src),
-                self.i2t.q_proj(pos).transpose(0, 1))
+        return (self.t2i.k_proj(pos).transpose(0, 1), self.t2i.v_proj(src), self.i2t.q_proj(pos).transpose(0, 1))
 
 
 def _head_mask(heads: int, dim: int) -> torch.Tensor:

@@ -161,6 +161,7 @@ def check_fast_decoder(paths: Dict[str, str], decoder: torch.nn.Module, cfg: Sam
     e, m = cfg.embedding_size, cfg.low_res_size
     emb = rng.standard_normal((1, cfg.prompt_embed_dim, e, e), dtype=np.float32)
     state = dict(zip(image_prep_spec(cfg).output_names, sessions["image_prep"].run(None, {"image_embeddings": emb})))
+    state["image_tokens"] = np.ascontiguousarray(emb[0].reshape(emb.shape[1], -1).T)
     checks = []
     # (prompts, points, slots): one click + SAM's padding point in 2 slots; 3 points in 6 slots (boxes too)
     for i, (p, n, slots) in enumerate([(1, 2, 2), (5, 3, 6)]):
@@ -307,6 +308,7 @@ def _export_fast_decoder(sam: torch.nn.Module, cfg: SamConfig, paths: Dict[str, 
     export_graph(prep, image_prep_spec(cfg), {"image_embeddings": emb}, paths["image_prep"])
     with torch.no_grad():
         state = dict(zip(image_prep_spec(cfg).output_names, prep(emb)))
+    state["image_tokens"] = emb[0].reshape(emb.shape[1], -1).T.contiguous()
     # 3 prompts of 5 slots so that both axes stay symbolic
     prompts = {"point_coords": torch.from_numpy(rng.uniform(0, cfg.image_size, (3, 5, 2)).astype(np.float32)),
                "point_labels": torch.ones(3, 5), "mask_input": torch.randn(3, 1, m, m)}

@@ -56,7 +56,13 @@ class CacheEntry:
 
     @property
     def nbytes(self) -> int:
-        return int(self.embeddings.nbytes) + sum(int(a.nbytes) for a in self.image_state.values())
+        """Bytes of the distinct buffers the arrays use (the embedding may be a view of a state array)."""
+        roots = {}
+        for a in [self.embeddings, *self.image_state.values()]:
+            while isinstance(a.base, np.ndarray):
+                a = a.base
+            roots[id(a)] = int(a.nbytes)
+        return sum(roots.values())
 
 
 class EmbeddingCache:

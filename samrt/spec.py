@@ -18,8 +18,9 @@ The fast decoder (the same answers as `decoder` up to float rounding; `samrt.exp
 is two graphs, plus a variant of the second with a mask prompt (HW = 64*64, Ci = 128):
 
     image_prep        image_embeddings float32 [1,256,64,64]
-                   -> image_tokens [HW,256], t2i_keys_t [Ci,HW], t2i_values [HW,Ci], i2t_queries_t [Ci,HW]
-    fast_decoder      the four tensors above (one image), point_coords float32 [P,T,2],
+                   -> t2i_keys_t [Ci,HW], t2i_values [HW,Ci], i2t_queries_t [Ci,HW]
+    fast_decoder      image_tokens [HW,256] (the embedding transposed, exact) and the three tensors
+                      above (one image), point_coords float32 [P,T,2],
                       point_labels float32 [P,T] (as the decoder's, and -2: an absent slot)
                    -> low_res_masks float32 [P,4,256,256], iou_predictions float32 [P,4]
     fast_decoder_mask the same plus mask_input float32 [P,1,256,256]
@@ -206,19 +207,20 @@ def decoder_spec(cfg: SamConfig) -> GraphSpec:
     )
 
 
-def _image_state_tensors(cfg: SamConfig) -> Tuple[TensorSpec, ...]:
+def _image_state_tensors(cfg: SamConfig, tokens: bool = True) -> Tuple[TensorSpec, ...]:
     hw, c, ci = cfg.embedding_size ** 2, cfg.prompt_embed_dim, cfg.prompt_embed_dim // 2
-    return (TensorSpec("image_tokens", "float32", (hw, c)),
+    return ((TensorSpec("image_tokens", "float32", (hw, c)),) if tokens else ()) + (
             TensorSpec("t2i_keys_t", "float32", (ci, hw)),
             TensorSpec("t2i_values", "float32", (hw, ci)),
             TensorSpec("i2t_queries_t", "float32", (ci, hw)))
 
 
 def image_prep_spec(cfg: SamConfig) -> GraphSpec:
-    """The fast decoder's per-image graph: one embedding -> the tensors kept with it in the cache."""
+    """The fast decoder's per-image graph: one embedding -> the tensors kept with it in the cache
+    (beside the embedding itself, kept transposed as `image_tokens`)."""
     e, c = cfg.embedding_size, cfg.prompt_embed_dim
     return GraphSpec(name="image_prep", inputs=(TensorSpec("image_embeddings", "float32", (1, c, e, e)),),
-                     outputs=_image_state_tensors(cfg))
+                     outputs=_image_state_tensors(cfg, tokens=False))
 
 
 def fast_decoder_spec(cfg: SamConfig, with_mask: bool = False) -> GraphSpec:

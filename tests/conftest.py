@@ -108,6 +108,9 @@ def tiny_predictor(tiny_export):
 
 # -- a real tritonserver (from nvidia-pytriton) serving the tiny export, shared by the session --
 EMBEDDING_BYTES = 256 * 64 * 64 * 4
+# one cached image with the fast decoder: the embedding (kept transposed) and its three per-image
+# tensors of 128 x 64 x 64 floats each
+ENTRY_BYTES = EMBEDDING_BYTES + 3 * 128 * 64 * 64 * 4
 CACHE_ENTRIES = 3
 MAX_PIXELS = 2000 * 2000
 MAX_PROMPTS = 64
@@ -116,7 +119,7 @@ MAX_PROMPTS = 64
 @pytest.fixture(scope="session")
 def tiny_repo(tiny_export, tiny_cfg, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("repo") / "repo")
-    opts = RepoOptions(cache_bytes=CACHE_ENTRIES * EMBEDDING_BYTES + 1024, max_pixels=MAX_PIXELS,
+    opts = RepoOptions(cache_bytes=CACHE_ENTRIES * ENTRY_BYTES + 1024, max_pixels=MAX_PIXELS,
                        max_prompts=MAX_PROMPTS)  # the default: no fixed queue delay for a lone click
     # what a new user gets: the fast decoder (here in ONNX Runtime fp32, the exact path)
     return render_repository(tiny_cfg, tiny_export.encoder_path, tiny_export.fast_decoder_paths, out, opts)

@@ -52,7 +52,9 @@ class _CacheOwner(PythonModel):
         if emb is not None:
             size = input_array(request, "original_size").reshape(-1)
             emb = np.ascontiguousarray(emb.reshape(emb.shape[-3:]), dtype=np.float32)
-            entry = logic.CacheEntry(emb, (int(size[0]), int(size[1])), self._image_state(emb))
+            state = self._image_state(emb)
+            kept = self._kept_embedding(state)  # a view into the state when it holds the embedding
+            entry = logic.CacheEntry(emb if kept is None else kept, (int(size[0]), int(size[1])), state)
             try:
                 self.cache.put(image_id, entry)
             except ValueError as e:  # an embedding larger than the whole cache: the caller's request
@@ -74,6 +76,9 @@ class _CacheOwner(PythonModel):
     def _image_state(self, embeddings: np.ndarray) -> Dict[str, np.ndarray]:
         """The decoder's per-image tensors for an embedding [C,E,E], kept with it (none here)."""
         return {}
+
+    def _kept_embedding(self, state: Dict[str, np.ndarray]):
+        return None
 
     def _decode_entry(self, request, image_id: str):
         """The cache entry a decode request names (UnknownImageError: NOT_FOUND) and its points in
@@ -118,6 +123,9 @@ class MaskDecoderModel(_CacheOwner):
 
     def _image_state(self, embeddings: np.ndarray) -> Dict[str, np.ndarray]:
         return self.decoder.prepare_image(embeddings[None])
+
+    def _kept_embedding(self, state: Dict[str, np.ndarray]):
+        return self.decoder.embeddings_of(state)
 
     def _batch(self, requests):
         responses: List[object] = [None] * len(requests)

@@ -24,7 +24,7 @@ from samrt.client import (AsyncSamClient, SamClient, ServerTimeoutError, TritonS
                           release_stale_regions)
 from samrt.client._shm import PREFIX, SHM_DIR
 
-from ..conftest import EMBEDDING_BYTES, MAX_PIXELS, MAX_PROMPTS, random_image
+from ..conftest import ENTRY_BYTES, MAX_PIXELS, MAX_PROMPTS, random_image
 
 N_THREADS = 8
 ROUNDS = 2
@@ -44,7 +44,7 @@ def roomy_server(tiny_export, tiny_cfg, tmp_path_factory):
     from samrt.model_repository.server import TritonServer
 
     out = str(tmp_path_factory.mktemp("threads") / "repo")
-    opts = RepoOptions(cache_bytes=4 * N_THREADS * EMBEDDING_BYTES, max_pixels=MAX_PIXELS, max_prompts=MAX_PROMPTS)
+    opts = RepoOptions(cache_bytes=4 * N_THREADS * ENTRY_BYTES, max_pixels=MAX_PIXELS, max_prompts=MAX_PROMPTS)
     repo = render_repository(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, out, opts)
     with TritonServer(repo) as srv:
         yield srv

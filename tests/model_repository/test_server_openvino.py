@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("openvino", reason="openvino is not installed (pip install 'samrt[openvino]')")
 
-from ..conftest import CACHE_ENTRIES, EMBEDDING_BYTES, MAX_PIXELS, MAX_PROMPTS, random_image  # noqa: E402
+from ..conftest import CACHE_ENTRIES, ENTRY_BYTES, MAX_PIXELS, MAX_PROMPTS, random_image  # noqa: E402
 from .test_server import (  # noqa: E402,F401  (collected again here, on the OpenVINO server)
     reference,
     test_bad_decode_gets_its_error_and_the_server_goes_on,
@@ -54,7 +54,7 @@ def ov_export(tiny_export, tmp_path_factory):
 def _opts():
     from samrt.model_repository.render import RepoOptions
 
-    return RepoOptions(cache_bytes=CACHE_ENTRIES * EMBEDDING_BYTES + 1024, max_pixels=MAX_PIXELS,
+    return RepoOptions(cache_bytes=CACHE_ENTRIES * ENTRY_BYTES + 1024, max_pixels=MAX_PIXELS,
                        max_prompts=MAX_PROMPTS)
 
 
