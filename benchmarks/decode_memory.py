@@ -39,7 +39,7 @@ def measure_decode_memory(export_dir: str, work_dir: str, cases=((480, 640, 256,
     m = ExportManifest.read(export_dir)
     rows = []
     for h, w, p, multimask in cases:
-        repo = render_repository(m.config, m.encoder_path, m.decoder_path, os.path.join(work_dir, f"repo_{h}x{w}"),
+        repo = render_repository(m.config, m.encoder_path, m.fast_decoder_paths, os.path.join(work_dir, f"repo_{h}x{w}"),
                                  RepoOptions(max_prompts=256, max_pixels=64 * 2**20))
         with TritonServer(repo, work_dir=os.path.join(work_dir, f"w_{h}x{w}")) as server:
             steps = [st.model for st in click_path(native=False)]

@@ -8,11 +8,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from samrt.app.pipeline import ensure_export, ensure_openvino_engines
+
+from samrt.app.pipeline import ensure_export, plan_engines
 from samrt.client import SamClient
 from samrt.client.cli import IMAGE_SUFFIXES, load_image
-from samrt.model_repository.launch import choose_openvino_engine
-from samrt.model_repository.render import RepoOptions, render_repository
+from samrt.model_repository.launch import repository_from_plan
+from samrt.model_repository.render import RepoOptions
 from samrt.model_repository.server import TritonServer
 from samrt.scenes import scene_for_index
 from samrt.spec import get_config
@@ -63,8 +64,8 @@ def run_engines(out: str, model_type: str, checkpoint: Optional[str], quick: boo
 
 def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str,
               url: Optional[str], concurrency: Sequence[int], clicks: int,
-              scenarios: Sequence[str] = ("sessions", "interactive"), backend: str = "onnxruntime",
-              precision: str = "auto") -> Dict[str, str]:
+              scenarios: Sequence[str] = ("sessions", "interactive"), backend: str = "auto",
+              precision: str = "auto", decoder: str = "fast") -> Dict[str, str]:
     """`samrt bench serve`. Scenarios: "sessions" (clients each encoding and clicking, a concurrency
     sweep, batching on and off) and "interactive" (one client clicking, idle and while another client
     streams new images to sam_encode; SamPredictor.predict on the same clicks in the same run)."""
@@ -79,16 +80,13 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
     if url is None:
         manifest, sam = _model(model_type, checkpoint, build_dir)
         base = {"model": manifest.name, "random_init": manifest.random_init}
-        enc, dec = manifest.encoder_path, manifest.decoder_path
-        base["backend"] = backend
-        if backend == "openvino":  # the engines serving would choose (built here when missing)
-            ensure_openvino_engines(manifest, precision)
-            (enc, rep, why_e), (dec, _, why_d) = (choose_openvino_engine(manifest, g, precision)
-                                                   for g in ("encoder", "decoder"))
-            base["engines"] = [why_e, why_d]
+        # the engines `samrt serve` would serve with these flags (built here when missing)
+        plan = plan_engines(manifest, backend, precision, decoder)
+        base.update(backend=backend, precision=precision, decoder=decoder,
+                    engines=[str(plan.encoder.variant), str(plan.decoder.variant)], why=[plan.encoder.why, plan.decoder.why])
         for mode in ("on", "off"):
-            repos[mode] = render_repository(manifest.config, enc, dec, os.path.join(build_dir, f"repo_batching_{mode}"),
-                                            RepoOptions(dynamic_batching=mode == "on"))
+            repos[mode] = repository_from_plan(manifest, plan, os.path.join(build_dir, f"repo_batching_{mode}"),
+                                               RepoOptions(dynamic_batching=mode == "on"))
         ref = reference_sessions(sam, images[: max(1, min(2, len(images)))], clicks)
         rows.append({**base, "bench": "serve", "dynamic_batching": "n/a", "protocol": "in-process (SamPredictor)",
                      "shared_memory": False, "concurrency": 1, "timed": "SamPredictor.set_image, then predict per click",

@@ -384,8 +384,10 @@ def _add_bench(sub) -> None:
                            help="sessions: clients encoding and clicking (a concurrency sweep, batching on/off); "
                                 "interactive: one client clicking, idle and while another streams new images")
             k.add_argument("--concurrency", default="1,4,16")
-            k.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"],
-                           help="engines of the servers started here (openvino: the variants serving would choose)")
+            k.add_argument("--backend", default="auto", choices=SERVING_BACKENDS[:3],
+                           help="engines of the servers started here, chosen as `samrt serve` chooses them")
+            k.add_argument("--precision", default="auto", choices=("auto",) + PRECISIONS)
+            k.add_argument("--decoder", default="fast", choices=sorted(DECODERS))
             k.add_argument("--clicks", type=int, default=10)
         if kind == "amg":
             k.add_argument("--images", help="folder of images (default: generated scenes)")
@@ -410,7 +412,8 @@ def cmd_bench(args) -> int:
     elif args.kind == "serve":
         conc = [int(c) for c in args.concurrency.split(",")]
         paths = bench_run.run_serve(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.url,
-                              conc, args.clicks, [s for s in args.scenarios.split(",") if s], args.backend)
+                              conc, args.clicks, [s for s in args.scenarios.split(",") if s], args.backend,
+                              args.precision, args.decoder)
     elif args.kind == "upscale":
         paths = bench_run.run_upscale(args.out, args.quick)
     else:

@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Tuple
 from samrt.artifacts import ArtifactError, ExportManifest, default_checkpoint
 from samrt.engines import OnnxSamPredictor
 from samrt.engines.build import EngineAccuracyError, build_variant
+from samrt.engines.openvino_engine import bf16_support
 from samrt.errors import SamrtError
 from samrt.model_repository.launch import repository_from_plan, serve_forever
 from samrt.model_repository.server import TritonServer
@@ -99,10 +100,8 @@ def _say(text: str) -> None:
 def _openvino_bf16_native() -> Optional[bool]:
     """Whether OpenVINO runs bf16 natively here; None when openvino is not installed."""
     try:
-        from samrt.engines.openvino_engine import bf16_support  # openvino: the openvino extra
-
         return bf16_support()["mode"] == "native"
-    except (ImportError, SamrtError):
+    except (ImportError, SamrtError):  # OpenVINOUnavailable: the openvino extra is not installed
         return None
 
 

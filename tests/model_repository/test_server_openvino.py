@@ -42,13 +42,21 @@ def ov_export(tiny_export, tmp_path_factory):
     from samrt.engines.build import build_engine
 
     d = str(tmp_path_factory.mktemp("ov_export"))
-    for p in (tiny_export.encoder_path, tiny_export.decoder_path, tiny_export.report_path):
+    for p in (tiny_export.encoder_path, tiny_export.decoder_path, tiny_export.report_path,
+              *tiny_export.fast_decoder_paths.values()):
         shutil.copy(p, d)
-    for graph in ("encoder", "decoder"):
+    for graph in ("encoder", "fast_decoder"):
         for precision in ("fp32", "bf16"):
             build_engine(os.path.join(d, f"tiny.{graph}.onnx"), d, "openvino", precision, eval_images=2,
                          speed_repeats=1)
     return d
+
+
+def _repository(export_dir, out, precision):
+    """The repository `samrt build-repo --backend openvino --precision <precision>` renders."""
+    from samrt.app.pipeline import repository_for_export
+
+    return repository_for_export(export_dir, out, _opts(), backend="openvino", precision=precision)
 
 
 def _opts():
@@ -62,13 +70,12 @@ def _opts():
 def server(ov_export, tmp_path_factory):
     """This module's own server (overrides conftest's shared one): OpenVINO fp32 engines, so the
     tests of test_server.py imported above run against OpenVINO."""
-    from samrt.model_repository.launch import repository_from_export
     from samrt.model_repository.server import TritonServer
 
     out = str(tmp_path_factory.mktemp("ov_repo") / "repo")
-    repo = repository_from_export(ov_export, out, _opts(), backend="openvino", precision="fp32")
+    repo = _repository(ov_export, out, "fp32")
     text = open(os.path.join(repo, "sam_mask_decoder", "config.pbtxt")).read()
-    assert "tiny.decoder.fp32.xml" in text  # the engine really is OpenVINO's
+    assert "tiny.fast_decoder.fp32.xml" in text  # the engine really is OpenVINO's
     with TritonServer(repo, work_dir=str(tmp_path_factory.mktemp("ov_work"))) as srv:
         yield srv
 
@@ -86,10 +93,9 @@ def test_bf16_server_agrees_with_sam_predictor_within_the_stated_tolerance(ov_ex
     of prompt. Measured on the tiny model (random weights, Xeon with AVX-512 BF16, 2026-11-30):
     worst mask agreement 0.9965, |iou| 0.0016, |logit| 0.0079; BF16_TOLERANCE leaves room above."""
     from samrt.client import SamClient
-    from samrt.model_repository.launch import repository_from_export
     from samrt.model_repository.server import TritonServer
 
-    repo = repository_from_export(ov_export, str(tmp_path / "repo"), _opts(), backend="openvino", precision="bf16")
+    repo = _repository(ov_export, str(tmp_path / "repo"), "bf16")
     worst = {"mask_agreement": 1.0, "iou_atol": 0.0, "logit_atol": 0.0}
     with TritonServer(repo, work_dir=str(tmp_path / "work")) as srv, SamClient(srv.grpc_url) as c:
         assert c.model_info()["encoder_engine"]["precision"] == "bf16"
