@@ -21,13 +21,14 @@ from samrt.visualize import sample_image
 
 from .amg import bench_amg
 from .common import write_rows
+from .decoder import bench_decoder
 from .engines import bench_engines
 from .perf_analyzer import run_perf_analyzer, write_decode_input_data
 from .plots import plot_all
 from .serve import DEFAULT_VARIANTS, bench_serve, interactive_rows, reference_clicks, reference_sessions
 from .upscale import DEFAULT_SIZES, bench_upscale
 
-__all__ = ["run_engines", "run_serve", "run_amg", "run_upscale"]
+__all__ = ["run_engines", "run_decoder", "run_serve", "run_amg", "run_upscale"]
 
 
 def _saved(paths: Dict[str, str]) -> List[dict]:
@@ -60,6 +61,11 @@ def run_engines(out: str, model_type: str, checkpoint: Optional[str], quick: boo
     paths = write_rows(rows, out, "engines")
     plot_all(_saved(paths), out)
     return paths
+
+
+def run_decoder(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str) -> Dict[str, str]:
+    """`samrt bench decoder`: the decoders and the served encoder in-process (benchmarks/decoder.py)."""
+    return write_rows(bench_decoder(model_type, checkpoint, build_dir, quick), out, "decoder")
 
 
 def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str,
@@ -143,18 +149,23 @@ def _interactive(repo: Optional[str], url: Optional[str], sam, quick: bool, base
             server.stop()
 
 
-def run_amg(out: str, url: str, images_dir: Optional[str], quick: bool, points_per_side: int) -> Dict[str, str]:
+def run_amg(out: str, url: str, images_dir: Optional[str], quick: bool, points_per_side: int,
+            reference_checkpoint: Optional[str] = None) -> Dict[str, str]:
+    """`samrt bench amg`: new images through `sam_amg` (default: generated 480x640 scenes; run it on a
+    server that has not seen them), against the official generator on `reference_checkpoint` in this
+    process."""
     if images_dir:
         images = [load_image(os.path.join(images_dir, f)) for f in sorted(os.listdir(images_dir))
                   if f.lower().endswith(IMAGE_SUFFIXES)]
     else:
-        images = _images(2 if quick else 5)
+        images = [sample_image(480, 640, seed=1000 + i)[0] for i in range(3 if quick else 4)]
     if quick:
         points_per_side = min(points_per_side, 8)
     with SamClient(url) as c:  # what the server runs: the encoder engine's report (None: ONNX Runtime fp32)
         engine = c.model_info()["encoder_engine"]
     base = {"encoder_engine": (f"{engine['engine']} ({engine['precision']})" if engine else "onnx (fp32, ONNX Runtime)")}
-    rows = bench_amg(url, images, points_per_side=points_per_side, base=base)
+    rows = bench_amg(url, images[1:], points_per_side=points_per_side, base=base, warmup=images[0],
+                     reference_checkpoint=reference_checkpoint)
     return write_rows(rows, out, "amg")
 
 

@@ -21,7 +21,8 @@ import logging
 import os
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,6 +33,8 @@ from samrt.errors import SamrtError
 from .runner import Runner, check_feeds
 
 __all__ = [
+    "AccuracyControl",
+    "float_layers",
     "OpenVINORunner",
     "STATIC_MIN_AGREEMENT",
     "STATIC_MAX_SCORE_DIFF",
@@ -356,16 +359,34 @@ def int8_float_nodes(model, weight_name_parts: Sequence[str] = INT8_FLOAT_WEIGHT
     return names
 
 
+@dataclass
+class AccuracyControl:
+    """NNCF's accuracy-controlled quantisation (`nncf.quantize_with_accuracy_control`): after the
+    INT8 recipe, layers go back to float, the most sensitive first (ranked on `ranking_subset`
+    items), until `metric` over `items` drops by at most `max_drop` from the float model's, or
+    `max_iterations` layers were returned. `items`: validation inputs as `{"image": x, ...}`
+    (the rest is the metric's); `metric(output, item) -> float` scores the model's output on one item."""
+
+    items: Sequence[dict]
+    metric: Callable[[np.ndarray, dict], float]
+    max_drop: float
+    max_iterations: int = 10
+    ranking_subset: int = 2
+
+
 def int8_ir_from_onnx(src: str, dst_xml: str, calibration_images: Sequence[np.ndarray], image_size: int,
                       float_weights: Sequence[str] = INT8_FLOAT_WEIGHTS, attention_products_float: bool = True,
-                      smooth_quant_alpha: float = 0.95, input_name: str = "image") -> Tuple[str, List[str]]:
+                      smooth_quant_alpha: float = 0.95, input_name: str = "image",
+                      accuracy_control: Optional[AccuracyControl] = None) -> Tuple[str, List[str]]:
     """INT8 encoder IR by NNCF post-training quantisation, calibrated on `calibration_images`
     (HxWx3 uint8 RGB, preprocessed as the pipeline does to `image_size`).
 
     Transformer preset (`ModelType.TRANSFORMER`: symmetric int8 weights per channel, asymmetric
     activations, LayerNorm/Softmax/GELU in float), SmoothQuant on MatMuls with `smooth_quant_alpha`
     (negative: off), fast bias correction, and the layers of `int8_float_nodes(float_weights,
-    attention_products_float)` kept in float. Returns (dst_xml, the names of the layers kept in float).
+    attention_products_float)` kept in float. With `accuracy_control`, NNCF then returns the most
+    sensitive layers to float until the metric holds (`AccuracyControl`). Returns (dst_xml, the
+    names of the MatMul/Convolution layers left in float: the recipe's and the restored ones).
     """
     import nncf  # nncf: the openvino extra
 
@@ -375,16 +396,38 @@ def int8_ir_from_onnx(src: str, dst_xml: str, calibration_images: Sequence[np.nd
     nncf.set_log_level(logging.WARNING)  # its INFO lines list every node it leaves unquantised
     model = _ov().convert_model(src)
     kept = int8_float_nodes(model, float_weights, attention_products_float)
-    quantized = nncf.quantize(
-        model, nncf.Dataset(samples),
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(samples),
-        fast_bias_correction=True,
-        ignored_scope=nncf.IgnoredScope(names=kept),
-        advanced_parameters=nncf.AdvancedQuantizationParameters(
-            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha)),
-    )
-    return _save_ir(quantized, dst_xml, "int8"), kept
+    common = dict(model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples), fast_bias_correction=True,
+                  ignored_scope=nncf.IgnoredScope(names=kept))
+    advanced = nncf.AdvancedQuantizationParameters(
+        smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha))
+    if accuracy_control is None:
+        quantized = nncf.quantize(model, nncf.Dataset(samples), advanced_parameters=advanced, **common)
+    else:
+        ac = accuracy_control
+
+        def validate(compiled, items):
+            scores = [float(ac.metric(compiled({input_name: item[input_name]})[0], item)) for item in items]
+            return float(np.mean(scores)), scores
+
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+        quantized = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(samples), nncf.Dataset(list(ac.items)), validate, max_drop=ac.max_drop,
+            drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                max_num_iterations=ac.max_iterations, ranking_subset_size=ac.ranking_subset), **common)
+    return _save_ir(quantized, dst_xml, "int8"), float_layers(quantized)
+
+
+def float_layers(model) -> List[str]:
+    """MatMul/Convolution layers of an (NNCF) model that no quantiser feeds: they run in float."""
+    names = []
+    for op in model.get_ops():
+        if op.get_type_name() not in ("MatMul", "Convolution"):
+            continue
+        if all(i.get_source_output().get_node().get_type_name() != "FakeQuantize" for i in op.inputs()):
+            names.append(op.get_friendly_name())
+    return names
 
 
 def _file_facts(xml_path: str) -> Dict[str, object]:
@@ -398,7 +441,8 @@ def _file_facts(xml_path: str) -> Dict[str, object]:
 
 
 def build_openvino_engine(onnx_path: str, out: str, precision: str,
-                          calibration: Optional[Sequence[np.ndarray]], image_size: int) -> Tuple[OpenVINORunner, dict]:
+                          calibration: Optional[Sequence[np.ndarray]], image_size: int,
+                          accuracy_control: Optional[AccuracyControl] = None) -> Tuple[OpenVINORunner, dict]:
     """Write the IR `out` (*.xml) for `precision` from an exported graph and compile it.
 
     Returns (runner, details for the engine report: the effective inference precision and
@@ -414,12 +458,18 @@ def build_openvino_engine(onnx_path: str, out: str, precision: str,
         if onnx_path.endswith(".decoder.onnx"):
             raise SamrtError("--backend openvino --precision int8: the decoder stays in float (fp32 or bf16); "
                              "quantise the encoder")
-        _, kept = int8_ir_from_onnx(onnx_path, out, calibration, image_size)
+        recipe = int8_float_nodes(_ov().convert_model(onnx_path), INT8_FLOAT_WEIGHTS, True)
+        _, kept = int8_ir_from_onnx(onnx_path, out, calibration, image_size, accuracy_control=accuracy_control)
         details["quantization"] = {
             "tool": f"nncf {nncf.__version__}", "model_type": "transformer", "preset": "mixed",
             "smooth_quant_alpha_matmul": 0.95, "fast_bias_correction": True,
             "float_weights": list(INT8_FLOAT_WEIGHTS), "attention_products": "float", "float_nodes": kept,
             "calibration_images": len(calibration),
+            "accuracy_control": None if accuracy_control is None else {
+                "tool": "nncf.quantize_with_accuracy_control", "metric": "mean mask IoU against fp32 (centre clicks)",
+                "validation_images": len(accuracy_control.items), "max_drop": accuracy_control.max_drop,
+                "max_layers_restored": accuracy_control.max_iterations,
+                "restored_to_float": sorted(set(kept) - set(recipe))},
         }
     else:
         ir_from_onnx(onnx_path, out, precision)

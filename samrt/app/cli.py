@@ -360,7 +360,7 @@ def cmd_build_engine(args) -> int:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="latency and throughput benchmarks (rows as JSON/CSV with the machine, plots)")
     kinds = p.add_subparsers(dest="kind", required=True)
-    for kind in ("engines", "serve", "amg"):
+    for kind in ("engines", "decoder", "serve", "amg"):
         k = kinds.add_parser(kind)
         k.add_argument("--out", required=True, help="results folder, e.g. benchmarks/results/<machine>/")
         k.add_argument("--quick", action="store_true", help="a smoke run in under two minutes")
@@ -392,6 +392,9 @@ def _add_bench(sub) -> None:
         if kind == "amg":
             k.add_argument("--images", help="folder of images (default: generated scenes)")
             k.add_argument("--points-per-side", type=int, default=32)
+            k.add_argument("--reference-checkpoint",
+                           help="run the official SamAutomaticMaskGenerator on this checkpoint in this process, "
+                                "same images and parameters, for the speedup (the server's own checkpoint)")
     k = kinds.add_parser("upscale", help="mask upscaling per click: samrt.upscale vs the old numpy path vs torch")
     k.add_argument("--out", required=True, help="results folder, e.g. benchmarks/results/<machine>/")
     k.add_argument("--quick", action="store_true", help="a smoke run on a tiny size (seconds)")
@@ -405,7 +408,9 @@ def _names(csv: str) -> List[str]:
 def cmd_bench(args) -> int:
     from samrt.benchmarks import run as bench_run  # tritonclient (samrt.client), torch: the dev extra
 
-    if args.kind == "engines":
+    if args.kind == "decoder":
+        paths = bench_run.run_decoder(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir)
+    elif args.kind == "engines":
         paths = bench_run.run_engines(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.export_dir,
                                  [int(p) for p in args.prompts.split(",")], _names(args.ort_precisions),
                                  _names(args.openvino_precisions))
@@ -417,7 +422,8 @@ def cmd_bench(args) -> int:
     elif args.kind == "upscale":
         paths = bench_run.run_upscale(args.out, args.quick)
     else:
-        paths = bench_run.run_amg(args.out, args.url, args.images, args.quick, args.points_per_side)
+        paths = bench_run.run_amg(args.out, args.url, args.images, args.quick, args.points_per_side,
+                                  args.reference_checkpoint)
     print("\n".join(f"wrote {p}" for p in paths.values()))
     return 0
 
