@@ -193,7 +193,7 @@ class OpenVINORunner(Runner):
 
     def __init__(self, path: str, precision: Optional[str] = None, threads: Optional[int] = None,
                  streams: int = 1, pinning: bool = False, performance_hint: str = "LATENCY",
-                 static_shapes: int = 0, snippets: bool = True) -> None:
+                 static_shapes: int = 0, snippets: bool = True, dynamic: bool = True) -> None:
         ov = _ov()
         import openvino.properties as props  # openvino: the openvino extra
         import openvino.properties.hint as hints
@@ -217,24 +217,35 @@ class OpenVINORunner(Runner):
         }
         if not snippets:
             self.config["SNIPPETS_MODE"] = "DISABLE"
-        self.compiled = _core().compile_model(model, "CPU", self.config)
-        # What the plugin actually runs (a bf16 hint becomes f32 where BF16 is unavailable).
-        self.inference_precision = self.compiled.get_property(hints.inference_precision()).get_type_name()
-        if precision == "bf16" and self.inference_precision != "bf16":
-            log.warning("%s: bf16 asked, OpenVINO runs %s on this CPU", os.path.basename(path),
-                        self.inference_precision)
-        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
-        self.output_names = [p.get_any_name() for p in self.compiled.outputs]
+        self.input_names = [p.get_any_name() for p in model.inputs]
+        self.output_names = [p.get_any_name() for p in model.outputs]
         self.input_shapes = {p.get_any_name(): tuple(d.get_length() if d.is_static else -1
                                                      for d in p.get_partial_shape())
-                             for p in self.compiled.inputs}
-        self.input_dtypes = {p.get_any_name(): p.get_element_type().to_dtype() for p in self.compiled.inputs}
-        self._request = self.compiled.create_infer_request()
+                             for p in model.inputs}
+        self.input_dtypes = {p.get_any_name(): p.get_element_type().to_dtype() for p in model.inputs}
         self._lock = threading.Lock()
         self.static_shapes = int(static_shapes)
         self._static: Dict[tuple, object] = {}  # input shapes -> infer request of a static compile (None: refused)
-        self._reference = None  # the f32 dynamic compile static compiles are checked against
         self.refused_shapes: List[tuple] = []
+        self.compiled = None  # the dynamic model (compiled now, or when first needed with dynamic=False)
+        self._request = None
+        self.inference_precision = "bf16" if float_precision == "bf16" else "f32"
+        if dynamic or not self.static_shapes:
+            self._dynamic_request()
+        if precision == "bf16" and self.inference_precision != "bf16":
+            log.warning("%s: bf16 asked, OpenVINO runs %s on this CPU", os.path.basename(path),
+                        self.inference_precision)
+
+    def _dynamic_request(self):
+        """The dynamic model's infer request, compiled on first use."""
+        if self._request is None:
+            import openvino.properties.hint as hints  # openvino: the openvino extra
+
+            self.compiled = _core().compile_model(_core().read_model(self.path), "CPU", self.config)
+            # what the plugin actually runs (a bf16 hint becomes f32 where BF16 is unavailable)
+            self.inference_precision = self.compiled.get_property(hints.inference_precision()).get_type_name()
+            self._request = self.compiled.create_infer_request()
+        return self._request
 
     def _shape_key(self, feeds: Mapping[str, np.ndarray]) -> tuple:
         return tuple(tuple(feeds[n].shape) for n in self.input_names)
@@ -249,17 +260,20 @@ class OpenVINORunner(Runner):
                 return self._static[key] is not None
             if len(self._static) >= self.static_shapes:
                 return False
+            import openvino.properties.hint as hints  # openvino: the openvino extra
+
             model = _core().read_model(self.path)
             model.reshape({n: list(shape) for n, shape in zip(self.input_names, key)})
-            request = _core().compile_model(model, "CPU", self.config).create_infer_request()
+            compiled = _core().compile_model(model, "CPU", self.config)
+            self.inference_precision = compiled.get_property(hints.inference_precision()).get_type_name()
+            request = compiled.create_infer_request()
             got = {p.get_any_name(): v for p, v in request.infer(dict(feeds)).items()}
-            if self._reference is None:
-                import openvino.properties.hint as hints  # openvino: the openvino extra
-
-                ref_config = dict(self.config)
-                ref_config[hints.inference_precision] = _ov().Type.f32
-                self._reference = _core().compile_model(_core().read_model(self.path), "CPU", ref_config)
-            ref = {p.get_any_name(): v for p, v in self._reference.create_infer_request().infer(dict(feeds)).items()}
+            # the f32 reference exists only for the check (an encoder's weights are GBs)
+            ref_config = dict(self.config)
+            ref_config[hints.inference_precision] = _ov().Type.f32
+            reference = _core().compile_model(_core().read_model(self.path), "CPU", ref_config)
+            ref = {p.get_any_name(): v for p, v in reference.create_infer_request().infer(dict(feeds)).items()}
+            del reference
             problem = _static_disagreement(got, ref)
             if problem:
                 log.warning("%s: the static compile for shapes %s disagrees with the f32 model (%s); "
@@ -272,13 +286,14 @@ class OpenVINORunner(Runner):
     def _request_for(self, key: tuple):
         """The infer request for these input shapes: a checked static compile, else the dynamic
         model's. Called under the lock."""
-        return self._static.get(key) or self._request if self.static_shapes else self._request
+        return (self._static.get(key) if self.static_shapes else None) or self._dynamic_request()
 
     def settings(self) -> Dict[str, object]:
         """The compiled model's effective settings, for reports."""
         import openvino.properties as props  # openvino: the openvino extra
         import openvino.properties.hint as hints
 
+        self._dynamic_request()
         get = self.compiled.get_property
         return {"precision": self.precision, "ir_precision": self.ir_precision,
                 "inference_precision": self.inference_precision,

@@ -147,12 +147,13 @@ class PythonModel:
         raise NotImplementedError
 
 
-def engine_runner(params: Dict[str, str], static_shapes: int = 0):
+def engine_runner(params: Dict[str, str], static_shapes: int = 0, dynamic: bool = True):
     """The runner for the model's engine file (samrt.engines.runner_for_engine: OpenVINO for an IR
     .xml, ONNX Runtime for .onnx, TensorRT for .plan), with as many threads as this process may use
     (`samrt.cpus.usable_cpus`, or SAMRT_THREADS); OpenVINO compiles up to `static_shapes` recurring
     input shapes statically (each checked when compiled)."""
-    return runner_for_engine(params["engine_path"], params.get("device", "cpu"), static_shapes=static_shapes)
+    return runner_for_engine(params["engine_path"], params.get("device", "cpu"), static_shapes=static_shapes,
+                             dynamic=dynamic)
 
 
 def decoder_engine(params: Dict[str, str]):

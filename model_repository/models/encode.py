@@ -75,8 +75,9 @@ class ImageEncoderModel(PythonModel):
     def setup(self, params) -> None:
         lower_priority(params)
         # OpenVINO: batch 1 (and the next batch size met) compiled statically: ~20% faster than the
-        # dynamic model for a vit_b encoder here; the first one is compiled and checked now
-        self.runner = engine_runner(params, static_shapes=2)
+        # dynamic model for a vit_b encoder here; the first one is compiled and checked now, and the
+        # dynamic model only when a third batch size comes (one copy of the weights, not two)
+        self.runner = engine_runner(params, static_shapes=2, dynamic=False)
         side = int(self.runner.input_shapes["image"][-1])
         try:
             self.runner.run({"image": np.zeros((1, 3, side, side), np.float32)})
