@@ -11,7 +11,7 @@ import numpy as np
 
 from samrt.app.pipeline import ensure_export, plan_engines
 from samrt.client import SamClient
-from samrt.client.cli import IMAGE_SUFFIXES, load_image
+from samrt.imageio import list_images, load_image
 from samrt.model_repository.launch import repository_from_plan
 from samrt.model_repository.render import RepoOptions
 from samrt.model_repository.server import TritonServer
@@ -145,8 +145,7 @@ def _interactive(repo: Optional[str], url: Optional[str], sam, quick: bool, base
 
 def run_amg(out: str, url: str, images_dir: Optional[str], quick: bool, points_per_side: int) -> Dict[str, str]:
     if images_dir:
-        images = [load_image(os.path.join(images_dir, f)) for f in sorted(os.listdir(images_dir))
-                  if f.lower().endswith(IMAGE_SUFFIXES)]
+        images = [load_image(os.path.join(images_dir, f)) for f in list_images(images_dir)]
     else:
         images = _images(2 if quick else 5)
     if quick:

@@ -29,7 +29,8 @@ from samrt import processing as P
 from samrt import prompts
 from samrt.artifacts import ExportManifest, engine_path, prepare_output_dir
 from samrt.errors import SamrtError
-from samrt.scenes import centre_point, eval_scenes, mask_iou, scene_for_index
+from samrt.masks import mask_iou
+from samrt.scenes import centre_point, eval_scenes, scene_for_index
 from samrt.spec import decoder_spec, encoder_spec, fast_decoder_spec, image_prep_spec
 from samrt.variants import GRAPHS, REPORT_SUFFIX, Variant
 
