@@ -11,7 +11,7 @@ import numpy as np
 
 from samrt.app.pipeline import ensure_export, plan_engines
 from samrt.client import SamClient
-from samrt.client.cli import IMAGE_SUFFIXES, load_image
+from samrt.imageio import list_images, load_image
 from samrt.model_repository.launch import repository_from_plan
 from samrt.model_repository.render import RepoOptions
 from samrt.model_repository.server import TritonServer
@@ -155,8 +155,7 @@ def run_amg(out: str, url: str, images_dir: Optional[str], quick: bool, points_p
     server that has not seen them), against the official generator on `reference_checkpoint` in this
     process."""
     if images_dir:
-        images = [load_image(os.path.join(images_dir, f)) for f in sorted(os.listdir(images_dir))
-                  if f.lower().endswith(IMAGE_SUFFIXES)]
+        images = [load_image(os.path.join(images_dir, f)) for f in list_images(images_dir)]
     else:
         images = [sample_image(480, 640, seed=1000 + i)[0] for i in range(3 if quick else 4)]
     if quick:

@@ -14,6 +14,7 @@ import numpy as np
 
 from samrt.amg import AmgOptions, uncompressed_rle
 from samrt.errors import InputError
+from samrt.masks import rle_to_mask
 
 from ._client import SamClient
 
@@ -57,10 +58,7 @@ class TritonSamAutomaticMaskGenerator:
         predicted_iou, point_coords, stability_score, crop_box (XYWH)."""
         records = self.client.amg(image, self.options)
         if self.output_mode != "coco_rle":
-            from pycocotools import mask as mask_utils  # pycocotools: the client extra
-
             for r in records:
-                rle = {"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()}
-                mask = mask_utils.decode(rle).astype(bool)
+                mask = rle_to_mask(r["segmentation"])
                 r["segmentation"] = mask if self.output_mode == "binary_mask" else uncompressed_rle(mask)
         return records

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -10,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from samrt import imageio
+from samrt.artifacts import atomic_write_json
 from samrt.errors import InputError
 from samrt.visualize import overlay, save_png
 
@@ -17,9 +17,7 @@ from ._client import SamClient
 from .amg import TritonSamAutomaticMaskGenerator
 from .predictor import TritonSamPredictor
 
-__all__ = ["parse_point", "parse_box", "load_image", "segment_file", "amg_folder", "amg_document", "IMAGE_SUFFIXES"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+__all__ = ["parse_point", "parse_box", "load_image", "segment_file", "amg_folder", "amg_document"]
 
 
 def parse_point(text: str) -> Tuple[float, float, int]:
@@ -81,11 +79,7 @@ def amg_folder(client: SamClient, folder: str, out_dir: str, progress: bool = Tr
     """One SA-1B style JSON (image info + COCO RLE annotations) per image of `folder`."""
     from tqdm import tqdm  # tqdm: the client extra
 
-    if not os.path.isdir(folder):
-        raise InputError(f"{folder}: not a folder; expected a folder of images")
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
-    if not files:
-        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    files = imageio.list_images(folder)
     generator = TritonSamAutomaticMaskGenerator(client, output_mode="coco_rle", **amg_kwargs)
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -94,7 +88,6 @@ def amg_folder(client: SamClient, folder: str, out_dir: str, progress: bool = Tr
         records = generator.generate(image)
         doc = amg_document(i, name, image, records)
         path = os.path.join(out_dir, os.path.splitext(name)[0] + ".json")
-        with open(path, "w") as f:
-            json.dump(doc, f)
+        atomic_write_json(path, doc)
         written.append(path)
     return written

@@ -29,7 +29,8 @@ from samrt import processing as P
 from samrt import prompts
 from samrt.artifacts import ExportManifest, engine_path, prepare_output_dir
 from samrt.errors import SamrtError
-from samrt.scenes import centre_point, eval_scenes, mask_iou, scene_for_index
+from samrt.masks import mask_iou, masks_to_boxes
+from samrt.scenes import centre_point, eval_scenes, scene_for_index
 from samrt.spec import decoder_spec, encoder_spec, fast_decoder_spec, image_prep_spec
 from samrt.variants import GRAPHS, REPORT_SUFFIX, Variant
 
@@ -76,11 +77,7 @@ def _object_prompts(scene, image_size: int, kinds: Sequence[str]) -> List[Tuple[
     for kind in kinds:
         boxes = None
         if "box" in kind:
-            boxes = []
-            for m in scene.masks:
-                ys, xs = np.nonzero(m)
-                boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
-            boxes = np.asarray(boxes, np.float64)
+            boxes = masks_to_boxes(np.stack(scene.masks)).astype(np.float64)
         if "click" in kind:
             coords, labels = prompts.assemble_prompts(centres[:, None, :], np.ones((len(centres), 1), np.int32), boxes)
         else:

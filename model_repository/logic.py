@@ -17,6 +17,7 @@ from samrt import processing as P
 from samrt import prompts
 from samrt.errors import InputError
 from samrt.imageio import decode_image_bytes  # noqa: F401  (re-exported: the one decoder lives in samrt.imageio)
+from samrt.masks import masks_to_rles
 
 
 __all__ = [
@@ -187,12 +188,9 @@ def upscaled_masks(low_res: np.ndarray, input_size, original_size, image_size: i
 
 def masks_to_rle(masks: np.ndarray) -> np.ndarray:
     """Boolean [..., H, W] masks -> object array [...] of COCO RLE JSON (counts as a string)."""
-    from pycocotools import mask as mask_utils  # pycocotools: the client extra
-
     lead = masks.shape[:-2]
-    flat = masks.reshape((-1,) + masks.shape[-2:])
-    rles = mask_utils.encode(np.asfortranarray(flat.transpose(1, 2, 0).astype(np.uint8)))
+    rles = masks_to_rles(masks.reshape((-1,) + masks.shape[-2:]))
     out = np.empty(len(rles), dtype=object)
     for i, r in enumerate(rles):
-        out[i] = json.dumps({"size": [int(s) for s in r["size"]], "counts": r["counts"].decode()}).encode()
+        out[i] = json.dumps(r).encode()
     return out.reshape(lead)

@@ -3,7 +3,7 @@
 This root package is the core floor, torch-free (numpy and PIL; scipy and pycocotools inside the
 functions that use them), imported by every other floor and importing none of them:
 `spec` (the I/O spec), `wire` (the server's API), `prompts`, `imageio`, `processing`, `upscale`,
-`amg` (the automatic-mask logic), `errors`, `artifacts`, `visualize`, `predictor_api`, and
+`masks` (COCO RLE, IoU, boxes), `amg` (the automatic-mask logic), `errors`, `artifacts`, `visualize`, `predictor_api`, and
 `layers` (the floors themselves).
 
 The other floors, each a package of its own (`samrt.layers` declares what each may import):

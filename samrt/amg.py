@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import InputError, SamrtError
+from .masks import mask_to_rle, masks_to_boxes, masks_to_rles, rle_area, rle_to_mask
 
 __all__ = [
     "AmgOptions",
@@ -22,7 +23,6 @@ __all__ = [
     "build_point_grid",
     "generate_crop_boxes",
     "stability_score",
-    "masks_to_boxes",
     "box_nms",
     "remove_small_regions",
     "uncompressed_rle",
@@ -152,23 +152,6 @@ def stability_score(logits: np.ndarray, threshold: float, offset: float) -> np.n
     return inter / np.maximum(union, 1) * (union > 0) + (union == 0) * 0.0
 
 
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """[N,H,W] bool -> [N,4] XYXY of the true pixels (0,0,0,0 for an empty mask), as SAM does."""
-    n = masks.shape[0]
-    if n == 0:
-        return np.zeros((0, 4), np.float32)
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
-    h, w = masks.shape[1:]
-    top = np.where(rows.any(1), rows.argmax(1), h)
-    bottom = np.where(rows.any(1), h - 1 - rows[:, ::-1].argmax(1), 0)
-    left = np.where(cols.any(1), cols.argmax(1), w)
-    right = np.where(cols.any(1), w - 1 - cols[:, ::-1].argmax(1), 0)
-    boxes = np.stack([left, top, right, bottom], 1).astype(np.float32)
-    empty = (right < left) | (bottom < top)
-    boxes[empty] = 0
-    return boxes
-
-
 def _box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
     lt = np.maximum(box[:2], others[:, :2])
@@ -220,30 +203,6 @@ def uncompressed_rle(mask: np.ndarray) -> Dict:
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
 
 
-def _coco_rle(mask: np.ndarray) -> Dict:
-    from pycocotools import mask as mask_utils  # pycocotools: the client extra
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("utf-8")
-    return rle
-
-
-# -- kept masks are held compactly, as COCO RLE (bytes), as segment_anything keeps `rles` --
-def _rle_encode(masks: np.ndarray) -> List[Dict]:
-    """[N,H,W] bool -> N pycocotools RLEs (counts as bytes)."""
-    from pycocotools import mask as mask_utils  # pycocotools: the client extra
-
-    if len(masks) == 0:
-        return []
-    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-
-
-def _rle_decode(rle: Dict) -> np.ndarray:
-    from pycocotools import mask as mask_utils  # pycocotools: the client extra
-
-    return mask_utils.decode(rle).astype(bool)
-
-
 class AmgCancelled(SamrtError):
     """generate_masks stopped because its `should_stop` callback said so (the client has gone)."""
 
@@ -292,7 +251,7 @@ def _process_crop(set_crop: CropFn, image, crop_box, grid, opts: AmgOptions, ori
             del logits
             boxes = masks_to_boxes(masks)
             keep = np.flatnonzero(~_near_crop_edge(boxes, crop_box, [0, 0, orig_size[1], orig_size[0]]))
-            out["rles"].extend(_rle_encode(masks[keep]))
+            out["rles"].extend(masks_to_rles(masks[keep]))
             for k in keep:
                 out["iou"].append(float(c_iou[k]))
                 out["points"].append(c_pts[k] + np.array([x0, y0]))
@@ -306,8 +265,8 @@ def _process_crop(set_crop: CropFn, image, crop_box, grid, opts: AmgOptions, ori
     if (x0, y0, x1, y1) != (0, 0, orig_size[1], orig_size[0]):
         for j, rle in enumerate(result["rles"]):  # uncrop to the full image, one mask at a time
             canvas = np.zeros(orig_size, bool)
-            canvas[y0:y1, x0:x1] = _rle_decode(rle)
-            result["rles"][j] = _rle_encode(canvas[None])[0]
+            canvas[y0:y1, x0:x1] = rle_to_mask(rle)
+            result["rles"][j] = mask_to_rle(canvas)
     result["boxes"] = [boxes[i] + np.array([x0, y0, x0, y0], np.float32) for i in keep]
     result["crop_boxes"] = [list(crop_box) for _ in keep]
     return result
@@ -354,21 +313,19 @@ def generate_masks(image: np.ndarray, set_crop: CropFn, opts: AmgOptions, output
     if opts.min_mask_region_area > 0 and data["rles"]:
         _check_stop(should_stop)
         data = _postprocess_small_regions(data, opts.min_mask_region_area, max(opts.box_nms_thresh, opts.crop_nms_thresh))
-    from pycocotools import mask as mask_utils  # pycocotools: the client extra
-
     records = []
     for i, rle in enumerate(data["rles"]):
         if output_mode == "coco_rle":
-            seg = {"size": list(rle["size"]), "counts": rle["counts"].decode("utf-8")}
+            seg = {"size": list(rle["size"]), "counts": rle["counts"]}
         elif output_mode == "uncompressed_rle":
-            seg = uncompressed_rle(_rle_decode(rle))
+            seg = uncompressed_rle(rle_to_mask(rle))
         else:
-            seg = _rle_decode(rle)
+            seg = rle_to_mask(rle)
         b = data["boxes"][i]
         cb = data["crop_boxes"][i]
         records.append({
             "segmentation": seg,
-            "area": int(mask_utils.area(rle)),
+            "area": rle_area(rle),
             # ints and floats exactly where segment_anything has them: boxes are pixel indices
             "bbox": [int(b[0]), int(b[1]), int(b[2] - b[0]), int(b[3] - b[1])],
             "predicted_iou": float(data["iou"][i]),
@@ -384,13 +341,13 @@ def _postprocess_small_regions(data, min_area: int, nms_thresh: float):
     masks that needed no change."""
     new_rles, boxes, scores = [], [], []
     for rle in data["rles"]:
-        m = _rle_decode(rle)
+        m = rle_to_mask(rle)
         m, changed = remove_small_regions(m, min_area, "holes")
         unchanged = not changed
         m, changed = remove_small_regions(m, min_area, "islands")
         unchanged = unchanged and not changed
-        new_rles.append(rle if unchanged else _rle_encode(m[None])[0])
-        boxes.append(masks_to_boxes(m[None])[0])
+        new_rles.append(rle if unchanged else mask_to_rle(m))
+        boxes.append(masks_to_boxes(m))
         scores.append(float(unchanged))  # prefer masks that needed no change
     keep = box_nms(np.stack(boxes), np.asarray(scores, np.float32), nms_thresh)
     out = {k: [v[i] for i in keep] for k, v in data.items()}

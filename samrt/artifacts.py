@@ -6,6 +6,9 @@ Output folders carry a marker file, `.samrt`, that says which samrt command made
 writes into a folder only when it is new, empty, or marked by samrt; it replaces (deletes) only
 what its marker says samrt wrote there. Anything else is refused with `OutputDirError`, and the
 folder is left untouched: `samrt build-repo --out .` cannot wipe a working directory.
+
+Files samrt rewrites while a reader may look (markers, per-image JSON, state files) are written
+atomically (`atomic_write_json`): a reader sees the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import json
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import SamrtError
 from .spec import SamConfig
@@ -24,6 +28,9 @@ __all__ = [
     "MARKER",
     "OutputDirError",
     "ArtifactError",
+    "atomic_write_text",
+    "atomic_write_json",
+    "check_output_dir",
     "prepare_output_dir",
     "read_marker",
     "record_entries",
@@ -47,6 +54,34 @@ class ArtifactError(SamrtError):
     """An artifact samrt expects (an export folder, an engine and its report) is missing or not valid."""
 
 
+# -- atomic writes ----------------------------------------------------------------------------
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically: into a new temporary file beside it
+    (`.<name>.<random>.tmp`, mode from the umask like any new file), flushed to disk, then renamed
+    over `path` (`os.replace`, atomic within a file system). On any error the temporary file is
+    removed and `path` is left as it was."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    f = open(tmp, "x", encoding="utf-8")  # "x": a new name of our own, never someone's file
+    try:
+        with f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)  # ours: created by the open above
+        raise
+
+
+def atomic_write_json(path: str, doc, **dump_kwargs) -> None:
+    """`json.dumps(doc, **dump_kwargs)` written to `path` atomically (atomic_write_text). `doc` is
+    serialised before any file is touched: a value JSON cannot hold (TypeError, ValueError) leaves
+    no file behind."""
+    atomic_write_text(path, json.dumps(doc, **dump_kwargs))
+
+
 # -- output folders ---------------------------------------------------------------------------
 def read_marker(path: str) -> Optional[dict]:
     """The marker of a folder samrt made ({"kind": ..., "entries": [...]}), or None."""
@@ -59,42 +94,60 @@ def read_marker(path: str) -> Optional[dict]:
 
 
 def _write_marker(path: str, marker: dict) -> None:
-    tmp = os.path.join(path, MARKER + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(marker, f, indent=1)
-    os.replace(tmp, os.path.join(path, MARKER))
+    atomic_write_json(os.path.join(path, MARKER), marker, indent=1)
 
 
-def prepare_output_dir(path: str, kind: str, accept: Sequence[str] = ()) -> str:
-    """Make `path` ready for samrt to write into, as output of the command `kind`.
-
-    A missing or empty folder is created and marked; a folder marked by samrt with `kind` (or
-    one of `accept`, e.g. engines built into an export folder) is used as it is. A non-empty
-    folder without the marker, or marked for another kind, raises OutputDirError naming it and
-    some of its entries; nothing in it is changed.
-    """
-    path = os.path.abspath(path)
+def _output_dir_state(path: str, kind: str, accept: Sequence[str]) -> Tuple[str, Optional[dict]]:
+    """("new", None), ("marked", marker) or ("unmarked export", None); OutputDirError otherwise."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise OutputDirError(f"{path}: got a file, expected a folder for the output of samrt {kind}")
     entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
-    marker = read_marker(path) if entries else None
+    if not entries:
+        return "new", None
+    marker = read_marker(path)
     if marker is not None:
         if marker["kind"] == kind or marker["kind"] in accept:
-            return path
+            return "marked", marker
         raise OutputDirError(f"{path}: holds the output of samrt {marker['kind']}, expected a new or empty folder "
                              f"or one written by samrt {kind}; nothing was changed")
-    if entries and "export" in (kind,) + tuple(accept) and _is_unmarked_export(path):
+    if "export" in (kind,) + tuple(accept) and _is_unmarked_export(path):
+        return "unmarked export", None
+    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    raise OutputDirError(f"{path}: not empty ({len(entries)} entries: {shown}) and not written by samrt "
+                         f"(no {MARKER} marker); expected a new or empty folder for samrt {kind}. "
+                         "Nothing in it was changed; choose another --out")
+
+
+def check_output_dir(path: str, kind: str, accept: Sequence[str] = ()) -> Optional[dict]:
+    """What prepare_output_dir(path, kind, accept) would decide, changing nothing (a plan, a dry run).
+
+    Returns the folder's marker when samrt wrote it as output of `kind` (or of one of `accept`);
+    None when the folder is missing or empty, or is an export folder written before markers
+    existed (prepare_output_dir would create or mark it). Raises OutputDirError in the cases
+    prepare_output_dir raises it."""
+    return _output_dir_state(os.path.abspath(path), kind, accept)[1]
+
+
+def prepare_output_dir(path: str, kind: str, accept: Sequence[str] = (), details: Optional[dict] = None) -> str:
+    """Make `path` ready for samrt to write into, as output of the command `kind`; returns it absolute.
+
+    A missing or empty folder is created and marked (with `details`, e.g. the options a job ran
+    with, added to its new marker); a folder marked by samrt with `kind` (or one of `accept`, e.g.
+    engines built into an export folder) is used as it is, marker unchanged. A non-empty folder
+    without the marker, or marked for another kind, raises OutputDirError naming it and some of
+    its entries; nothing in it is changed.
+    """
+    path = os.path.abspath(path)
+    state, _ = _output_dir_state(path, kind, accept)
+    if state == "marked":
+        return path
+    if state == "unmarked export":
         # An export folder written before markers existed: its report says samrt wrote it.
         _write_marker(path, {"kind": "export", "entries": [], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                              "adopted": "export_report.json written by samrt export"})
         return path
-    if entries:
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise OutputDirError(f"{path}: not empty ({len(entries)} entries: {shown}) and not written by samrt "
-                             f"(no {MARKER} marker); expected a new or empty folder for samrt {kind}. "
-                             "Nothing in it was changed; choose another --out")
     os.makedirs(path, exist_ok=True)
-    _write_marker(path, {"kind": kind, "entries": [], "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    _write_marker(path, {**(details or {}), "kind": kind, "entries": [], "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return path
 
 

@@ -12,6 +12,8 @@ CLI (`samrt segment`, `samrt amg`, `--calib-images`) and the benchmarks all deco
   Pillow's own decompression-bomb check is kept from firing below samrt's limit.
 - Degenerate shapes: an image whose short side would resize to 0 pixels is refused
   (`check_resized_shape`).
+- Folders: `list_images` says which files of a folder are images (`IMAGE_SUFFIXES`), in the
+  order `samrt amg` numbers them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import struct
 import threading
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -29,6 +31,8 @@ from PIL import Image, UnidentifiedImageError
 from .errors import InputError
 
 __all__ = [
+    "IMAGE_SUFFIXES",
+    "list_images",
     "MODE_DECISIONS",
     "decode_image_bytes",
     "load_image",
@@ -327,3 +331,24 @@ def probe_image(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
     except Exception as e:  # Pillow raises many kinds for bad data
         raise InputError(f"{path}: cannot be decoded as an image ({type(e).__name__}: {e})") from None
     return h, w
+
+
+# -- folders ---------------------------------------------------------------------------------
+# File name endings samrt reads as images (compared in lower case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def list_images(folder: Union[str, "os.PathLike[str]"]) -> List[str]:
+    """The names (no directory part) of the images directly in `folder`, sorted by name: files
+    whose suffix, in any case, is one of IMAGE_SUFFIXES; subfolders are not entered. The position
+    in this list is the `image_id` that `samrt amg` gives an image. Nothing is decoded (a file
+    with an image suffix may still fail in load_image). Raises InputError when `folder` is not a
+    folder or has no image."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise InputError(f"{folder}: not a folder; expected a folder of images")
+    names = sorted(n for n in os.listdir(folder)
+                   if n.lower().endswith(IMAGE_SUFFIXES) and not os.path.isdir(os.path.join(folder, n)))
+    if not names:
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return names

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from samrt.artifacts import (ArtifactError, ExportManifest, OutputDirError, check_new_or_own_file, engine_path,
-                             prepare_output_dir, read_marker, record_entries, replace_recorded_entries)
+from samrt.artifacts import (ArtifactError, ExportManifest, OutputDirError, atomic_write_json, atomic_write_text,
+                             check_new_or_own_file, check_output_dir, engine_path, prepare_output_dir, read_marker,
+                             record_entries, replace_recorded_entries)
 
 
 def test_new_and_empty_folders_are_marked(tmp_path):
@@ -38,6 +39,47 @@ def test_kinds_do_not_mix_except_where_accepted(tmp_path):
     prepare_output_dir(str(tmp_path), "engines", accept=("export",))  # engines go into an export folder
     with pytest.raises(OutputDirError, match="holds the output of samrt export"):
         prepare_output_dir(str(tmp_path), "bench")
+
+
+def test_check_output_dir_decides_as_prepare_and_changes_nothing(tmp_path):
+    new = tmp_path / "new"
+    assert check_output_dir(str(new), "amg-dataset") is None and not new.exists()
+    prepare_output_dir(str(new), "amg-dataset", details={"options": {"points_per_side": 4}, "kind": "not this"})
+    marker = check_output_dir(str(new), "amg-dataset")
+    assert marker["kind"] == "amg-dataset" and marker["options"] == {"points_per_side": 4} and marker["entries"] == []
+    prepare_output_dir(str(new), "amg-dataset", details={"options": {"points_per_side": 16}})  # marked: kept as it is
+    assert read_marker(str(new))["options"] == {"points_per_side": 4}
+    with pytest.raises(OutputDirError, match="holds the output of samrt amg-dataset"):
+        check_output_dir(str(new), "export")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match=r"not empty \(1 entries: notes.txt\) and not written by samrt"):
+        check_output_dir(str(foreign), "amg-dataset")
+    assert os.listdir(foreign) == ["notes.txt"]
+
+
+def test_atomic_writes_replace_whole_files_and_leave_nothing_behind(tmp_path, monkeypatch):
+    path = tmp_path / "doc.json"
+    atomic_write_json(str(path), {"a": [1, 2]}, indent=1)
+    assert json.loads(path.read_text()) == {"a": [1, 2]}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file, not mkstemp's 0600
+    atomic_write_text(str(path), '{"b": 3}')
+    assert json.loads(path.read_text()) == {"b": 3} and os.listdir(tmp_path) == ["doc.json"]
+    with pytest.raises(TypeError):  # not serialisable: fails before any file is touched
+        atomic_write_json(str(path), {"c": object()})
+    assert json.loads(path.read_text()) == {"b": 3} and os.listdir(tmp_path) == ["doc.json"]
+
+    def failing_replace(src, dst):
+        assert os.path.isfile(src) and os.path.basename(src).endswith(".tmp")  # written beside the target
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_json(str(path), {"d": 4})
+    assert json.loads(path.read_text()) == {"b": 3} and os.listdir(tmp_path) == ["doc.json"]
 
 
 def test_replace_deletes_recorded_entries_only(tmp_path):

@@ -373,3 +373,17 @@ def test_no_other_module_decodes_images():
                     text = open(path).read()
                     offenders += [f"{path}: {m}" for m in re.findall(r"Image\.open\(|imread\(", text)]
     assert not offenders
+
+
+def test_list_images_names_the_images_of_a_folder_in_order(tmp_path):
+    for name in ("b.PNG", "a.jpg", "c.tiff", "notes.txt", "d.jpeg.bak"):
+        (tmp_path / name).write_bytes(b"")  # nothing is decoded: a suffix decides
+    (tmp_path / "sub.png").mkdir()           # a folder, whatever its name, is not an image
+    (tmp_path / "sub.png" / "e.png").write_bytes(b"")
+    assert imageio.list_images(tmp_path) == ["a.jpg", "b.PNG", "c.tiff"]
+    assert set(imageio.IMAGE_SUFFIXES) >= {".jpg", ".jpeg", ".png"}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: no images \(\.jpg, \.jpeg, \.png"):
+        imageio.list_images(tmp_path / "empty")
+    with pytest.raises(InputError, match="not a folder; expected a folder of images"):
+        imageio.list_images(tmp_path / "a.jpg")

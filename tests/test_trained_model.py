@@ -17,7 +17,8 @@ AMG_RECOVERED = 0.5       # "most objects" for AMG
 
 def test_a_click_inside_an_object_gives_its_mask(small_server):
     from samrt.client import SamClient, TritonSamPredictor
-    from samrt.scenes import centre_point, eval_scenes, mask_iou
+    from samrt.masks import mask_iou
+    from samrt.scenes import centre_point, eval_scenes
 
     predictor = TritonSamPredictor(SamClient(small_server.grpc_url))
     ious = []
@@ -33,7 +34,8 @@ def test_a_click_inside_an_object_gives_its_mask(small_server):
 
 def test_automatic_masks_recover_most_objects(small_server):
     from samrt.client import SamClient, TritonSamAutomaticMaskGenerator
-    from samrt.scenes import eval_scenes, mask_iou
+    from samrt.masks import mask_iou
+    from samrt.scenes import eval_scenes
 
     # SAM's default filters (predicted IoU 0.88, stability 0.95) are tuned to the released ViT-H; this
     # small model's IoU head predicts lower (median 0.39 over one scene's grid), and with those

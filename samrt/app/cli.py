@@ -15,6 +15,7 @@ import os
 import sys
 from typing import List, Optional
 
+from samrt import imageio
 from samrt.amg import AmgOptions
 from samrt.engines.build import DEFAULT_MIN_MEAN_IOU, build_engine
 from samrt.errors import SamrtError
@@ -338,12 +339,7 @@ def _add_build_engine(sub) -> None:
 def cmd_build_engine(args) -> int:
     calib = None
     if args.calib_images:
-        from samrt.client.cli import IMAGE_SUFFIXES, load_image  # tritonclient (samrt.client): the client extra
-
-        names = sorted(f for f in os.listdir(args.calib_images) if f.lower().endswith(IMAGE_SUFFIXES))
-        if not names:
-            raise SamrtError(f"--calib-images {args.calib_images}: no images found")
-        calib = [load_image(os.path.join(args.calib_images, n)) for n in names]
+        calib = [imageio.load_image(os.path.join(args.calib_images, n)) for n in imageio.list_images(args.calib_images)]
     report = build_engine(args.onnx, args.out, args.backend, args.precision, calib, args.min_mean_iou,
                           args.eval_images, device=args.device)
     acc, speed = report["accuracy"], report["speed"]

@@ -3,8 +3,8 @@
 Ray Data spreads the image list over a pool of actors; each actor loads the engines once (ONNX
 Runtime, in-process, no Triton) and runs the same pipeline as the server's `sam_amg`
 (`samrt.engines.InProcessMaskGenerator`). The driver writes one SA-1B JSON per image, as
-`samrt amg` through a server does (`samrt.client.cli.amg_document`), atomically (temporary file,
-then `os.replace` in the same folder).
+`samrt amg` through a server does (`samrt.client.cli.amg_document`), atomically
+(`samrt.artifacts.atomic_write_text`).
 
 Resumable: a rerun skips images whose JSON exists and is complete, and images that could not be
 decoded before and have not changed since (their size and mtime are in the failures file). An
@@ -13,8 +13,9 @@ its reason and the job goes on. An actor that dies (killed, out of memory) is re
 its unfinished images are retried: Ray Data's actor pools do that by default (Ray 2.60 sets the
 actors' `max_restarts` and `max_task_retries` to -1, unbounded; passing them is deprecated).
 
-The output folder is new, empty, or one this job wrote (its `.samrt` marker, which also records
-the options and the checkpoint: a rerun with other ones is refused instead of mixing records).
+The output folder is new, empty, or one this job wrote (its `.samrt` marker, samrt.artifacts'
+output folders, which also records the options and the checkpoint: a rerun with other ones is
+refused instead of mixing records).
 
 Where files must be: the images folder at the same path on every node (a shared file system);
 the model goes to the actors through Ray's object store; only the driver writes the output.
@@ -27,26 +28,24 @@ import json
 import os
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from samrt.client.cli import IMAGE_SUFFIXES, amg_document, load_image
-from samrt.artifacts import OutputDirError
+from samrt.amg import AmgOptions
 from samrt.app.pipeline import ensure_export
+from samrt.artifacts import (OutputDirError, atomic_write_text, check_output_dir, default_checkpoint,
+                             prepare_output_dir)
+from samrt.client.cli import amg_document, load_image
 from samrt.engines import InProcessMaskGenerator, OnnxRuntimeRunner
 from samrt.engines.decoders import FastDecoder
-from samrt.artifacts import default_checkpoint
-
-from samrt.amg import AmgOptions
 from samrt.errors import InputError, SamrtError
+from samrt.imageio import list_images
 
-__all__ = ["run_dataset_amg", "plan_dataset_amg", "DatasetPlan", "FAILURES_FILE", "MARKER", "OutputDirError"]
+__all__ = ["run_dataset_amg", "plan_dataset_amg", "DatasetPlan", "FAILURES_FILE", "OutputDirError"]
 
-MARKER = ".samrt"               # the output-folder marker (same format as samrt.artifacts' markers)
-MARKER_KIND = "amg-dataset"
+MARKER_KIND = "amg-dataset"     # the kind in the output folder's samrt.artifacts marker
 FAILURES_FILE = "failures.jsonl"
 DEFAULT_EXPORT_DIR = os.path.join("build", "amg", "export")
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20  # a local cluster's object store: images and records are small
@@ -81,11 +80,7 @@ def _json_name(file_name: str) -> str:
 
 
 def _list_images(images_dir: str) -> List[str]:
-    if not os.path.isdir(images_dir):
-        raise InputError(f"{images_dir}: not a folder; expected a folder of images")
-    names = sorted(f for f in os.listdir(images_dir) if f.lower().endswith(IMAGE_SUFFIXES))
-    if not names:
-        raise InputError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    names = list_images(images_dir)
     by_json: Dict[str, List[str]] = {}
     for n in names:
         by_json.setdefault(_json_name(n), []).append(n)
@@ -127,31 +122,18 @@ def _read_failures(out_dir: str) -> Dict[str, dict]:
     return last
 
 
-def _marker_content(opts: AmgOptions, checkpoint: Optional[str]) -> dict:
-    return {"kind": MARKER_KIND, "entries": [], "options": opts.to_dict(),
-            "checkpoint": os.path.abspath(checkpoint) if checkpoint else None}
+def _marker_details(opts: AmgOptions, checkpoint: Optional[str]) -> dict:
+    """What the output folder's marker records besides its kind: a rerun must match it."""
+    return {"options": opts.to_dict(), "checkpoint": os.path.abspath(checkpoint) if checkpoint else None}
 
 
-def _check_out_dir(out_dir: str, opts: AmgOptions, checkpoint: Optional[str]) -> bool:
+def _check_out_dir(out_dir: str, opts: AmgOptions, checkpoint: Optional[str]) -> None:
     """Raise OutputDirError unless `out_dir` is missing, empty, or this job's with the same options
-    and checkpoint. Returns whether the marker still has to be written. Changes nothing."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise OutputDirError(f"{out_dir}: got a file, expected a folder for the JSON files")
-    entries = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
-    if not entries:
-        return True
-    try:
-        with open(os.path.join(out_dir, MARKER)) as f:
-            marker = json.load(f)
-    except (OSError, ValueError):
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise OutputDirError(f"{out_dir}: not empty ({len(entries)} entries: {shown}) and not written by samrt amg "
-                             f"--ray (no {MARKER} marker); expected a new or empty folder. Nothing in it was "
-                             "changed; choose another --out") from None
-    if not isinstance(marker, dict) or marker.get("kind") != MARKER_KIND:
-        raise OutputDirError(f"{out_dir}: holds the output of samrt {marker.get('kind') if isinstance(marker, dict) else '?'}, "
-                             f"expected a new or empty folder or one written by samrt amg --ray; nothing was changed")
-    want = _marker_content(opts, checkpoint)
+    and checkpoint. Changes nothing."""
+    marker = check_output_dir(out_dir, MARKER_KIND)
+    if marker is None:
+        return
+    want = _marker_details(opts, checkpoint)
     old_opts = marker.get("options") if isinstance(marker.get("options"), dict) else {}
     differ = {k: (old_opts.get(k), v) for k, v in want["options"].items() if old_opts.get(k) != v}
     if marker.get("checkpoint") != want["checkpoint"]:
@@ -160,7 +142,6 @@ def _check_out_dir(out_dir: str, opts: AmgOptions, checkpoint: Optional[str]) ->
         shown = ", ".join(f"{k} {a!r} (got {b!r})" for k, (a, b) in differ.items())
         raise OutputDirError(f"{out_dir}: was written with {shown}; a rerun must use the same options and checkpoint "
                              "(records would mix); choose another --out for new ones")
-    return False
 
 
 def plan_dataset_amg(images_dir: str, out_dir: str, opts: AmgOptions, checkpoint: Optional[str] = None) -> DatasetPlan:
@@ -228,19 +209,6 @@ class _AmgActor:
                 out[key].append(value)
         return {k: np.array(v, dtype=object if k in ("file_name", "document", "failure") else np.int64)
                 for k, v in out.items()}
-
-
-def _write_atomic(path: str, text: str) -> None:
-    folder, base = os.path.split(path)
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "x") as f:  # a new name of our own; the file mode follows the umask
-        try:
-            f.write(text)
-        except BaseException:
-            f.close()
-            os.remove(tmp)  # created just above by this call
-            raise
-    os.replace(tmp, path)
 
 
 def _append_failure(out_dir: str, task: ImageTask, kind: str, reason: str) -> dict:
@@ -326,9 +294,7 @@ def run_dataset_amg(
     if not plan.todo and not plan.unowned:
         summary["seconds"] = round(time.perf_counter() - t_start, 3)
         return summary  # nothing to do: nothing written, no cluster started
-    if _check_out_dir(out_dir, opts, checkpoint):
-        os.makedirs(out_dir, exist_ok=True)
-        _write_atomic(os.path.join(out_dir, MARKER), json.dumps(_marker_content(opts, checkpoint), indent=1))
+    prepare_output_dir(out_dir, MARKER_KIND, details=_marker_details(opts, checkpoint))  # checked by the plan
     for name, reason in plan.unowned:
         _append_failure(out_dir, ImageTask(-1, name, os.path.abspath(os.path.join(images_dir, name))), "output", reason)
     summary["failed"] = len(plan.unowned)
@@ -398,7 +364,7 @@ def _collect(ds, tasks: Dict[str, ImageTask], out_dir: str, progress: bool, summ
                 _append_failure(out_dir, task, failure["kind"], failure["reason"])
                 summary["failed"] += 1
             else:
-                _write_atomic(os.path.join(out_dir, _json_name(task.file_name)), row["document"])
+                atomic_write_text(os.path.join(out_dir, _json_name(task.file_name)), row["document"])
                 summary["done"] += 1
                 summary["masks"] += int(row["masks"])
             processed += 1

@@ -10,10 +10,10 @@ Floor "scenes" (`samrt.layers`): imports the core only; export, engines, the ser
 applications may import it.
 """
 
-from .evaluation import centre_point, eval_scenes, evaluate, mask_iou, next_click
+from .evaluation import centre_point, eval_scenes, evaluate, next_click
 from .generate import EVAL_SEED, TRAIN_SEED, Scene, generate_scene, scene_for_index
 from .train_data import SceneSampling, TrainingSample, noisy_box, sample_point, training_sample
 
 __all__ = ["Scene", "generate_scene", "scene_for_index", "EVAL_SEED", "TRAIN_SEED",
-           "eval_scenes", "centre_point", "next_click", "mask_iou", "evaluate",
+           "eval_scenes", "centre_point", "next_click", "evaluate",
            "SceneSampling", "TrainingSample", "training_sample", "noisy_box", "sample_point"]

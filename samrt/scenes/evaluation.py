@@ -13,9 +13,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from samrt.masks import mask_iou, masks_to_boxes
+
 from .generate import EVAL_SEED, Scene, scene_for_index
 
-__all__ = ["eval_scenes", "centre_point", "next_click", "mask_iou", "evaluate"]
+__all__ = ["eval_scenes", "centre_point", "next_click", "evaluate"]
 
 CLICKS = (1, 2, 3, 5)
 
@@ -41,16 +43,6 @@ def next_click(pred: np.ndarray, gt: np.ndarray) -> Optional[Tuple[Tuple[float, 
         return None
     x, y = centre_point(err)
     return (x, y), int(gt[int(y), int(x)])
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def _box(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
 
 
 def evaluate(predictor, scenes: Iterable[Scene], clicks: Sequence[int] = CLICKS, progress: bool = False) -> Dict:
@@ -83,7 +75,7 @@ def evaluate(predictor, scenes: Iterable[Scene], clicks: Sequence[int] = CLICKS,
                     pred, prev = m[0], low[0:1]
                 if k in per_click:
                     per_click[k].append(mask_iou(pred, gt))
-            m, _, _ = predictor.predict(box=_box(gt), multimask_output=False)
+            m, _, _ = predictor.predict(box=masks_to_boxes(gt).astype(np.float64), multimask_output=False)
             box_ious.append(mask_iou(m[0], gt))
     return {
         "num_scenes": len(scenes),

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 
 from samrt import processing as P
+from samrt.masks import masks_to_boxes
+
 from .generate import generate_scene
 
 __all__ = ["SceneSampling", "TrainingSample", "training_sample", "noisy_box", "sample_point"]
@@ -49,8 +51,7 @@ def sample_point(rng: np.random.Generator, region: np.ndarray) -> Tuple[float, f
 
 def noisy_box(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     """The mask's XYXY box with each coordinate moved by N(0, 10% of the side), at most 20 px."""
-    ys, xs = np.nonzero(mask)
-    box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float64)
+    box = masks_to_boxes(mask).astype(np.float64)
     w, h = box[2] - box[0], box[3] - box[1]
     noise = rng.normal(0, 1, 4) * 0.1 * np.array([w, h, w, h])
     box = box + np.clip(noise, -20, 20)

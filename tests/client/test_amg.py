@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from samrt.amg import MAX_CROP_N_LAYERS, AmgOptions, box_nms, masks_to_boxes, remove_small_regions, uncompressed_rle
+from samrt.amg import MAX_CROP_N_LAYERS, AmgOptions, box_nms, remove_small_regions, uncompressed_rle
 from samrt.client import SamClient, TritonSamAutomaticMaskGenerator
 from samrt.errors import InputError
+from samrt.masks import masks_to_boxes
 
 from ..conftest import random_image
 

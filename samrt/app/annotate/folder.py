@@ -12,10 +12,9 @@ import numpy as np
 
 from samrt import imageio
 from samrt.errors import InputError
+from samrt.imageio import IMAGE_SUFFIXES
 
-__all__ = ["IMAGE_SUFFIXES", "ImageEntry", "Skipped", "ImageFolder"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+__all__ = ["ImageEntry", "Skipped", "ImageFolder"]
 
 
 @dataclass(frozen=True)

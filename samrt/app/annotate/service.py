@@ -18,9 +18,10 @@ import numpy as np
 from samrt.amg import AmgOptions
 from samrt.client import AsyncSamClient, EncodeResult, ImageNotCachedError
 from samrt.errors import InputError
+from samrt.masks import coco_bbox, mask_iou, mask_to_rle, rle_to_mask
 
 from .folder import ImageEntry, ImageFolder
-from .masks import bbox_xywh, coco_rle, from_coco_rle, to_runs
+from .masks import to_runs
 from .session import Answer, Proposal, Session, Step
 from .store import AnnotationStore
 
@@ -33,11 +34,6 @@ PREFILL_DEFAULTS = {"points_per_side": 16, "pred_iou_thresh": 0.5, "stability_sc
 PREFILL_MATCH_IOU = 0.7   # a proposal this close to an accepted object is not offered again
 MAX_ENCODINGS = 64        # encode results (ids) kept; the embeddings themselves live in Triton's cache
 MAX_SESSIONS = 32         # browser tabs remembered; the least recently used beyond this is forgotten
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
 class AnnotationService:
@@ -193,7 +189,7 @@ class AnnotationService:
             raise InputError("accept: the selected mask is empty; pick another candidate or add prompts")
         elapsed = s.elapsed()
         record = self.store.add(entry, {
-            "segmentation": coco_rle(mask), "area": int(mask.sum()), "bbox": bbox_xywh(mask),
+            "segmentation": mask_to_rle(mask), "area": int(mask.sum()), "bbox": coco_bbox(mask),
             "predicted_iou": round(float(step.answer.scores[step.selected]), 4),
             "point_coords": [[x, y] for x, y, _ in step.points], "stability_score": None,
             "crop_box": [0, 0, entry.width, entry.height],
@@ -210,7 +206,7 @@ class AnnotationService:
         return self.image_info(entry)
 
     def object_view(self, record: dict) -> dict:
-        mask = from_coco_rle(record["segmentation"])
+        mask = rle_to_mask(record["segmentation"])
         return {"id": record["id"], "area": record["area"], "predicted_iou": record["predicted_iou"],
                 "source": record.get("source"), "clicks": record.get("clicks"), "seconds": record.get("seconds"),
                 "runs": to_runs(mask)}
@@ -227,11 +223,11 @@ class AnnotationService:
             ["records"])
         ms = (time.perf_counter() - t0) * 1e3
         records = json.loads(out["records"].reshape(-1)[0])
-        existing = [from_coco_rle(a["segmentation"]) for a in self.store.objects(entry)]
+        existing = [rle_to_mask(a["segmentation"]) for a in self.store.objects(entry)]
         s.proposals = []
         for r in records:
-            mask = from_coco_rle(r["segmentation"])
-            if any(_iou(mask, e) >= PREFILL_MATCH_IOU for e in existing):
+            mask = rle_to_mask(r["segmentation"])
+            if any(mask_iou(mask, e) >= PREFILL_MATCH_IOU for e in existing):
                 continue
             s.proposals.append(Proposal(len(s.proposals), r, mask))
         return {"proposals": self.proposals_view(s), "generated": len(records), "amg_ms": round(ms, 1)}

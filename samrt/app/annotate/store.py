@@ -14,35 +14,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from typing import Dict, List, Optional
 
-from samrt.artifacts import prepare_output_dir
+from samrt.artifacts import atomic_write_json, prepare_output_dir
 from samrt.errors import SamrtError
 
 from .folder import ImageEntry, ImageFolder
 
-__all__ = ["AnnotationStore", "STATE_FILE", "COCO_FILE", "write_json_atomic"]
+__all__ = ["AnnotationStore", "STATE_FILE", "COCO_FILE"]
 
 STATE_FILE = ".samrt-annotate.json"   # where annotation stopped (the folder's owner marker: samrt.artifacts)
 COCO_FILE = "instances.json"
-
-
-def write_json_atomic(path: str, doc) -> None:
-    """Write to a temporary file in the same folder, then rename over `path` (never half a file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class AnnotationStore:
@@ -64,7 +47,7 @@ class AnnotationStore:
             with open(self._state_path) as f:
                 self.state.update(json.load(f))
         else:
-            write_json_atomic(self._state_path, self.state)
+            atomic_write_json(self._state_path, self.state)
         self._objects: Dict[str, List[dict]] = {}
         for entry in folder.images:
             path = self.json_path(entry)
@@ -101,13 +84,13 @@ class AnnotationStore:
     def _write(self, entry: ImageEntry) -> None:
         doc = {"image": {"image_id": entry.index, "file_name": entry.name, "width": entry.width, "height": entry.height},
                "annotations": self._objects.get(entry.name, [])}
-        write_json_atomic(self.json_path(entry), doc)
+        atomic_write_json(self.json_path(entry), doc)
 
     # -- where the work stopped ----------------------------------------------------------------
     def set_last(self, entry: ImageEntry) -> None:
         self.state["last_image"] = entry.name
         self.state["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_json_atomic(self._state_path, self.state)
+        atomic_write_json(self._state_path, self.state)
 
     def resume_index(self) -> int:
         """The image the work stopped at, else the first image without objects, else 0."""
@@ -147,6 +130,6 @@ class AnnotationStore:
                 annotations.append({"id": len(annotations) + 1, "image_id": entry.index, "category_id": 1,
                                     "segmentation": a["segmentation"], "area": a["area"], "bbox": a["bbox"],
                                     "iscrowd": 0, "score": a.get("predicted_iou")})
-        write_json_atomic(path, {"info": {"description": f"samrt annotate: {self.folder.path}"}, "images": images,
+        atomic_write_json(path, {"info": {"description": f"samrt annotate: {self.folder.path}"}, "images": images,
                                  "annotations": annotations, "categories": [{"id": 1, "name": "object"}]})
         return {"path": path, "images": len(images), "annotations": len(annotations)}

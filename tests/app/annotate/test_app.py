@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from samrt.app.annotate.app import SERVICE, create_app
-from samrt.app.annotate.masks import from_coco_rle, from_runs
+from samrt.app.annotate.masks import from_runs
+from samrt.masks import rle_to_mask
 
 from .conftest import with_client
 
@@ -69,7 +70,7 @@ def test_click_refine_undo_accept_writes_the_image_json(server, scene_folder, tm
             doc = json.load(f)
         assert doc["image"] == {"image_id": 0, "file_name": "scene_00.png", "width": w, "height": h}
         (a,) = doc["annotations"]
-        np.testing.assert_array_equal(from_coco_rle(a["segmentation"]), chosen)
+        np.testing.assert_array_equal(rle_to_mask(a["segmentation"]), chosen)
         assert a["area"] == int(chosen.sum()) and a["crop_box"] == [0, 0, w, h]
         assert a["point_coords"] == [[100, 200], [20, 30]]
         assert a["prompts"] == {"points": [[100, 200, 1], [20, 30, 0]], "box": [10, 150, 90, 300]}

@@ -14,8 +14,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from samrt.app.annotate.masks import from_coco_rle, from_runs
+from samrt.app.annotate.masks import from_runs
 from samrt.artifacts import default_checkpoint
+from samrt.masks import mask_iou, rle_to_mask
 from samrt.model_repository.server import free_port
 
 from .conftest import largest_object, write_scene_folder
@@ -96,7 +97,7 @@ def test_the_page_in_chromium_click_pick_accept_next(small_server, tmp_path):
                     page.mouse.click(box["x"] + (x + 0.5) * box["width"] / w, box["y"] + (y + 0.5) * box["height"] / h, **kw)
                 return resp.value.json()
 
-            from samrt.scenes import centre_point, mask_iou
+            from samrt.scenes import centre_point
 
             state = click(*centre_point(gt))
             page.wait_for_selector("#view[data-mask-drawn=true]")
@@ -113,7 +114,7 @@ def test_the_page_in_chromium_click_pick_accept_next(small_server, tmp_path):
 
             with open(os.path.join(out, "scene_00.json")) as f:
                 (a,) = json.load(f)["annotations"]
-            assert mask_iou(from_coco_rle(a["segmentation"]), gt) >= MASK_IOU
+            assert mask_iou(rle_to_mask(a["segmentation"]), gt) >= MASK_IOU
             assert a["candidate"] == k and a["clicks"] == 1 and a["seconds"] > 0
 
             # the next image was encoded while this one was annotated: moving on waits for no encoder

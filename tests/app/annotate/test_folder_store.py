@@ -9,9 +9,10 @@ from PIL import Image
 
 from samrt.app.annotate.app import create_app
 from samrt.app.annotate.folder import ImageFolder
-from samrt.app.annotate.masks import bbox_xywh, coco_rle, from_coco_rle, from_runs, to_runs
+from samrt.app.annotate.masks import from_runs, to_runs
 from samrt.app.annotate.store import AnnotationStore
 from samrt.errors import InputError, SamrtError
+from samrt.masks import coco_bbox, mask_to_rle, rle_to_mask
 
 from .conftest import with_client
 
@@ -42,14 +43,14 @@ def test_masks_round_trip():
         m = rng.uniform(size=(7, 5)) > 0.5
         m[0, 0] = first
         np.testing.assert_array_equal(from_runs(to_runs(m), 7, 5), m)
-        np.testing.assert_array_equal(from_coco_rle(coco_rle(m)), m)
+        np.testing.assert_array_equal(rle_to_mask(mask_to_rle(m)), m)
     m = np.zeros((6, 8), bool)
     m[2:4, 3:7] = True
-    assert bbox_xywh(m) == [3.0, 2.0, 4.0, 2.0]
+    assert coco_bbox(m) == [3.0, 2.0, 4.0, 2.0]
 
 
 def _object(mask):
-    return {"segmentation": coco_rle(mask), "area": int(mask.sum()), "bbox": bbox_xywh(mask), "predicted_iou": 0.9,
+    return {"segmentation": mask_to_rle(mask), "area": int(mask.sum()), "bbox": coco_bbox(mask), "predicted_iou": 0.9,
             "point_coords": [[1.0, 1.0]], "stability_score": None, "crop_box": [0, 0, mask.shape[1], mask.shape[0]],
             "prompts": {"points": [[1.0, 1.0, 1]], "box": None}, "source": "manual", "candidate": 0, "clicks": 3,
             "seconds": 4.5}
@@ -71,8 +72,8 @@ def test_store_writes_each_image_and_continues_where_it_stopped(scene_folder, tm
         doc = json.load(fh)
     assert doc["image"] == {"image_id": 0, "file_name": "scene_00.png", "width": e0.width, "height": e0.height}
     assert [a["id"] for a in doc["annotations"]] == [0, 1]
-    np.testing.assert_array_equal(from_coco_rle(doc["annotations"][0]["segmentation"]), mask)
-    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]  # atomic writes leave no temporary file
+    np.testing.assert_array_equal(rle_to_mask(doc["annotations"][0]["segmentation"]), mask)
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]  # atomic writes leave no temporary file
 
     again = AnnotationStore(out, ImageFolder(folder))   # reopening the folder
     assert len(again.objects(e0)) == 2 and again.resume_index() == 1
