@@ -34,10 +34,13 @@ class _CacheOwner(PythonModel):
     """The embedding cache and its own requests, for the model that owns it (sam_mask_decoder or
     sam_embedding_cache). Requests carry Triton's batch dim (1 for these).
 
-    put: image_id + image_embeddings + original_size -> found. ask (only `found` requested):
-    whether the id is cached, without touching the LRU order. get (no prompt_coords): found,
-    image_embeddings, original_size; an id it does not hold answers found false with zeros, not an
-    error: Triton 2.51's BLS hands callers every error as INTERNAL, so callers raise NOT_FOUND."""
+    put: image_id + image_embeddings + original_size + cache_key -> found; only the models of this
+    server hold the key (`logic.check_cache_key`: a put without it is refused, INVALID_ARG), and a
+    cached entry is never replaced by another embedding of the same image (`EmbeddingCache.put`).
+    ask (only `found` and/or `original_size` requested): whether the id is cached and its size,
+    without touching the LRU order. get (no prompt_coords): found, image_embeddings, original_size;
+    an id it does not hold answers found false with zeros, not an error: Triton 2.51's BLS hands
+    callers every error as INTERNAL, so callers raise NOT_FOUND."""
 
     model: wire.WireModel
 
@@ -45,23 +48,26 @@ class _CacheOwner(PythonModel):
         self.cache = logic.EmbeddingCache(int(params["cache_bytes"]))
         self.missing = np.zeros([1] + [int(d) for d in params["embedding_shape"].split(",")], np.float32)
         self.image_size = int(params["image_size"])
+        self.cache_key = logic.internal_cache_key()  # no key in the environment: the model does not load
 
     def _cache_request(self, request, image_id: str):
         """The response to a put/ask/get request; None for a decode request."""
         emb = input_array(request, "image_embeddings")
         if emb is not None:
-            size = input_array(request, "original_size").reshape(-1)
+            logic.check_cache_key(input_array(request, "cache_key"), self.cache_key, self.model.name)
+            entry = logic.cache_entry(emb, input_array(request, "original_size"), self.missing.shape[1:])
             try:
-                self.cache.put(image_id, logic.CacheEntry(np.array(emb.reshape(emb.shape[-3:]), dtype=np.float32),
-                                                          (int(size[0]), int(size[1]))))
+                self.cache.put(image_id, entry)
             except ValueError as e:  # an embedding larger than the whole cache: the caller's request
                 raise InputError(f"{self.model.name}: {e}") from None
             return response(self.model, {"found": np.array([[True]])})
         if input_array(request, "prompt_coords") is not None:
             return None
         wanted = request.requested_output_names()
-        if wanted and set(wanted) <= {"found"}:
-            return response(self.model, {"found": np.array([[image_id in self.cache]])})
+        if wanted and set(wanted) <= {"found", "original_size"}:
+            entry = self.cache.peek(image_id)
+            return response(self.model, {"found": np.array([[entry is not None]]),
+                                         "original_size": np.asarray([entry.original_size if entry else (0, 0)])})
         try:
             entry = self.cache.get(image_id)
         except logic.UnknownImageError:
@@ -74,8 +80,10 @@ class _CacheOwner(PythonModel):
         """The cache entry a decode request names (UnknownImageError: NOT_FOUND) and its points in
         the encoder's resized frame."""
         entry = self.cache.get(image_id)
-        coords = prompts.apply_coords(input_array(request, "prompt_coords"), entry.original_size, self.image_size)
-        return entry, coords
+        coords = input_array(request, "prompt_coords")
+        # the first place that knows the image's size: points far outside it are refused here
+        prompts.check_points_in_image(coords, input_array(request, "prompt_labels"), entry.original_size)
+        return entry, prompts.apply_coords(coords, entry.original_size, self.image_size)
 
 
 class PromptPrepModel(PythonModel):
@@ -255,6 +263,7 @@ class SegmentModel(PythonModel):
                              f"{None if coords is None else list(coords.shape)} and "
                              f"{None if labels is None else list(labels.shape)}")
         prompts.complete_prompts(*prompts.check_points(coords[None], labels[None]))
+        prompts.check_points_in_image(coords, labels, image.shape[:2])
         image_id = encode(image, self.image_size, self.cache)
         dec_in = {"image_id": np.array([[image_id.encode()]], dtype=object),
                   "point_coords": coords[None], "point_labels": labels[None]}
