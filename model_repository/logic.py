@@ -191,9 +191,19 @@ def cache_entry(embeddings: np.ndarray, original_size: Optional[np.ndarray], emb
     return CacheEntry(np.array(emb.reshape(embedding_shape), dtype=np.float32), (int(size[0]), int(size[1])))
 
 
+def _id_text(x) -> str:
+    if not isinstance(x, bytes):
+        return str(x)
+    try:
+        return x.decode()
+    except UnicodeDecodeError:
+        raise InputError(f"image_id: got {len(x)} bytes that are not UTF-8 ({x[:16]!r}), expected the id "
+                         "sam_encode answered (32 hex digits)") from None
+
+
 def single_image_id(image_ids: np.ndarray) -> str:
     """`image_id` [P,1] BYTES of one request -> the one id all its rows name."""
-    ids = {(x.decode() if isinstance(x, bytes) else str(x)) for x in np.asarray(image_ids).reshape(-1)}
+    ids = {_id_text(x) for x in np.asarray(image_ids).reshape(-1)}
     if len(ids) != 1:
         raise InputError(f"image_id: got {len(ids)} different ids in one request, expected one image per request")
     return ids.pop()

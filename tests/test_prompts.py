@@ -121,3 +121,10 @@ def test_fractions_of_the_image_are_recognised():
         "point_coords: coordinates look like fractions of the image (all within [0, 1]); samrt expects pixels of the "
         "original image: x in [0, 640), y in [0, 480) for this 480x640 (HxW) image (multiply fractions by the width "
         "and height)")
+
+
+def test_at_most_max_points_per_prompt():
+    n = prompts.MAX_POINTS_PER_PROMPT
+    prompts.check_points(np.zeros((2, n, 2)), np.ones((2, n)))
+    with pytest.raises(InputError, match=rf"point_coords: got {n + 1} points per prompt, expected at most {n}"):
+        prompts.check_points(np.zeros((2, n + 1, 2)), np.ones((2, n + 1)))

@@ -113,6 +113,8 @@ def test_request_errors():
     with pytest.raises(InputError, match="different ids in one request"):
         logic.single_image_id(np.array([[b"a"], [b"b"]], dtype=object))
     assert logic.single_image_id(np.array([[b"a"], [b"a"]], dtype=object)) == "a"
+    with pytest.raises(InputError, match=r"image_id: got 3 bytes that are not UTF-8 \(b'\\xff\\xfe\\xfd'\)"):
+        logic.single_image_id(np.array([[b"\xff\xfe\xfd"]], dtype=object))  # found by the wire fuzz: was INTERNAL
     with pytest.raises(InputError, match=r"mask_input: got shape \[1, 1, 64, 64\], expected \[1, 1, 256, 256\]"):
         _prep([[[1, 1]]], [[1]], mask=np.zeros((1, 1, 64, 64), np.float32))
     with pytest.raises(InputError, match="multimask_output: got different values"):
