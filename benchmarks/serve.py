@@ -24,8 +24,9 @@ __all__ = ["run_sessions", "bench_serve", "reference_sessions"]
 
 
 def run_sessions(url: str, protocol: str, concurrency: int, clicks: int, images: Sequence[np.ndarray],
-                 shared_memory: bool = False) -> Dict[str, object]:
-    """`concurrency` clients, each one session on its own image; returns latencies and throughput."""
+                 shared_memory: bool = False, admin_key: Optional[str] = None) -> Dict[str, object]:
+    """`concurrency` clients, each one session on its own image; returns latencies and throughput.
+    `admin_key`: the server's, for shared memory (None: SAMRT_ADMIN_KEY)."""
     encode_ms: List[float] = []
     click_ms: List[float] = []
     errors: List[str] = []
@@ -38,7 +39,7 @@ def run_sessions(url: str, protocol: str, concurrency: int, clicks: int, images:
         image = images[k % len(images)]
         h, w = image.shape[:2]
         try:
-            with SamClient(url, protocol, shared_memory=shared_memory) as c:
+            with SamClient(url, protocol, shared_memory=shared_memory, admin_key=admin_key) as c:
                 barrier.wait()
                 t0 = time.perf_counter()
                 enc = c.encode(image)
@@ -65,13 +66,14 @@ def run_sessions(url: str, protocol: str, concurrency: int, clicks: int, images:
     return {"encode_ms": encode_ms, "click_ms": click_ms, "wall_s": wall, "errors": errors}
 
 
-def _warm_up(url: str, protocol: str, shm: bool, image: np.ndarray) -> float:
+def _warm_up(url: str, protocol: str, shm: bool, image: np.ndarray, admin_key: Optional[str] = None) -> float:
     """One encode and two clicks before measuring (sessions, arenas, connections); timed apart."""
     t = time.perf_counter()
-    with SamClient(url, protocol, shared_memory=shm) as c:
+    h, w = image.shape[:2]
+    with SamClient(url, protocol, shared_memory=shm, admin_key=admin_key) as c:
         enc = c.encode(image)
         for _ in range(2):
-            c.decode(enc.image_id, [[1, 1]], [1], outputs=["masks", "iou_predictions"])
+            c.decode(enc.image_id, [[w / 2, h / 2]], [1], outputs=["masks", "iou_predictions"])
     return (time.perf_counter() - t) * 1e3
 
 
@@ -133,10 +135,11 @@ def bench_serve(repo_for: Dict[str, str], images: Sequence[np.ndarray], concurre
                 if not url and b != batching:
                     continue
                 target = url or (server.grpc_url if protocol == "grpc" else server.http_url)
-                warm = _warm_up(target, protocol, shm, images[-1])
+                key = server.admin_key if server else None  # an external server: SAMRT_ADMIN_KEY
+                warm = _warm_up(target, protocol, shm, images[-1], key)
                 imgs = [images[(i * per_variant + k) % len(images)] for k in range(per_variant)]
                 for c in concurrency:
-                    res = run_sessions(target, protocol, c, clicks, imgs[:c], shm)
+                    res = run_sessions(target, protocol, c, clicks, imgs[:c], shm, key)
                     rows.append({**(base or {}), "bench": "serve", "dynamic_batching": b if not url else "as served",
                                  "protocol": protocol, "shared_memory": shm, "concurrency": c,
                                  "timed": "client side: encode, then each click until its mask arrives",

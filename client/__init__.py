@@ -7,6 +7,7 @@ gets its own answer. `TritonSamPredictor` holds per-image state like SamPredicto
 """
 
 from samrt.errors import (
+    AccessDeniedError,
     ImageNotCachedError,
     InvalidRequestError,
     ServerError,
@@ -21,6 +22,7 @@ from .amg import TritonSamAutomaticMaskGenerator
 from .predictor import TritonSamPredictor
 
 __all__ = [
+    "AccessDeniedError",
     "AsyncSamClient",
     "TritonSamAutomaticMaskGenerator",
     "TritonSamPredictor",

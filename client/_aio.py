@@ -19,8 +19,8 @@ from samrt.errors import ServerUnavailableError
 
 from ._endpoints import AsyncEndpoint, protocol_module
 from ._requests import (DEFAULT_OUTPUTS, MAX_RESPONSE_BYTES, EncodeResult, Prompts, _image_id, _outputs, amg_inputs,
-                        cache_get_inputs, check_cached, encode_inputs, join_answers, pack_decode, parse_amg, parse_encode,
-                        parse_model_info, parse_size, prompts_per_request, segment_inputs, split_prompts)
+                        answer_size, cache_get_inputs, check_cached, encode_inputs, join_answers, pack_decode, parse_amg,
+                        parse_encode, parse_model_info, parse_size, prompts_per_request, segment_inputs, split_prompts)
 from ._routing import DOWN_FOR, Ring, acall, merge_statistics, routing_id, split_urls
 
 __all__ = ["AsyncSamClient"]
@@ -78,7 +78,7 @@ class AsyncSamClient:
         prompts = Prompts.check(point_coords, point_labels, mask_input, multimask_output, low_res)
         info = await self.model_info()
         c = 3 if prompts.multimask_output else 1
-        size = await self.image_size(image_id) if {"masks", "masks_rle"} & set(outputs) else (0, 0)
+        size = answer_size(prompts, await self.image_size(image_id), outputs)  # size asked once per image not encoded here
         chunk = prompts_per_request(c, outputs, info["max_prompts"], info["low_res_size"], size, self.max_response_bytes)
         key, headers = self._aliases.get(image_id, image_id), {wire.IMAGE_ID_HEADER: image_id}
         parts = [await self._infer(key, wire.SAM_DECODE.name, part, outputs, headers=headers)

@@ -20,13 +20,14 @@ import numpy as np
 
 from samrt import wire
 from samrt.amg import AmgOptions
-from samrt.errors import ImageNotCachedError, InvalidRequestError, ServerError, ServerTimeoutError, ServerUnavailableError
+from samrt.errors import (AccessDeniedError, ImageNotCachedError, InvalidRequestError, ServerError, ServerTimeoutError,
+                          ServerUnavailableError)
 
-from ._endpoints import Endpoint, protocol_module
+from ._endpoints import Endpoint, admin_key_or_env, protocol_module
 from ._requests import (DEFAULT_OUTPUTS, MAX_RESPONSE_BYTES, EncodeResult, Prompts, _image_id, _outputs, amg_inputs,
-                        cache_get_inputs, check_cached, decode_inputs, decode_output_specs, encode_inputs, join_answers,
-                        pack_decode, parse_amg, parse_encode, parse_model_info, parse_size, prompts_per_request,
-                        segment_inputs, split_prompts)
+                        answer_size, cache_get_inputs, check_cached, decode_inputs, decode_output_specs, encode_inputs,
+                        join_answers, pack_decode, parse_amg, parse_encode, parse_model_info, parse_size,
+                        prompts_per_request, segment_inputs, split_prompts)
 from ._routing import DOWN_FOR, Ring, call, merge_statistics, routing_id, split_urls
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "ImageNotCachedError",
     "ServerUnavailableError",
     "ServerTimeoutError",
+    "AccessDeniedError",
     "DEFAULT_OUTPUTS",
     # the pure request functions, for code that imported them from here
     "decode_inputs",
@@ -62,12 +64,15 @@ class SamClient:
         backoff: float = 0.5,
         shared_memory: bool = False,
         down_for: float = DOWN_FOR,
+        admin_key: Optional[str] = None,
     ) -> None:
         """`timeout`: seconds for any one call (gRPC: its deadline; HTTP: connecting, and each
         wait for the server's bytes); `ServerTimeoutError` when it passes, never retried.
         `shared_memory`: pass numeric tensors through system shared memory (server on this host);
-        regions are unregistered and unlinked by `close()` or at exit. `retries` and `backoff`
-        apply per replica, before it is marked down."""
+        regions are unregistered and unlinked by `close()` or at exit. A samrt server registers
+        shared memory only for its admin key: `admin_key` (None: the SAMRT_ADMIN_KEY environment
+        variable; `AccessDeniedError` without it). Nothing else the SDK does needs it.
+        `retries` and `backoff` apply per replica, before it is marked down."""
         urls = split_urls(url)
         protocol_module(protocol)  # a bad protocol fails here, before any connection
         self.url, self.protocol = ",".join(urls), protocol
@@ -76,7 +81,8 @@ class SamClient:
         self.max_response_bytes = MAX_RESPONSE_BYTES  # decode() splits requests whose answer would be larger
         self.ring = Ring(urls, down_for)
         # one endpoint per replica (one for one URL), in the ring's order
-        self.replicas = [Endpoint(u, protocol, timeout, retries, backoff, shared_memory) for u in urls]
+        key = admin_key_or_env(admin_key) if shared_memory else None  # sent only where it is needed
+        self.replicas = [Endpoint(u, protocol, timeout, retries, backoff, shared_memory, key) for u in urls]
         self._info: Optional[dict] = None
         self._sizes: Dict[str, Tuple[int, int]] = {}  # image_id -> original size, for output buffers
         self._aliases: Dict[str, str] = {}  # server's image_id -> the id it was routed by, when they differ
@@ -195,7 +201,7 @@ class SamClient:
         image_id, outputs = _image_id(image_id), _outputs(outputs)
         info = self.model_info()
         c = 3 if prompts.multimask_output else 1
-        size = self.image_size(image_id) if {"masks", "masks_rle"} & set(outputs) else (0, 0)
+        size = answer_size(prompts, self.image_size(image_id), outputs)  # size asked once per image not encoded here
         chunk = prompts_per_request(c, outputs, info["max_prompts"], info["low_res_size"], size, self.max_response_bytes)
         key, headers = self._aliases.get(image_id, image_id), {wire.IMAGE_ID_HEADER: image_id}
         parts = []

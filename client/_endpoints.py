@@ -12,6 +12,7 @@ deadlocked in the pool (no timeout there), moved to another thread it fails with
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import weakref
@@ -26,7 +27,7 @@ from ._shm import RegionPool, layout, release_stale
 from ._transport import TRANSPORT_EXCEPTIONS, Retry
 
 __all__ = ["Endpoint", "AsyncEndpoint", "Connection", "PerThread", "ServerShm", "protocol_module", "not_found_error",
-           "release_stale_regions"]
+           "admin_key_or_env", "release_stale_regions"]
 
 Inputs = Dict[str, Tuple[np.ndarray, str]]
 OutputSpecs = Dict[str, Tuple[np.dtype, Tuple[int, ...]]]
@@ -56,6 +57,11 @@ def _ints(obj):
     if isinstance(obj, list):
         return [_ints(v) for v in obj]
     return int(obj) if isinstance(obj, str) and obj.isdigit() else obj
+
+
+def admin_key_or_env(admin_key: Optional[str]) -> Optional[str]:
+    """The admin key given, else the SAMRT_ADMIN_KEY environment variable (`samrt.wire.ADMIN_KEY_ENV`), else None."""
+    return admin_key if admin_key is not None else (os.environ.get(wire.ADMIN_KEY_ENV) or None)
 
 
 def not_found_error(model: str):
@@ -147,23 +153,27 @@ class Connection:
 
 
 class ServerShm:
-    """The server's side of system shared memory, as `client._shm.RegionPool` uses it."""
+    """The server's side of system shared memory, as `client._shm.RegionPool` uses it. A samrt
+    server serves this API only with its admin key (`samrt.wire.RESTRICTED_APIS`): `admin_key`
+    goes in the header Triton reads (`samrt.wire.admin_headers`); without it, AccessDeniedError."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, admin_key: Optional[str] = None) -> None:
         self.conn = conn
+        self.headers = wire.admin_headers(conn.protocol, admin_key) or None
 
     def register(self, name: str, key: str, size: int) -> None:
-        self.conn.call("register_system_shared_memory", name, key, size)
+        self.conn.call("register_system_shared_memory", name, key, size, headers=self.headers)
 
     def unregister(self, name: str) -> None:
-        self.conn.call("unregister_system_shared_memory", name)
+        self.conn.call("unregister_system_shared_memory", name, headers=self.headers)
 
     def status(self) -> List[Tuple[str, str]]:
         """[(name, key)] of every system shared memory region registered with the server."""
         if self.conn.protocol == "grpc":
-            regions = self.conn.call("get_system_shared_memory_status", as_json=True).get("regions", {}).values()
+            regions = self.conn.call("get_system_shared_memory_status", as_json=True,
+                                     headers=self.headers).get("regions", {}).values()
         else:
-            regions = self.conn.call("get_system_shared_memory_status")
+            regions = self.conn.call("get_system_shared_memory_status", headers=self.headers)
         return [(r["name"], r["key"]) for r in regions]
 
     def is_registered(self, name: str) -> bool:
@@ -176,10 +186,10 @@ class Endpoint:
     listed in `output_specs` go through a region leased to the request alone (`client._shm`)."""
 
     def __init__(self, url: str, protocol: str, timeout: float, retries: int, backoff: float,
-                 shared_memory: bool = False) -> None:
+                 shared_memory: bool = False, admin_key: Optional[str] = None) -> None:
         self.url, self.protocol = url, protocol
         self.conn = Connection(url, protocol, timeout, retries, backoff)
-        self.pool = RegionPool(ServerShm(self.conn)) if shared_memory else None
+        self.pool = RegionPool(ServerShm(self.conn, admin_key)) if shared_memory else None
         # close(), garbage collection or interpreter exit: regions unregistered and unlinked, then the connections
         self._finalizer = weakref.finalize(self, _close, self.pool, self.conn)
 
@@ -282,13 +292,15 @@ class AsyncEndpoint:
         await self._client.close()
 
 
-def release_stale_regions(url: str, protocol: str = "grpc", timeout: float = 30.0) -> List[str]:
+def release_stale_regions(url: str, protocol: str = "grpc", timeout: float = 30.0,
+                          admin_key: Optional[str] = None) -> List[str]:
     """Unregister the server's samrt shared-memory regions whose owning process is gone (killed
     before it could unregister them; `client._shm`) and remove their files; returns their names.
     Run it on the server's host (it reads /dev/shm), e.g. periodically beside the server. Every
-    `SamClient(shared_memory=True)` does it once, on its first request."""
+    `SamClient(shared_memory=True)` does it once, on its first request. `admin_key`: the server's
+    (None: the SAMRT_ADMIN_KEY environment variable); without it, AccessDeniedError."""
     conn = Connection(url, protocol, timeout, retries=0, backoff=0.0)
     try:
-        return release_stale(ServerShm(conn))
+        return release_stale(ServerShm(conn, admin_key_or_env(admin_key)))
     finally:
         conn.close()

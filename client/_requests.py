@@ -8,6 +8,8 @@ the server applies again), so a bad click is refused before it is sent, with the
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -19,8 +21,8 @@ from samrt.errors import ImageNotCachedError, InputError
 
 __all__ = [
     "DEFAULT_OUTPUTS", "MAX_RESPONSE_BYTES", "EncodeResult", "Prompts", "encode_inputs", "parse_encode",
-    "decode_inputs", "decode_output_specs", "segment_inputs", "amg_inputs", "parse_amg", "cache_get_inputs",
-    "check_cached", "parse_model_info", "prompts_per_request", "split_prompts", "join_answers",
+    "decode_inputs", "answer_size", "decode_output_specs", "segment_inputs", "amg_inputs", "parse_amg",
+    "cache_get_inputs", "check_cached", "parse_model_info", "prompts_per_request", "split_prompts", "join_answers",
 ]
 
 Inputs = Dict[str, Tuple[np.ndarray, str]]
@@ -74,6 +76,24 @@ class Prompts:
 
     def __len__(self) -> int:
         return self.point_coords.shape[0]
+
+    def check_in_image(self, original_size: Tuple[int, int]) -> "Prompts":
+        """Against the image they are for, (H, W): points more than the image's size outside it are
+        refused as the server refuses them (`samrt.prompts.check_points_in_image`, InputError);
+        points that all lie in [0, 1] on an image larger than that get a UserWarning (they look
+        like fractions of the image, `samrt.prompts.looks_like_fractions`). Returns self."""
+        prompts.check_points_in_image(self.point_coords, self.point_labels, original_size)
+        if prompts.looks_like_fractions(self.point_coords, self.point_labels, original_size):
+            warnings.warn(prompts.fractions_message(original_size), UserWarning, stacklevel=_caller_level())
+        return self
+
+
+def _caller_level() -> int:
+    """warnings.warn's stacklevel that names the first frame outside samrt (the user's call)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "samrt":
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _mask(mask_input, p: int, low_res_size: Optional[int]) -> Optional[np.ndarray]:
@@ -145,6 +165,13 @@ def decode_inputs(image_id, point_coords, point_labels, mask_input, multimask_ou
     return pack_decode(image_id, Prompts.check(point_coords, point_labels, mask_input, multimask_output, low_res_size))
 
 
+def answer_size(p: Prompts, original_size: Tuple[int, int], outputs: Sequence[str]) -> Tuple[int, int]:
+    """The prompts checked against their image (`Prompts.check_in_image`), and the image's size as
+    the answer carries it: (H, W) when `outputs` has masks at the original size, else (0, 0)."""
+    p.check_in_image(original_size)
+    return tuple(original_size) if {"masks", "masks_rle"} & set(outputs) else (0, 0)
+
+
 def decode_output_specs(p: int, c: int, original_size: Tuple[int, int], low_res_size: int):
     """dtype and shape of sam_decode's fixed-size outputs for P prompts and C masks each."""
     return {"masks": (np.bool_, (p, c) + tuple(original_size)), "iou_predictions": (np.float32, (p, c)),
@@ -152,12 +179,13 @@ def decode_output_specs(p: int, c: int, original_size: Tuple[int, int], low_res_
 
 
 def segment_inputs(image, point_coords, point_labels, multimask_output) -> Inputs:
-    """`sam_segment`'s inputs: an image and one prompt."""
+    """`sam_segment`'s inputs: an image and one prompt (checked against the image, `Prompts.check_in_image`)."""
     model = wire.SAM_SEGMENT
     p = Prompts.check(point_coords, point_labels, None, multimask_output)
     if len(p) != 1:
         raise InputError("segment: expected one prompt ([N,2] points); use encode + decode for many")
     inputs = encode_inputs(image, None)
+    p.check_in_image(inputs["image"][0].shape[:2])
     inputs.update({"point_coords": model.input("point_coords").pack(p.point_coords[0]),
                    "point_labels": model.input("point_labels").pack(p.point_labels[0]),
                    "multimask_output": model.input("multimask_output").pack(np.full((1,), p.multimask_output))})

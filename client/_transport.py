@@ -3,10 +3,12 @@ and one retry policy.
 
 Codes, not message text, decide: gRPC status codes (`StatusCode.INVALID_ARGUMENT`, ...) and HTTP
 status codes ("400", ...) as tritonclient reports them in `InferenceServerException.status()`.
-Two of Triton's own answers are read by their fixed text, because their codes say something
+Three of Triton's own answers are read by their fixed text, because their codes say something
 else: "Request for unknown model" (NOT_FOUND, while a model reloads: not an evicted image) and
 "Stub process ... is not healthy" (INTERNAL, a python-backend process that died and is being
-restarted): both are ServerUnavailableError, retried like a refused connection.
+restarted): both are ServerUnavailableError, retried like a refused connection; and gRPC's "This
+protocol is restricted" (UNAVAILABLE, an administrative API without the server's admin key; HTTP
+says 403): AccessDeniedError, never retried.
 Only a lost or refused connection (and UNAVAILABLE) is retried, with exponential backoff, and
 only for idempotent requests; a deadline is a `ServerTimeoutError`, never retried (the server may
 still be computing the abandoned request).
@@ -18,8 +20,8 @@ import asyncio
 import socket
 from typing import Optional, Type
 
-from samrt.errors import (ImageNotCachedError, InvalidRequestError, ServerError, ServerTimeoutError,
-                          ServerUnavailableError)
+from samrt.errors import (AccessDeniedError, ImageNotCachedError, InvalidRequestError, ServerError,
+                          ServerTimeoutError, ServerUnavailableError)
 
 __all__ = ["error_from_exception", "Retry", "TRANSPORT_EXCEPTIONS"]
 
@@ -28,7 +30,10 @@ _BY_CODE = {
     "StatusCode.NOT_FOUND": ImageNotCachedError, "404": ImageNotCachedError,
     "StatusCode.UNAVAILABLE": ServerUnavailableError, "503": ServerUnavailableError,
     "StatusCode.DEADLINE_EXCEEDED": ServerTimeoutError, "504": ServerTimeoutError,
+    "403": AccessDeniedError,
 }
+ADMIN_KEY_HINT = ("pass the server's admin key (SamClient(admin_key=...) or the SAMRT_ADMIN_KEY environment variable; "
+                  "`samrt serve` writes it to a file readable only by its user and prints the path)")
 
 
 def _transport_exceptions() -> tuple:
@@ -66,6 +71,10 @@ def error_from_exception(e: BaseException, where: str, not_found: Type[ServerErr
         message = e.message() if hasattr(e, "message") else str(e)
         if _is_model_unavailable_text(message):
             cls = ServerUnavailableError
+        if _is_restricted_text(message):
+            cls = AccessDeniedError
+        if cls is AccessDeniedError:
+            return cls(f"{where}: {message}; {ADMIN_KEY_HINT}", code)
         if cls is ServerError and not code and _is_timeout_text(message):
             cls = ServerTimeoutError  # tritonclient.http reports its own timeouts without a status
         return cls(message if cls is not ServerUnavailableError else f"{where}: {message}", code)
@@ -77,6 +86,11 @@ def error_from_exception(e: BaseException, where: str, not_found: Type[ServerErr
 def _is_model_unavailable_text(message: str) -> bool:
     # Triton's core: a model not loaded right now; the python backend: a stub that died.
     return "Request for unknown model" in message or ("Stub process" in message and "is not healthy" in message)
+
+
+def _is_restricted_text(message: str) -> bool:
+    # Triton's gRPC frontend refuses a restricted protocol with UNAVAILABLE and this text.
+    return "This protocol is restricted" in message
 
 
 def _is_timeout_text(message: str) -> bool:

@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from samrt import imageio
+from samrt import imageio, prompts
 from samrt.artifacts import atomic_write_json
 from samrt.errors import InputError
 from samrt.visualize import overlay, save_png
@@ -17,7 +17,7 @@ from ._client import SamClient
 from .amg import TritonSamAutomaticMaskGenerator
 from .predictor import TritonSamPredictor
 
-__all__ = ["parse_point", "parse_box", "load_image", "segment_file", "amg_folder", "amg_document"]
+__all__ = ["parse_point", "parse_box", "check_pixel_prompt", "load_image", "segment_file", "amg_folder", "amg_document"]
 
 
 def parse_point(text: str) -> Tuple[float, float, int]:
@@ -40,6 +40,19 @@ def parse_box(text: str) -> np.ndarray:
     return box
 
 
+def check_pixel_prompt(coords: Optional[np.ndarray], box: Optional[np.ndarray], original_size: Tuple[int, int]) -> None:
+    """`samrt segment` refuses what the SDK only warns about: InputError for points (or box
+    corners) more than the image's size outside it (`samrt.prompts.check_points_in_image`) and for
+    prompts that look like fractions of the image (`samrt.prompts.looks_like_fractions`)."""
+    parts = [np.asarray(a, np.float64).reshape(-1, 2) for a in (coords, box) if a is not None]
+    if not parts:
+        return
+    points = np.concatenate(parts)
+    prompts.check_points_in_image(points, None, original_size, name="--point/--box")
+    if prompts.looks_like_fractions(points, None, original_size):
+        raise InputError(prompts.fractions_message(original_size, name="--point/--box"))
+
+
 def load_image(path: str, max_pixels: Optional[int] = None) -> np.ndarray:
     """An image file -> HxWx3 uint8 RGB in displayed orientation (samrt.imageio.load_image)."""
     return imageio.load_image(path, max_pixels)
@@ -47,17 +60,20 @@ def load_image(path: str, max_pixels: Optional[int] = None) -> np.ndarray:
 
 def segment_file(client: SamClient, path: str, points: Sequence[str], box: Optional[str], out: str,
                  overlay_path: Optional[str] = None, multimask: bool = True) -> dict:
-    """Segment one image from clicks and/or a box; write the best mask as PNG (and an overlay)."""
+    """Segment one image from clicks and/or a box, in the image's pixels (points far outside the
+    image and fractions of it are refused, `check_pixel_prompt`); write the best mask as PNG (and
+    an overlay)."""
     image = load_image(path)
     pts = [parse_point(p) for p in points]
     if not pts and box is None:
         raise InputError("segment: got no --point and no --box, expected at least one")
-    predictor = TritonSamPredictor(client)
-    predictor.set_image(image)
     coords = np.array([p[:2] for p in pts]) if pts else None
     labels = np.array([p[2] for p in pts]) if pts else None
-    masks, scores, _ = predictor.predict(coords, labels, None if box is None else parse_box(box),
-                                         multimask_output=multimask and len(pts) <= 1)
+    box_xyxy = None if box is None else parse_box(box)
+    check_pixel_prompt(coords, box_xyxy, image.shape[:2])
+    predictor = TritonSamPredictor(client)
+    predictor.set_image(image)
+    masks, scores, _ = predictor.predict(coords, labels, box_xyxy, multimask_output=multimask and len(pts) <= 1)
     best = int(np.argmax(scores))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     Image.fromarray(masks[best].astype(np.uint8) * 255).save(out)

@@ -11,6 +11,7 @@ import signal
 import threading
 from typing import Optional
 
+from samrt import wire
 from samrt.artifacts import ExportManifest, record_entries
 from samrt.errors import SamrtError
 from samrt.variants import ServingPlan
@@ -46,7 +47,10 @@ def serve_forever(server: TritonServer) -> None:
     try:
         server.start()
         print(f"tritonserver ready\n  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n"
-              f"  metrics {server.metrics_url}\n  log     {server.log_path}\nCtrl-C or SIGTERM stops it.", flush=True)
+              f"  metrics {server.metrics_url}\n  log     {server.log_path}\n"
+              f"  admin key {server.admin_key_path} (this user only): {', '.join(server.restricted_apis) or 'nothing'} "
+              f"need it; SamClient(admin_key=...) or {wire.ADMIN_KEY_ENV} for shared_memory=True\n"
+              "Ctrl-C or SIGTERM stops it.", flush=True)
         while not stop.is_set():
             if server.process is None or server.process.poll() is not None:
                 raise SamrtError(f"tritonserver exited unexpectedly; log {server.log_path}:\n{server.log_tail()}")

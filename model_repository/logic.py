@@ -5,7 +5,9 @@ The python-backend `model.py` files only convert between Triton tensors and thes
 
 from __future__ import annotations
 
+import hmac
 import json
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ import numpy as np
 
 from samrt import processing as P
 from samrt import prompts
-from samrt.errors import InputError
+from samrt.errors import InputError, SamrtError
 from samrt.imageio import decode_image_bytes  # noqa: F401  (re-exported: the one decoder lives in samrt.imageio)
 from samrt.masks import masks_to_rles
 
@@ -24,6 +26,11 @@ __all__ = [
     "EmbeddingCache",
     "CacheEntry",
     "UnknownImageError",
+    "CacheWriteRefused",
+    "CACHE_KEY_ENV",
+    "internal_cache_key",
+    "check_cache_key",
+    "cache_entry",
     "decode_image_bytes",
     "single_image_id",
     "parse_multimask",
@@ -76,7 +83,7 @@ class EmbeddingCache:
         self._items: "OrderedDict[str, CacheEntry]" = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        self.hits = self.misses = self.evictions = 0
+        self.hits = self.misses = self.evictions = self.repairs = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -99,30 +106,111 @@ class EmbeddingCache:
             self.hits += 1
             return entry
 
-    def put(self, image_id: str, entry: CacheEntry) -> None:
+    def put(self, image_id: str, entry: CacheEntry) -> CacheEntry:
+        """Store `entry` under `image_id` and return the entry the cache now holds for it.
+
+        An entry is never replaced by another embedding of the same image: when the id is cached
+        with the same original size, the cached entry stays (first writer wins: two encodes of one
+        image racing store one embedding, and a click never sees its image's embedding change).
+        One cached with another size is damaged (the id hashes the image's shape with its pixels,
+        so one id has one size): `entry`, just computed from the pixels by the caller, replaces it.
+        The entry's arrays are made read-only, so no code path can change a cached embedding."""
         if entry.nbytes > self.max_bytes:
             raise ValueError(f"embedding of {entry.nbytes} bytes: larger than the cache ({self.max_bytes} bytes)")
+        for a in (entry.embeddings, *entry.image_state.values()):
+            a.flags.writeable = False
         with self._lock:
-            old = self._items.pop(image_id, None)
+            old = self._items.get(image_id)
+            if old is not None and old.original_size == entry.original_size:
+                self._items.move_to_end(image_id)
+                return old
             if old is not None:
+                del self._items[image_id]
                 self._bytes -= old.nbytes
+                self.repairs += 1
             self._items[image_id] = entry
             self._bytes += entry.nbytes
             while self._bytes > self.max_bytes:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
                 self.evictions += 1
+            return entry
+
+    def peek(self, image_id: str) -> Optional[CacheEntry]:
+        """The entry for `image_id` or None, without touching the LRU order or the counters."""
+        with self._lock:
+            return self._items.get(image_id)
 
     def stats(self) -> Dict[str, int]:
         return {"entries": len(self._items), "bytes": self._bytes, "max_bytes": self.max_bytes,
-                "hits": self.hits, "misses": self.misses, "evictions": self.evictions}
+                "hits": self.hits, "misses": self.misses, "evictions": self.evictions, "repairs": self.repairs}
 
 
+class CacheWriteRefused(InputError):
+    """A write to the embedding cache without the server's internal key: only the models of the
+    same server may store embeddings (INVALID_ARG: the request's inputs are refused)."""
+
+
+# The per-server secret that lets a model store an embedding in the cache: the launcher
+# (model_repository.server.TritonServer) generates it and puts it in tritonserver's environment,
+# which the python-backend stubs inherit; the cache owner compares it with each put's `cache_key`.
+CACHE_KEY_ENV = "SAMRT_CACHE_KEY"
+
+
+def internal_cache_key() -> str:
+    """The server's internal cache key, from the environment (`CACHE_KEY_ENV`); SamrtError naming
+    what to do when it is missing (a tritonserver started without samrt's launcher)."""
+    key = os.environ.get(CACHE_KEY_ENV, "")
+    if len(key) < 16:
+        raise SamrtError(f"{CACHE_KEY_ENV}: got {'an empty value' if not key else f'{len(key)} characters'}, expected "
+                         "a random secret of at least 16 characters in tritonserver's environment (samrt's launcher "
+                         "sets one per server; elsewhere start tritonserver with e.g. "
+                         f"{CACHE_KEY_ENV}=$(openssl rand -hex 16))")
+    return key
+
+
+def check_cache_key(sent: Optional[np.ndarray], expected: str, model: str) -> None:
+    """A put's `cache_key` tensor (None when absent) against the server's key, compared in
+    constant time (hmac.compare_digest); CacheWriteRefused unless they are equal."""
+    got = b""
+    if sent is not None and np.asarray(sent).size == 1:
+        value = np.asarray(sent).reshape(-1)[0]
+        got = value if isinstance(value, bytes) else str(value).encode()
+    if not hmac.compare_digest(got, expected.encode()):
+        raise CacheWriteRefused(
+            f"{model}: got a write to the embedding cache (image_embeddings) "
+            f"{'without' if sent is None else 'with a wrong'} internal key, expected none from outside the server: "
+            "embeddings are stored only by sam_encode, sam_segment and sam_amg of the same server")
+
+
+def cache_entry(embeddings: np.ndarray, original_size: Optional[np.ndarray], embedding_shape: Tuple[int, ...]) -> CacheEntry:
+    """A put's tensors, checked -> a CacheEntry: `embeddings` [1,D,E,E] or [D,E,E] float32 of the
+    served model's shape (`embedding_shape`, D,E,E) and finite, `original_size` two positive ints."""
+    emb = np.asarray(embeddings)
+    if emb.shape[-3:] != tuple(embedding_shape) or emb.size != int(np.prod(embedding_shape)):
+        raise InputError(f"image_embeddings: got shape {list(emb.shape)}, expected {list(embedding_shape)} "
+                         "(the served model's embedding)")
+    if not np.all(np.isfinite(emb)):
+        raise InputError("image_embeddings: got non-finite values, expected a finite embedding")
+    size = None if original_size is None else np.asarray(original_size).reshape(-1)
+    if size is None or size.size != 2 or not np.all(size > 0):
+        raise InputError(f"original_size: got {None if size is None else size.tolist()}, expected (H, W), both > 0")
+    return CacheEntry(np.array(emb.reshape(embedding_shape), dtype=np.float32), (int(size[0]), int(size[1])))
+
+
+def _id_text(x) -> str:
+    if not isinstance(x, bytes):
+        return str(x)
+    try:
+        return x.decode()
+    except UnicodeDecodeError:
+        raise InputError(f"image_id: got {len(x)} bytes that are not UTF-8 ({x[:16]!r}), expected the id "
+                         "sam_encode answered (32 hex digits)") from None
 
 
 def single_image_id(image_ids: np.ndarray) -> str:
     """`image_id` [P,1] BYTES of one request -> the one id all its rows name."""
-    ids = {(x.decode() if isinstance(x, bytes) else str(x)) for x in np.asarray(image_ids).reshape(-1)}
+    ids = {_id_text(x) for x in np.asarray(image_ids).reshape(-1)}
     if len(ids) != 1:
         raise InputError(f"image_id: got {len(ids)} different ids in one request, expected one image per request")
     return ids.pop()

@@ -18,6 +18,19 @@ readiness), so readiness does not lie for longer than the watchdog's interval. T
 cache lives in the `sam_mask_decoder` process (`sam_embedding_cache` in the production variant): if that one dies, cached images are lost and
 decodes answer NOT_FOUND (`ImageNotCachedError`) until the image is encoded again.
 `TritonServer.restarts` lists what was restarted (model name, time).
+
+Who may use what. Triton serves every model and API to every client that reaches its ports, so
+the launcher gives each server two secrets:
+- the admin key (`admin_key`; given, or SAMRT_ADMIN_KEY from the environment, or generated):
+  Triton's restricted-API options (`--http-restricted-api`, `--grpc-restricted-protocol`) serve
+  `samrt.wire.RESTRICTED_APIS` (model repository, shared memory, trace, logging) only to requests
+  that carry it (`samrt.wire.admin_headers`); it is written to `<work_dir>/admin_key`, readable by
+  this user only (`admin_key_path`). The watchdog sends it when it reloads a model.
+- the internal cache key (`model_repository.logic.CACHE_KEY_ENV`, new for every server object):
+  put in tritonserver's environment, which the python-backend stubs inherit, so only this server's
+  models can store embeddings (`_CacheOwner` refuses a put without it). Never leaves the server.
+Both are on tritonserver's command line or in its environment: other users of the same host can
+read the command line of a process (`ps`), so the admin key keeps out network clients, not local users.
 """
 
 from __future__ import annotations
@@ -26,6 +39,8 @@ import atexit
 import importlib.util
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -35,9 +50,12 @@ import sysconfig
 import threading
 import time
 import urllib.request
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from samrt import wire
 from samrt.errors import SamrtError
+
+from .logic import CACHE_KEY_ENV
 
 __all__ = ["TritonServer", "TritonLaunchError", "free_port", "bundled_triton_dir", "check_installed"]
 
@@ -106,7 +124,11 @@ class TritonServer:
         extra_args: Optional[List[str]] = None,
         restart_dead_models: bool = True,
         watchdog_interval: float = 1.0,
+        admin_key: Optional[str] = None,
+        restricted_apis: Sequence[str] = wire.RESTRICTED_APIS,
     ) -> None:
+        """`admin_key`: the key that opens `restricted_apis` (None: SAMRT_ADMIN_KEY from the
+        environment, else a new random one); `restricted_apis` () restricts nothing."""
         self.repo = os.path.abspath(repo)
         self.host = host
         self.http_port = http_port or free_port(host)
@@ -120,6 +142,15 @@ class TritonServer:
         self.restart_dead_models = restart_dead_models
         self.watchdog_interval = watchdog_interval
         self.restarts: List[Tuple[str, float]] = []  # (model name, time.time()) of each restart
+        self.admin_key = admin_key or os.environ.get(wire.ADMIN_KEY_ENV) or secrets.token_hex(16)
+        if not re.fullmatch(r"[A-Za-z0-9._~-]{16,}", self.admin_key):
+            raise TritonLaunchError(f"admin key: got {len(self.admin_key)} characters, expected at least 16 of "
+                                    "A-Z a-z 0-9 . _ ~ - (a header value Triton's option syntax can carry)")
+        self.restricted_apis = tuple(restricted_apis)
+        bad = sorted(set(self.restricted_apis) - set(_TRITON_APIS))
+        if bad:
+            raise TritonLaunchError(f"restricted_apis: got {bad}, expected names from {list(_TRITON_APIS)}")
+        self.cache_key = secrets.token_hex(16)  # the models' own: only they may write the embedding cache
         self._watchdog: Optional[threading.Thread] = None
         self._stop_watchdog = threading.Event()
 
@@ -134,6 +165,11 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def admin_key_path(self) -> str:
+        """Where start() writes the admin key (mode 0600: this user only)."""
+        return os.path.join(self.work_dir, "admin_key")
 
     def command(self, tree: str) -> List[str]:
         cmd = [
@@ -151,6 +187,10 @@ class TritonServer:
         ]
         if self.restart_dead_models and not any(a.startswith("--model-control-mode") for a in self.extra_args):
             cmd += ["--model-control-mode=explicit", "--load-model=*"]  # the watchdog reloads dead models
+        if self.restricted_apis and not any(a.startswith(("--http-restricted-api", "--grpc-restricted-protocol"))
+                                            for a in self.extra_args):
+            rule = f"{','.join(self.restricted_apis)}:{wire.ADMIN_KEY_HEADER}={self.admin_key}"
+            cmd += [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
         if not self.gpu:
             cmd += ["--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0", "--allow-gpu-metrics=false"]
         return cmd + self.extra_args
@@ -161,10 +201,13 @@ class TritonServer:
         libs = [sysconfig.get_config_var("LIBDIR") or "", os.path.join(site, "nvidia_pytriton.libs")]
         env["LD_LIBRARY_PATH"] = ":".join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        env[CACHE_KEY_ENV] = self.cache_key
+        env.pop(wire.ADMIN_KEY_ENV, None)  # the models have no use for it
         return env
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
         os.makedirs(self.work_dir, exist_ok=True)
+        _write_private(self.admin_key_path, self.admin_key + "\n")
         tree = _prepare_tree(self.work_dir)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -254,7 +297,9 @@ class TritonServer:
         try:
             for action in ("unload", "load"):
                 req = urllib.request.Request(f"http://{self.http_url}/v2/repository/models/{model}/{action}",
-                                             data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+                                             data=b"{}", method="POST",
+                                             headers={"Content-Type": "application/json",
+                                                      **wire.admin_headers("http", self.admin_key)})
                 with urllib.request.urlopen(req, timeout=300) as r:
                     r.read()
         except OSError as e:
@@ -268,6 +313,21 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# The API groups Triton 2.51's restricted-API options know (tritonserver --help).
+_TRITON_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
+                "trace", "logging")
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write `text` to `path`, readable and writable by this user only (0600), whatever was there."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _stub_processes(server_pid: int) -> Dict[str, int]:

@@ -20,6 +20,8 @@ from .masks import mask_to_rle, masks_to_boxes, masks_to_rles, rle_area, rle_to_
 __all__ = [
     "AmgOptions",
     "MAX_CROP_N_LAYERS",
+    "MAX_POINTS_PER_SIDE",
+    "MAX_POINTS_PER_BATCH",
     "build_point_grid",
     "generate_crop_boxes",
     "stability_score",
@@ -44,6 +46,12 @@ CropFn = Callable[[np.ndarray], DecodeFn]
 # segment_anything has no limit; a served request with n layers costs sum(4^i, i <= n) encoder
 # passes (5 layers: 1365 per image, each also an entry in the shared embedding cache).
 MAX_CROP_N_LAYERS = 4
+# segment_anything has no limit either: n points per side is n^2 decoder prompts per crop (and
+# a grid of n^2 points); 128 is 16 times the default's 1024 prompts. Refused above it.
+MAX_POINTS_PER_SIDE = 128
+# Points decoded at once, whatever points_per_batch asks: a batch's low-res logits take 1 MiB a
+# point (4 masks of 256x256 float32), so 10^5 would take 100 GB. The records do not depend on it.
+MAX_POINTS_PER_BATCH = 256
 
 
 @dataclass
@@ -67,8 +75,10 @@ class AmgOptions:
         into Python int / float, as SamAutomaticMaskGenerator accepts them; returns self."""
         for name, kind in _OPTION_KINDS.items():
             setattr(self, name, _number(name, getattr(self, name), kind))
-        if self.points_per_side is None or self.points_per_side < 1:
-            raise InputError(f"points_per_side: got {self.points_per_side}, expected a positive integer")
+        if self.points_per_side is None or not 1 <= self.points_per_side <= MAX_POINTS_PER_SIDE:
+            raise InputError(f"points_per_side: got {self.points_per_side}, expected 1..{MAX_POINTS_PER_SIDE} "
+                             f"(n points per side are n^2 decoder prompts per crop; samrt refuses more than "
+                             f"{MAX_POINTS_PER_SIDE})")
         if self.points_per_batch < 1:
             raise InputError(f"points_per_batch: got {self.points_per_batch}, expected >= 1")
         if self.crop_n_points_downscale_factor < 1:
@@ -225,9 +235,10 @@ def _process_crop(set_crop: CropFn, image, crop_box, grid, opts: AmgOptions, ori
     decode = set_crop(crop)
     points_all = grid * np.array([[cw, ch]])
     out: Dict[str, list] = {"rles": [], "iou": [], "points": [], "stability": [], "boxes": []}
-    for start in range(0, len(points_all), opts.points_per_batch):
+    step = min(opts.points_per_batch, MAX_POINTS_PER_BATCH)  # bounded memory; the same records
+    for start in range(0, len(points_all), step):
         _check_stop(should_stop)
-        points = points_all[start : start + opts.points_per_batch]
+        points = points_all[start : start + step]
         decoded = decode(points)
         if len(decoded) == 3:  # low-res logits and how to upscale them
             low, iou, upscale = decoded

@@ -13,6 +13,7 @@ __all__ = [
     "ImageNotCachedError",
     "ServerUnavailableError",
     "ServerTimeoutError",
+    "AccessDeniedError",
 ]
 
 
@@ -60,3 +61,9 @@ class ServerUnavailableError(ServerError):
 class ServerTimeoutError(ServerError):
     """The request's deadline passed before the answer came (DEADLINE_EXCEEDED, a client timeout).
     Never retried: the server may still be computing it."""
+
+
+class AccessDeniedError(ServerError):
+    """The server serves this API (shared-memory registration, model control, trace or log
+    settings) only to requests that carry its admin key, and this one carried none or another
+    (HTTP 403; gRPC: Triton's "This protocol is restricted"). Never retried."""

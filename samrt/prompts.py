@@ -29,6 +29,7 @@ from .errors import InputError
 
 __all__ = [
     "VALID_LABELS",
+    "MAX_POINTS_PER_PROMPT",
     "PAD_LABEL",
     "ABSENT_LABEL",
     "BOX_LABELS",
@@ -40,6 +41,10 @@ __all__ = [
     "check_points",
     "check_boxes",
     "check_mask_input",
+    "check_points_in_image",
+    "looks_like_fractions",
+    "FRACTIONS_MIN_SIDE",
+    "fractions_message",
     "assemble_prompts",
     "complete_prompts",
     "decoder_prompts",
@@ -48,6 +53,11 @@ __all__ = [
 ]
 
 VALID_LABELS = (-1, 0, 1, 2, 3)
+# Points per prompt (box corners included) that a prompt may carry. The decoder's attention
+# between prompt tokens and the 64x64 image tokens grows with the point count: on the tiny test
+# model, 16 prompts of 1000 points took 5.5 GB above the idle process (16 of 65: 60 MB), so a few
+# hundred bytes of request could exhaust a server. SAM was trained with a box and about a dozen points.
+MAX_POINTS_PER_PROMPT = 64
 PAD_LABEL = -1
 # A prompt slot that is no token at all: the fast decoder graphs (samrt.spec.fast_decoder_spec) pad
 # prompts to a fixed slot count with it and mask those slots out of attention. Never on the wire.
@@ -99,14 +109,18 @@ def apply_boxes(boxes: np.ndarray, original_size: Tuple[int, int], long_side: in
 def check_points(point_coords, point_labels) -> Tuple[np.ndarray, np.ndarray]:
     """[P,N,2] coordinates and [P,N] labels, checked -> (float64 [P,N,2], int32 [P,N]).
 
-    Raises InputError for a wrong shape, non-finite coordinates, non-integer labels, labels
-    outside VALID_LABELS, or a prompt whose box corners are not paired (as many 2s as 3s)."""
+    Raises InputError for a wrong shape, more than MAX_POINTS_PER_PROMPT points per prompt,
+    non-finite coordinates, non-integer labels, labels outside VALID_LABELS, or a prompt whose box
+    corners are not paired (as many 2s as 3s)."""
     if point_labels is None:
         raise InputError("point_labels: got None, expected one label per point when point_coords is given")
     pc = np.asarray(point_coords, dtype=np.float64)
     pl = np.asarray(point_labels)
     if pc.ndim != 3 or pc.shape[2] != 2 or pc.shape[1] < 1:
         raise InputError(f"point_coords: got shape {list(pc.shape)}, expected [P,N,2] (x, y) with N >= 1")
+    if pc.shape[1] > MAX_POINTS_PER_PROMPT:
+        raise InputError(f"point_coords: got {pc.shape[1]} points per prompt, expected at most {MAX_POINTS_PER_PROMPT} "
+                         "(box corners included; the decoder's memory grows with the points of a prompt)")
     if pl.shape != pc.shape[:2]:
         raise InputError(f"point_labels: got shape {list(pl.shape)}, expected {list(pc.shape[:2])} to match point_coords")
     if not np.all(np.isfinite(pc)):
@@ -126,6 +140,52 @@ def check_points(point_coords, point_labels) -> Tuple[np.ndarray, np.ndarray]:
         raise InputError(f"point_labels: prompt {r} has {int(tops[r])} box top-left corner(s) (label 2) and "
                          f"{int(bottoms[r])} bottom-right (label 3), expected a box as both corners, 2 then 3")
     return pc, labels.astype(np.int32)
+
+
+def _real_points(coords, labels) -> np.ndarray:
+    """The [K,2] points of [..., 2] `coords` that are not padding (label -1; all when `labels` is None)."""
+    pts = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    if labels is None:
+        return pts
+    keep = np.asarray(labels).reshape(-1) != PAD_LABEL
+    return pts[keep] if keep.shape[0] == pts.shape[0] else pts
+
+
+def check_points_in_image(coords, labels, original_size: Tuple[int, int], name: str = "point_coords") -> None:
+    """Refuse points more than one image width (x) or height (y) outside the image: x in [-W, 2W]
+    and y in [-H, 2H] pass, anything farther cannot be a click on this image (e.g. coordinates of
+    another image, or of the encoder's 1024 frame sent for a small image). `coords` [..., 2] (x, y)
+    in original pixels, `labels` [...] or None (padding points, label -1, are not checked: the
+    decoder ignores their position). InputError naming the first such point (`name`: what the
+    caller calls the points)."""
+    h, w = (int(v) for v in original_size)
+    pts = _real_points(coords, labels)
+    far = (pts[:, 0] < -w) | (pts[:, 0] > 2 * w) | (pts[:, 1] < -h) | (pts[:, 1] > 2 * h)
+    if far.any():
+        x, y = pts[int(np.argmax(far))]
+        raise InputError(f"{name}: got ({x:g}, {y:g}), more than the image's size outside a {h}x{w} (HxW) "
+                         f"image, expected x in [{-w}, {2 * w}] and y in [{-h}, {2 * h}] (pixels of the original image)")
+
+
+# Images whose short side is at least this many pixels: all points in [0, 1] there look like fractions.
+FRACTIONS_MIN_SIDE = 16
+
+
+def looks_like_fractions(coords, labels, original_size: Tuple[int, int]) -> bool:
+    """Whether prompts look like fractions of the image rather than pixels: every point (padding
+    excluded) within [0, 1] x [0, 1] on an image whose short side is at least FRACTIONS_MIN_SIDE.
+    Such points click the image's top-left pixel, which is rarely what was meant."""
+    pts = _real_points(coords, labels)
+    return (min(int(v) for v in original_size) >= FRACTIONS_MIN_SIDE and pts.size > 0
+            and bool(np.all((pts >= 0.0) & (pts <= 1.0))))
+
+
+def fractions_message(original_size: Tuple[int, int], name: str = "point_coords") -> str:
+    """What `looks_like_fractions` means, in words for a warning or an error."""
+    h, w = (int(v) for v in original_size)
+    return (f"{name}: coordinates look like fractions of the image (all within [0, 1]); samrt expects "
+            f"pixels of the original image: x in [0, {w}), y in [0, {h}) for this {h}x{w} (HxW) image "
+            "(multiply fractions by the width and height)")
 
 
 def check_boxes(boxes, batch: Optional[int] = None) -> np.ndarray:

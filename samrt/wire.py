@@ -47,6 +47,10 @@ __all__ = [
     "model_from_graph",
     "markdown_table",
     "IMAGE_ID_HEADER",
+    "ADMIN_KEY_HEADER",
+    "ADMIN_KEY_ENV",
+    "RESTRICTED_APIS",
+    "admin_headers",
     "image_id_of",
 ]
 
@@ -60,6 +64,26 @@ _SPEC_TO_TRITON = {"float32": "FP32", "int32": "INT32", "int64": "INT64", "uint8
 # Every request that names an image carries its id in this header too (HTTP header / gRPC
 # metadata), so a load balancer can route on it (NGINX: `hash $http_x_samrt_image_id consistent`).
 IMAGE_ID_HEADER = "x-samrt-image-id"
+
+# Triton's administrative APIs that a samrt server serves only to requests carrying its admin key
+# (tritonserver's --http-restricted-api / --grpc-restricted-protocol). Open to every client: health,
+# metadata, inference, model-config (the SDK's model_info) and statistics (read-only counters, also
+# on the metrics port). Restricted: loading and unloading models, registering shared memory (a
+# region names a file in the server's /dev/shm that the server maps and writes), trace and log settings.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+# The admin key's header (HTTP header; over gRPC, Triton expects it prefixed, see `admin_headers`)
+# and the environment variable that gives it to `samrt serve`, the launcher and the SDK.
+ADMIN_KEY_HEADER = "samrt-admin-key"
+ADMIN_KEY_ENV = "SAMRT_ADMIN_KEY"
+
+
+def admin_headers(protocol: str, key: Optional[str]) -> Dict[str, str]:
+    """The header that opens the restricted APIs (`RESTRICTED_APIS`) for `protocol` ('grpc' or
+    'http'); none without a key. Triton 2.51 reads `<key name>` from HTTP requests and
+    `triton-grpc-protocol-<key name>` from gRPC metadata (measured)."""
+    if not key:
+        return {}
+    return {("triton-grpc-protocol-" if protocol == "grpc" else "") + ADMIN_KEY_HEADER: key}
 
 
 @dataclass(frozen=True)
@@ -195,11 +219,16 @@ SAM_PROMPT_PREP = WireModel(
     outputs=_PREP_OUTPUTS, batch="P", public=False,
 )
 
-# The cache owner's own requests (from sam_encode and sam_amg, through BLS): put, get or ask.
+# The cache owner's own requests: put (sam_encode, sam_segment and sam_amg through BLS, with the
+# server's internal key), get and ask (those, and the SDK's image_embedding / image_size).
 _ID = WireTensor("image_id", "BYTES", (1,), "hash of the pixels")
 _MASK_LOGITS = WireTensor("mask_logits", "FP32", ("C", "m", "m"), "low_res_masks again, for the postprocessing steps")
 _PUT_EMBEDDINGS = WireTensor("image_embeddings", "FP32", ("D", "E", "E"), "put: the embedding to store", optional=True)
 _PUT_SIZE = WireTensor("original_size", "INT32", (2,), "put: (H, W) of the image", optional=True)
+# Only the models of the same server hold this key (the launcher's per-server secret,
+# model_repository.logic.CACHE_KEY_ENV); a put without it is refused, so no client can write the cache.
+_PUT_KEY = WireTensor("cache_key", "BYTES", (1,), "put: the server's internal key; a put without it is refused",
+                      optional=True)
 _FOUND = WireTensor("found", "BOOL", (1,), "get: whether the id is cached")
 _GOT_EMBEDDINGS = WireTensor("image_embeddings", "FP32", ("D", "E", "E"), "get: the cached embedding")
 _SIZE = WireTensor("original_size", "INT32", (2,), "(H, W) of the image")
@@ -214,7 +243,8 @@ SAM_MASK_DECODER = WireModel(
     "ensemble step 1 (CPU variant): the embedding cache's owner and the decoder engine in one process: "
     "prompts checked (SAM's rules, samrt.prompts) and decoded, dynamically batched over prompts of all "
     "clients and images",
-    inputs=(_ID,) + _optional((_POINT_COORDS, _POINT_LABELS)) + (_MASK_INPUT, _MULTIMASK, _PUT_EMBEDDINGS, _PUT_SIZE),
+    inputs=(_ID,) + _optional((_POINT_COORDS, _POINT_LABELS)) + (_MASK_INPUT, _MULTIMASK, _PUT_EMBEDDINGS, _PUT_SIZE,
+            _PUT_KEY),
     outputs=(WireTensor("low_res_masks", "FP32", ("C", "m", "m"), "logits of the masks multimask asks for"),
              WireTensor("iou_predictions", "FP32", ("C",), "predicted IoU of each mask"),
              _MASK_LOGITS, _SIZE, _FOUND, _GOT_EMBEDDINGS),
@@ -224,7 +254,7 @@ SAM_EMBEDDING_CACHE = WireModel(
     "sam_embedding_cache",
     "ensemble step 2 (production variant): the embedding cache's owner; hands the native decoder its feeds",
     inputs=(_ID, WireTensor("prompt_coords", "FP32", ("N", 2), "decode: points in original pixels", optional=True),
-            _PUT_EMBEDDINGS, _PUT_SIZE),
+            _PUT_EMBEDDINGS, _PUT_SIZE, _PUT_KEY),
     outputs=(WireTensor("point_coords", "FP32", ("N", 2), "decode: points in the encoder's resized frame"),
              WireTensor("image_embeddings", "FP32", ("D", "E", "E"), "decode: each prompt's embedding; get: the cached one"),
              _SIZE, _FOUND),

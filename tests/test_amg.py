@@ -89,3 +89,14 @@ def test_should_stop_cancels_between_batches():
     calls.clear()
     amg.generate_masks(_image(), _fake_set_crop(calls=calls), opts, should_stop=lambda: False)
     assert len(calls) == 8
+
+
+def test_at_most_max_points_per_batch_decoded_at_once(monkeypatch):
+    """points_per_batch beyond the bound is decoded in batches of the bound, with the same records."""
+    monkeypatch.setattr(amg, "MAX_POINTS_PER_BATCH", 10)
+    calls = []
+    opts = dict(points_per_side=6, pred_iou_thresh=0.7, stability_score_thresh=0.6)
+    big = amg.generate_masks(_image(), _fake_set_crop(calls=calls), amg.AmgOptions(points_per_batch=10 ** 6, **opts))
+    assert calls == [10, 10, 10, 6]  # 36 points
+    small = amg.generate_masks(_image(), _fake_set_crop(), amg.AmgOptions(points_per_batch=10, **opts))
+    assert big == small and len(big) > 3

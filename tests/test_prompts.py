@@ -91,3 +91,40 @@ def test_decoder_feeds_broadcast_one_embedding():
     np.testing.assert_array_equal(feeds["has_mask_input"], [1, 0])
     with pytest.raises(InputError, match=r"mask_input: got shape \[2, 1, 4, 4\], expected \[2, 1, 8, 8\]"):
         prompts.decoder_feeds(emb, np.zeros((2, 1, 2), np.float32), np.ones((2, 1), np.float32), np.zeros((2, 1, 4, 4)), 8)
+
+
+@pytest.mark.parametrize("x,y", [(-641, 10), (1281, 10), (10, -481), (10, 961), (5000, 5000)])
+def test_points_far_outside_the_image_are_refused(x, y):
+    """More than one image width / height outside a 480x640 image: refused, naming the point and the range."""
+    with pytest.raises(InputError, match=rf"point_coords: got \({x:g}, {y:g}\), more than the image's size outside "
+                                         r"a 480x640 \(HxW\) image, expected x in \[-640, 1280\] and y in \[-480, 960\]"):
+        prompts.check_points_in_image(np.array([[[100, 100], [x, y]]], np.float32), np.array([[1, 1]]), (480, 640))
+
+
+def test_points_near_the_image_and_padding_pass():
+    near = np.array([[[-640, -480], [1280, 960], [320, 240]]], np.float32)  # the bounds themselves pass
+    prompts.check_points_in_image(near, np.array([[1, 0, 1]]), (480, 640))
+    padded = np.array([[[10, 10], [1e6, -1e6]]], np.float32)  # the decoder ignores a padding point's position
+    prompts.check_points_in_image(padded, np.array([[1, -1]]), (480, 640))
+    with pytest.raises(InputError, match=r"--point/--box: got \(1e\+06, -1e\+06\)"):  # no labels: every point counts
+        prompts.check_points_in_image(padded, None, (480, 640), name="--point/--box")
+
+
+def test_fractions_of_the_image_are_recognised():
+    frac = np.array([[[0.5, 0.25], [1.0, 0.0]]])
+    assert prompts.looks_like_fractions(frac, np.array([[1, 0]]), (480, 640))
+    assert prompts.looks_like_fractions(np.array([[[0.5, 0.5], [700.0, 9.0]]]), np.array([[1, -1]]), (480, 640))
+    assert not prompts.looks_like_fractions(frac, None, (10, 640))  # a tiny image: [0, 1] may be meant
+    assert not prompts.looks_like_fractions(np.array([[[0.5, 0.5], [2.0, 1.0]]]), None, (480, 640))  # one pixel point
+    assert not prompts.looks_like_fractions(np.array([[[0.5, 0.5]]]), np.array([[-1]]), (480, 640))  # padding only
+    assert prompts.fractions_message((480, 640)) == (
+        "point_coords: coordinates look like fractions of the image (all within [0, 1]); samrt expects pixels of the "
+        "original image: x in [0, 640), y in [0, 480) for this 480x640 (HxW) image (multiply fractions by the width "
+        "and height)")
+
+
+def test_at_most_max_points_per_prompt():
+    n = prompts.MAX_POINTS_PER_PROMPT
+    prompts.check_points(np.zeros((2, n, 2)), np.ones((2, n)))
+    with pytest.raises(InputError, match=rf"point_coords: got {n + 1} points per prompt, expected at most {n}"):
+        prompts.check_points(np.zeros((2, n + 1, 2)), np.ones((2, n + 1)))

@@ -34,10 +34,13 @@ class _CacheOwner(PythonModel):
     """The embedding cache and its own requests, for the model that owns it (sam_mask_decoder or
     sam_embedding_cache). Requests carry Triton's batch dim (1 for these).
 
-    put: image_id + image_embeddings + original_size -> found. ask (only `found` requested):
-    whether the id is cached, without touching the LRU order. get (no prompt_coords): found,
-    image_embeddings, original_size; an id it does not hold answers found false with zeros, not an
-    error: Triton 2.51's BLS hands callers every error as INTERNAL, so callers raise NOT_FOUND."""
+    put: image_id + image_embeddings + original_size + cache_key -> found; only the models of this
+    server hold the key (`logic.check_cache_key`: a put without it is refused, INVALID_ARG), and a
+    cached entry is never replaced by another embedding of the same image (`EmbeddingCache.put`).
+    ask (only `found` and/or `original_size` requested): whether the id is cached and its size,
+    without touching the LRU order. get (no prompt_coords): found, image_embeddings, original_size;
+    an id it does not hold answers found false with zeros, not an error: Triton 2.51's BLS hands
+    callers every error as INTERNAL, so callers raise NOT_FOUND."""
 
     model: wire.WireModel
 
@@ -45,16 +48,17 @@ class _CacheOwner(PythonModel):
         self.cache = logic.EmbeddingCache(int(params["cache_bytes"]))
         self.missing = np.zeros([1] + [int(d) for d in params["embedding_shape"].split(",")], np.float32)
         self.image_size = int(params["image_size"])
+        self.cache_key = logic.internal_cache_key()  # no key in the environment: the model does not load
 
     def _cache_request(self, request, image_id: str):
         """The response to a put/ask/get request; None for a decode request."""
         emb = input_array(request, "image_embeddings")
         if emb is not None:
-            size = input_array(request, "original_size").reshape(-1)
-            emb = np.ascontiguousarray(emb.reshape(emb.shape[-3:]), dtype=np.float32)
-            state = self._image_state(emb)
+            logic.check_cache_key(input_array(request, "cache_key"), self.cache_key, self.model.name)
+            checked = logic.cache_entry(emb, input_array(request, "original_size"), self.missing.shape[1:])
+            state = self._image_state(checked.embeddings)
             kept = self._kept_embedding(state)  # a view into the state when it holds the embedding
-            entry = logic.CacheEntry(emb if kept is None else kept, (int(size[0]), int(size[1])), state)
+            entry = logic.CacheEntry(checked.embeddings if kept is None else kept, checked.original_size, state)
             try:
                 self.cache.put(image_id, entry)
             except ValueError as e:  # an embedding larger than the whole cache: the caller's request
@@ -63,8 +67,10 @@ class _CacheOwner(PythonModel):
         if input_array(request, "prompt_coords") is not None or input_array(request, "point_coords") is not None:
             return None
         wanted = request.requested_output_names()
-        if wanted and set(wanted) <= {"found"}:
-            return response(self.model, {"found": np.array([[image_id in self.cache]])})
+        if wanted and set(wanted) <= {"found", "original_size"}:
+            entry = self.cache.peek(image_id)
+            return response(self.model, {"found": np.array([[entry is not None]]),
+                                         "original_size": np.asarray([entry.original_size if entry else (0, 0)])})
         try:
             entry = self.cache.get(image_id)
         except logic.UnknownImageError:
@@ -84,8 +90,10 @@ class _CacheOwner(PythonModel):
         """The cache entry a decode request names (UnknownImageError: NOT_FOUND) and its points in
         the encoder's resized frame."""
         entry = self.cache.get(image_id)
-        coords = prompts.apply_coords(input_array(request, "prompt_coords"), entry.original_size, self.image_size)
-        return entry, coords
+        coords = input_array(request, "prompt_coords")
+        # the first place that knows the image's size: points far outside it are refused here
+        prompts.check_points_in_image(coords, input_array(request, "prompt_labels"), entry.original_size)
+        return entry, prompts.apply_coords(coords, entry.original_size, self.image_size)
 
 
 class PromptPrepModel(PythonModel):
@@ -140,6 +148,8 @@ class MaskDecoderModel(_CacheOwner):
                         input_array(request, "mask_input"), input_array(request, "multimask_output"), self.low_res_size,
                         zeros_for_missing_mask=False)
                     entry = self.cache.get(image_id)
+                    # the first place that knows the image's size: points far outside it are refused here
+                    prompts.check_points_in_image(prep["prompt_coords"], prep["prompt_labels"], entry.original_size)
                     coords = prompts.apply_coords(prep["prompt_coords"], entry.original_size, self.image_size)
                     jobs[i] = (image_id, entry, coords, prep)
             except Exception as e:
@@ -269,6 +279,7 @@ class SegmentModel(PythonModel):
                              f"{None if coords is None else list(coords.shape)} and "
                              f"{None if labels is None else list(labels.shape)}")
         prompts.complete_prompts(*prompts.check_points(coords[None], labels[None]))
+        prompts.check_points_in_image(coords, labels, image.shape[:2])
         image_id = encode(image, self.image_size, self.cache)
         dec_in = {"image_id": np.array([[image_id.encode()]], dtype=object),
                   "point_coords": coords[None], "point_labels": labels[None]}

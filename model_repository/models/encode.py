@@ -56,14 +56,17 @@ def cached(cache: wire.WireModel, image_id: str) -> Dict[str, np.ndarray]:
 
 
 def encode(image: np.ndarray, image_size: int, cache: wire.WireModel) -> str:
-    """Embed `image` unless the cache holds it already; its id either way."""
+    """Embed `image` unless the cache holds it already with the image's size; its id either way.
+    An entry of another size is damaged (one id, one shape): it is embedded again and replaced.
+    The put carries the server's internal key (`logic.internal_cache_key`)."""
     image_id = wire.image_id_of(image)
     key = id_tensor(image_id)[None]
-    if not bls(cache, {"image_id": key}, ["found"])["found"].reshape(-1)[0]:
+    held = bls(cache, {"image_id": key}, ["found", "original_size"])
+    if not held["found"].reshape(-1)[0] or tuple(held["original_size"].reshape(-1)) != image.shape[:2]:
         x, _ = P.preprocess_image(image, image_size)
         emb = bls(ENCODER, {"image": x}, ["image_embeddings"])["image_embeddings"]
-        bls(cache, {"image_id": key, "image_embeddings": emb, "original_size": np.asarray([image.shape[:2]])},
-            ["found"])
+        bls(cache, {"image_id": key, "image_embeddings": emb, "original_size": np.asarray([image.shape[:2]]),
+                    "cache_key": id_tensor(logic.internal_cache_key())[None]}, ["found"])
     return image_id
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from samrt.amg import MAX_CROP_N_LAYERS, AmgOptions, box_nms, remove_small_regions, uncompressed_rle
+from samrt.amg import MAX_CROP_N_LAYERS, MAX_POINTS_PER_SIDE, AmgOptions, box_nms, remove_small_regions, uncompressed_rle
 from samrt.client import SamClient, TritonSamAutomaticMaskGenerator
 from samrt.errors import InputError
 from samrt.masks import masks_to_boxes
@@ -128,6 +128,10 @@ def test_option_values_are_checked():
     with pytest.raises(InputError, match=rf"crop_n_layers: got {MAX_CROP_N_LAYERS + 1}, expected 0..{MAX_CROP_N_LAYERS}: "
                                          r"layer i adds 4\^i crops.*1365 passes"):
         AmgOptions(crop_n_layers=MAX_CROP_N_LAYERS + 1).validate()
+    AmgOptions(points_per_side=MAX_POINTS_PER_SIDE).validate()
+    for n in (0, MAX_POINTS_PER_SIDE + 1, 10 ** 9):  # 10^9 per side: 10^18 prompts and a grid no memory holds
+        with pytest.raises(InputError, match=rf"points_per_side: got {n}, expected 1..{MAX_POINTS_PER_SIDE} "):
+            AmgOptions(points_per_side=n).validate()
 
 
 @pytest.mark.triton

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.triton
 
 def test_shared_memory_gives_the_same_answers(server):
     image = random_image(300, 200, seed=12)
-    with SamClient(server.grpc_url) as plain, SamClient(server.grpc_url, shared_memory=True) as shm:
+    with SamClient(server.grpc_url) as plain, SamClient(server.grpc_url, shared_memory=True, admin_key=server.admin_key) as shm:
         a, b = plain.encode(image), shm.encode(image)
         assert a == b
         x = plain.decode(a.image_id, [[50, 60]], [1])
@@ -30,10 +30,10 @@ def test_shared_memory_gives_the_same_answers(server):
         pool = shm.replicas[0].pool
         assert len(pool._idle) == 1  # a region really was used
         name = pool._idle[0].name
-        assert name in {n for n, _ in ServerShm(shm.replicas[0].conn).status()}
+        assert name in {n for n, _ in ServerShm(shm.replicas[0].conn, server.admin_key).status()}
     assert pool._idle == []  # and released on close
     with SamClient(server.grpc_url) as plain:
-        assert name not in {n for n, _ in ServerShm(plain.replicas[0].conn).status()}
+        assert name not in {n for n, _ in ServerShm(plain.replicas[0].conn, server.admin_key).status()}
 
 
 def test_async_client(server):
@@ -66,17 +66,18 @@ def test_retries_across_a_server_restart(tiny_repo, tmp_path):
 
     ports = dict(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     srv = TritonServer(tiny_repo, work_dir=str(tmp_path / "w"), **ports).start()
+    key = srv.admin_key  # the restarted server is given the same admin key
     client = SamClient(srv.grpc_url, retries=6, backoff=0.5)
     image_id = client.encode(random_image(64, 64, seed=1)).image_id
     # a shared-memory client too: the restarted server knows none of its regions
-    shm_client = SamClient(srv.http_url, "http", retries=6, backoff=0.5, shared_memory=True)
+    shm_client = SamClient(srv.http_url, "http", retries=6, backoff=0.5, shared_memory=True, admin_key=key)
     assert shm_client.encode(random_image(64, 64, seed=1)).image_id == image_id
     srv.stop()
     restarted = {}
 
     def restart():
         time.sleep(1.0)
-        restarted["server"] = TritonServer(tiny_repo, work_dir=str(tmp_path / "w"), **ports).start()
+        restarted["server"] = TritonServer(tiny_repo, work_dir=str(tmp_path / "w"), admin_key=key, **ports).start()
 
     t = threading.Thread(target=restart)
     t.start()
@@ -87,7 +88,7 @@ def test_retries_across_a_server_restart(tiny_repo, tmp_path):
         # registered again (the server answered that it did not know the region), then sent once more
         assert shm_client.encode(random_image(64, 64, seed=1)).image_id == image_id
         assert shm_client.decode(image_id, [[5, 5]], [1])["masks"].shape == (1, 3, 64, 64)
-        assert shm_client.replicas[0].pool._idle[0].name in {n for n, _ in ServerShm(shm_client.replicas[0].conn).status()}
+        assert shm_client.replicas[0].pool._idle[0].name in {n for n, _ in ServerShm(shm_client.replicas[0].conn, key).status()}
     finally:
         t.join()
         client.close()

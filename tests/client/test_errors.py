@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from samrt.client import (ImageNotCachedError, InvalidRequestError, SamClient, ServerError, ServerTimeoutError,
+from samrt.client import (AccessDeniedError, ImageNotCachedError, InvalidRequestError, SamClient, ServerError, ServerTimeoutError,
                           ServerUnavailableError, TritonSamAutomaticMaskGenerator)
 from samrt.client._transport import Retry, error_from_exception
 from samrt.errors import InputError
@@ -41,6 +41,19 @@ def test_a_reloading_model_is_unavailable_not_an_evicted_image(message, status):
     own texts, retried as unavailable (not ImageNotCachedError, which would re-encode)."""
     err = error_from_exception(InferenceServerException(message, status=status), "here", ImageNotCachedError)
     assert type(err) is ServerUnavailableError
+
+
+@pytest.mark.parametrize("message,status", [
+    ("This protocol is restricted, expecting header 'triton-grpc-protocol-samrt-admin-key'", "StatusCode.UNAVAILABLE"),
+    ("This API is restricted, expecting header 'samrt-admin-key'", "403"),
+])
+def test_a_restricted_api_is_access_denied_not_unavailable(message, status):
+    """Triton 2.51's answers to an administrative API without the admin key (measured): gRPC says
+    UNAVAILABLE, which must not be retried as a server that is down."""
+    err = error_from_exception(InferenceServerException(message, status=status), "here")
+    assert type(err) is AccessDeniedError and "admin_key=" in str(err) and "SAMRT_ADMIN_KEY" in str(err)
+    with pytest.raises(AccessDeniedError):
+        Retry(5, 0.1, "here").failed(InferenceServerException(message, status=status))
 
 
 def test_retry_policy():

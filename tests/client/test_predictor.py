@@ -312,5 +312,5 @@ def test_async_and_shared_memory_clients_split_too(server, tiny_predictor):
             return out
 
     check(asyncio.run(main()))
-    with SamClient(server.grpc_url, shared_memory=True) as c:
+    with SamClient(server.grpc_url, shared_memory=True, admin_key=server.admin_key) as c:
         check(c.decode(c.encode(image).image_id, coords, labels, multimask_output=False))

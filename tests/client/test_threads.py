@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from samrt import processing as P
+from samrt import wire
 from samrt.client import (AsyncSamClient, SamClient, ServerTimeoutError, TritonSamPredictor,
                           release_stale_regions)
 from samrt.client._shm import PREFIX, SHM_DIR
@@ -118,13 +119,13 @@ def run_threads(target, n=N_THREADS, limit=300.0):
     return results
 
 
-def our_regions(url, protocol, pid):
+def our_regions(server, protocol, pid):
     """Names of the system shared-memory regions the server holds for process `pid`'s clients."""
     from samrt.client._endpoints import Connection, ServerShm
 
-    conn = Connection(url, protocol, 30.0, 0, 0.0)
+    conn = Connection(url_of(server, protocol), protocol, 30.0, 0, 0.0)
     try:
-        return sorted(n for n, _ in ServerShm(conn).status() if n.startswith(f"{PREFIX}{pid}_"))
+        return sorted(n for n, _ in ServerShm(conn, server.admin_key).status() if n.startswith(f"{PREFIX}{pid}_"))
     finally:
         conn.close()
 
@@ -138,17 +139,17 @@ def our_files(pid):
                          ids=["grpc", "http", "grpc-shm", "http-shm"])
 def test_one_client_many_threads(roomy_server, images, serial, protocol, shm):
     url = url_of(roomy_server, protocol)
-    client = SamClient(url, protocol, timeout=120, shared_memory=shm)
+    client = SamClient(url, protocol, timeout=120, shared_memory=shm, admin_key=roomy_server.admin_key)
     try:
         results = run_threads(lambda i: [clicks(client, images[i]) for _ in range(ROUNDS)])
         for i, rounds in results.items():
             for r, got in enumerate(rounds):
                 assert_same(got, serial[i], f"thread {i} round {r}")
         if shm:  # the regions really were used: as many as requests were in flight at once, at most
-            assert 1 <= len(our_regions(url, protocol, os.getpid())) <= N_THREADS
+            assert 1 <= len(our_regions(roomy_server, protocol, os.getpid())) <= N_THREADS
     finally:
         client.close()
-    assert our_regions(url, protocol, os.getpid()) == [] and our_files(os.getpid()) == []
+    assert our_regions(roomy_server, protocol, os.getpid()) == [] and our_files(os.getpid()) == []
 
 
 @pytest.mark.triton
@@ -228,9 +229,11 @@ def test_the_timeout_fires_for_every_task(protocol):
     assert all(timeout * 0.9 <= s < bound for s in waited), waited
 
 
-def run_client_process(url, protocol, then):
+def run_client_process(server, protocol, then):
     """A Python process that clicks once through SamClient(shared_memory=True), prints its pid,
-    then does `then` ("sleep": waits to be killed; "exit": returns without close())."""
+    then does `then` ("sleep": waits to be killed; "exit": returns without close()). It has the
+    server's admin key from the environment (SAMRT_ADMIN_KEY), as a deployment would give it."""
+    url = url_of(server, protocol)
     code = textwrap.dedent(f"""
         import os, time
         import numpy as np
@@ -242,7 +245,8 @@ def run_client_process(url, protocol, then):
         if {then!r} == "sleep":
             time.sleep(600)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, wire.ADMIN_KEY_ENV: server.admin_key})
     pid = int(proc.stdout.readline())
     return proc, pid
 
@@ -250,10 +254,9 @@ def run_client_process(url, protocol, then):
 @pytest.mark.triton
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_process_that_exits_without_close_leaves_nothing_registered(roomy_server, protocol):
-    url = url_of(roomy_server, protocol)
-    proc, pid = run_client_process(url, protocol, "exit")
+    proc, pid = run_client_process(roomy_server, protocol, "exit")
     assert proc.wait(timeout=120) == 0
-    assert our_regions(url, protocol, pid) == [] and our_files(pid) == []  # at once: unregistered at exit
+    assert our_regions(roomy_server, protocol, pid) == [] and our_files(pid) == []  # at once: unregistered at exit
 
 
 @pytest.mark.triton
@@ -261,20 +264,20 @@ def test_a_process_that_exits_without_close_leaves_nothing_registered(roomy_serv
 def test_a_killed_client_leaves_nothing_registered_for_long(roomy_server, sweeper):
     """SIGKILL runs no exit handler: its regions stay registered until the next shared-memory
     client's first request (or release_stale_regions) finds that no process holds them."""
-    url = roomy_server.grpc_url
-    proc, pid = run_client_process(url, "grpc", "sleep")
-    left = our_regions(url, "grpc", pid)
+    url, key = roomy_server.grpc_url, roomy_server.admin_key
+    proc, pid = run_client_process(roomy_server, "grpc", "sleep")
+    left = our_regions(roomy_server, "grpc", pid)
     assert left, "the client process registered no region: nothing to test"
     os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert our_regions(url, "grpc", pid) == left  # still registered: the dead cannot clean up
+    assert our_regions(roomy_server, "grpc", pid) == left  # still registered: the dead cannot clean up
     if sweeper == "next client":
-        with SamClient(url, shared_memory=True) as c:
+        with SamClient(url, shared_memory=True, admin_key=key) as c:
             c.encode(random_image(20, 20, seed=5))
             assert set(left) <= set(c.replicas[0].pool.released)
     else:
-        assert set(left) <= set(release_stale_regions(url))
-    assert our_regions(url, "grpc", pid) == [] and our_files(pid) == []
+        assert set(left) <= set(release_stale_regions(url, admin_key=key))
+    assert our_regions(roomy_server, "grpc", pid) == [] and our_files(pid) == []
 
 
 class SlowClient:
