@@ -64,6 +64,11 @@ def not_found_error(model: str):
     return ImageNotCachedError if model == wire.SAM_DECODE.name else ServerError
 
 
+def _priority(priority: int) -> dict:
+    """tritonclient's `priority` keyword, left out for 0 (the model's default level)."""
+    return {"priority": int(priority)} if priority else {}
+
+
 def _request(mod, inputs: Inputs, outputs: Sequence[str], placed: Dict[str, Tuple[int, int]], region_name: str = ""):
     """tritonclient's InferInput / InferRequestedOutput lists; tensors in `placed` by shared memory."""
     ins = []
@@ -184,8 +189,10 @@ class Endpoint:
         self._finalizer = weakref.finalize(self, _close, self.pool, self.conn)
 
     def infer(self, model: str, inputs: Inputs, outputs: Sequence[str], output_specs: Optional[OutputSpecs] = None,
-              idempotent: bool = True, headers: Optional[Dict[str, str]] = None) -> Dict[str, np.ndarray]:
-        kw = dict(idempotent=idempotent, not_found=not_found_error(model), headers=headers)
+              idempotent: bool = True, headers: Optional[Dict[str, str]] = None,
+              priority: int = 0) -> Dict[str, np.ndarray]:
+        """`priority`: Triton's request priority (0: the model's default; `samrt.wire`'s levels)."""
+        kw = dict(idempotent=idempotent, not_found=not_found_error(model), headers=headers, **_priority(priority))
         placed, nbytes = layout(inputs, outputs, output_specs) if self.pool is not None else ({}, 0)
         if not placed:  # no shared memory, or nothing for it (ids and texts travel in the request)
             ins, outs = _request(self.conn.mod, inputs, outputs, {})
@@ -257,10 +264,11 @@ class AsyncEndpoint:
                 await asyncio.sleep(retry.failed(e))
 
     async def infer(self, model: str, inputs: Inputs, outputs: Sequence[str], output_specs=None,
-                    idempotent: bool = True, headers: Optional[Dict[str, str]] = None) -> Dict[str, np.ndarray]:
+                    idempotent: bool = True, headers: Optional[Dict[str, str]] = None,
+                    priority: int = 0) -> Dict[str, np.ndarray]:
         ins, outs = _request(self._mod, inputs, outputs, {})
         result = await self.call("infer", model, ins, outputs=outs, idempotent=idempotent,
-                                 not_found=not_found_error(model), headers=headers)
+                                 not_found=not_found_error(model), headers=headers, **_priority(priority))
         return {o: result.as_numpy(o) for o in outputs}
 
     async def is_ready(self) -> bool:

@@ -18,7 +18,7 @@ from samrt.amg import AmgOptions
 from samrt.errors import ImageNotCachedError, InputError
 
 __all__ = [
-    "DEFAULT_OUTPUTS", "MAX_RESPONSE_BYTES", "EncodeResult", "Prompts", "encode_inputs", "parse_encode",
+    "DEFAULT_OUTPUTS", "MAX_RESPONSE_BYTES", "EncodeResult", "Prompts", "encode_inputs", "encode_priority", "parse_encode",
     "decode_inputs", "decode_output_specs", "segment_inputs", "amg_inputs", "parse_amg", "cache_get_inputs",
     "check_cached", "parse_model_info", "prompts_per_request", "split_prompts", "join_answers",
 ]
@@ -98,6 +98,14 @@ def encode_inputs(image: Optional[np.ndarray], image_bytes: Optional[bytes]) -> 
     if image is not None:
         return {"image": model.input("image").pack(_image(image))}
     return {"image_bytes": model.input("image_bytes").pack([bytes(image_bytes)])}
+
+
+def encode_priority(background: bool) -> int:
+    """Triton's priority for a `sam_encode` request (`samrt.wire`'s levels): background work's
+    level, or 0 (none sent: the model's default level, foreground)."""
+    if not isinstance(background, (bool, np.bool_)):
+        raise InputError(f"background: got {background!r}, expected True or False")
+    return wire.BACKGROUND_PRIORITY if background else 0
 
 
 def _image(image) -> np.ndarray:

@@ -11,13 +11,15 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
+
+import numpy as np
 
 from samrt import wire
 from samrt.artifacts import record_entries, replace_recorded_entries
 from samrt.spec import SamConfig, decoder_spec, encoder_spec
 
-__all__ = ["RepoOptions", "render_repository", "model_configs", "parse_config"]
+__all__ = ["RepoOptions", "render_repository", "model_configs", "parse_config", "WARMUP_ORIGINAL_SIZE"]
 
 # Native Triton backends of the production variant: (config key, value, model file name).
 NATIVE_PLATFORMS = {"onnxruntime": ("platform", "onnxruntime_onnx", "model.onnx"),
@@ -47,6 +49,8 @@ class RepoOptions:
     cache_bytes: int = 512 * 1024 * 1024  # 128 official embeddings of 4 MiB
     max_prompts: int = 256  # prompts per sam_decode request (and per dynamic batch)
     max_pixels: int = 8192 * 8192  # 67 M: 48-50 MP phone photos; the server holds 3 bytes/pixel while encoding
+    # Encoder batch, and so many `sam_encode` instances: that many images decoded and preprocessed
+    # at once, whose encoder calls reach the encoder's batcher together.
     encoder_max_batch: int = 4
     # 0: a lone click is decoded at once; under load, requests that queue while the decoder is
     # busy still form batches (Triton's dynamic batcher takes what is waiting).
@@ -68,6 +72,24 @@ def _params(**kw) -> dict:
 def _model(model: wire.WireModel, sizes: Dict[str, int], max_batch_size: int = 0, **extra) -> dict:
     """One model's config: tensors from the wire declaration, the rest from `extra`."""
     return {"max_batch_size": max_batch_size, **model.config_io(sizes), **extra}
+
+
+# The click path's steps are warmed up when they load (Triton's `model_warmup`): a python-backend
+# model's first request cost 60-200 ms here (sam_prompt_prep, sam_mask_upscale on the embedded
+# model, later requests 1-10 ms), which the first click after a start paid. Inputs are zeros,
+# except `original_size`, read from the model's warmup/ folder (any valid image size).
+WARMUP_ORIGINAL_SIZE = (48, 64)
+_WARMUP_FILES = {"original_size": np.asarray(WARMUP_ORIGINAL_SIZE, np.int32).tobytes()}
+
+
+def _warmup(model: wire.WireModel, sizes: Dict[str, int], inputs: Sequence[str]) -> dict:
+    """`model_warmup` of one request (batch 1) carrying `inputs`; symbolic dims taken as 1."""
+    def one(name: str) -> dict:
+        t = model.input(name)
+        source = {"input_data_file": name} if name in _WARMUP_FILES else {"zero_data": True}
+        return {"data_type": t.config_type, "dims": [d if d > 0 else 1 for d in t.config_dims(sizes)], **source}
+
+    return {"model_warmup": [{"name": "first_request", "batch_size": 1, "inputs": {n: one(n) for n in inputs}}]}
 
 
 def graph_models(cfg: SamConfig) -> Dict[str, wire.WireModel]:
@@ -110,20 +132,27 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
             instance_group=[{"count": 1, "kind": kind}],
             parameters=_params(engine_path=os.path.abspath(encoder_onnx), device=opts.device,
                                background_priority=opts.background_priority)),
+        # encoder_max_batch instances, so that many encodes reach the encoder's batcher together; no
+        # batch dimension on the wire, so the queue only orders: foreground requests first
         wire.SAM_ENCODE.name: _model(
-            wire.SAM_ENCODE, sizes, **python, **one_cpu,
+            wire.SAM_ENCODE, sizes, **python, instance_group=[{"count": opts.encoder_max_batch, "kind": "KIND_CPU"}],
+            dynamic_batching={"priority_levels": wire.PRIORITY_LEVELS,
+                              "default_priority_level": wire.FOREGROUND_PRIORITY},
             parameters=_params(image_size=cfg.image_size, max_pixels=opts.max_pixels, cache_model=cache_model,
-                               background_priority=opts.background_priority)),
+                               background_priority=opts.background_priority, low_res_size=sizes["m"])),
         wire.SAM_DECODE.name: _model(
             wire.SAM_DECODE, sizes, p, platform="ensemble",
             ensemble_scheduling=ensemble_config(wire.click_path(native=bool(opts.native))),
             parameters=_params(image_size=cfg.image_size, cache_model=cache_model)),  # for the SDK's model_info()
         wire.SAM_PROMPT_PREP.name: _model(wire.SAM_PROMPT_PREP, sizes, p, **python, **one_cpu,
-                                          parameters=_params(low_res_size=sizes["m"])),
+                                          parameters=_params(low_res_size=sizes["m"]),
+                                          **_warmup(wire.SAM_PROMPT_PREP, sizes, ["point_coords", "point_labels"])),
         wire.SAM_MASK_UPSCALE.name: _model(wire.SAM_MASK_UPSCALE, sizes, p, **python, **one_cpu,
-                                           parameters=_params(image_size=cfg.image_size)),
+                                           parameters=_params(image_size=cfg.image_size),
+                                           **_warmup(wire.SAM_MASK_UPSCALE, sizes, ["mask_logits", "original_size"])),
         wire.SAM_MASK_RLE.name: _model(wire.SAM_MASK_RLE, sizes, p, **python, **one_cpu,
-                                       parameters=_params(image_size=cfg.image_size)),
+                                       parameters=_params(image_size=cfg.image_size),
+                                       **_warmup(wire.SAM_MASK_RLE, sizes, ["mask_logits", "original_size"])),
         wire.SAM_AMG.name: _model(
             wire.SAM_AMG, sizes, **python, instance_group=[{"count": 1, "kind": kind}],
             parameters={**decoder_params, **_params(max_pixels=opts.max_pixels, cache_model=cache_model,
@@ -136,7 +165,7 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
         # one instance: one process owns the cache, and the engine reads embeddings in place
         configs[wire.SAM_MASK_DECODER.name] = _model(
             wire.SAM_MASK_DECODER, sizes, p, **python, **batching, instance_group=[{"count": 1, "kind": kind}],
-            parameters={**decoder_params, **cache_params})
+            parameters={**decoder_params, **cache_params}, **_warmup(wire.SAM_MASK_DECODER, sizes, ["image_id"]))
         return configs
     if opts.native not in NATIVE_PLATFORMS:
         raise ValueError(f"native: got {opts.native!r}, expected one of {sorted(NATIVE_PLATFORMS)}")
@@ -198,6 +227,12 @@ def render_repository(
         parse_config(text)
         with open(os.path.join(out_dir, name, "config.pbtxt"), "w") as f:
             f.write(text)
+        for warmup in config.get("model_warmup", []):  # the warm-up's data files, in <model>/warmup/
+            for spec in warmup["inputs"].values():
+                if "input_data_file" in spec:
+                    os.makedirs(os.path.join(out_dir, name, "warmup"), exist_ok=True)
+                    with open(os.path.join(out_dir, name, "warmup", spec["input_data_file"]), "wb") as f:
+                        f.write(_WARMUP_FILES[spec["input_data_file"]])
         if config.get("platform") == "ensemble":  # a version folder, empty
             continue
         if "platform" in config or config.get("backend") == "openvino":  # native: the model file goes into "1/"

@@ -48,6 +48,9 @@ __all__ = [
     "markdown_table",
     "IMAGE_ID_HEADER",
     "image_id_of",
+    "FOREGROUND_PRIORITY",
+    "BACKGROUND_PRIORITY",
+    "PRIORITY_LEVELS",
 ]
 
 Dim = Union[int, str]
@@ -60,6 +63,14 @@ _SPEC_TO_TRITON = {"float32": "FP32", "int32": "INT32", "int64": "INT64", "uint8
 # Every request that names an image carries its id in this header too (HTTP header / gRPC
 # metadata), so a load balancer can route on it (NGINX: `hash $http_x_samrt_image_id consistent`).
 IMAGE_ID_HEADER = "x-samrt-image-id"
+
+# Triton request priorities of `sam_encode` (its queue's `priority_levels`; 1 is served first): the
+# image a person is looking at is foreground, the default, so a client that sends no priority is
+# served as one; prefetch and pre-encoding work is background (the SDK's `encode(background=True)`).
+# A foreground encode waits for the encodes already running, never for the queued background ones.
+FOREGROUND_PRIORITY = 1
+BACKGROUND_PRIORITY = 2
+PRIORITY_LEVELS = 2
 
 
 @dataclass(frozen=True)
