@@ -49,6 +49,26 @@ def protocol_module(protocol: str, aio: bool = False):
     return mod
 
 
+# gRPC reconnects with an exponential backoff that grows to 120 s: a client that had seen its server
+# go failed every call at once ("failed to connect to all addresses") for as long after the
+# server came back (measured). samrt's gRPC clients try again at most a second apart.
+RECONNECT_BACKOFF_MS = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.min_reconnect_backoff_ms": 200,
+                        "grpc.max_reconnect_backoff_ms": 1000}
+
+
+def grpc_channel_args(mod) -> list:
+    """tritonclient's own default channel options (its message size limit, keepalive), with
+    RECONNECT_BACKOFF_MS."""
+    keepalive = mod.KeepAliveOptions()
+    largest = int(np.iinfo(np.int32).max)  # tritonclient's MAX_GRPC_MESSAGE_SIZE
+    return [("grpc.max_send_message_length", largest), ("grpc.max_receive_message_length", largest),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            *RECONNECT_BACKOFF_MS.items()]
+
+
 def _ints(obj):
     """gRPC's JSON writes int64 counters as strings: turn them back into ints."""
     if isinstance(obj, dict):
@@ -127,7 +147,7 @@ class Connection:
         self.retries, self.backoff = retries, backoff
         self.mod = protocol_module(protocol)
         if protocol == "grpc":
-            client = self.mod.InferenceServerClient(url)
+            client = self.mod.InferenceServerClient(url, channel_args=grpc_channel_args(self.mod))
             self.client: Callable[[], object] = lambda: client
             self._closer = client
             self.deadline = {"client_timeout": timeout}  # HTTP: the sockets' timeouts below
@@ -249,7 +269,7 @@ class AsyncEndpoint:
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self._mod = protocol_module(protocol, aio=True)
         if protocol == "grpc":
-            self._client = self._mod.InferenceServerClient(url)
+            self._client = self._mod.InferenceServerClient(url, channel_args=grpc_channel_args(self._mod))
             self._deadline = {"client_timeout": timeout}
         else:  # aiohttp's total timeout per request (its default is 60 s, whatever `timeout` says)
             self._client = self._mod.InferenceServerClient(url, conn_timeout=timeout)

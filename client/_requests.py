@@ -210,6 +210,7 @@ def parse_model_info(decode_config: dict, encoder_config: dict) -> dict:
     """model_info() from the configs of sam_decode and sam_image_encoder (ModelConfig as JSON)."""
     dims = {i["name"]: i["dims"] for i in decode_config["input"]}
     report = encoder_config.get("parameters", {}).get("engine_report", {}).get("string_value")
+    served = json.loads(decode_config["parameters"].get("served_model", {}).get("string_value") or "{}")
     return {
         "image_size": int(decode_config["parameters"]["image_size"]["string_value"]),
         "low_res_size": int(dims["mask_input"][-1]),
@@ -217,6 +218,9 @@ def parse_model_info(decode_config: dict, encoder_config: dict) -> dict:
         # the model that owns the embedding cache (samrt.model_repository.models)
         "cache_model": decode_config["parameters"].get("cache_model", {}).get("string_value", "sam_embedding_cache"),
         "encoder_engine": json.loads(report) if report else None,
+        # the served model's name and the automatic-mask options its card recommends (None: SAM's defaults)
+        "model": served.get("model"),
+        "amg_options": served.get("amg_options"),
     }
 
 

@@ -84,7 +84,8 @@ def repository_from_export(export_dir: str, out_dir: str, opts: Optional[RepoOpt
         encoder, engine_report, why_enc = choose_openvino_engine(manifest, "encoder", precision)
         decoder, _, why_dec = choose_openvino_engine(manifest, "decoder", precision if precision != "int8" else "auto")
         print(f"serving {why_enc}\nserving {why_dec}", file=sys.stderr)
-        return render_repository(manifest.config, encoder, decoder, out_dir, opts, engine_report=engine_report)
+        return render_repository(manifest.config, encoder, decoder, out_dir, opts, engine_report=engine_report,
+                                 served_model=manifest.served_model())
     kind = "tensorrt" if backend == "tensorrt" else "onnxruntime"
     if precision != "fp32" or backend == "tensorrt":
         engine = engine_path(encoder, export_dir, kind, precision)
@@ -103,7 +104,8 @@ def repository_from_export(export_dir: str, out_dir: str, opts: Optional[RepoOpt
                                 f"{manifest.decoder_path} --backend tensorrt --precision fp16 "
                                 f"--out {export_dir} --device cuda`")
     cfg = manifest.config
-    repo = render_repository(cfg, encoder, decoder, out_dir, opts, engine_report=engine_report)
+    repo = render_repository(cfg, encoder, decoder, out_dir, opts, engine_report=engine_report,
+                             served_model=manifest.served_model())
     return repo
 
 

@@ -108,10 +108,13 @@ def ensemble_config(steps) -> dict:
                       "output_map": dict(st.outputs)} for st in steps]}
 
 
-def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: RepoOptions) -> Dict[str, dict]:
+def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: RepoOptions,
+                  served_model: Optional[dict] = None) -> Dict[str, dict]:
     """Every model's config as a dict in ModelConfig's JSON form, derived from `samrt.wire` (the
     public models, the click path's ensemble and its steps) and from `samrt.spec` (the
-    graph-facing models). `sam_decode` is an ensemble (`wire.click_path`)."""
+    graph-facing models). `sam_decode` is an ensemble (`wire.click_path`). `served_model`
+    (`ExportManifest.served_model`: the model's name, its recommended automatic-mask options)
+    goes into sam_decode's parameters, where the SDK's model_info() reads it."""
     sizes = wire.config_sizes(cfg)
     kind = "KIND_GPU" if opts.device == "cuda" else "KIND_CPU"
     python = {"backend": "python"}
@@ -143,7 +146,9 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
         wire.SAM_DECODE.name: _model(
             wire.SAM_DECODE, sizes, p, platform="ensemble",
             ensemble_scheduling=ensemble_config(wire.click_path(native=bool(opts.native))),
-            parameters=_params(image_size=cfg.image_size, cache_model=cache_model)),  # for the SDK's model_info()
+            # for the SDK's model_info()
+            parameters=_params(image_size=cfg.image_size, cache_model=cache_model,
+                               served_model=json.dumps(served_model or {}))),
         wire.SAM_PROMPT_PREP.name: _model(wire.SAM_PROMPT_PREP, sizes, p, **python, **one_cpu,
                                           parameters=_params(low_res_size=sizes["m"]),
                                           **_warmup(wire.SAM_PROMPT_PREP, sizes, ["point_coords", "point_labels"])),
@@ -207,15 +212,16 @@ def _to_pbtxt(name: str, config: dict) -> str:
 
 def render_repository(
     cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, out_dir: str, opts: Optional[RepoOptions] = None,
-    engine_report: Optional[dict] = None,
+    engine_report: Optional[dict] = None, served_model: Optional[dict] = None,
 ) -> str:
-    """Write `out_dir/<model>/config.pbtxt` and `out_dir/<model>/1/model.py` for every model."""
+    """Write `out_dir/<model>/config.pbtxt` and `out_dir/<model>/1/model.py` for every model
+    (`served_model`: see `model_configs`)."""
     opts = opts or RepoOptions()
     for path in (encoder_onnx, decoder_onnx):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such ONNX file (run `samrt export` first)")
     replace_recorded_entries(out_dir, "build-repo")
-    configs = model_configs(cfg, encoder_onnx, decoder_onnx, opts)
+    configs = model_configs(cfg, encoder_onnx, decoder_onnx, opts, served_model)
     record_entries(out_dir, list(configs))
     if engine_report is not None:  # served results carry the engine's accuracy report
         summary = {"engine": engine_report["engine"], "precision": engine_report["precision"],

@@ -262,11 +262,13 @@ def _add_annotate(sub) -> None:
     p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES)
     p.add_argument("--build-dir", default="build/annotate", help="where the server it starts keeps export and repository")
     p.add_argument("--prefetch", type=int, default=2, help="images encoded ahead of the one being annotated")
-    p.add_argument("--amg-points-per-side", type=int, default=16, help="prefill grid (SAM's default: 32)")
-    p.add_argument("--amg-pred-iou-thresh", type=float, default=0.5,
-                   help="prefill filter; 0.5 suits the embedded model, SAM's released models use 0.88")
-    p.add_argument("--amg-stability-score-thresh", type=float, default=0.85,
-                   help="prefill filter; SAM's released models use 0.95")
+    p.add_argument("--amg-points-per-side", type=int, default=None,
+                   help="prefill grid (default: 16, a quarter of SAM's 32 x 32 points)")
+    p.add_argument("--amg-pred-iou-thresh", type=float, default=None,
+                   help="prefill filter (default: what the served model's card recommends, 0.5 for the embedded "
+                        "model; else SAM's 0.88)")
+    p.add_argument("--amg-stability-score-thresh", type=float, default=None,
+                   help="prefill filter (default: the served model's card, 0.85 for the embedded model; else SAM's 0.95)")
     p.set_defaults(func=cmd_annotate)
 
 

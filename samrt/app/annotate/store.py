@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
+import uuid
 from typing import Dict, List, Optional
 
 from samrt.artifacts import prepare_output_dir
@@ -30,9 +30,12 @@ COCO_FILE = "instances.json"
 
 
 def write_json_atomic(path: str, doc) -> None:
-    """Write to a temporary file in the same folder, then rename over `path` (never half a file)."""
+    """Write to a temporary file in the same folder, then rename over `path` (never half a file).
+    The file gets the permissions of any file the user creates (0666 less the umask; a
+    `tempfile.mkstemp` file would stay 0600, unreadable to the user's group)."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}.json")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f)
@@ -59,7 +62,8 @@ class AnnotationStore:
         if os.path.realpath(self.out_dir) == folder.path:
             raise SamrtError(f"--out {self.out_dir}: the image folder itself; expected a separate folder")
         prepare_output_dir(self.out_dir, "annotate")  # new, empty, or written by samrt annotate: else refused
-        self.state = {"tool": "samrt annotate", "images_folder": folder.path, "last_image": None}
+        self.state = {"tool": "samrt annotate", "images_folder": folder.path, "last_image": None,
+                      "abandoned": {"attempts": 0, "seconds": 0.0, "clicks": 0}}
         if os.path.isfile(self._state_path):
             with open(self._state_path) as f:
                 self.state.update(json.load(f))
@@ -109,6 +113,15 @@ class AnnotationStore:
         self.state["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_json_atomic(self._state_path, self.state)
 
+    def add_abandoned(self, seconds: float, clicks: int) -> None:
+        """An object given up before it was accepted (another image opened): its time and clicks
+        still count in the figures per mask, as the data engine's should."""
+        a = self.state["abandoned"]
+        a["attempts"] += 1
+        a["seconds"] = round(a["seconds"] + float(seconds), 2)
+        a["clicks"] += int(clicks)
+        write_json_atomic(self._state_path, self.state)
+
     def resume_index(self) -> int:
         """The image the work stopped at, else the first image without objects, else 0."""
         last = self.state.get("last_image")
@@ -122,10 +135,13 @@ class AnnotationStore:
     # -- the folder as a whole -------------------------------------------------------------------
     def stats(self) -> dict:
         """The data engine's figures: masks per image (over images with at least one object), and
-        seconds and clicks per manually made mask (first prompt to accept)."""
+        seconds and clicks per manually made mask: each object's from its first prompt to accept,
+        attempts cleared on the way (Esc) included, plus the attempts abandoned on images left
+        without accepting them, over the manual masks."""
         per_image = [len(v) for v in self._objects.values() if v]
         manual = [a for v in self._objects.values() for a in v if a.get("source") == "manual"]
         timed = [a["seconds"] for a in manual if a.get("seconds") is not None]
+        abandoned = self.state["abandoned"]
         return {
             "images": len(self.folder),
             "images_annotated": len(per_image),
@@ -133,8 +149,10 @@ class AnnotationStore:
             "manual_objects": len(manual),
             "prefill_objects": sum(1 for v in self._objects.values() for a in v if a.get("source") == "prefill"),
             "masks_per_image": round(sum(per_image) / len(per_image), 2) if per_image else None,
-            "seconds_per_mask": round(sum(timed) / len(timed), 2) if timed else None,
-            "clicks_per_mask": round(sum(a.get("clicks", 0) for a in manual) / len(manual), 2) if manual else None,
+            "seconds_per_mask": round((sum(timed) + abandoned["seconds"]) / len(timed), 2) if timed else None,
+            "clicks_per_mask": (round((sum(a.get("clicks", 0) for a in manual) + abandoned["clicks"]) / len(manual), 2)
+                                if manual else None),
+            "abandoned_attempts": abandoned["attempts"],
         }
 
     def export_coco(self, path: Optional[str] = None) -> dict:
