@@ -1,7 +1,7 @@
 // samrt annotate: the page. State lives on the server (per session); this draws it and sends actions.
 // The page never shows a mask for prompts the model did not answer: a failed prompt leaves its
 // points with no mask (stale), which Enter does not accept; it reconnects by itself.
-import { decodeRuns, maskLayer, drawMarker, drawBox, rgb } from "./draw.js";
+import { decodeRuns, maskLayer, drawMarker, drawBox, rgb, distinctColor } from "./draw.js";
 
 const $ = (id) => document.getElementById(id);
 const S = {
@@ -90,10 +90,7 @@ function objectColor(id) {
   return p[1 + (id % (p.length - 1))];  // palette[0] is kept for the mask being made
 }
 
-function proposalColor(pid) {
-  const p = S.config.style.palette;
-  return p[1 + ((pid * 3 + 2) % (p.length - 1))];  // each proposal its own colour
-}
+const proposalColor = (pid) => distinctColor(pid);  // each proposal its own colour, however many
 
 function render() {
   if (!S.bitmap || !S.info) return;

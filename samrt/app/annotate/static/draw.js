@@ -79,6 +79,15 @@ export function maskLayer(mask, height, width, color, style, fillAlpha = style.f
 
 const rgb = (c) => `rgb(${c[0]},${c[1]},${c[2]})`;
 
+// The i-th of any number of distinct colours (prefill proposals): hues a golden angle apart,
+// saturated and mid-light, as [r, g, b].
+export function distinctColor(i) {
+  const h = (i * 137.508) % 360, s = 0.85, l = 0.55;
+  const k = (n) => (n + h / 30) % 12, a = s * Math.min(l, 1 - l);
+  const f = (n) => l - a * Math.max(-1, Math.min(k(n) - 3, 9 - k(n), 1));
+  return [Math.round(255 * f(0)), Math.round(255 * f(8)), Math.round(255 * f(4))];
+}
+
 export function drawMarker(ctx, x, y, label, style, height, width) {
   const r = scaled(style.marker_radius, height, width, 4);
   const w = Math.max(1, Math.floor(r / 3));
