@@ -33,8 +33,8 @@ class AsyncSamClient:
 
     def __init__(self, url: Union[str, Sequence[str]] = "localhost:8001", protocol: str = "grpc",
                  timeout: float = 120.0, retries: int = 3, backoff: float = 0.5, down_for: float = DOWN_FOR) -> None:
-        urls = split_urls(url)
         protocol_module(protocol, aio=True)  # a bad protocol fails here
+        urls = split_urls(url, protocol)
         self.url, self.protocol = ",".join(urls), protocol
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.max_response_bytes = MAX_RESPONSE_BYTES  # decode() splits requests whose answer would be larger

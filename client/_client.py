@@ -69,8 +69,8 @@ class SamClient:
         `shared_memory`: pass numeric tensors through system shared memory (server on this host);
         regions are unregistered and unlinked by `close()` or at exit. `retries` and `backoff`
         apply per replica, before it is marked down."""
-        urls = split_urls(url)
         protocol_module(protocol)  # a bad protocol fails here, before any connection
+        urls = split_urls(url, protocol)
         self.url, self.protocol = ",".join(urls), protocol
         self.shared_memory = shared_memory
         self.timeout, self.retries, self.backoff = timeout, retries, backoff

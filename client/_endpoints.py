@@ -12,6 +12,7 @@ deadlocked in the pool (no timeout there), moved to another thread it fails with
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 import weakref
@@ -26,7 +27,7 @@ from ._shm import RegionPool, layout, release_stale
 from ._transport import TRANSPORT_EXCEPTIONS, Retry
 
 __all__ = ["Endpoint", "AsyncEndpoint", "Connection", "PerThread", "ServerShm", "protocol_module", "not_found_error",
-           "release_stale_regions"]
+           "release_stale_regions", "what_listens", "unreachable_error"]
 
 Inputs = Dict[str, Tuple[np.ndarray, str]]
 OutputSpecs = Dict[str, Tuple[np.dtype, Tuple[int, ...]]]
@@ -67,6 +68,42 @@ def grpc_channel_args(mod) -> list:
             ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
             ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
             *RECONNECT_BACKOFF_MS.items()]
+
+
+def what_listens(url: str, timeout: float = 2.0) -> str:
+    """What answers at host:port, by its first bytes: "http" (HTTP/1.x, Triton's HTTP endpoint),
+    "grpc" (HTTP/2, as gRPC servers speak), "nothing" (no connection), or "unknown"."""
+    host, _, port = url.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as s:
+            s.sendall(b"GET /v2/health/ready HTTP/1.0\r\n\r\n")
+            first = s.recv(16)
+    except (OSError, ValueError):
+        return "nothing"
+    if first.startswith(b"HTTP/1."):
+        return "http"
+    if len(first) >= 4 and first[3] in (0x04, 0x07):  # an HTTP/2 frame: SETTINGS or GOAWAY
+        return "grpc"
+    return "unknown"
+
+
+_PORTS = {"grpc": 8001, "http": 8000}
+_NAMES = {"grpc": "gRPC", "http": "HTTP/1.1"}
+
+
+def unreachable_error(error: ServerUnavailableError, url: str, protocol: str) -> ServerUnavailableError:
+    """`error` for a server that could not be reached, with the likely cause named: nothing
+    listens there, or the port speaks the other protocol (gRPC to Triton's HTTP port, say)."""
+    found = what_listens(url)
+    other = "http" if protocol == "grpc" else "grpc"
+    if found == other:
+        why = (f"{url} answers {_NAMES[other]}, not {_NAMES[protocol]}: use protocol '{other}' (--protocol {other}) "
+               f"or the {_NAMES[protocol]} port ({_PORTS[protocol]} by default)")
+    elif found == "nothing":
+        why = f"nothing listens at {url} (is the server running, on this host and port?)"
+    else:
+        return error
+    return ServerUnavailableError(f"{error} -- {why}", error.code)
 
 
 def _ints(obj):
@@ -159,13 +196,18 @@ class Connection:
             self.deadline = {}
 
     def call(self, method: str, *args, idempotent: bool = True, not_found=ServerError, **kwargs):
-        """tritonclient's `method` with the retry policy (`client._transport.Retry`) and the timeout."""
+        """tritonclient's `method` with the retry policy (`client._transport.Retry`) and the timeout;
+        a server it cannot reach is an error that names the likely cause (`unreachable_error`)."""
         retry = Retry(self.retries, self.backoff, f"{self.protocol}://{self.url}", idempotent, not_found)
         while True:
             try:
                 return getattr(self.client(), method)(*args, **kwargs, **self.deadline)
             except TRANSPORT_EXCEPTIONS as e:
-                time.sleep(retry.failed(e))
+                try:
+                    delay = retry.failed(e)
+                except ServerUnavailableError as error:
+                    raise unreachable_error(error, self.url, self.protocol) from e
+                time.sleep(delay)
 
     def close(self) -> None:
         self._closer.close()
@@ -281,7 +323,11 @@ class AsyncEndpoint:
             try:
                 return await getattr(self._client, method)(*args, **kwargs, **self._deadline)
             except TRANSPORT_EXCEPTIONS as e:
-                await asyncio.sleep(retry.failed(e))
+                try:
+                    delay = retry.failed(e)
+                except ServerUnavailableError as error:
+                    raise await asyncio.to_thread(unreachable_error, error, self.url, self.protocol) from e
+                await asyncio.sleep(delay)
 
     async def infer(self, model: str, inputs: Inputs, outputs: Sequence[str], output_specs=None,
                     idempotent: bool = True, headers: Optional[Dict[str, str]] = None,
