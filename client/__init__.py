@@ -18,7 +18,7 @@ from samrt.errors import (
 from ._client import DEFAULT_OUTPUTS, EncodeResult, SamClient
 from ._aio import AsyncSamClient
 from ._endpoints import release_stale_regions
-from .amg import TritonSamAutomaticMaskGenerator
+from .amg import TritonSamAutomaticMaskGenerator, served_amg_options
 from .predictor import TritonSamPredictor
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "AsyncSamClient",
     "TritonSamAutomaticMaskGenerator",
     "TritonSamPredictor",
+    "served_amg_options",
     "DEFAULT_OUTPUTS",
     "EncodeResult",
     "ImageNotCachedError",

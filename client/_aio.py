@@ -19,7 +19,7 @@ from samrt.errors import ServerUnavailableError
 
 from ._endpoints import AsyncEndpoint, protocol_module
 from ._requests import (DEFAULT_OUTPUTS, MAX_RESPONSE_BYTES, EncodeResult, Prompts, _image_id, _outputs, amg_inputs,
-                        answer_size, cache_get_inputs, check_cached, encode_inputs, join_answers, pack_decode, parse_amg,
+                        answer_size, cache_get_inputs, check_cached, encode_inputs, encode_priority, join_answers, pack_decode, parse_amg,
                         parse_encode, parse_model_info, parse_size, prompts_per_request, segment_inputs, split_prompts)
 from ._routing import DOWN_FOR, Ring, acall, merge_statistics, routing_id, split_urls
 
@@ -32,8 +32,8 @@ class AsyncSamClient:
 
     def __init__(self, url: Union[str, Sequence[str]] = "localhost:8001", protocol: str = "grpc",
                  timeout: float = 120.0, retries: int = 3, backoff: float = 0.5, down_for: float = DOWN_FOR) -> None:
-        urls = split_urls(url)
         protocol_module(protocol, aio=True)  # a bad protocol fails here
+        urls = split_urls(url, protocol)
         self.url, self.protocol = ",".join(urls), protocol
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.max_response_bytes = MAX_RESPONSE_BYTES  # decode() splits requests whose answer would be larger
@@ -50,20 +50,22 @@ class AsyncSamClient:
                                  idempotent, headers)
 
     async def _infer(self, key: str, model: str, inputs, outputs, idempotent: bool = True,
-                     headers: Optional[Dict[str, str]] = None) -> Dict[str, np.ndarray]:
-        return await acall(self.ring, self.replicas, key,
-                           lambda i, replica: replica.infer(model, inputs, list(outputs), None, idempotent, headers))
+                     headers: Optional[Dict[str, str]] = None, priority: int = 0) -> Dict[str, np.ndarray]:
+        return await acall(self.ring, self.replicas, key, lambda i, replica: replica.infer(
+            model, inputs, list(outputs), None, idempotent, headers, priority))
 
     async def is_ready(self) -> bool:
         """Whether the server answers ready; several replicas: whether at least one does."""
         return any(await asyncio.gather(*[replica.is_ready() for replica in self.replicas]))
 
-    async def encode(self, image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None) -> EncodeResult:
-        """As SamClient.encode."""
+    async def encode(self, image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None,
+                     background: bool = False) -> EncodeResult:
+        """As SamClient.encode (`background=True`: prefetch and pre-encoding, served after foreground encodes)."""
         inputs = encode_inputs(image, image_bytes)
         key = routing_id(image, image_bytes)
         out = await self._infer(key or "", wire.SAM_ENCODE.name, inputs, ["image_id", "original_size"],
-                                headers={wire.IMAGE_ID_HEADER: key} if key else None)
+                                headers={wire.IMAGE_ID_HEADER: key} if key else None,
+                                priority=encode_priority(background))
         result = parse_encode(out)
         if key and result.image_id != key:  # the server decoded the bytes otherwise: keep them together
             self._aliases[result.image_id] = key

@@ -25,7 +25,7 @@ from samrt.errors import (AccessDeniedError, ImageNotCachedError, InvalidRequest
 
 from ._endpoints import Endpoint, admin_key_or_env, protocol_module
 from ._requests import (DEFAULT_OUTPUTS, MAX_RESPONSE_BYTES, EncodeResult, Prompts, _image_id, _outputs, amg_inputs,
-                        answer_size, cache_get_inputs, check_cached, decode_inputs, decode_output_specs, encode_inputs,
+                        answer_size, cache_get_inputs, check_cached, decode_inputs, decode_output_specs, encode_inputs, encode_priority,
                         join_answers, pack_decode, parse_amg, parse_encode, parse_model_info, parse_size,
                         prompts_per_request, segment_inputs, split_prompts)
 from ._routing import DOWN_FOR, Ring, call, merge_statistics, routing_id, split_urls
@@ -73,8 +73,8 @@ class SamClient:
         shared memory only for its admin key: `admin_key` (None: the SAMRT_ADMIN_KEY environment
         variable; `AccessDeniedError` without it). Nothing else the SDK does needs it.
         `retries` and `backoff` apply per replica, before it is marked down."""
-        urls = split_urls(url)
         protocol_module(protocol)  # a bad protocol fails here, before any connection
+        urls = split_urls(url, protocol)
         self.url, self.protocol = ",".join(urls), protocol
         self.shared_memory = shared_memory
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
@@ -105,9 +105,9 @@ class SamClient:
         return self._infer(key, model, inputs, outputs, output_specs, idempotent, headers)
 
     def _infer(self, key: str, model: str, inputs, outputs, output_specs=None, idempotent: bool = True,
-               headers: Optional[Dict[str, str]] = None) -> Dict[str, np.ndarray]:
-        return call(self.ring, self.replicas, key,
-                    lambda i, replica: replica.infer(model, inputs, list(outputs), output_specs, idempotent, headers))
+               headers: Optional[Dict[str, str]] = None, priority: int = 0) -> Dict[str, np.ndarray]:
+        return call(self.ring, self.replicas, key, lambda i, replica: replica.infer(
+            model, inputs, list(outputs), output_specs, idempotent, headers, priority))
 
     def is_ready(self) -> bool:
         """Whether the server answers; several replicas: whether at least one does."""
@@ -157,14 +157,20 @@ class SamClient:
         self.close()
 
     # -- the wire API ----------------------------------------------------------------------
-    def encode(self, image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None) -> EncodeResult:
+    def encode(self, image: Optional[np.ndarray] = None, image_bytes: Optional[bytes] = None,
+               background: bool = False) -> EncodeResult:
         """Embed an image on the server (cached by pixel hash); returns its id and size. The id
         is computed here too (`samrt.wire.image_id_of`), sent as the `x-samrt-image-id` header,
-        and with several replicas picks the replica."""
+        and with several replicas picks the replica.
+
+        `background=True` marks work nobody waits for yet (prefetch, pre-encoding a dataset): it
+        is sent with Triton's background priority (`samrt.wire.BACKGROUND_PRIORITY`), so an
+        ordinary (foreground) encode is served before the background ones already queued."""
         inputs = encode_inputs(image, image_bytes)
         key = routing_id(image, image_bytes)
         out = self._infer(key or "", wire.SAM_ENCODE.name, inputs, ["image_id", "original_size"],
-                          headers={wire.IMAGE_ID_HEADER: key} if key else None)
+                          headers={wire.IMAGE_ID_HEADER: key} if key else None,
+                          priority=encode_priority(background))
         result = parse_encode(out)
         if key and result.image_id != key:  # the server decoded the bytes otherwise: keep them together
             self._aliases[result.image_id] = key

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 import weakref
@@ -27,7 +28,7 @@ from ._shm import RegionPool, layout, release_stale
 from ._transport import TRANSPORT_EXCEPTIONS, Retry
 
 __all__ = ["Endpoint", "AsyncEndpoint", "Connection", "PerThread", "ServerShm", "protocol_module", "not_found_error",
-           "admin_key_or_env", "release_stale_regions"]
+           "admin_key_or_env", "release_stale_regions", "what_listens", "unreachable_error"]
 
 Inputs = Dict[str, Tuple[np.ndarray, str]]
 OutputSpecs = Dict[str, Tuple[np.dtype, Tuple[int, ...]]]
@@ -50,6 +51,62 @@ def protocol_module(protocol: str, aio: bool = False):
     return mod
 
 
+# gRPC reconnects with an exponential backoff that grows to 120 s: a client that had seen its server
+# go failed every call at once ("failed to connect to all addresses") for as long after the
+# server came back (measured). samrt's gRPC clients try again at most a second apart.
+RECONNECT_BACKOFF_MS = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.min_reconnect_backoff_ms": 200,
+                        "grpc.max_reconnect_backoff_ms": 1000}
+
+
+def grpc_channel_args(mod) -> list:
+    """tritonclient's own default channel options (its message size limit, keepalive), with
+    RECONNECT_BACKOFF_MS."""
+    keepalive = mod.KeepAliveOptions()
+    largest = int(np.iinfo(np.int32).max)  # tritonclient's MAX_GRPC_MESSAGE_SIZE
+    return [("grpc.max_send_message_length", largest), ("grpc.max_receive_message_length", largest),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            *RECONNECT_BACKOFF_MS.items()]
+
+
+def what_listens(url: str, timeout: float = 2.0) -> str:
+    """What answers at host:port, by its first bytes: "http" (HTTP/1.x, Triton's HTTP endpoint),
+    "grpc" (HTTP/2, as gRPC servers speak), "nothing" (no connection), or "unknown"."""
+    host, _, port = url.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as s:
+            s.sendall(b"GET /v2/health/ready HTTP/1.0\r\n\r\n")
+            first = s.recv(16)
+    except (OSError, ValueError):
+        return "nothing"
+    if first.startswith(b"HTTP/1."):
+        return "http"
+    if len(first) >= 4 and first[3] in (0x04, 0x07):  # an HTTP/2 frame: SETTINGS or GOAWAY
+        return "grpc"
+    return "unknown"
+
+
+_PORTS = {"grpc": 8001, "http": 8000}
+_NAMES = {"grpc": "gRPC", "http": "HTTP/1.1"}
+
+
+def unreachable_error(error: ServerUnavailableError, url: str, protocol: str) -> ServerUnavailableError:
+    """`error` for a server that could not be reached, with the likely cause named: nothing
+    listens there, or the port speaks the other protocol (gRPC to Triton's HTTP port, say)."""
+    found = what_listens(url)
+    other = "http" if protocol == "grpc" else "grpc"
+    if found == other:
+        why = (f"{url} answers {_NAMES[other]}, not {_NAMES[protocol]}: use protocol '{other}' (--protocol {other}) "
+               f"or the {_NAMES[protocol]} port ({_PORTS[protocol]} by default)")
+    elif found == "nothing":
+        why = f"nothing listens at {url} (is the server running, on this host and port?)"
+    else:
+        return error
+    return ServerUnavailableError(f"{error} -- {why}", error.code)
+
+
 def _ints(obj):
     """gRPC's JSON writes int64 counters as strings: turn them back into ints."""
     if isinstance(obj, dict):
@@ -68,6 +125,11 @@ def not_found_error(model: str):
     """What NOT_FOUND means in an answer of `model`: an image the cache does not hold, for the
     models that look images up by id; anything else (an unknown model) stays a ServerError."""
     return ImageNotCachedError if model == wire.SAM_DECODE.name else ServerError
+
+
+def _priority(priority: int) -> dict:
+    """tritonclient's `priority` keyword, left out for 0 (the model's default level)."""
+    return {"priority": int(priority)} if priority else {}
 
 
 def _request(mod, inputs: Inputs, outputs: Sequence[str], placed: Dict[str, Tuple[int, int]], region_name: str = ""):
@@ -128,7 +190,7 @@ class Connection:
         self.retries, self.backoff = retries, backoff
         self.mod = protocol_module(protocol)
         if protocol == "grpc":
-            client = self.mod.InferenceServerClient(url)
+            client = self.mod.InferenceServerClient(url, channel_args=grpc_channel_args(self.mod))
             self.client: Callable[[], object] = lambda: client
             self._closer = client
             self.deadline = {"client_timeout": timeout}  # HTTP: the sockets' timeouts below
@@ -140,13 +202,18 @@ class Connection:
             self.deadline = {}
 
     def call(self, method: str, *args, idempotent: bool = True, not_found=ServerError, **kwargs):
-        """tritonclient's `method` with the retry policy (`client._transport.Retry`) and the timeout."""
+        """tritonclient's `method` with the retry policy (`client._transport.Retry`) and the timeout;
+        a server it cannot reach is an error that names the likely cause (`unreachable_error`)."""
         retry = Retry(self.retries, self.backoff, f"{self.protocol}://{self.url}", idempotent, not_found)
         while True:
             try:
                 return getattr(self.client(), method)(*args, **kwargs, **self.deadline)
             except TRANSPORT_EXCEPTIONS as e:
-                time.sleep(retry.failed(e))
+                try:
+                    delay = retry.failed(e)
+                except ServerUnavailableError as error:
+                    raise unreachable_error(error, self.url, self.protocol) from e
+                time.sleep(delay)
 
     def close(self) -> None:
         self._closer.close()
@@ -194,8 +261,10 @@ class Endpoint:
         self._finalizer = weakref.finalize(self, _close, self.pool, self.conn)
 
     def infer(self, model: str, inputs: Inputs, outputs: Sequence[str], output_specs: Optional[OutputSpecs] = None,
-              idempotent: bool = True, headers: Optional[Dict[str, str]] = None) -> Dict[str, np.ndarray]:
-        kw = dict(idempotent=idempotent, not_found=not_found_error(model), headers=headers)
+              idempotent: bool = True, headers: Optional[Dict[str, str]] = None,
+              priority: int = 0) -> Dict[str, np.ndarray]:
+        """`priority`: Triton's request priority (0: the model's default; `samrt.wire`'s levels)."""
+        kw = dict(idempotent=idempotent, not_found=not_found_error(model), headers=headers, **_priority(priority))
         placed, nbytes = layout(inputs, outputs, output_specs) if self.pool is not None else ({}, 0)
         if not placed:  # no shared memory, or nothing for it (ids and texts travel in the request)
             ins, outs = _request(self.conn.mod, inputs, outputs, {})
@@ -252,7 +321,7 @@ class AsyncEndpoint:
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self._mod = protocol_module(protocol, aio=True)
         if protocol == "grpc":
-            self._client = self._mod.InferenceServerClient(url)
+            self._client = self._mod.InferenceServerClient(url, channel_args=grpc_channel_args(self._mod))
             self._deadline = {"client_timeout": timeout}
         else:  # aiohttp's total timeout per request (its default is 60 s, whatever `timeout` says)
             self._client = self._mod.InferenceServerClient(url, conn_timeout=timeout)
@@ -264,13 +333,18 @@ class AsyncEndpoint:
             try:
                 return await getattr(self._client, method)(*args, **kwargs, **self._deadline)
             except TRANSPORT_EXCEPTIONS as e:
-                await asyncio.sleep(retry.failed(e))
+                try:
+                    delay = retry.failed(e)
+                except ServerUnavailableError as error:
+                    raise await asyncio.to_thread(unreachable_error, error, self.url, self.protocol) from e
+                await asyncio.sleep(delay)
 
     async def infer(self, model: str, inputs: Inputs, outputs: Sequence[str], output_specs=None,
-                    idempotent: bool = True, headers: Optional[Dict[str, str]] = None) -> Dict[str, np.ndarray]:
+                    idempotent: bool = True, headers: Optional[Dict[str, str]] = None,
+                    priority: int = 0) -> Dict[str, np.ndarray]:
         ins, outs = _request(self._mod, inputs, outputs, {})
         result = await self.call("infer", model, ins, outputs=outs, idempotent=idempotent,
-                                 not_found=not_found_error(model), headers=headers)
+                                 not_found=not_found_error(model), headers=headers, **_priority(priority))
         return {o: result.as_numpy(o) for o in outputs}
 
     async def is_ready(self) -> bool:

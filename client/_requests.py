@@ -20,7 +20,7 @@ from samrt.amg import AmgOptions
 from samrt.errors import ImageNotCachedError, InputError
 
 __all__ = [
-    "DEFAULT_OUTPUTS", "MAX_RESPONSE_BYTES", "EncodeResult", "Prompts", "encode_inputs", "parse_encode",
+    "DEFAULT_OUTPUTS", "MAX_RESPONSE_BYTES", "EncodeResult", "Prompts", "encode_inputs", "encode_priority", "parse_encode",
     "decode_inputs", "answer_size", "decode_output_specs", "segment_inputs", "amg_inputs", "parse_amg",
     "cache_get_inputs", "check_cached", "parse_model_info", "prompts_per_request", "split_prompts", "join_answers",
 ]
@@ -118,6 +118,14 @@ def encode_inputs(image: Optional[np.ndarray], image_bytes: Optional[bytes]) -> 
     if image is not None:
         return {"image": model.input("image").pack(_image(image))}
     return {"image_bytes": model.input("image_bytes").pack([bytes(image_bytes)])}
+
+
+def encode_priority(background: bool) -> int:
+    """Triton's priority for a `sam_encode` request (`samrt.wire`'s levels): background work's
+    level, or 0 (none sent: the model's default level, foreground)."""
+    if not isinstance(background, (bool, np.bool_)):
+        raise InputError(f"background: got {background!r}, expected True or False")
+    return wire.BACKGROUND_PRIORITY if background else 0
 
 
 def _image(image) -> np.ndarray:
@@ -230,6 +238,7 @@ def parse_model_info(decode_config: dict, encoder_config: dict) -> dict:
     """model_info() from the configs of sam_decode and sam_image_encoder (ModelConfig as JSON)."""
     dims = {i["name"]: i["dims"] for i in decode_config["input"]}
     report = encoder_config.get("parameters", {}).get("engine_report", {}).get("string_value")
+    served = json.loads(decode_config["parameters"].get("served_model", {}).get("string_value") or "{}")
     return {
         "image_size": int(decode_config["parameters"]["image_size"]["string_value"]),
         "low_res_size": int(dims["mask_input"][-1]),
@@ -237,6 +246,9 @@ def parse_model_info(decode_config: dict, encoder_config: dict) -> dict:
         # the model that owns the embedding cache (samrt.model_repository.models)
         "cache_model": decode_config["parameters"].get("cache_model", {}).get("string_value", "sam_embedding_cache"),
         "encoder_engine": json.loads(report) if report else None,
+        # the served model's name and the automatic-mask options its card recommends (None: SAM's defaults)
+        "model": served.get("model"),
+        "amg_options": served.get("amg_options"),
     }
 
 

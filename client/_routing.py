@@ -38,15 +38,30 @@ R = TypeVar("R")
 DOWN_FOR = 30.0
 
 
-def split_urls(url: Union[str, Sequence[str]]) -> List[str]:
-    """`"h1:8001,h2:8001"` or `["h1:8001", "h2:8001"]` -> the list of replica URLs (stripped)."""
+def split_urls(url: Union[str, Sequence[str]], protocol: Optional[str] = None) -> List[str]:
+    """`"h1:8001,h2:8001"` or `["h1:8001", "h2:8001"]` -> the list of replica URLs (stripped).
+    A scheme that names `protocol` is dropped ("http://h:8000" for HTTP, "grpc://h:8001" for
+    gRPC); another scheme is an InputError that says which protocol and port it meant."""
     parts = url.split(",") if isinstance(url, str) else list(url)
-    urls = [str(u).strip() for u in parts if str(u).strip()]
+    urls = [_without_scheme(str(u).strip(), protocol) for u in parts if str(u).strip()]
     if not urls:
         raise InputError(f"url: got {url!r}, expected host:port or a comma-separated list of them")
     if len(set(urls)) != len(urls):
         raise InputError(f"url: got {urls}, expected each replica once")
     return urls
+
+
+def _without_scheme(url: str, protocol: Optional[str]) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    if protocol is not None and scheme.lower() == protocol:
+        return rest
+    if scheme.lower() in ("http", "grpc") and protocol is not None:
+        raise InputError(f"url: got {url!r}, an {scheme.lower()} URL, expected host:port of the {protocol} endpoint "
+                         f"(gRPC 8001, HTTP 8000 by default); for {scheme.lower()}, use protocol '{scheme.lower()}' "
+                         f"(--protocol {scheme.lower()})")
+    raise InputError(f"url: got {url!r}, expected host:port (no scheme; TLS is not supported)")
 
 
 def _decoded_pixels(image_bytes: bytes) -> np.ndarray:

@@ -39,7 +39,11 @@ ADMIN_KEY_HINT = ("pass the server's admin key (SamClient(admin_key=...) or the 
 def _transport_exceptions() -> tuple:
     from tritonclient.utils import InferenceServerException
 
-    kinds = [InferenceServerException, OSError, asyncio.TimeoutError]
+    import http.client
+
+    # http.client.HTTPException: geventhttpclient's HTTPParseError, when an HTTP client reads a
+    # gRPC (HTTP/2) port's bytes
+    kinds = [InferenceServerException, OSError, asyncio.TimeoutError, http.client.HTTPException]
     try:
         import aiohttp
 

@@ -18,7 +18,15 @@ from samrt.masks import rle_to_mask
 
 from ._client import SamClient
 
-__all__ = ["TritonSamAutomaticMaskGenerator"]
+__all__ = ["TritonSamAutomaticMaskGenerator", "served_amg_options"]
+
+
+def served_amg_options(model_info: dict, **given) -> AmgOptions:
+    """SamAutomaticMaskGenerator's options for the model a server serves: its defaults, then what
+    the model's card recommends (`SamClient.model_info()["amg_options"]`: the embedded model's
+    lower filters, say), then the options `given` (None: not given), checked."""
+    fields = {**(model_info.get("amg_options") or {}), **{k: v for k, v in given.items() if v is not None}}
+    return AmgOptions.from_fields(fields)
 
 
 class TritonSamAutomaticMaskGenerator:

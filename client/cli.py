@@ -3,31 +3,37 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
 from samrt import imageio, prompts
 from samrt.artifacts import atomic_write_json
-from samrt.errors import InputError
+from samrt.errors import InputError, InvalidRequestError
 from samrt.visualize import overlay, save_png
 
 from ._client import SamClient
-from .amg import TritonSamAutomaticMaskGenerator
+from .amg import TritonSamAutomaticMaskGenerator, served_amg_options
 from .predictor import TritonSamPredictor
 
-__all__ = ["parse_point", "parse_box", "check_pixel_prompt", "load_image", "segment_file", "amg_folder", "amg_document"]
+__all__ = ["parse_point", "parse_box", "check_pixel_prompt", "load_image", "segment_file", "amg_folder", "amg_document",
+           "AmgFolderResult"]
 
 
 def parse_point(text: str) -> Tuple[float, float, int]:
-    """'x,y' (foreground) or 'x,y:label' -> (x, y, label)."""
+    """'x,y' (foreground) or 'x,y:label' -> (x, y, label), label 1 (foreground) or 0 (background)."""
     try:
         xy, _, label = text.partition(":")
         x, y = (float(v) for v in xy.split(","))
-        return x, y, int(label) if label else 1
+        lab = int(label) if label else 1
     except ValueError:
         raise InputError(f"--point: got {text!r}, expected x,y or x,y:label (label 1 foreground, 0 background)") from None
+    if lab not in (0, 1):
+        raise InputError(f"--point: got {text!r}, label {lab}, expected label 1 (foreground) or 0 (background); "
+                         f"a box goes in --box x0,y0,x1,y1")
+    return x, y, lab
 
 
 def parse_box(text: str) -> np.ndarray:
@@ -62,7 +68,8 @@ def segment_file(client: SamClient, path: str, points: Sequence[str], box: Optio
                  overlay_path: Optional[str] = None, multimask: bool = True) -> dict:
     """Segment one image from clicks and/or a box, in the image's pixels (points far outside the
     image and fractions of it are refused, `check_pixel_prompt`); write the best mask as PNG (and
-    an overlay)."""
+    an overlay with the clicks and the box). As SAM's protocol: one click alone gets three
+    candidates (the best-scored is written), a box or several clicks the single-mask output."""
     image = load_image(path)
     pts = [parse_point(p) for p in points]
     if not pts and box is None:
@@ -73,12 +80,12 @@ def segment_file(client: SamClient, path: str, points: Sequence[str], box: Optio
     check_pixel_prompt(coords, box_xyxy, image.shape[:2])
     predictor = TritonSamPredictor(client)
     predictor.set_image(image)
-    masks, scores, _ = predictor.predict(coords, labels, box_xyxy, multimask_output=multimask and len(pts) <= 1)
+    masks, scores, _ = predictor.predict(coords, labels, box_xyxy, multimask_output=multimask and len(pts) == 1 and box is None)  # SAM's protocol
     best = int(np.argmax(scores))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     Image.fromarray(masks[best].astype(np.uint8) * 255).save(out)
     if overlay_path:
-        save_png(overlay_path, overlay(image, masks[best], coords, labels))
+        save_png(overlay_path, overlay(image, masks[best], coords, labels, box=box_xyxy))
     return {"image": path, "mask": out, "overlay": overlay_path, "score": float(scores[best]),
             "area": int(masks[best].sum())}
 
@@ -91,19 +98,51 @@ def amg_document(image_id: int, file_name: str, image: np.ndarray, records: List
             "annotations": [{"id": k, **r} for k, r in enumerate(records)]}
 
 
-def amg_folder(client: SamClient, folder: str, out_dir: str, progress: bool = True, **amg_kwargs) -> List[str]:
-    """One SA-1B style JSON (image info + COCO RLE annotations) per image of `folder`."""
+@dataclass
+class AmgFolderResult:
+    """What `amg_folder` did: the files written, masks per image, the files skipped and why, and
+    the options it ran with."""
+
+    written: List[str] = field(default_factory=list)
+    masks: Dict[str, int] = field(default_factory=dict)
+    skipped: Dict[str, str] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.masks.values())
+
+
+def amg_folder(client: SamClient, folder: str, out_dir: str, progress: bool = True,
+               on_image: Optional[Callable[[str, Optional[int], Optional[str]], None]] = None,
+               **amg_kwargs) -> AmgFolderResult:
+    """One SA-1B style JSON (image info + COCO RLE annotations) per image of `folder`.
+
+    Options: `amg_kwargs` (SamAutomaticMaskGenerator's names; None: not given), then what the
+    served model's card recommends (`served_amg_options`), then SAM's defaults. A file that cannot
+    be decoded, or that the server refuses (InvalidRequestError: too large, ...), is skipped with
+    its reason; `on_image(name, masks, None)` or `on_image(name, None, reason)` is called per file."""
     from tqdm import tqdm  # tqdm: the client extra
 
     files = imageio.list_images(folder)
-    generator = TritonSamAutomaticMaskGenerator(client, output_mode="coco_rle", **amg_kwargs)
+    options = served_amg_options(client.model_info(), **amg_kwargs).to_dict()
+    generator = TritonSamAutomaticMaskGenerator(client, output_mode="coco_rle", **options)
     os.makedirs(out_dir, exist_ok=True)
-    written = []
+    result = AmgFolderResult(options=options)
     for i, name in enumerate(tqdm(files, desc="amg", disable=not progress)):
-        image = load_image(os.path.join(folder, name))
-        records = generator.generate(image)
+        try:
+            image = load_image(os.path.join(folder, name))
+            records = generator.generate(image)
+        except (InputError, InvalidRequestError) as e:
+            result.skipped[name] = str(e)
+            if on_image:
+                on_image(name, None, str(e))
+            continue
         doc = amg_document(i, name, image, records)
         path = os.path.join(out_dir, os.path.splitext(name)[0] + ".json")
         atomic_write_json(path, doc)
-        written.append(path)
-    return written
+        result.written.append(path)
+        result.masks[name] = len(records)
+        if on_image:
+            on_image(name, len(records), None)
+    return result

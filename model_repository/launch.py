@@ -31,7 +31,8 @@ def repository_from_plan(manifest: ExportManifest, plan: ServingPlan, out_dir: s
     decoder = plan.decoder.paths.get("decoder") or plan.decoder.paths
     repo = render_repository(manifest.config, encoder, decoder, out_dir, opts,
                              engine_report=plan.encoder.report.report if plan.encoder.report else None,
-                             decoder_report=plan.decoder.report.report if plan.decoder.report else None)
+                             decoder_report=plan.decoder.report.report if plan.decoder.report else None,
+                             served_model=manifest.served_model())
     with open(os.path.join(repo, "serving_plan.json"), "w") as f:
         json.dump({role: {"variant": str(e.variant), "files": e.paths, "why": e.why}
                    for role, e in (("encoder", plan.encoder), ("decoder", plan.decoder))}

@@ -11,14 +11,16 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Sequence, Union
+
+import numpy as np
 
 from samrt import wire
 from samrt.artifacts import record_entries, replace_recorded_entries
 from samrt.spec import SamConfig, decoder_spec, encoder_spec
 from samrt.variants import BACKENDS
 
-__all__ = ["RepoOptions", "render_repository", "model_configs", "parse_config", "decoder_files"]
+__all__ = ["RepoOptions", "render_repository", "model_configs", "parse_config", "decoder_files", "WARMUP_ORIGINAL_SIZE"]
 
 # Native Triton backends of the production variant: (config key, value, model file name), as
 # declared with the backends (Triton's OpenVINO backend takes the IR .xml with its .bin).
@@ -57,6 +59,8 @@ class RepoOptions:
     cache_bytes: int = 1024 * 1024 * 1024
     max_prompts: int = 256  # prompts per sam_decode request (and per dynamic batch)
     max_pixels: int = 8192 * 8192  # 67 M: 48-50 MP phone photos; the server holds 3 bytes/pixel while encoding
+    # Encoder batch, and so many `sam_encode` instances: that many images decoded and preprocessed
+    # at once, whose encoder calls reach the encoder's batcher together.
     encoder_max_batch: int = 4
     # 0: a lone click is decoded at once; under load, requests that queue while the decoder is
     # busy still form batches (Triton's dynamic batcher takes what is waiting).
@@ -80,6 +84,24 @@ def _model(model: wire.WireModel, sizes: Dict[str, int], max_batch_size: int = 0
     return {"max_batch_size": max_batch_size, **model.config_io(sizes), **extra}
 
 
+# The click path's steps are warmed up when they load (Triton's `model_warmup`): a python-backend
+# model's first request cost 60-200 ms here (sam_prompt_prep, sam_mask_upscale on the embedded
+# model, later requests 1-10 ms), which the first click after a start paid. Inputs are zeros,
+# except `original_size`, read from the model's warmup/ folder (any valid image size).
+WARMUP_ORIGINAL_SIZE = (48, 64)
+_WARMUP_FILES = {"original_size": np.asarray(WARMUP_ORIGINAL_SIZE, np.int32).tobytes()}
+
+
+def _warmup(model: wire.WireModel, sizes: Dict[str, int], inputs: Sequence[str]) -> dict:
+    """`model_warmup` of one request (batch 1) carrying `inputs`; symbolic dims taken as 1."""
+    def one(name: str) -> dict:
+        t = model.input(name)
+        source = {"input_data_file": name} if name in _WARMUP_FILES else {"zero_data": True}
+        return {"data_type": t.config_type, "dims": [d if d > 0 else 1 for d in t.config_dims(sizes)], **source}
+
+    return {"model_warmup": [{"name": "first_request", "batch_size": 1, "inputs": {n: one(n) for n in inputs}}]}
+
+
 def graph_models(cfg: SamConfig) -> Dict[str, wire.WireModel]:
     """The graph-facing models, derived from the ONNX I/O spec (the prompt axis is Triton's batch)."""
     return {
@@ -96,10 +118,13 @@ def ensemble_config(steps) -> dict:
                       "output_map": dict(st.outputs)} for st in steps]}
 
 
-def model_configs(cfg: SamConfig, encoder_onnx: str, decoder: DecoderFiles, opts: RepoOptions) -> Dict[str, dict]:
+def model_configs(cfg: SamConfig, encoder_onnx: str, decoder: DecoderFiles, opts: RepoOptions,
+                  served_model: Optional[dict] = None) -> Dict[str, dict]:
     """Every model's config as a dict in ModelConfig's JSON form, derived from `samrt.wire` (the
     public models, the click path's ensemble and its steps) and from `samrt.spec` (the
-    graph-facing models). `sam_decode` is an ensemble (`wire.click_path`)."""
+    graph-facing models). `sam_decode` is an ensemble (`wire.click_path`). `served_model`
+    (`ExportManifest.served_model`: the model's name, its recommended automatic-mask options)
+    goes into sam_decode's parameters, where the SDK's model_info() reads it."""
     sizes = wire.config_sizes(cfg)
     kind = "KIND_GPU" if opts.device == "cuda" else "KIND_CPU"
     python = {"backend": "python"}
@@ -121,18 +146,26 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder: DecoderFiles, opts
             instance_group=[{"count": 1, "kind": kind}],
             parameters=_params(engine_path=os.path.abspath(encoder_onnx), device=opts.device,
                                background_priority=opts.background_priority)),
+        # encoder_max_batch instances, so that many encodes reach the encoder's batcher together; no
+        # batch dimension on the wire, so the queue only orders: foreground requests first
         wire.SAM_ENCODE.name: _model(
-            wire.SAM_ENCODE, sizes, **python, **one_cpu,
+            wire.SAM_ENCODE, sizes, **python, instance_group=[{"count": opts.encoder_max_batch, "kind": "KIND_CPU"}],
+            dynamic_batching={"priority_levels": wire.PRIORITY_LEVELS,
+                              "default_priority_level": wire.FOREGROUND_PRIORITY},
             parameters=_params(image_size=cfg.image_size, max_pixels=opts.max_pixels, cache_model=cache_model,
-                               background_priority=opts.background_priority)),
+                               background_priority=opts.background_priority, low_res_size=sizes["m"])),
         wire.SAM_DECODE.name: _model(
             wire.SAM_DECODE, sizes, p, platform="ensemble",
             ensemble_scheduling=ensemble_config(wire.click_path(native=bool(opts.native))),
-            parameters=_params(image_size=cfg.image_size, cache_model=cache_model)),  # for the SDK's model_info()
+            # for the SDK's model_info()
+            parameters=_params(image_size=cfg.image_size, cache_model=cache_model,
+                               served_model=json.dumps(served_model or {}))),
         wire.SAM_MASK_UPSCALE.name: _model(wire.SAM_MASK_UPSCALE, sizes, p, **python, **one_cpu,
-                                           parameters=_params(image_size=cfg.image_size)),
+                                           parameters=_params(image_size=cfg.image_size),
+                                           **_warmup(wire.SAM_MASK_UPSCALE, sizes, ["mask_logits", "original_size"])),
         wire.SAM_MASK_RLE.name: _model(wire.SAM_MASK_RLE, sizes, p, **python, **one_cpu,
-                                       parameters=_params(image_size=cfg.image_size)),
+                                       parameters=_params(image_size=cfg.image_size),
+                                       **_warmup(wire.SAM_MASK_RLE, sizes, ["mask_logits", "original_size"])),
         wire.SAM_AMG.name: _model(
             wire.SAM_AMG, sizes, **python, instance_group=[{"count": 1, "kind": kind}],
             parameters={**decoder_params, **_params(max_pixels=opts.max_pixels, cache_model=cache_model,
@@ -145,7 +178,7 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder: DecoderFiles, opts
         # one instance: one process owns the cache, and the engine reads embeddings in place
         configs[wire.SAM_MASK_DECODER.name] = _model(
             wire.SAM_MASK_DECODER, sizes, p, **python, **batching, instance_group=[{"count": 1, "kind": kind}],
-            parameters={**decoder_params, **cache_params})
+            parameters={**decoder_params, **cache_params}, **_warmup(wire.SAM_MASK_DECODER, sizes, ["image_id"]))
         return configs
     if opts.native not in NATIVE_PLATFORMS:
         raise ValueError(f"native: got {opts.native!r}, expected one of {sorted(NATIVE_PLATFORMS)}")
@@ -153,7 +186,8 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder: DecoderFiles, opts
         raise ValueError(f"native {opts.native}: got decoder files {sorted(files)}, expected the classic decoder "
                          "graph (a native backend runs it; the fast decoder runs in the python-backend variant)")
     configs[wire.SAM_PROMPT_PREP.name] = _model(wire.SAM_PROMPT_PREP, sizes, p, **python, **one_cpu,
-                                                parameters=_params(low_res_size=sizes["m"]))
+                                                parameters=_params(low_res_size=sizes["m"]),
+                                                **_warmup(wire.SAM_PROMPT_PREP, sizes, ["point_coords", "point_labels"]))
     key, value, _ = NATIVE_PLATFORMS[opts.native]
     platform = {key: value}
     configs["sam_image_encoder"] = _model(
@@ -197,19 +231,20 @@ def _summary(report: dict) -> str:
 
 def render_repository(
     cfg: SamConfig, encoder_onnx: str, decoder: DecoderFiles, out_dir: str, opts: Optional[RepoOptions] = None,
-    engine_report: Optional[dict] = None, decoder_report: Optional[dict] = None,
+    engine_report: Optional[dict] = None, decoder_report: Optional[dict] = None, served_model: Optional[dict] = None,
 ) -> str:
     """Write `out_dir/<model>/config.pbtxt` and `out_dir/<model>/1/model.py` for every model.
 
     `decoder`: the classic decoder graph's file, or the fast decoder's {graph: file}
     (`decoder_files`). `engine_report` / `decoder_report`: the served engines' build reports (they
-    travel into the configs and beside them); None for the exported graphs themselves."""
+    travel into the configs and beside them); None for the exported graphs themselves.
+    `served_model`: see `model_configs`."""
     opts = opts or RepoOptions()
     for path in [encoder_onnx, *decoder_files(decoder).values()]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such engine or ONNX file (run `samrt export` first)")
     replace_recorded_entries(out_dir, "build-repo")
-    configs = model_configs(cfg, encoder_onnx, decoder, opts)
+    configs = model_configs(cfg, encoder_onnx, decoder, opts, served_model)
     record_entries(out_dir, list(configs))
     reports = {"sam_image_encoder": engine_report,
                ("sam_prompt_decoder" if opts.native else wire.SAM_MASK_DECODER.name): decoder_report}
@@ -222,6 +257,12 @@ def render_repository(
         parse_config(text)
         with open(os.path.join(out_dir, name, "config.pbtxt"), "w") as f:
             f.write(text)
+        for warmup in config.get("model_warmup", []):  # the warm-up's data files, in <model>/warmup/
+            for spec in warmup["inputs"].values():
+                if "input_data_file" in spec:
+                    os.makedirs(os.path.join(out_dir, name, "warmup"), exist_ok=True)
+                    with open(os.path.join(out_dir, name, "warmup", spec["input_data_file"]), "wb") as f:
+                        f.write(_WARMUP_FILES[spec["input_data_file"]])
         if config.get("platform") == "ensemble":  # a version folder, empty
             continue
         if "platform" in config or config.get("backend") == "openvino":  # native: the model file goes into "1/"

@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .amg import AmgOptions
 from .errors import SamrtError
 from .spec import SamConfig
 
@@ -35,6 +36,7 @@ __all__ = [
     "read_marker",
     "record_entries",
     "replace_recorded_entries",
+    "served_model_card",
     "check_new_or_own_file",
     "ExportManifest",
     "EXPORT_REPORT",
@@ -251,6 +253,36 @@ class ExportManifest:
     def describe(self) -> str:
         source = "RANDOM-INIT, masks mean nothing" if self.random_init else self.checkpoint
         return f"{self.name} ({source})"
+
+    def served_model(self) -> dict:
+        """What the server tells clients about the model it serves (`samrt.client`'s model_info):
+        {"model": a name, "amg_options": the checkpoint's recommended automatic-mask options or
+        None} (`served_model_card`)."""
+        card = served_model_card(self.checkpoint) if self.checkpoint else None
+        name = (card or {}).get("model") or (os.path.splitext(os.path.basename(self.checkpoint))[0]
+                                            if self.checkpoint else f"{self.name} (random init)")
+        return {"model": name, "amg_options": (card or {}).get("amg_options")}
+
+
+# Beside a checkpoint `name.pth`, `name.amg.json` may say which automatic-mask options suit it:
+# {"model": name, "amg_options": {AmgOptions fields}, "why": text}. SAM's defaults (predicted IoU
+# 0.88, stability 0.95) suit the released ViT-H; the embedded model carries lower ones.
+AMG_CARD_SUFFIX = ".amg.json"
+
+
+def served_model_card(checkpoint: str) -> Optional[dict]:
+    """The checkpoint's `.amg.json` card (None when there is none); ArtifactError when it is not
+    one (options outside `samrt.amg.AmgOptions`)."""
+    path = os.path.splitext(checkpoint)[0] + AMG_CARD_SUFFIX
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            card = json.load(f)
+        AmgOptions.from_fields(dict(card.get("amg_options") or {}))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise ArtifactError(f"{path}: not a model card of automatic-mask options ({type(e).__name__}: {e})") from None
+    return card
 
 
 def engine_path(onnx_path: str, out_dir: str, backend: str, precision: str) -> str:

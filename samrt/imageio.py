@@ -318,7 +318,10 @@ def load_image(path: Union[str, "os.PathLike[str]"], max_pixels: Optional[int] =
 
 def probe_image(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
     """(height, width) of an image file as displayed (EXIF orientation applied), from its header,
-    after Pillow's integrity check of the file (`Image.verify`); no pixels decoded.
+    after Pillow's integrity check of the file (`Image.verify`: PNG's chunk checksums, not a
+    JPEG's data). A JPEG that does not end with its end-of-image marker is decoded at 1/8 scale
+    (Pillow's draft mode reads every byte), so a truncated one is refused too; other data errors
+    show when the pixels are decoded (`load_image`).
     Raises InputError when the file is not an image Pillow can read."""
     path = os.fspath(path)
     try:
@@ -326,11 +329,21 @@ def probe_image(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
             im.verify()  # must come first after open (Pillow)
         with Image.open(path) as im:
             w, h = im.size
+            if im.format == "JPEG" and not _ends_with(path, b"\xff\xd9"):
+                im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
+                im.load()  # a truncated file: OSError "image file is truncated"
             if _orientation(im) in (5, 6, 7, 8):  # a quarter turn: the displayed image is transposed
                 w, h = h, w
     except Exception as e:  # Pillow raises many kinds for bad data
         raise InputError(f"{path}: cannot be decoded as an image ({type(e).__name__}: {e})") from None
     return h, w
+
+
+def _ends_with(path: str, tail: bytes) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - len(tail)))
+        return f.read() == tail
 
 
 # -- folders ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["STYLE", "sample_image", "overlay", "mask_outline", "candidates", "save_png"]
+__all__ = ["STYLE", "sample_image", "overlay", "mask_outline", "two_tone_outline", "candidates", "save_png"]
 
 
 def sample_image(height: int = 480, width: int = 640, seed: int = 0) -> Tuple[np.ndarray, Tuple[int, int]]:
@@ -40,6 +40,10 @@ STYLE = {
     "marker_edge": (255, 255, 255),
     "marker_radius": 8,                 # px at 512 px of image long side, scaled (at least 4)
     "box_color": (255, 255, 255),
+    # The mask being made (the page's working mask): its outline in two tones, dark outside and
+    # light inside, so that it shows on any image, whatever the fill's colour does.
+    "outline_tones": ((0, 0, 0), (255, 255, 255)),
+    "proposal_alpha": 0.15,             # prefill proposals other than the highlighted one: faint fills
 }
 
 
@@ -58,6 +62,14 @@ def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
         padded = np.pad(inner, 1, constant_values=False)
         inner = (inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
     return m & ~inner
+
+
+def two_tone_outline(mask: np.ndarray, width: int = 1):
+    """(outer, inner): `mask_outline(mask, width)` split into its outer ceil(width / 2) rings and
+    the rest (empty for width 1), for an outline in two tones. The page splits it the same way."""
+    width = max(1, int(width))
+    outer = mask_outline(mask, (width + 1) // 2)
+    return outer, mask_outline(mask, width) & ~outer
 
 
 def _marker(draw: ImageDraw.ImageDraw, x: float, y: float, r: int, label: int) -> None:
@@ -83,17 +95,23 @@ def overlay(
     alpha: float = STYLE["fill_alpha"],
     box: Optional[np.ndarray] = None,
     outline: bool = True,
+    two_tone: bool = False,
 ) -> np.ndarray:
-    """HxWx3 uint8: a boolean HxW mask filled (`alpha`) and outlined (opaque) in `color`,
-    the clicks marked by shape (foreground: a green disc with a plus; background: a red square
-    with a cross), and an optional box (x0, y0, x1, y1) in pixels. Same look as the annotation page."""
+    """HxWx3 uint8: a boolean HxW mask filled (`alpha`) and outlined (opaque) in `color`, or with
+    `two_tone` in STYLE's two outline tones (`two_tone_outline`), the clicks marked by shape
+    (foreground: a green disc with a plus; background: a red square with a cross), and an
+    optional box (x0, y0, x1, y1) in pixels. Same look as the annotation page."""
     out = image.astype(np.float32).copy()
     m = np.asarray(mask, dtype=bool)
     col = np.asarray(color, dtype=np.float32)
     out[m] = out[m] * (1 - alpha) + col * alpha
     if outline:
-        edge = mask_outline(m, _scaled(STYLE["outline_width"], image.shape, 1))
-        out[edge] = col * STYLE["outline_shade"]
+        width = _scaled(STYLE["outline_width"], image.shape, 1)
+        if two_tone:
+            for ring, tone in zip(two_tone_outline(m, width), STYLE["outline_tones"]):
+                out[ring] = tone
+        else:
+            out[mask_outline(m, width)] = col * STYLE["outline_shade"]
     img = Image.fromarray(out.astype(np.uint8))
     draw = ImageDraw.Draw(img)
     if box is not None:

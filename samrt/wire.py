@@ -52,6 +52,9 @@ __all__ = [
     "RESTRICTED_APIS",
     "admin_headers",
     "image_id_of",
+    "FOREGROUND_PRIORITY",
+    "BACKGROUND_PRIORITY",
+    "PRIORITY_LEVELS",
 ]
 
 Dim = Union[int, str]
@@ -84,6 +87,13 @@ def admin_headers(protocol: str, key: Optional[str]) -> Dict[str, str]:
     if not key:
         return {}
     return {("triton-grpc-protocol-" if protocol == "grpc" else "") + ADMIN_KEY_HEADER: key}
+# Triton request priorities of `sam_encode` (its queue's `priority_levels`; 1 is served first): the
+# image a person is looking at is foreground, the default, so a client that sends no priority is
+# served as one; prefetch and pre-encoding work is background (the SDK's `encode(background=True)`).
+# A foreground encode waits for the encodes already running, never for the queued background ones.
+FOREGROUND_PRIORITY = 1
+BACKGROUND_PRIORITY = 2
+PRIORITY_LEVELS = 2
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,35 @@ def test_every_samrt_command_in_the_readme_and_docs_parses():
 def test_the_readme_is_a_front_page():
     n = len(_text(README).splitlines())
     assert n <= README_MAX_LINES, f"README.md has {n} lines, expected at most {README_MAX_LINES}: move reference to docs/"
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_the_readme_segment_and_amg_commands_give_masks_on_the_embedded_model(small_server, tmp_path, monkeypatch, capsys):
+    """The README's `samrt segment` and `samrt amg` lines as written (the files they name made to
+    exist, `--url` of the test's server added), on the embedded model: non-empty masks. The
+    automatic masks use the thresholds of the model's card (samrt/assets/sam_samrt_small.amg.json),
+    which the server tells the CLI."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from samrt.app.cli import main
+    from samrt.scenes import eval_scenes
+
+    lines = {shlex.split(l.split("#")[0])[1]: shlex.split(l.split("#")[0])[1:] for l in _command_lines(README)}
+    segment, amg = lines["segment"], lines["amg"]
+    monkeypatch.chdir(tmp_path)
+    scenes = eval_scenes(4)
+    Image.fromarray(scenes[3].image).save(segment[1])               # photo.jpg: 633 x 338, holds the README's points
+    os.makedirs(amg[1])
+    Image.fromarray(scenes[1].image).save(os.path.join(amg[1], "scene.png"))   # images/: a small scene, the default grid
+    url = ["--url", small_server.grpc_url]
+    assert main(segment + url) == 0
+    assert np.asarray(Image.open(segment[segment.index("--out") + 1])).any()
+    assert os.path.getsize(segment[segment.index("--overlay") + 1]) > 0
+    assert main(amg + url) == 0
+    doc = json.load(open(os.path.join(amg[amg.index("--out") + 1], "scene.json")))
+    assert len(doc["annotations"]) >= 1
+    assert "masks in all" in capsys.readouterr().out

@@ -4,7 +4,7 @@ other paths use to embed an image and to read the cache through BLS."""
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -14,9 +14,11 @@ from samrt import wire
 from samrt.errors import InputError
 
 from .. import logic
-from .base import PythonModel, bls, engine_runner, error_response, input_array, log, lower_priority, response
+from .base import (BlsError, PythonModel, bls, engine_runner, error_response, input_array, log, lower_priority,
+                   response)
 
-__all__ = ["ImageEncoderModel", "EncodeModel", "encode", "cached", "image_from_request", "cache_model", "id_tensor"]
+__all__ = ["ImageEncoderModel", "EncodeModel", "encode", "cached", "image_from_request", "cache_model", "id_tensor",
+           "prepare_click_path"]
 
 ENCODER = "sam_image_encoder"  # a graph model: its tensors are the ONNX graph's (samrt.spec)
 
@@ -55,10 +57,11 @@ def cached(cache: wire.WireModel, image_id: str) -> Dict[str, np.ndarray]:
     return got
 
 
-def encode(image: np.ndarray, image_size: int, cache: wire.WireModel) -> str:
+def encode(image: np.ndarray, image_size: int, cache: wire.WireModel, low_res_size: Optional[int] = None) -> str:
     """Embed `image` unless the cache holds it already with the image's size; its id either way.
     An entry of another size is damaged (one id, one shape): it is embedded again and replaced.
-    The put carries the server's internal key (`logic.internal_cache_key`)."""
+    The put carries the server's internal key (`logic.internal_cache_key`). With `low_res_size`,
+    the click path is prepared for a newly embedded image's size (`prepare_click_path`)."""
     image_id = wire.image_id_of(image)
     key = id_tensor(image_id)[None]
     held = bls(cache, {"image_id": key}, ["found", "original_size"])
@@ -67,7 +70,27 @@ def encode(image: np.ndarray, image_size: int, cache: wire.WireModel) -> str:
         emb = bls(ENCODER, {"image": x}, ["image_embeddings"])["image_embeddings"]
         bls(cache, {"image_id": key, "image_embeddings": emb, "original_size": np.asarray([image.shape[:2]]),
                     "cache_key": id_tensor(logic.internal_cache_key())[None]}, ["found"])
+        if low_res_size:
+            prepare_click_path(image.shape[:2], low_res_size)
     return image_id
+
+
+# The steps that turn logits into masks build weights per image size on first use (samrt.upscale's
+# plans: 1-10 ms, more for large images). One request of zeros at encode time builds them in
+# those processes, so the first click on a new image does not pay for them.
+PREPARED_STEPS = (wire.SAM_MASK_UPSCALE, wire.SAM_MASK_RLE)
+
+
+def prepare_click_path(original_size: Sequence[int], low_res_size: int) -> None:
+    """Send each of PREPARED_STEPS one prompt of zero logits at `original_size` (H, W). Best
+    effort: a failure is logged, the encode goes on."""
+    feed = {"mask_logits": np.zeros((1, 1, low_res_size, low_res_size), np.float32),
+            "original_size": np.asarray([original_size], np.int32)}
+    for model in PREPARED_STEPS:
+        try:
+            bls(model, feed, [model.output_names[0]])
+        except BlsError as e:
+            log.warning("%s: preparing the click path for size %s failed: %s", model.name, tuple(original_size), e)
 
 
 class ImageEncoderModel(PythonModel):
@@ -118,8 +141,9 @@ class EncodeModel(PythonModel):
         self.image_size = int(params["image_size"])
         self.max_pixels = int(params["max_pixels"])
         self.cache = cache_model(params)
+        self.low_res_size = int(params.get("low_res_size", 0))
 
     def _one(self, request):
         image = image_from_request(request, self.max_pixels, self.image_size, wire.SAM_ENCODE.name)
-        image_id = encode(image, self.image_size, self.cache)
+        image_id = encode(image, self.image_size, self.cache, self.low_res_size)
         return response(wire.SAM_ENCODE, {"image_id": id_tensor(image_id), "original_size": np.asarray(image.shape[:2])})

@@ -17,6 +17,7 @@ from typing import List, Optional
 
 from samrt import imageio
 from samrt.amg import AmgOptions
+from samrt.artifacts import default_checkpoint, served_model_card
 from samrt.engines.build import DEFAULT_MIN_MEAN_IOU, build_engine
 from samrt.errors import SamrtError
 from samrt.model_repository.render import RepoOptions
@@ -24,6 +25,9 @@ from samrt.spec import MODEL_CONFIGS, MODEL_TYPE_CHOICES
 from samrt.variants import BACKENDS, DECODERS, PRECISIONS, SERVING_BACKENDS
 
 from . import pipeline
+
+
+_MODEL_TYPE_HELP = "expected model type; 'auto' detects it from the checkpoint's tensor shapes"
 
 
 def _add_export(sub) -> None:
@@ -57,7 +61,7 @@ def cmd_export(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="serve on tritonserver, segment a generated sample from one click, write an overlay")
     p.add_argument("--checkpoint", help="SAM checkpoint (default: the embedded samrt_small model)")
-    p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES)
+    p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES, help=_MODEL_TYPE_HELP)
     p.add_argument("--random-init", action="store_true", help="seeded random weights (masks mean nothing)")
     p.add_argument("--out", default="build/demo", help="output folder")
     p.set_defaults(func=cmd_demo)
@@ -133,7 +137,7 @@ def cmd_train(args) -> int:
 
 def _repo_options(p) -> None:
     d = RepoOptions()  # the library's defaults, stated once
-    p.add_argument("--device", default=d.device, choices=["cpu", "cuda"])
+    p.add_argument("--device", default=d.device, choices=["cpu", "cuda"], help="where the models run")
     p.add_argument("--backend", default="auto", choices=SERVING_BACKENDS,
                    help="auto: per graph, the fastest engine that passes the accuracy gate (on a CPU: OpenVINO bf16 "
                         "where bf16 is native, else OpenVINO fp32, else ONNX Runtime fp32), built on first use and "
@@ -160,7 +164,7 @@ def _opts(args):
 def _add_build_repo(sub) -> None:
     p = sub.add_parser("build-repo", help="render the Triton model repository for an export folder")
     p.add_argument("--export", required=True, help="folder written by `samrt export`")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="repository folder to write")
     _repo_options(p)
     p.set_defaults(func=cmd_build_repo)
 
@@ -173,13 +177,13 @@ def cmd_build_repo(args) -> int:
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="export if needed, render the repository, run tritonserver until Ctrl-C")
     p.add_argument("--checkpoint", help="SAM checkpoint (default: the embedded samrt_small model)")
-    p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES)
+    p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES, help=_MODEL_TYPE_HELP)
     p.add_argument("--random-init", action="store_true", help="seeded random weights (masks mean nothing)")
     p.add_argument("--build-dir", default="build/serve", help="where the export and repository go")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--host", default="127.0.0.1", help="address the server listens on")
+    p.add_argument("--http-port", type=int, default=8000, help="Triton's HTTP/REST endpoint")
+    p.add_argument("--grpc-port", type=int, default=8001, help="Triton's gRPC endpoint")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Triton's Prometheus metrics")
     _repo_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -195,14 +199,15 @@ def _client_args(p) -> None:
     p.add_argument("--url", default="localhost:8001",
                    help="server endpoint (gRPC 8001 or HTTP 8000), or several replicas comma-separated "
                         "(host1:8001,host2:8001): each image goes to one by a consistent hash of its id")
-    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
-    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"], help="the endpoint's protocol")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds for any one request")
 
 
 def _add_segment(sub) -> None:
     p = sub.add_parser("segment", help="segment an image from clicks and/or a box through a samrt server")
-    p.add_argument("image")
-    p.add_argument("--point", action="append", default=[], help="x,y or x,y:label (1 fg, 0 bg); repeatable")
+    p.add_argument("image", help="image file (JPEG, PNG, ...)")
+    p.add_argument("--point", action="append", default=None,
+                   help="x,y or x,y:label (1 foreground, the default; 0 background), image pixels; repeatable")
     p.add_argument("--box", help="x0,y0,x1,y1")
     p.add_argument("--out", required=True, help="mask PNG to write")
     p.add_argument("--overlay", help="overlay PNG to write")
@@ -215,25 +220,30 @@ def cmd_segment(args) -> int:
     from samrt.client.cli import segment_file
 
     with SamClient(args.url, args.protocol, timeout=args.timeout) as client:
-        print(json.dumps(segment_file(client, args.image, args.point, args.box, args.out, args.overlay), indent=2))
+        print(json.dumps(segment_file(client, args.image, args.point or [], args.box, args.out, args.overlay), indent=2))
     return 0
 
 
 def _add_amg(sub) -> None:
     d = AmgOptions()  # SamAutomaticMaskGenerator's defaults, stated once in the library
+    card = "default: what the served model's card recommends ({}), else SAM's {}"
     p = sub.add_parser("amg", help="automatic masks for a folder of images: one SA-1B style JSON each")
-    p.add_argument("folder")
-    p.add_argument("--out", required=True)
-    p.add_argument("--points-per-side", type=int, default=d.points_per_side)
-    p.add_argument("--pred-iou-thresh", type=float, default=d.pred_iou_thresh)
-    p.add_argument("--stability-score-thresh", type=float, default=d.stability_score_thresh)
-    p.add_argument("--crop-n-layers", type=int, default=d.crop_n_layers)
-    p.add_argument("--min-mask-region-area", type=int, default=d.min_mask_region_area)
+    p.add_argument("folder", help="folder of images")
+    p.add_argument("--out", required=True, help="folder for the JSON files")
+    p.add_argument("--points-per-side", type=int, default=None, help=card.format("none for the embedded model",
+                                                                                d.points_per_side))
+    p.add_argument("--pred-iou-thresh", type=float, default=None,
+                   help=card.format("0.5 for the embedded model", d.pred_iou_thresh))
+    p.add_argument("--stability-score-thresh", type=float, default=None,
+                   help=card.format("0.85 for the embedded model", d.stability_score_thresh))
+    p.add_argument("--crop-n-layers", type=int, default=d.crop_n_layers, help="crop layers (4^i crops each)")
+    p.add_argument("--min-mask-region-area", type=int, default=d.min_mask_region_area,
+                   help="remove holes and islands smaller than this (px; 0: off)")
     _client_args(p)
     r = p.add_argument_group("on Ray, in-process engines instead of a server (pip install 'samrt[ray]')")
     r.add_argument("--ray", action="store_true", help="run on a Ray cluster: resumable, failures to OUT/failures.jsonl")
     r.add_argument("--ray-address", help="join this cluster (e.g. HEAD_IP:6379 or auto); default: start a local one")
-    r.add_argument("--actors", type=int, default=1, help="engines running in parallel (Ray actors)")
+    r.add_argument("--actors", type=int, default=None, help="engines running in parallel (Ray actors; default 1)")
     r.add_argument("--cpus-per-actor", type=int, help="default: the cluster's CPUs divided among the actors")
     r.add_argument("--checkpoint", help="SAM checkpoint (default: the embedded samrt_small model)")
     r.add_argument("--build-dir", default="build/amg", help="where the model is exported (once, on this machine)")
@@ -244,18 +254,33 @@ def cmd_amg(args) -> int:
     if args.ray:
         return _cmd_amg_ray(args)
     given = [f for f, v in (("--ray-address", args.ray_address), ("--checkpoint", args.checkpoint),
-                            ("--actors", args.actors != 1), ("--cpus-per-actor", args.cpus_per_actor)) if v]
+                            ("--actors", args.actors is not None), ("--cpus-per-actor", args.cpus_per_actor)) if v]
     if given:
         raise SamrtError(f"{', '.join(given)}: only with --ray (without it, amg runs on the server at --url)")
+    from tqdm import tqdm  # tqdm: the client extra
+
     from samrt.client import SamClient  # tritonclient: the client extra
     from samrt.client.cli import amg_folder
 
+    def report(name, masks, skipped):
+        tqdm.write(f"{name}: {masks} masks" if skipped is None else f"{name}: skipped ({skipped})")
+
     with SamClient(args.url, args.protocol, timeout=args.timeout) as client:
-        paths = amg_folder(client, args.folder, args.out, points_per_side=args.points_per_side,
-                           pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
-                           crop_n_layers=args.crop_n_layers, min_mask_region_area=args.min_mask_region_area)
-    print(f"wrote {len(paths)} files to {args.out}")
+        result = amg_folder(client, args.folder, args.out, on_image=report, **_amg_given(args))
+        model = client.model_info().get("model") or "the served model"
+    print(f"options: points_per_side {result.options['points_per_side']}, pred_iou_thresh "
+          f"{result.options['pred_iou_thresh']}, stability_score_thresh {result.options['stability_score_thresh']} "
+          f"(given, else {model}'s card, else SAM's defaults)")
+    print(f"wrote {len(result.written)} files to {args.out}: {result.total} masks in all"
+          + (f"; skipped {len(result.skipped)}: {', '.join(result.skipped)}" if result.skipped else ""))
     return 0
+
+
+def _amg_given(args) -> dict:
+    """The automatic-mask options given on the command line (None: not given)."""
+    return {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+            "stability_score_thresh": args.stability_score_thresh, "crop_n_layers": args.crop_n_layers,
+            "min_mask_region_area": args.min_mask_region_area}
 
 
 def _add_annotate(sub) -> None:
@@ -263,18 +288,20 @@ def _add_annotate(sub) -> None:
     p.add_argument("folder", help="folder of images to annotate")
     p.add_argument("--out", required=True, help="output folder (new, empty, or an earlier one to continue)")
     p.add_argument("--host", default="127.0.0.1", help="address of the page (default: this machine only)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="port of the page")
     p.add_argument("--url", help="a running `samrt serve` (host:port; default: start a server here)")
-    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"], help="protocol of --url")
     p.add_argument("--checkpoint", help="SAM checkpoint for the server it starts (default: the embedded model)")
-    p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES)
+    p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES, help=_MODEL_TYPE_HELP)
     p.add_argument("--build-dir", default="build/annotate", help="where the server it starts keeps export and repository")
     p.add_argument("--prefetch", type=int, default=2, help="images encoded ahead of the one being annotated")
-    p.add_argument("--amg-points-per-side", type=int, default=16, help="prefill grid (SAM's default: 32)")
-    p.add_argument("--amg-pred-iou-thresh", type=float, default=0.5,
-                   help="prefill filter; 0.5 suits the embedded model, SAM's released models use 0.88")
-    p.add_argument("--amg-stability-score-thresh", type=float, default=0.85,
-                   help="prefill filter; SAM's released models use 0.95")
+    p.add_argument("--amg-points-per-side", type=int, default=None,
+                   help="prefill grid (default: 16, a quarter of SAM's 32 x 32 points)")
+    p.add_argument("--amg-pred-iou-thresh", type=float, default=None,
+                   help="prefill filter (default: what the served model's card recommends, 0.5 for the embedded "
+                        "model; else SAM's 0.88)")
+    p.add_argument("--amg-stability-score-thresh", type=float, default=None,
+                   help="prefill filter (default: the served model's card, 0.85 for the embedded model; else SAM's 0.95)")
     p.set_defaults(func=cmd_annotate)
 
 
@@ -291,12 +318,13 @@ def cmd_annotate(args) -> int:
 def _cmd_amg_ray(args) -> int:
     from .dataset_amg import run_dataset_amg  # ray, tritonclient: the ray extra
 
-    opts = AmgOptions(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
-                      stability_score_thresh=args.stability_score_thresh, crop_n_layers=args.crop_n_layers,
-                      min_mask_region_area=args.min_mask_region_area)
+    checkpoint = args.checkpoint or default_checkpoint()
+    card = (served_model_card(checkpoint) or {}) if checkpoint else {}   # the model's own AMG options
+    opts = AmgOptions.from_fields({**(card.get("amg_options") or {}),
+                                   **{k: v for k, v in _amg_given(args).items() if v is not None}})
     summary = run_dataset_amg(args.folder, args.out, opts, checkpoint=args.checkpoint,
                               export_dir=os.path.join(args.build_dir, "export"), ray_address=args.ray_address,
-                              actors=args.actors, cpus_per_actor=args.cpus_per_actor)
+                              actors=args.actors or 1, cpus_per_actor=args.cpus_per_actor)
     print(json.dumps(summary, indent=2))
     return 1 if summary["failed"] else 0
 
@@ -305,7 +333,7 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="point/box mIoU on the held-out generated scenes (the paper's figures)")
     p.add_argument("--checkpoint", help="SAM checkpoint (default: the embedded samrt_small model)")
     p.add_argument("--onnx-dir", help="evaluate an export folder through ONNX Runtime instead of PyTorch")
-    p.add_argument("--scenes", type=int, default=60)
+    p.add_argument("--scenes", type=int, default=60, help="held-out scenes to evaluate on")
     p.add_argument("--out", help="JSON file for the figures")
     p.add_argument("--device", default="cpu", help="torch device for a --checkpoint (cpu, cuda, ...)")
     p.set_defaults(func=cmd_eval)
@@ -324,7 +352,7 @@ def cmd_eval(args) -> int:
 def _add_build_engine(sub) -> None:
     p = sub.add_parser("build-engine", help="an optimized encoder engine with its accuracy report and gate")
     p.add_argument("--onnx", required=True, help="an export's *.encoder.onnx, *.decoder.onnx or *.fast_decoder.onnx")
-    p.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS))
+    p.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS), help="engine kind")
     p.add_argument("--precision", default="int8", choices=PRECISIONS,
                    help="fp16: onnxruntime, tensorrt; bf16: openvino (native on CPUs with AVX512_BF16/AMX)")
     p.add_argument("--calib-images", help="folder of calibration images for int8 (default: generated scenes)")
@@ -332,7 +360,7 @@ def _add_build_engine(sub) -> None:
     p.add_argument("--min-mean-iou", type=float, default=DEFAULT_MIN_MEAN_IOU,
                    help="accuracy gate: mean mask IoU against fp32")
     p.add_argument("--eval-images", type=int, default=8, help="held-out scenes for the accuracy check")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the engine runs")
     p.set_defaults(func=cmd_build_engine)
 
 
@@ -360,10 +388,10 @@ def _add_bench(sub) -> None:
         k = kinds.add_parser(kind)
         k.add_argument("--out", required=True, help="results folder, e.g. benchmarks/results/<machine>/")
         k.add_argument("--quick", action="store_true", help="a smoke run in under two minutes")
-        k.add_argument("--build-dir", default="build/bench")
+        k.add_argument("--build-dir", default="build/bench", help="where exports and servers go")
         if kind != "amg":
-            k.add_argument("--model-type", default="vit_b", choices=list(MODEL_CONFIGS))
-            k.add_argument("--checkpoint")
+            k.add_argument("--model-type", default="vit_b", choices=list(MODEL_CONFIGS), help="model to measure")
+            k.add_argument("--checkpoint", help="its weights (default: seeded random ones)")
         if kind != "engines":
             k.add_argument("--url", help="a running server's gRPC endpoint (default: start servers here)"
                            if kind == "serve" else "a running server's gRPC endpoint", required=kind == "amg")
@@ -379,15 +407,15 @@ def _add_bench(sub) -> None:
             k.add_argument("--scenarios", default="sessions,interactive",
                            help="sessions: clients encoding and clicking (a concurrency sweep, batching on/off); "
                                 "interactive: one client clicking, idle and while another streams new images")
-            k.add_argument("--concurrency", default="1,4,16")
+            k.add_argument("--concurrency", default="1,4,16", help="clients at once, per run")
             k.add_argument("--backend", default="auto", choices=SERVING_BACKENDS[:3],
                            help="engines of the servers started here, chosen as `samrt serve` chooses them")
             k.add_argument("--precision", default="auto", choices=("auto",) + PRECISIONS)
             k.add_argument("--decoder", default="fast", choices=sorted(DECODERS))
-            k.add_argument("--clicks", type=int, default=10)
+            k.add_argument("--clicks", type=int, default=10, help="clicks per client")
         if kind == "amg":
             k.add_argument("--images", help="folder of images (default: generated scenes)")
-            k.add_argument("--points-per-side", type=int, default=32)
+            k.add_argument("--points-per-side", type=int, default=32, help="AMG grid")
             k.add_argument("--reference-checkpoint",
                            help="run the official SamAutomaticMaskGenerator on this checkpoint in this process, "
                                 "same images and parameters, for the speedup (the server's own checkpoint)")
@@ -424,6 +452,31 @@ def cmd_bench(args) -> int:
     return 0
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it has none (None, a flag) or says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _with_help_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _Help
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _with_help_defaults(sub)
+
+
+# What each command needs installed beyond the client: pyproject's extras.
+COMMAND_EXTRAS = {"serve": "serve,export,cpu", "demo": "serve,export,cpu", "export": "export", "train": "train",
+                  "build-repo": "serve", "build-engine": "export,cpu,openvino", "eval": "export,cpu",
+                  "annotate": "annotate,serve,export,cpu", "segment": "client", "amg": "client",
+                  "bench": "dev"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samrt", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -439,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_eval(sub)
     _add_annotate(sub)
+    _with_help_defaults(parser)
     return parser
 
 
@@ -449,6 +503,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except SamrtError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an extra this install lacks: say which to install
+        if e.name is None or e.name.split(".")[0] in ("samrt",):
+            raise
+        extras = COMMAND_EXTRAS.get(args.command, "dev")
+        if args.command == "amg" and getattr(args, "ray", False):
+            extras = "ray"
+        print(f"error: samrt {args.command} needs the Python package {e.name.split('.')[0]!r}, which this install "
+              f"lacks: pip install 'samrt[{extras}]'", file=sys.stderr)
         return 2
 
 

@@ -81,3 +81,64 @@ def test_train_options_left_out_keep_the_train_options_defaults(monkeypatch, cap
     assert flagged == dataclasses.replace(training.TrainOptions(), seed=6, scene_long_side=(192, 640),
                                           device="cuda")
     assert big.image_size == 512 and init2 == "w.pth"
+
+
+def test_every_help_shows_the_defaults():
+    import argparse
+
+    from samrt.app.cli import build_parser
+
+    def parsers(p, name="samrt"):
+        yield name, p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub, child in a.choices.items():
+                    yield from parsers(child, f"{name} {sub}")
+
+    for name, p in parsers(build_parser()):
+        text = " ".join(p.format_help().split())
+        for a in p._actions:
+            if not a.option_strings or a.default in (None, False, argparse.SUPPRESS) or a.help == argparse.SUPPRESS:
+                continue
+            assert a.help, f"{name} {a.option_strings[0]}: no help"
+            shown = " ".join(a.help.split())
+            assert "default" in shown or f"(default: {a.default})" in text, f"{name} {a.option_strings[0]}: no default"
+
+
+def test_a_client_only_install_says_what_serve_needs(tmp_path):
+    """The missing packages are simulated: a None in sys.modules makes their import fail."""
+    code = ("import sys\n"
+            "for m in ('torch', 'torchvision', 'onnxruntime', 'onnx', 'openvino', 'pytriton', 'segment_anything'):\n"
+            "    sys.modules[m] = None\n"
+            "from samrt.app.cli import main\n"
+            f"sys.exit(main(['serve', '--build-dir', {str(tmp_path / 'b')!r}]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "samrt serve needs the Python package 'torch'" in out.stderr
+    assert "pip install 'samrt[serve,export,cpu]'" in out.stderr
+
+
+def test_point_labels_on_the_command_line_are_0_or_1(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.png")
+    argv = ["segment", str(tmp_path / "a.png"), "--point", "5,5:2", "--out", str(tmp_path / "m.png"), "--url", "127.0.0.1:1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--point: got '5,5:2', label 2, expected label 1 (foreground) or 0 (background)" in err and "--box" in err
+
+
+@pytest.mark.parametrize("url,protocol,match", [
+    ("http://localhost:8001", "grpc", "an http URL, expected host:port of the grpc endpoint"),
+    ("grpc://localhost:8000", "http", "use protocol 'grpc'"),
+    ("https://localhost:8000", "http", "no scheme; TLS is not supported"),
+])
+def test_a_url_with_the_wrong_scheme_says_so(url, protocol, match, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["segment", str(tmp_path / "a.png"), "--point", "5,5", "--out", str(tmp_path / "m.png"),
+                 "--url", url, "--protocol", protocol]) == 2
+    assert match in capsys.readouterr().err

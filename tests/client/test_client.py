@@ -56,8 +56,19 @@ def test_async_client(server):
 def test_unreachable_server_is_a_typed_error():
     from samrt.model_repository.server import free_port
 
-    with SamClient(f"127.0.0.1:{free_port()}", retries=1, backoff=0.05) as c:
-        with pytest.raises(ServerUnavailableError):
+    url = f"127.0.0.1:{free_port()}"
+    with SamClient(url, retries=1, backoff=0.05) as c:
+        with pytest.raises(ServerUnavailableError, match=f"nothing listens at {url}"):
+            c.encode(random_image(8, 8))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_wrong_protocol_on_a_port_is_named(server, protocol):
+    """gRPC sent to Triton's HTTP port, or HTTP to its gRPC port: the error says which it is."""
+    url = server.http_url if protocol == "grpc" else server.grpc_url
+    other = "HTTP/1.1" if protocol == "grpc" else "gRPC"
+    with SamClient(url, protocol, retries=0) as c:
+        with pytest.raises(ServerUnavailableError, match=f"answers {other}, not .*use protocol"):
             c.encode(random_image(8, 8))
 
 
@@ -108,11 +119,21 @@ def test_cli_segment_and_amg(server, tmp_path, capsys):
                  "--out", str(tmp_path / "mask.png"), "--overlay", str(tmp_path / "ov.png")] + url) == 0
     mask = np.asarray(Image.open(tmp_path / "mask.png"))
     assert mask.shape == (96, 128) and set(np.unique(mask)) <= {0, 255}
-    assert (tmp_path / "ov.png").is_file()
+    from samrt.visualize import STYLE
+
+    ov = np.asarray(Image.open(tmp_path / "ov.png"))   # the box it was given is drawn
+    top_edge = ov[5, 20:90]
+    assert (top_edge == STYLE["box_color"]).all(axis=1).mean() >= 0.9
+    (img_dir / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)   # not decodable: skipped, the rest goes on
+    capsys.readouterr()
     assert main(["amg", str(img_dir), "--out", str(tmp_path / "masks"), "--points-per-side", "4",
                  "--pred-iou-thresh", "0", "--stability-score-thresh", "0"] + url) == 0
+    printed = capsys.readouterr()
     docs = sorted(os.listdir(tmp_path / "masks"))
     assert docs == ["im0.json", "im1.json"]
+    counts = {n: len(json.load(open(tmp_path / "masks" / f"{n}.json"))["annotations"]) for n in ("im0", "im1")}
+    assert f"im0.png: {counts['im0']} masks" in printed.err and "cut.jpg: skipped (" in printed.err
+    assert f"wrote 2 files to {tmp_path / 'masks'}: {sum(counts.values())} masks in all; skipped 1: cut.jpg" in printed.out
     doc = json.load(open(tmp_path / "masks" / "im0.json"))
     assert doc["image"]["height"] == 96 and doc["annotations"]
     assert set(doc["annotations"][0]) >= {"segmentation", "area", "bbox", "predicted_iou", "stability_score"}

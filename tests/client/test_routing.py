@@ -21,6 +21,10 @@ KEYS = [f"{i:032x}" for i in range(3000)]
 
 def test_split_urls():
     assert split_urls("h1:8001") == ["h1:8001"]
+    assert split_urls("http://h1:8000,h2:8000", "http") == ["h1:8000", "h2:8000"]   # its own scheme: dropped
+    assert split_urls("grpc://h1:8001", "grpc") == ["h1:8001"]
+    with pytest.raises(InputError, match="an http URL, expected host:port of the grpc endpoint"):
+        split_urls("http://h1:8001", "grpc")
     assert split_urls(" h1:8001, h2:8001 ,") == ["h1:8001", "h2:8001"]
     assert split_urls(("h1:1", "h2:2")) == ["h1:1", "h2:2"]
     with pytest.raises(InputError, match="expected host:port"):

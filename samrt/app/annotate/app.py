@@ -6,22 +6,31 @@
     GET  /api/config                         drawing style (samrt.visualize.STYLE), shortcuts, folders
     GET  /api/images                         images with object counts, skipped files with reasons, stats
     GET  /api/stats                          seconds per mask, masks per image, ...
+    GET  /api/health                         {"model_server": "ready" or "unreachable"}
     POST /api/export/coco                    writes <out>/instances.json
     POST /api/sessions                       a new annotator session -> {"session": id}
     POST /api/sessions/{sid}/open            {"index": i}
     POST /api/sessions/{sid}/prompt          {"point": [x, y, label]} or {"box": [x0, y0, x1, y1]}
+    POST /api/sessions/{sid}/candidates      the three candidates of the prompts shown (also: ask again)
     POST /api/sessions/{sid}/select          {"candidate": k}
     POST /api/sessions/{sid}/undo | redo | clear | accept | prefill
     DELETE /api/sessions/{sid}/objects/{id}
     POST /api/sessions/{sid}/proposals/{pid}/accept | reject
 
-Errors are JSON {"error": message}: 400 bad input, 404 unknown session, 502 an error from the
-model server, 503 the model server unreachable (accepted work is already on disk).
+Errors are JSON {"error": message}: 400 bad input, 403 a path or a Host it does not serve, 404
+unknown session, 502 an error from the model server, 503 the model server unreachable
+(accepted work is already on disk). A prompt the model server did not answer also carries
+"state": the session with that prompt and no mask (stale: accept refuses it).
+
+Requests must name the address the app listens on in their Host header (`host_allowed`): a web
+page of another site whose name was made to resolve to 127.0.0.1 (DNS rebinding) is refused.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from typing import Optional
 
 from aiohttp import web
@@ -31,20 +40,65 @@ from samrt.errors import InputError
 from samrt.visualize import STYLE
 
 from .folder import ImageFolder
-from .service import AnnotationService
+from .service import AnnotationService, PromptNotAnswered, UnknownSession, chosen_prefill_options
 from .store import AnnotationStore
 
-__all__ = ["create_app", "SERVICE", "MODEL_URL", "SHORTCUTS"]
+__all__ = ["create_app", "SERVICE", "MODEL_URL", "SHORTCUTS", "host_allowed"]
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 SERVICE = web.AppKey("service", AnnotationService)
 MODEL_URL = web.AppKey("model_url", str)  # the samrt server's gRPC/HTTP endpoint; settable until the app starts
+BOUND_HOST = web.AppKey("bound_host", str)  # the address the page listens on (the Host check)
 SHORTCUTS = [
     ["click", "foreground point"], ["right click / shift+click", "background point"], ["drag", "box"],
-    ["1 / 2 / 3", "pick a candidate mask"], ["Enter", "accept the mask as an object"], ["Esc", "clear the prompts"],
+    ["c", "the three candidates (a lone click has them)"], ["1 / 2 / 3", "pick a candidate mask"],
+    ["Enter", "accept the mask as an object"], ["Esc", "clear the prompts"],
     ["z / Ctrl+Z", "undo"], ["y / Ctrl+Y / Ctrl+Shift+Z", "redo"], ["n / →", "next image"], ["p / ←", "previous image"],
     ["f", "prefill: automatic masks as proposals"], ["k / x", "keep / reject the highlighted proposal"],
 ]
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+WILDCARD = {"0.0.0.0", "::", ""}
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without the port ("[::1]:8080" -> "::1")."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def host_allowed(header: Optional[str], bound: str) -> bool:
+    """Whether a request's Host header names the app bound to `bound`: a loopback address answers
+    to 127.0.0.1, localhost and ::1; a wildcard (0.0.0.0, ::) to IP addresses, localhost and this
+    machine's names; any other address or name to itself. Another name (DNS rebinding) is refused."""
+    if not header:
+        return False
+    name, bound = _host_name(header), bound.strip("[]").lower()
+    if bound in LOOPBACK:
+        return name in LOOPBACK
+    if bound in WILDCARD:
+        return name in LOOPBACK or _is_ip(name) or name in {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return name == bound
+
+
+@web.middleware
+async def _host_check(request: web.Request, handler):
+    bound = request.app.get(BOUND_HOST, "127.0.0.1")
+    if not host_allowed(request.headers.get("Host"), bound):
+        raise web.HTTPForbidden(text=f"Host {request.headers.get('Host')!r}: not this app's address; expected the "
+                                     f"address it listens on ({bound})")
+    return await handler(request)
 
 
 @web.middleware
@@ -53,8 +107,14 @@ async def _errors(request: web.Request, handler):
         return await handler(request)
     except web.HTTPException:
         raise
+    except PromptNotAnswered as e:
+        status = 503 if isinstance(e.cause, ServerUnavailableError) else 502
+        what = "model server unreachable" if status == 503 else "model server"
+        return web.json_response({"error": f"{what}: {e.cause}", "state": e.state}, status=status)
     except InputError as e:
         return web.json_response({"error": str(e)}, status=400)
+    except UnknownSession as e:  # the page starts a new session by itself
+        return web.json_response({"error": str(e.args[0]), "session_unknown": True}, status=404)
     except KeyError as e:
         return web.json_response({"error": str(e.args[0]) if e.args else "not found"}, status=404)
     except ServerUnavailableError as e:
@@ -127,7 +187,14 @@ async def config(request: web.Request):
     svc = request.app[SERVICE]
     return web.json_response({"style": STYLE, "shortcuts": SHORTCUTS, "images_folder": svc.folder.path,
                               "out": svc.store.out_dir, "prefetch": svc.prefetch,
-                              "prefill_options": svc.prefill_options.to_dict()})
+                              "prefill_options": svc.chosen_prefill})
+
+
+@routes.get("/api/health")
+async def health(request: web.Request):
+    """Whether the model server answers (the page asks while it shows an error, to reconnect)."""
+    ready = await request.app[SERVICE].client.is_ready()
+    return web.json_response({"model_server": "ready" if ready else "unreachable"})
 
 
 @routes.get("/api/images")
@@ -179,6 +246,11 @@ async def prompt(svc, s, request):
     return await svc.prompt(s, box=tuple(_numbers(body, "box", 4)))
 
 
+@_session_route("candidates")
+async def candidates(svc, s, request):
+    return await svc.candidates(s)
+
+
 @_session_route("select")
 async def select(svc, s, request):
     s.select(_number(await _json(request), "candidate"))
@@ -199,7 +271,7 @@ async def redo(svc, s, request):
 
 @_session_route("clear")
 async def clear(svc, s, request):
-    s.reset()
+    s.clear()   # the object's clock and clicks go on: an abandoned attempt counts
     return svc.state(s)
 
 
@@ -236,27 +308,39 @@ async def delete_object(request: web.Request):
 
 
 # -- the application ------------------------------------------------------------------------------------
+# The app's client retries a lost connection 3 times, 0.25 + 0.5 + 1 s apart: together with the
+# SDK's short gRPC reconnect backoff, a model server that came back answers the next click.
+CLIENT_RETRIES, CLIENT_BACKOFF = 3, 0.25
+
+
 def create_app(images_folder: str, out_dir: str, url: Optional[str], protocol: str = "grpc", prefetch: int = 2,
-               prefill_options: Optional[dict] = None, timeout: float = 300.0) -> web.Application:
+               prefill_options: Optional[dict] = None, timeout: float = 300.0,
+               host: str = "127.0.0.1") -> web.Application:
     """The aiohttp application annotating `images_folder` into `out_dir` with the samrt server at `url`.
 
     The folder is scanned and the output folder checked here (InputError / SamrtError before
     anything is served); the client to the model server is made when the app starts, from
     `app[MODEL_URL]` (`url`, or set later: `samrt annotate` checks the folders before it starts
-    a model server)."""
+    a model server). `host`: the address it will listen on (requests must name it, `host_allowed`).
+    `prefill_options`: automatic-mask options chosen by the user (None values: the served model's)."""
     folder = ImageFolder(images_folder)
     if not folder.images:
         raise InputError(f"{images_folder}: no images to annotate "
                          f"({len(folder.skipped)} files skipped: {[k.name for k in folder.skipped][:5]})")
     store = AnnotationStore(out_dir, folder)
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_host_check, _errors])
     app.add_routes(routes)
+    app[BOUND_HOST] = host
     if url:
         app[MODEL_URL] = url
+    chosen_prefill_options(prefill_options)  # a bad option fails here, before serving
+    service_options = (prefetch, prefill_options)
 
     async def start(app_: web.Application):
-        client = AsyncSamClient(app_[MODEL_URL], protocol, timeout=timeout, retries=1, backoff=0.2)
-        app_[SERVICE] = AnnotationService(folder, store, client, prefetch, prefill_options)
+        client = AsyncSamClient(app_[MODEL_URL], protocol, timeout=timeout, retries=CLIENT_RETRIES,
+                                backoff=CLIENT_BACKOFF)
+        app_[SERVICE] = AnnotationService(folder, store, client, *service_options)
+        await app_[SERVICE].warm_up()
 
     async def stop(app_: web.Application):
         await app_[SERVICE].close()

@@ -39,9 +39,10 @@ class ImageFolder:
     """The images of one folder (not its subfolders), sorted by name.
 
     A file is skipped, with its reason, when its suffix is not an image suffix, when it cannot
-    be decoded (header and data checked by PIL), when it is a link leaving the folder, or when
-    another image has the same stem (both would write `<stem>.json`). Names starting with '.'
-    are ignored."""
+    be decoded (`samrt.imageio.probe_image`: header, PNG checksums, a truncated JPEG), when it is
+    a link leaving the folder, or when another image has the same stem (both would write
+    `<stem>.json`). A listed image whose pixels then fail to decode (`load`) joins the skipped
+    files and is marked broken; it keeps its index. Names starting with '.' are ignored."""
 
     def __init__(self, path: str) -> None:
         if not os.path.isdir(path):
@@ -50,6 +51,7 @@ class ImageFolder:
         self.images: List[ImageEntry] = []
         self.skipped: List[Skipped] = []
         self._by_name: Dict[str, ImageEntry] = {}
+        self._broken: Dict[int, str] = {}
         stems = set()
         for name in sorted(os.listdir(self.path)):
             if name.startswith("."):
@@ -98,8 +100,20 @@ class ImageFolder:
         return os.path.join(self.path, entry.name)
 
     def load(self, entry: ImageEntry) -> np.ndarray:
-        """HxWx3 uint8 RGB, EXIF orientation applied (as the browser shows the file)."""
+        """HxWx3 uint8 RGB, EXIF orientation applied (as the browser shows the file). InputError
+        for pixels that cannot be decoded: the image is marked broken and listed as skipped."""
         try:
             return imageio.load_image(self.file_path(entry))
         except InputError as e:
-            raise InputError(f"{entry.name}: cannot be decoded ({e})") from None
+            reason = str(e).split(": ", 1)[-1]
+            self.mark_broken(entry, reason)
+            raise InputError(f"{entry.name}: {reason}; it is listed under the skipped files now") from None
+
+    def mark_broken(self, entry: ImageEntry, reason: str) -> None:
+        if entry.index not in self._broken:
+            self._broken[entry.index] = reason
+            self.skipped.append(Skipped(entry.name, reason))
+
+    def is_broken(self, index: int) -> Optional[str]:
+        """Why image `index` could not be decoded, or None."""
+        return self._broken.get(index)

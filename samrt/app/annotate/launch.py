@@ -33,7 +33,7 @@ def run_annotate(images_folder: str, out_dir: str, url: Optional[str] = None, pr
     are checked first (InputError / SamrtError), so a bad folder starts no server."""
     from aiohttp import web  # aiohttp: the annotate extra
 
-    app = create_app(images_folder, out_dir, url, protocol, prefetch, prefill_options)
+    app = create_app(images_folder, out_dir, url, protocol, prefetch, prefill_options, host=host)
     server = None
     try:
         if url is None:

@@ -1,6 +1,12 @@
 """One annotator's state (a browser tab): the image, the prompts of the object being made with
 their answers (an undo/redo history), the object's clock and click count, and the proposals of
-an automatic prefill. Pure data: the app does the I/O."""
+an automatic prefill. Pure data: the app does the I/O.
+
+The prompt protocol is SAM's (`multimask_output`): a lone click is ambiguous and is answered with
+the three candidates; a box, and every prompt after the first, with the single-mask output
+(token 0), the previous answer's logits going back as `mask_input`. That is how SAM was trained
+and how `samrt eval` measures it (samrt.scenes.evaluation); the candidates of any prompt are
+still there when the annotator asks for them."""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import numpy as np
 
 from samrt.errors import InputError
 
-__all__ = ["Answer", "Step", "Proposal", "Session", "MAX_HISTORY"]
+__all__ = ["Answer", "Step", "Proposal", "Session", "MAX_HISTORY", "multimask_output"]
 
 MAX_HISTORY = 30  # undo steps kept per session (each holds its three masks)
 
@@ -29,14 +35,33 @@ class Answer:
     refined: bool         # whether the previous answer's logits went in as mask_input
 
 
+def multimask_output(points: List[Tuple[float, float, int]], box: Optional[Tuple[float, float, float, float]]) -> bool:
+    """SAM's protocol for a prompt: the three candidates for a lone click, token 0 (one mask) for a
+    box and for more than one prompt (samrt eval's: one centre click best of 3, later clicks and
+    boxes single-mask)."""
+    return len(points) == 1 and box is None
+
+
 @dataclass
 class Step:
-    """The prompts of the current object after one action, and the answer to them."""
+    """The prompts of the current object after one action, and the answer to them. `answer` None
+    with `error` set: the model server did not answer (the step is stale: accept refuses it)."""
 
     points: List[Tuple[float, float, int]] = field(default_factory=list)   # (x, y, label 1 fg / 0 bg)
     box: Optional[Tuple[float, float, float, float]] = None                # x0, y0, x1, y1
     answer: Optional[Answer] = None
     selected: int = 0
+    mask_input: Optional[np.ndarray] = None   # [1,m,m] the logits it was decoded with (None: a first prompt)
+    error: Optional[str] = None
+
+    @property
+    def multimask_output(self) -> bool:
+        """The protocol's choice for these prompts (`multimask_output`)."""
+        return multimask_output(self.points, self.box)
+
+    @property
+    def has_prompts(self) -> bool:
+        return bool(self.points) or self.box is not None
 
     def wire_prompt(self) -> Tuple[np.ndarray, np.ndarray]:
         """point_coords [N,2] float32 and point_labels [N] int32 as sam_decode takes them
@@ -67,10 +92,15 @@ class Session:
 
     def reset(self) -> None:
         """A new object: empty prompts, no history, clock and clicks at zero."""
-        self.history: List[Step] = [Step()]
-        self.pos = 0
+        self.clear()
         self.started: Optional[float] = None
         self.clicks = 0
+
+    def clear(self) -> None:
+        """Start the object over (Esc): empty prompts and history. The clock and the clicks go on:
+        an abandoned attempt is part of what the object cost (the data engine's figures)."""
+        self.history: List[Step] = [Step()]
+        self.pos = 0
 
     @property
     def step(self) -> Step:
@@ -91,9 +121,17 @@ class Session:
         return Step(points=list(cur.points), box=(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
 
     def mask_input(self) -> Optional[np.ndarray]:
-        """[1,m,m] logits of the answer now shown (its selected candidate), for a refinement click."""
-        a = self.step.answer
-        return None if a is None else a.logits[self.step.selected][None]
+        """[1,m,m] logits of the answer now shown (its selected candidate), for a refinement click;
+        after a step the server did not answer, those of the last answer before it."""
+        for step in reversed(self.history[: self.pos + 1]):
+            if step.answer is not None:
+                return step.answer.logits[step.selected][None]
+        return None
+
+    @property
+    def working(self) -> bool:
+        """Whether an object is under way (prompts given since the last accept or image)."""
+        return self.started is not None
 
     def push(self, step: Step) -> None:
         if self.started is None:

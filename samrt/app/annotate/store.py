@@ -42,7 +42,8 @@ class AnnotationStore:
         if os.path.realpath(self.out_dir) == folder.path:
             raise SamrtError(f"--out {self.out_dir}: the image folder itself; expected a separate folder")
         prepare_output_dir(self.out_dir, "annotate")  # new, empty, or written by samrt annotate: else refused
-        self.state = {"tool": "samrt annotate", "images_folder": folder.path, "last_image": None}
+        self.state = {"tool": "samrt annotate", "images_folder": folder.path, "last_image": None,
+                      "abandoned": {"attempts": 0, "seconds": 0.0, "clicks": 0}}
         if os.path.isfile(self._state_path):
             with open(self._state_path) as f:
                 self.state.update(json.load(f))
@@ -92,6 +93,15 @@ class AnnotationStore:
         self.state["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         atomic_write_json(self._state_path, self.state)
 
+    def add_abandoned(self, seconds: float, clicks: int) -> None:
+        """An object given up before it was accepted (another image opened): its time and clicks
+        still count in the figures per mask, as the data engine's should."""
+        a = self.state["abandoned"]
+        a["attempts"] += 1
+        a["seconds"] = round(a["seconds"] + float(seconds), 2)
+        a["clicks"] += int(clicks)
+        atomic_write_json(self._state_path, self.state)
+
     def resume_index(self) -> int:
         """The image the work stopped at, else the first image without objects, else 0."""
         last = self.state.get("last_image")
@@ -105,10 +115,13 @@ class AnnotationStore:
     # -- the folder as a whole -------------------------------------------------------------------
     def stats(self) -> dict:
         """The data engine's figures: masks per image (over images with at least one object), and
-        seconds and clicks per manually made mask (first prompt to accept)."""
+        seconds and clicks per manually made mask: each object's from its first prompt to accept,
+        attempts cleared on the way (Esc) included, plus the attempts abandoned on images left
+        without accepting them, over the manual masks."""
         per_image = [len(v) for v in self._objects.values() if v]
         manual = [a for v in self._objects.values() for a in v if a.get("source") == "manual"]
         timed = [a["seconds"] for a in manual if a.get("seconds") is not None]
+        abandoned = self.state["abandoned"]
         return {
             "images": len(self.folder),
             "images_annotated": len(per_image),
@@ -116,8 +129,10 @@ class AnnotationStore:
             "manual_objects": len(manual),
             "prefill_objects": sum(1 for v in self._objects.values() for a in v if a.get("source") == "prefill"),
             "masks_per_image": round(sum(per_image) / len(per_image), 2) if per_image else None,
-            "seconds_per_mask": round(sum(timed) / len(timed), 2) if timed else None,
-            "clicks_per_mask": round(sum(a.get("clicks", 0) for a in manual) / len(manual), 2) if manual else None,
+            "seconds_per_mask": round((sum(timed) + abandoned["seconds"]) / len(timed), 2) if timed else None,
+            "clicks_per_mask": (round((sum(a.get("clicks", 0) for a in manual) + abandoned["clicks"]) / len(manual), 2)
+                                if manual else None),
+            "abandoned_attempts": abandoned["attempts"],
         }
 
     def export_coco(self, path: Optional[str] = None) -> dict:

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from samrt.app.annotate.app import SERVICE, create_app
 from samrt.app.annotate.masks import from_runs
@@ -48,11 +49,19 @@ def test_click_refine_undo_accept_writes_the_image_json(server, scene_folder, tm
         st = await _post(client, f"{s}/select", {"candidate": 2})
         assert st["selected"] == 2
 
-        # a refinement click: the shown answer's low-res logits go back as mask_input
+        # a refinement click: the shown answer's low-res logits go back as mask_input, and (SAM's
+        # protocol) a second prompt gets the single-mask output, token 0
         st = await _post(client, f"{s}/prompt", {"point": [20, 30, 0]})
         assert st["refined"] is True and st["points"] == [[100, 200, 1], [20, 30, 0]]
-        direct = await svc.client.decode(await svc.image_id(0),
-                                         [[100, 200], [20, 30]], [1, 0], mask_input=first.logits[2][None])
+        image_id = await svc.image_id(0)
+        single = await svc.client.decode(image_id, [[100, 200], [20, 30]], [1, 0], mask_input=first.logits[2][None],
+                                         multimask_output=False)
+        assert len(st["candidates"]) == 1 and st["selected"] == 0
+        np.testing.assert_array_equal(from_runs(st["candidates"][0]["runs"], h, w), single["masks"][0, 0])
+        # ... and its three candidates when the annotator asks (c): the same prompts and mask_input
+        st = await _post(client, f"{s}/candidates")
+        direct = await svc.client.decode(image_id, [[100, 200], [20, 30]], [1, 0], mask_input=first.logits[2][None])
+        assert len(st["candidates"]) == 3 and st["selected"] == int(np.argmax(direct["iou_predictions"][0]))
         for k, c in enumerate(st["candidates"]):
             np.testing.assert_array_equal(from_runs(c["runs"], h, w), direct["masks"][0, k])
 
@@ -61,7 +70,7 @@ def test_click_refine_undo_accept_writes_the_image_json(server, scene_folder, tm
         st = await _post(client, f"{s}/redo")
         assert len(st["points"]) == 2 and not st["can_redo"]
         st = await _post(client, f"{s}/prompt", {"box": [90, 150, 10, 300]})   # corners in any order
-        assert st["box"] == [10, 150, 90, 300]
+        assert st["box"] == [10, 150, 90, 300] and len(st["candidates"]) == 1   # a box: token 0
         chosen = from_runs(st["candidates"][st["selected"]]["runs"], h, w)
 
         r = await _post(client, f"{s}/accept")
@@ -135,18 +144,91 @@ def test_two_annotators_at_once_and_a_server_that_goes_away(server, scene_folder
         await asyncio.gather(*[_post(client, f"/api/sessions/{sid}/open", {"index": i}) for i, sid in enumerate(sids)])
         states = await asyncio.gather(*[_post(client, f"/api/sessions/{sid}/prompt", {"point": [30 + 10 * i, 40, 1]})
                                         for i, sid in enumerate(sids) for _ in range(2)])
-        assert all(len(st["candidates"]) == 3 for st in states)
+        # per session a lone click (three candidates), then two clicks (token 0, one mask)
+        assert sorted(len(st["candidates"]) for st in states) == [1, 1, 3, 3]
         await _post(client, f"/api/sessions/{sids[0]}/accept")
 
         from samrt.client import AsyncSamClient
         from samrt.model_repository.server import free_port
 
         svc = app[SERVICE]
-        await svc.client.close()
+        live = svc.client
         svc.client = AsyncSamClient(f"127.0.0.1:{free_port()}", retries=0)   # nobody listens there
         r = await client.post(f"/api/sessions/{sids[1]}/prompt", json={"point": [5, 5, 1]})
-        assert r.status == 503 and "model server unreachable" in (await r.json())["error"]
+        body = await r.json()
+        assert r.status == 503 and "model server unreachable" in body["error"]
         with open(os.path.join(out, "scene_00.json")) as f:
             assert len(json.load(f)["annotations"]) == 1   # accepted work is on disk
+        # the page never shows the old mask for the new prompts: the click is kept, with no mask
+        stale = body["state"]
+        assert stale["points"][-1] == [5, 5, 1] and stale["candidates"] == [] and stale["selected"] is None
+        assert "no answer from the model server" in stale["stale"]
+        assert "got no answer" in (await _post(client, f"/api/sessions/{sids[1]}/accept", status=400))["error"]
+        assert (await client.get("/api/health")).status == 200
+        assert (await (await client.get("/api/health")).json())["model_server"] == "unreachable"
+
+        await svc.client.close()
+        svc.client = live   # the server is back: asking again answers all three prompts
+        st = await _post(client, f"/api/sessions/{sids[1]}/candidates")
+        assert len(st["points"]) == 3 and len(st["candidates"]) == 3 and not st["stale"] and st["refined"]
+        assert (await (await client.get("/api/health")).json())["model_server"] == "ready"
+        r = await _post(client, f"/api/sessions/{sids[1]}/accept")
+        assert r["object"]["clicks"] == 3   # the click that got no answer was a click
 
     with_client(app, run)
+
+
+def test_the_pages_prompt_protocol_equals_samrt_eval(small_server, tmp_path):
+    """The page's protocol (a lone click: best of three candidates; later clicks and boxes: token 0,
+    the shown answer's logits as mask_input) through the app's own service, on held-out scenes,
+    gives `samrt eval`'s figures for the same prompts (samrt.scenes.evaluate, here through the
+    served model). Three scenes (14 objects) keep it short; the 60-scene figures are in
+    docs/annotate.md."""
+    from samrt.client import SamClient, TritonSamPredictor
+    from samrt.scenes import centre_point, eval_scenes, evaluate, mask_iou, next_click
+
+    scenes = eval_scenes(3)
+    folder = tmp_path / "held_out"
+    folder.mkdir()
+    for i, scene in enumerate(scenes):
+        Image.fromarray(scene.image).save(folder / f"scene_{i:02d}.png")
+    app = create_app(str(folder), str(tmp_path / "out"), small_server.grpc_url, prefetch=0)
+    clicks = (1, 2, 3, 5)
+
+    async def run(client):
+        svc = app[SERVICE]
+        sid = (await _post(client, "/api/sessions"))["session"]
+        s = svc.session(sid)
+        best, per_click, boxes = [], {k: [] for k in clicks}, []
+        for i, scene in enumerate(scenes):
+            await _post(client, f"/api/sessions/{sid}/open", {"index": i})
+            for gt in scene.masks:
+                shown = lambda: s.step.answer.masks[s.step.selected]   # the mask the page draws
+                x, y = centre_point(gt)
+                await _post(client, f"/api/sessions/{sid}/prompt", {"point": [x, y, 1]})
+                best.append(mask_iou(shown(), gt))
+                for k in range(2, max(clicks) + 1):
+                    nxt = next_click(shown(), gt)
+                    if nxt is not None:
+                        (x, y), label = nxt
+                        await _post(client, f"/api/sessions/{sid}/prompt", {"point": [x, y, label]})
+                    if k in per_click:
+                        per_click[k].append(mask_iou(shown(), gt))
+                per_click[1].append(best[-1])
+                await _post(client, f"/api/sessions/{sid}/clear")
+                ys, xs = np.nonzero(gt)
+                await _post(client, f"/api/sessions/{sid}/prompt",
+                            {"box": [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]})
+                boxes.append(mask_iou(shown(), gt))
+                await _post(client, f"/api/sessions/{sid}/clear")
+        return best, per_click, boxes
+
+    best, per_click, boxes = with_client(app, run)
+    with SamClient(small_server.grpc_url) as c:
+        ref = evaluate(TritonSamPredictor(c), scenes, clicks)
+    assert ref["num_objects"] == len(best) >= 10
+    tol = 1e-6
+    assert abs(np.mean(best) - ref["miou_1pt_best"]) <= tol
+    assert abs(np.mean(boxes) - ref["miou_box"]) <= tol
+    for k in clicks:
+        assert abs(np.mean(per_click[k]) - ref["miou_clicks"][str(k)]) <= tol, (k, np.mean(per_click[k]), ref)

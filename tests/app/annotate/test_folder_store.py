@@ -168,3 +168,89 @@ def test_sessions_beyond_the_limit_forget_the_least_recently_used(scene_folder, 
             svc.session(second.id)
 
     asyncio.run(run())
+
+
+def test_the_app_answers_only_to_its_own_address(scene_folder, tmp_path):
+    """DNS rebinding: a page of another site whose name resolves to 127.0.0.1 sends its own name as Host."""
+    from samrt.app.annotate.app import host_allowed
+
+    folder, _ = scene_folder
+    app = create_app(folder, str(tmp_path / "out"), "127.0.0.1:1")
+
+    async def run(client):
+        assert (await client.get("/api/images", headers={"Host": "localhost:8080"})).status == 200
+        for host in ("evil.example", "evil.example:8080", "127.0.0.1.evil.example:8080"):
+            r = await client.get("/api/images", headers={"Host": host})
+            assert r.status == 403 and "not this app's address" in await r.text(), host
+        assert (await client.post("/api/sessions", headers={"Host": "evil.example"})).status == 403
+
+    with_client(app, run)
+    assert host_allowed("127.0.0.1:8080", "127.0.0.1") and host_allowed("[::1]:8080", "localhost")
+    assert not host_allowed(None, "127.0.0.1") and not host_allowed("attacker.test", "::1")
+    assert host_allowed("192.168.1.20:8080", "0.0.0.0") and not host_allowed("attacker.test:8080", "0.0.0.0")
+    assert host_allowed("annotate.lan:8080", "annotate.lan") and not host_allowed("127.0.0.1", "annotate.lan")
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_output_files_are_ordinary_files_for_the_users_umask(scene_folder, tmp_path, umask, mode):
+    folder, _ = scene_folder
+    f = ImageFolder(folder)
+    old = os.umask(umask)
+    try:
+        store = AnnotationStore(str(tmp_path / "out"), f)
+        store.add(f.images[0], _object(np.ones((f.images[0].height, f.images[0].width), bool)))
+        store.export_coco()
+    finally:
+        os.umask(old)
+    for name in ("scene_00.json", ".samrt-annotate.json", "instances.json"):
+        assert os.stat(tmp_path / "out" / name).st_mode & 0o777 == mode, name
+
+
+def test_undecodable_images_are_skipped_with_the_reason(scene_folder, tmp_path):
+    import io
+
+    folder, scenes = scene_folder
+    jpeg = io.BytesIO()
+    Image.fromarray(scenes["scene_00.png"].image).save(jpeg, format="JPEG")
+    with open(os.path.join(folder, "cut.jpg"), "wb") as fh:   # a copy that stopped half way
+        fh.write(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    with open(os.path.join(folder, "whole.jpg"), "wb") as fh:
+        fh.write(jpeg.getvalue())
+    f = ImageFolder(folder)
+    reasons = {k.name: k.reason for k in f.skipped}
+    assert "truncated" in reasons["cut.jpg"] and "whole.jpg" in [e.name for e in f.images]
+    # pixels that fail to decode later (here: the file changed after the scan) move the image to skipped
+    entry = f.by_name("scene_01.png")
+    with open(f.file_path(entry), "r+b") as fh:
+        fh.seek(60)
+        fh.write(b"\0" * 200)
+    with pytest.raises(InputError, match="scene_01.png: .*listed under the skipped files"):
+        f.load(entry)
+    assert f.is_broken(entry.index) and "scene_01.png" in [k.name for k in f.skipped]
+    assert f.by_name("scene_01.png") is entry   # it keeps its index
+
+
+def test_esc_starts_the_object_over_but_its_time_and_clicks_go_on(scene_folder, tmp_path):
+    from samrt.app.annotate.session import Session, Step, multimask_output
+
+    s = Session()
+    s.push(s.next_step(point=(1, 2, 1)))
+    started = s.started
+    s.clear()
+    assert s.step.points == [] and s.clicks == 1 and s.started == started and s.working
+    s.push(s.next_step(point=(3, 4, 1)))
+    assert s.clicks == 2
+    s.reset()
+    assert s.clicks == 0 and not s.working
+    # SAM's protocol: three candidates for a lone click only
+    assert multimask_output([(1, 2, 1)], None) and not multimask_output([(1, 2, 1), (3, 4, 0)], None)
+    assert not multimask_output([], (0, 0, 5, 5)) and not multimask_output([(1, 2, 1)], (0, 0, 5, 5))
+    assert Step(points=[(1, 2, 1)]).multimask_output
+
+    folder, _ = scene_folder
+    f = ImageFolder(folder)
+    store = AnnotationStore(str(tmp_path / "out"), f)
+    store.add(f.images[0], _object(np.ones((f.images[0].height, f.images[0].width), bool)))   # 3 clicks, 4.5 s
+    store.add_abandoned(2.5, 3)
+    st = AnnotationStore(str(tmp_path / "out"), ImageFolder(folder)).stats()   # kept in the state file
+    assert st["abandoned_attempts"] == 1 and st["seconds_per_mask"] == 7.0 and st["clicks_per_mask"] == 6.0

@@ -1,17 +1,25 @@
 // samrt annotate: the page. State lives on the server (per session); this draws it and sends actions.
-import { decodeRuns, maskLayer, drawMarker, drawBox, rgb } from "./draw.js";
+// The page never shows a mask for prompts the model did not answer: a failed prompt leaves its
+// points with no mask (stale), which Enter does not accept; it reconnects by itself.
+import { decodeRuns, maskLayer, drawMarker, drawBox, rgb, distinctColor } from "./draw.js";
 
 const $ = (id) => document.getElementById(id);
 const S = {
   config: null, images: [], session: null, index: null, info: null, bitmap: null,
   state: null, objects: [], proposals: [], focus: 0, layers: new Map(), drag: null, serial: 0, prompts: 0,
+  watching: null,
 };
 const view = $("view");
 const ctx = view.getContext("2d");
 
 // -- talking to the app --------------------------------------------------------------------------
+class ApiError extends Error {
+  constructor(message, status, data) { super(message); this.status = status; this.data = data; }
+}
+
 function showError(text) { $("error").textContent = text; $("error").hidden = false; }
 function hideError() { $("error").hidden = true; }
+const saved = () => `Objects already accepted are saved in ${S.config ? S.config.out : "the output folder"}.`;
 
 async function api(method, path, body) {
   let resp;
@@ -21,27 +29,58 @@ async function api(method, path, body) {
       body: body ? JSON.stringify(body) : undefined,
     });
   } catch (e) {
-    showError(`The annotation app does not answer (${e.message}). Objects already accepted are saved in ` +
-              `${S.config ? S.config.out : "the output folder"}.`);
-    throw e;
+    showError(`The annotation app does not answer (${e.message}). ${saved()} This page reconnects by itself.`);
+    watchHealth();
+    throw new ApiError(e.message, 0, null);
   }
   const data = await resp.json().catch(() => ({ error: `HTTP ${resp.status} ${resp.statusText}` }));
   if (!resp.ok) {
-    const saved = resp.status >= 500 ? ` Objects already accepted are saved in ${S.config ? S.config.out : "the output folder"}.` : "";
-    showError(`${data.error}${saved}`);
-    throw new Error(data.error);
+    if (resp.status === 404 && data.session_unknown && S.session) {
+      recoverSession().catch(() => {});
+    } else if (resp.status >= 500) {
+      showError(`${data.error} ${saved()} This page reconnects by itself.`);
+      watchHealth();
+    } else {
+      showError(data.error);
+    }
+    throw new ApiError(data.error, resp.status, data);
   }
-  hideError();
+  if (!S.watching) hideError();
   return data;
 }
 const post = (path, body) => api("POST", path, body);
 const sess = (action) => `/api/sessions/${S.session}/${action}`;
 
+// While something is down, ask every 1.5 s whether the app and the model server answer again.
+function watchHealth() {
+  if (S.watching) return;
+  $("conn-info").textContent = "· reconnecting…";
+  S.watching = setInterval(async () => {
+    try {
+      const r = await fetch("/api/health");
+      if (!r.ok || (await r.json()).model_server !== "ready") return;
+    } catch (e) { return; }
+    clearInterval(S.watching);
+    S.watching = null;
+    hideError();
+    $("conn-info").textContent = "· reconnected";
+    document.body.dataset.reconnected = String(Number(document.body.dataset.reconnected || 0) + 1);
+    refreshImages().catch(() => {});
+  }, 1500);
+}
+
+// The app was restarted (it forgot this tab's session): a new session on the same image.
+async function recoverSession() {
+  S.session = (await post("/api/sessions")).session;
+  if (S.index !== null) await goTo(S.index);
+  $("conn-info").textContent = "· the annotation app restarted: the object being made was lost";
+}
+
 // -- drawing ---------------------------------------------------------------------------------------
-function layer(key, runs, color, alpha) {
+function layer(key, runs, color, alpha, tones = null) {
   if (!S.layers.has(key)) {
     const h = S.info.height, w = S.info.width;
-    S.layers.set(key, maskLayer(decodeRuns(runs, h, w), h, w, color, S.config.style, alpha));
+    S.layers.set(key, maskLayer(decodeRuns(runs, h, w), h, w, color, S.config.style, alpha, tones));
   }
   return S.layers.get(key);
 }
@@ -51,21 +90,27 @@ function objectColor(id) {
   return p[1 + (id % (p.length - 1))];  // palette[0] is kept for the mask being made
 }
 
+const proposalColor = (pid) => distinctColor(pid);  // each proposal its own colour, however many
+
 function render() {
   if (!S.bitmap || !S.info) return;
   const st = S.config.style, h = S.info.height, w = S.info.width;
   ctx.clearRect(0, 0, w, h);
   ctx.drawImage(S.bitmap, 0, 0, w, h);
   for (const o of S.objects) ctx.drawImage(layer(`o${S.index}:${o.id}`, o.runs, objectColor(o.id)), 0, 0);
-  // proposals: all of them faint, the highlighted one (k / x act on it) as a mask is drawn
-  S.proposals.forEach((p, i) => {
-    const focus = i === S.focus;
-    ctx.drawImage(layer(`p${S.index}:${p.pid}:${focus}`, p.runs, st.palette[4], focus ? st.fill_alpha : 0.12), 0, 0);
-  });
+  // proposals: each in its own colour, faint; the highlighted one (k / x act on it) filled and
+  // outlined in two tones, drawn last
+  const order = S.proposals.map((p, i) => i).sort((a, b) => (a === S.focus) - (b === S.focus));
+  for (const i of order) {
+    const p = S.proposals[i], focus = i === S.focus;
+    ctx.drawImage(layer(`p${S.index}:${p.pid}:${focus}`, p.runs, proposalColor(p.pid),
+                        focus ? st.fill_alpha : st.proposal_alpha, focus ? st.outline_tones : null), 0, 0);
+  }
   let drawn = false;
   const s = S.state;
   if (s && s.candidates.length && s.selected !== null) {
-    ctx.drawImage(layer(`c${S.serial}:${s.selected}`, s.candidates[s.selected].runs, st.palette[0]), 0, 0);
+    ctx.drawImage(layer(`c${S.serial}:${s.selected}`, s.candidates[s.selected].runs, st.palette[0], st.fill_alpha,
+                        st.outline_tones), 0, 0);
     drawn = true;
   }
   if (s && s.box) drawBox(ctx, s.box, st, h, w);
@@ -73,6 +118,8 @@ function render() {
   if (s) for (const [x, y, label] of s.points) drawMarker(ctx, x, y, label, st, h, w);
   view.dataset.maskDrawn = String(drawn);
   view.dataset.selected = s && s.selected !== null ? String(s.selected) : "";
+  view.dataset.stale = String(Boolean(s && s.stale));
+  view.dataset.focus = S.proposals.length ? String(S.proposals[S.focus].pid) : "";
 }
 
 // -- panels ----------------------------------------------------------------------------------------
@@ -82,8 +129,9 @@ function renderImages(list) {
   ol.replaceChildren(...list.images.map((im) => {
     const li = document.createElement("li");
     li.textContent = `${im.name} (${im.objects})`;
-    li.title = `${im.width}x${im.height}, ${im.objects} objects`;
+    li.title = im.broken ? `cannot be decoded: ${im.broken}` : `${im.width}x${im.height}, ${im.objects} objects`;
     li.classList.toggle("done", im.objects > 0);
+    li.classList.toggle("broken", Boolean(im.broken));
     li.classList.toggle("current", im.index === S.index);
     li.onclick = () => goTo(im.index).catch(() => {});
     return li;
@@ -104,22 +152,39 @@ function renderImages(list) {
 
 function renderStats(st) {
   const f = (v, unit) => (v === null || v === undefined ? "–" : `${v}${unit}`);
+  const gave = st.abandoned_attempts ? ` (incl. ${st.abandoned_attempts} abandoned attempts)` : "";
   $("stats").textContent = `${st.objects} masks · ${f(st.seconds_per_mask, " s")} per mask · ` +
-    `${f(st.masks_per_image, "")} masks per image · ${f(st.clicks_per_mask, "")} clicks per mask`;
+    `${f(st.masks_per_image, "")} masks per image · ${f(st.clicks_per_mask, "")} clicks per mask${gave}`;
 }
 
 function renderCandidates() {
   const s = S.state;
   const box = $("candidates");
+  if (s && s.stale) {
+    const p = document.createElement("p");
+    p.className = "stale";
+    p.textContent = `No mask for these prompts: ${s.stale}. Click again, press c to ask again, or z to undo.`;
+    box.replaceChildren(p);
+    return;
+  }
   if (!s || !s.candidates.length) { box.textContent = "click on an object"; return; }
-  box.replaceChildren(...s.candidates.map((c, k) => {
+  const buttons = s.candidates.map((c, k) => {
     const b = document.createElement("button");
     b.textContent = `${k + 1} · predicted IoU ${c.score.toFixed(3)} · ${c.area} px`;
     b.classList.toggle("selected", k === s.selected);
     b.dataset.candidate = String(k);
     b.onclick = () => select(k).catch(() => {});
     return b;
-  }));
+  });
+  if (s.candidates.length === 1) {
+    const more = document.createElement("button");
+    more.id = "ask-candidates";
+    more.textContent = "c · the three candidates";
+    more.title = "boxes and later clicks get SAM's single mask; ask for its three candidates";
+    more.onclick = () => candidates().catch(() => {});
+    buttons.push(more);
+  }
+  box.replaceChildren(...buttons);
 }
 
 function renderObjects() {
@@ -145,8 +210,11 @@ function renderProposals() {
   $("proposals").replaceChildren(...S.proposals.map((p, i) => {
     const li = document.createElement("li");
     li.classList.toggle("focus", i === S.focus);
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = rgb(proposalColor(p.pid));
     const t = document.createElement("span");
-    t.textContent = `IoU ${p.score.toFixed(2)} · stab ${p.stability_score.toFixed(2)} · ${p.area} px`;
+    t.textContent = `${i === S.focus ? "▶ " : ""}IoU ${p.score.toFixed(2)} · stab ${p.stability_score.toFixed(2)} · ${p.area} px`;
     t.onmouseenter = () => { S.focus = i; renderProposals(); render(); };
     const keep = document.createElement("button");
     keep.textContent = "keep";
@@ -154,7 +222,7 @@ function renderProposals() {
     const drop = document.createElement("button");
     drop.textContent = "reject";
     drop.onclick = () => rejectProposal(p.pid).catch(() => {});
-    li.append(t, keep, drop);
+    li.append(sw, t, keep, drop);
     return li;
   }));
 }
@@ -177,9 +245,17 @@ async function goTo(index) {
     if (!r.ok) throw new Error(`image ${name}: HTTP ${r.status}`);
     return r.blob();
   }).then((b) => createImageBitmap(b));
-  $("encode-info").textContent = "encoding…";
-  const info = await post(sess("open"), { index });
-  S.bitmap = await bitmapP;
+  bitmapP.catch(() => {});
+  $("encode-info").textContent = `· opening ${name}, encoding…`;
+  let info;
+  try {
+    info = await post(sess("open"), { index });
+    S.bitmap = await bitmapP;
+  } catch (e) {
+    $("encode-info").textContent = `· could not open ${name}: ${e.message}`;
+    refreshImages().catch(() => {});
+    throw e;
+  }
   S.index = index; S.info = info; S.objects = info.objects; S.proposals = []; S.layers.clear();
   view.width = info.width; view.height = info.height;
   fit();
@@ -189,27 +265,58 @@ async function goTo(index) {
   $("latency").textContent = "";
   $("prefill-info").textContent = "";
   renderObjects(); renderProposals();
-  setState({ points: [], box: null, candidates: [], selected: null, can_undo: false, can_redo: false });
+  setState({ points: [], box: null, candidates: [], selected: null, stale: null, can_undo: false, can_redo: false });
   refreshImages().catch(() => {});
+}
+
+// The next image in `dir` (+1 / -1) that can be decoded.
+function step(dir) {
+  let i = (S.index ?? 0) + dir;
+  while (i >= 0 && i < S.images.length && S.images[i].broken) i += dir;
+  return goTo(i);
 }
 
 async function prompt(body) {
   const seq = ++S.prompts;   // a newer prompt's answer supersedes this one (it includes this prompt)
   const t0 = performance.now();
-  const state = await post(sess("prompt"), body);
+  let state;
+  try {
+    state = await post(sess("prompt"), body);
+  } catch (e) {
+    if (seq !== S.prompts) throw e;
+    $("latency").textContent = "";
+    if (e.data && e.data.state) setState(e.data.state);   // the app kept the prompt: its points, no mask
+    else if (S.state && e.status !== 400) {                // no answer at all: never leave the old mask up
+      const points = body.point ? [...S.state.points, body.point] : S.state.points;
+      setState({ ...S.state, points, box: body.box || S.state.box, candidates: [], selected: null, stale: e.message });
+    }
+    throw e;
+  }
   const ms = performance.now() - t0;
   if (seq !== S.prompts) return;
   $("latency").textContent = `· click ${ms.toFixed(0)} ms (decode ${state.latency_ms} ms${state.refined ? ", refined" : ""})`;
   setState(state);
 }
 
+async function candidates() {
+  if (!S.state || (!S.state.points.length && !S.state.box)) return;
+  const seq = ++S.prompts;
+  try {
+    const state = await post(sess("candidates"));
+    if (seq === S.prompts) setState(state);
+  } catch (e) {
+    if (seq === S.prompts && e.data && e.data.state) setState(e.data.state);
+    throw e;
+  }
+}
+
 async function select(k) {
-  if (!S.state || k >= S.state.candidates.length) return;
+  if (!S.state || S.state.stale || k >= S.state.candidates.length) return;
   setState(await post(sess("select"), { candidate: k }));
 }
 
 async function accept() {
-  if (!S.state || S.state.selected === null) return;
+  if (!S.state || S.state.stale || S.state.selected === null) return;   // nothing shown: nothing to accept
   const r = await post(sess("accept"));
   S.objects = r.objects;
   renderObjects();
@@ -229,7 +336,7 @@ async function prefill() {
     const r = await post(sess("prefill"));
     S.proposals = r.proposals; S.focus = 0;
     $("prefill-info").textContent = `${r.proposals.length} proposals (${r.generated} generated, ${(r.amg_ms / 1000).toFixed(1)} s)`;
-  } catch (e) { $("prefill-info").textContent = "failed"; throw e; }
+  } catch (e) { $("prefill-info").textContent = `failed: ${e.message}`; throw e; }
   renderProposals(); render();
 }
 
@@ -242,6 +349,14 @@ async function keepProposal(pid) {
 async function rejectProposal(pid) {
   S.proposals = (await post(sess(`proposals/${pid}/reject`))).proposals;
   renderProposals(); render();
+}
+
+async function exportCoco() {
+  $("export-info").textContent = "writing…";
+  try {
+    const r = await post("/api/export/coco");
+    $("export-info").textContent = `wrote ${r.path} (${r.images} images, ${r.annotations} annotations)`;
+  } catch (e) { $("export-info").textContent = `failed: ${e.message}`; throw e; }
 }
 
 const simple = (action) => async () => setState(await post(sess(action)));
@@ -285,7 +400,7 @@ view.addEventListener("pointerup", (ev) => {
   if (d.box) {
     const b = d.box;
     prompt({ box: [clamp(b[0], S.info.width), clamp(b[1], S.info.height), clamp(b[2], S.info.width), clamp(b[3], S.info.height)] })
-      .catch(() => {});   // shown in the error banner
+      .catch(() => {});   // shown in the error banner and the candidates panel
   } else {
     const [x, y] = d.start;
     prompt({ point: [clamp(x, S.info.width), clamp(y, S.info.height), d.button === 2 || d.shift ? 0 : 1] })
@@ -298,26 +413,24 @@ document.addEventListener("keydown", (ev) => {
   const k = ev.key, ctrl = ev.ctrlKey || ev.metaKey;
   const run = (fn) => { ev.preventDefault(); fn().catch(() => {}); };
   if (["1", "2", "3"].includes(k)) run(() => select(Number(k) - 1));
+  else if (k === "c" && !ctrl) run(candidates);
   else if (k === "Enter") run(accept);
   else if (k === "Escape") run(clear);
   else if ((k === "z" && !ctrl) || (k === "z" && ctrl && !ev.shiftKey)) run(undo);
   else if (k === "y" || (k.toLowerCase() === "z" && ctrl && ev.shiftKey) || k === "Z") run(redo);
-  else if (k === "n" || k === "ArrowRight") run(() => goTo(S.index + 1));
-  else if (k === "p" || k === "ArrowLeft") run(() => goTo(S.index - 1));
+  else if (k === "n" || k === "ArrowRight") run(() => step(1));
+  else if (k === "p" || k === "ArrowLeft") run(() => step(-1));
   else if (k === "f") run(prefill);
   else if (k === "k" && S.proposals[S.focus]) run(() => keepProposal(S.proposals[S.focus].pid));
   else if (k === "x" && S.proposals[S.focus]) run(() => rejectProposal(S.proposals[S.focus].pid));
 });
 
 const click = (id, fn) => { $(id).onclick = () => fn().catch(() => {}); };
-click("prev", () => goTo(S.index - 1));
-click("next", () => goTo(S.index + 1));
+click("prev", () => step(-1));
+click("next", () => step(1));
 click("undo", undo); click("redo", redo); click("clear", clear); click("accept", accept);
 click("prefill", prefill);
-click("export-coco", async () => {
-  const r = await post("/api/export/coco");
-  $("prefill-info").textContent = `wrote ${r.path} (${r.images} images, ${r.annotations} annotations)`;
-});
+click("export-coco", exportCoco);
 
 // -- start -------------------------------------------------------------------------------------------
 async function start() {

@@ -48,31 +48,45 @@ export function maskOutline(mask, height, width, steps) {
   return depth;   // nonzero where the outline is
 }
 
+// The outline's two tones (samrt.visualize.two_tone_outline): its outer half (rings 1..ceil(w/2)
+// from the boundary) and the rest, so that one of them stands out on any image.
+export function outerRings(width) { return Math.ceil(Math.max(1, width) / 2); }
+
 // An offscreen canvas holding the mask's fill and outline, to draw over the image (source-over).
-export function maskLayer(mask, height, width, color, style, fillAlpha = style.fill_alpha) {
+// `tones` [dark, light]: the outline in two tones (the mask being made), else in `color`.
+export function maskLayer(mask, height, width, color, style, fillAlpha = style.fill_alpha, tones = null) {
   const canvas = document.createElement("canvas");
   canvas.width = width;
   canvas.height = height;
   const ctx = canvas.getContext("2d");
   const img = ctx.createImageData(width, height);
-  const edge = maskOutline(mask, height, width, scaled(style.outline_width, height, width, 1));
+  const steps = scaled(style.outline_width, height, width, 1);
+  const edge = maskOutline(mask, height, width, steps);
+  const outer = outerRings(steps);
   const a = Math.round(fillAlpha * 255), shade = style.outline_shade;
   const oa = Math.round(style.outline_alpha * 255);
+  const put = (o, c, alpha) => { img.data[o] = c[0]; img.data[o + 1] = c[1]; img.data[o + 2] = c[2]; img.data[o + 3] = alpha; };
+  const shaded = [color[0] * shade, color[1] * shade, color[2] * shade];
   for (let i = 0; i < mask.length; i++) {
     if (!mask[i]) continue;
     const o = i * 4;
-    if (edge[i]) {
-      img.data[o] = color[0] * shade; img.data[o + 1] = color[1] * shade; img.data[o + 2] = color[2] * shade;
-      img.data[o + 3] = oa;
-    } else {
-      img.data[o] = color[0]; img.data[o + 1] = color[1]; img.data[o + 2] = color[2]; img.data[o + 3] = a;
-    }
+    if (edge[i]) put(o, tones ? tones[edge[i] <= outer ? 0 : 1] : shaded, oa);
+    else put(o, color, a);
   }
   ctx.putImageData(img, 0, 0);
   return canvas;
 }
 
 const rgb = (c) => `rgb(${c[0]},${c[1]},${c[2]})`;
+
+// The i-th of any number of distinct colours (prefill proposals): hues a golden angle apart,
+// saturated and mid-light, as [r, g, b].
+export function distinctColor(i) {
+  const h = (i * 137.508) % 360, s = 0.85, l = 0.55;
+  const k = (n) => (n + h / 30) % 12, a = s * Math.min(l, 1 - l);
+  const f = (n) => l - a * Math.max(-1, Math.min(k(n) - 3, 9 - k(n), 1));
+  return [Math.round(255 * f(0)), Math.round(255 * f(8)), Math.round(255 * f(4))];
+}
 
 export function drawMarker(ctx, x, y, label, style, height, width) {
   const r = scaled(style.marker_radius, height, width, 4);
