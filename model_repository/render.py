@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 from samrt import wire
-from samrt.artifacts import record_entries, replace_recorded_entries
+from samrt.artifacts import prepare_output_dir, record_entries, replace_recorded_entries
 from samrt.spec import SamConfig, decoder_spec, encoder_spec
+
+from .disk_cache import engine_fingerprint
 
 __all__ = ["RepoOptions", "render_repository", "model_configs", "parse_config"]
 
@@ -59,6 +61,10 @@ class RepoOptions:
     encoder_queue_delay_us: int = 2000
     # "idle": image encoding and automatic masks run under SCHED_IDLE, so clicks come first.
     background_priority: str = "idle"
+    # A disk tier under the embedding cache (samrt.model_repository.disk_cache): entries survive a
+    # restart. None: memory only. Its files are keyed by the served engines' content.
+    cache_dir: Optional[str] = None
+    cache_dir_bytes: int = 16 * 1024 ** 3  # 4096 official embeddings of 4 MiB
 
 
 def _params(**kw) -> dict:
@@ -98,6 +104,9 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder_onnx: str, opts: Re
     embedding_shape = ",".join(str(sizes[d] if isinstance(d, str) else d)
                                for d in wire.SAM_MASK_DECODER.output("image_embeddings").dims)
     cache_params = _params(cache_bytes=opts.cache_bytes, embedding_shape=embedding_shape, image_size=cfg.image_size)
+    if opts.cache_dir:
+        cache_params.update(_params(cache_dir=os.path.abspath(opts.cache_dir), cache_dir_bytes=opts.cache_dir_bytes,
+                                    cache_model_key=engine_fingerprint([encoder_onnx, decoder_onnx])))
     decoder_params = _params(engine_path=os.path.abspath(decoder_onnx), device=opts.device, image_size=cfg.image_size)
     batching = {"dynamic_batching": {"max_queue_delay_microseconds": opts.decoder_queue_delay_us}}
     batching = batching if opts.dynamic_batching else {}
@@ -185,6 +194,8 @@ def render_repository(
     for path in (encoder_onnx, decoder_onnx):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such ONNX file (run `samrt export` first)")
+    if opts.cache_dir:  # refused now, with the folder named, rather than when the model loads
+        prepare_output_dir(opts.cache_dir, "embedding-cache")
     replace_recorded_entries(out_dir, "build-repo")
     configs = model_configs(cfg, encoder_onnx, decoder_onnx, opts)
     record_entries(out_dir, list(configs))

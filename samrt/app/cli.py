@@ -133,13 +133,18 @@ def _repo_options(p) -> None:
                    help="engine to serve (built by `samrt build-engine`; its report travels along); default fp32, "
                         "with --backend openvino auto: the fastest variant of each graph that passes the gate")
     p.add_argument("--cache-bytes", type=int, default=d.cache_bytes, help="embedding cache budget (LRU)")
+    p.add_argument("--cache-dir", default=d.cache_dir,
+                   help="a disk tier under the embedding cache: embeddings survive restarts (new, empty, or "
+                        "a folder samrt made for it)")
+    p.add_argument("--cache-dir-bytes", type=int, default=d.cache_dir_bytes,
+                   help="bound of --cache-dir in bytes (LRU; default 16 GiB)")
     p.add_argument("--max-prompts", type=int, default=d.max_prompts, help="prompts per sam_decode request")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image (pixels) sam_encode and sam_amg accept; default 8192*8192 = 67 M")
 
 
 def _opts(args):
     return RepoOptions(device=args.device, cache_bytes=args.cache_bytes, max_prompts=args.max_prompts,
-                       max_pixels=args.max_pixels)
+                       max_pixels=args.max_pixels, cache_dir=args.cache_dir, cache_dir_bytes=args.cache_dir_bytes)
 
 
 def _add_build_repo(sub) -> None:
