@@ -23,6 +23,7 @@ from samrt.model_repository.render import RepoOptions
 from samrt.spec import MODEL_CONFIGS, MODEL_TYPE_CHOICES
 
 from . import pipeline
+from .exports import parse_formats, read_documents, write_exports
 
 
 def _add_export(sub) -> None:
@@ -226,6 +227,12 @@ def _add_amg(sub) -> None:
     p.add_argument("--stability-score-thresh", type=float, default=d.stability_score_thresh)
     p.add_argument("--crop-n-layers", type=int, default=d.crop_n_layers)
     p.add_argument("--min-mask-region-area", type=int, default=d.min_mask_region_area)
+    p.add_argument("--format", default="sa1b",
+                   help="beside the SA-1B JSON per image (COCO RLE): coco (polygons, OUT/coco/instances.json), "
+                        "yolo (Ultralytics, OUT/yolo/), label-studio (tasks with predictions, OUT/label-studio/); "
+                        "comma-separated")
+    p.add_argument("--image-url", help="label-studio: prefix of the tasks' image URLs (default "
+                                       "/data/local-files/?d=<folder name>/, Label Studio's local files)")
     _client_args(p)
     r = p.add_argument_group("on Ray, in-process engines instead of a server (pip install 'samrt[ray]')")
     r.add_argument("--ray", action="store_true", help="run on a Ray cluster: resumable, failures to OUT/failures.jsonl")
@@ -238,8 +245,17 @@ def _add_amg(sub) -> None:
 
 
 def cmd_amg(args) -> int:
-    if args.ray:
-        return _cmd_amg_ray(args)
+    formats = parse_formats(args.format)
+    rc = _cmd_amg_ray(args) if args.ray else _cmd_amg_server(args)
+    if formats:
+        names = sorted(n for n in os.listdir(args.out) if n.endswith(".json"))
+        for fmt, path in write_exports(formats, read_documents(args.out, names), args.out, args.folder,
+                                       args.image_url).items():
+            print(f"wrote {fmt}: {path}")
+    return rc
+
+
+def _cmd_amg_server(args) -> int:
     given = [f for f, v in (("--ray-address", args.ray_address), ("--checkpoint", args.checkpoint),
                             ("--actors", args.actors != 1), ("--cpus-per-actor", args.cpus_per_actor)) if v]
     if given:

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 from samrt.artifacts import prepare_output_dir
 from samrt.errors import SamrtError
 
+from ..exports import write_exports
 from .folder import ImageEntry, ImageFolder
 
 __all__ = ["AnnotationStore", "STATE_FILE", "COCO_FILE", "write_json_atomic"]
@@ -136,6 +137,18 @@ class AnnotationStore:
             "seconds_per_mask": round(sum(timed) / len(timed), 2) if timed else None,
             "clicks_per_mask": round(sum(a.get("clicks", 0) for a in manual) / len(manual), 2) if manual else None,
         }
+
+    def documents(self) -> List[dict]:
+        """The SA-1B document of every image with at least one object (what the exports read)."""
+        return [{"image": {"image_id": e.index, "file_name": e.name, "width": e.width, "height": e.height},
+                 "annotations": self._objects[e.name]} for e in self.folder.images if self._objects.get(e.name)]
+
+    def export(self, fmt: str) -> dict:
+        """`samrt.app.exports` format `fmt` (coco with polygons, yolo, label-studio) of the annotated
+        images into `<out>/<fmt>/`; returns {path, images, annotations}."""
+        docs = self.documents()
+        path = write_exports([fmt], docs, self.out_dir, self.folder.path)[fmt]
+        return {"path": path, "images": len(docs), "annotations": sum(len(d["annotations"]) for d in docs)}
 
     def export_coco(self, path: Optional[str] = None) -> dict:
         """COCO instances for the whole folder (one category, 'object'); returns {path, images, annotations}."""

@@ -314,10 +314,13 @@ click("prev", () => goTo(S.index - 1));
 click("next", () => goTo(S.index + 1));
 click("undo", undo); click("redo", redo); click("clear", clear); click("accept", accept);
 click("prefill", prefill);
-click("export-coco", async () => {
-  const r = await post("/api/export/coco");
-  $("prefill-info").textContent = `wrote ${r.path} (${r.images} images, ${r.annotations} annotations)`;
-});
+for (const [id, fmt] of [["export-coco", "coco-rle"], ["export-polygons", "coco"], ["export-yolo", "yolo"],
+                         ["export-label-studio", "label-studio"]]) {
+  click(id, async () => {
+    const r = await post(`/api/export/${fmt}`);
+    $("prefill-info").textContent = `wrote ${r.path} (${r.images} images, ${r.annotations} annotations)`;
+  });
+}
 
 // -- start -------------------------------------------------------------------------------------------
 async function start() {
