@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
 from samrt import imageio
-from samrt.errors import InputError
+from samrt.errors import ImageNotCachedError, InputError, SamrtError
+from samrt.wire import image_id_of
 from samrt.visualize import overlay, save_png
 
 from ._client import SamClient
 from .amg import TritonSamAutomaticMaskGenerator
 from .predictor import TritonSamPredictor
 
-__all__ = ["parse_point", "parse_box", "load_image", "segment_file", "amg_folder", "amg_document", "IMAGE_SUFFIXES"]
+__all__ = ["parse_point", "parse_box", "load_image", "segment_file", "amg_folder", "amg_document", "encode_folder",
+           "list_images", "IMAGE_SUFFIXES", "ENCODE_WORKERS"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+ENCODE_WORKERS = 4  # requests in flight: the server's encoder batch (RepoOptions.encoder_max_batch)
+# Keyword arguments of SamClient.encode for bulk work (e.g. background priority, where the SDK has it).
+BULK_ENCODE: dict = {}
 
 
 def parse_point(text: str) -> Tuple[float, float, int]:
@@ -77,15 +84,57 @@ def amg_document(image_id: int, file_name: str, image: np.ndarray, records: List
             "annotations": [{"id": k, **r} for k, r in enumerate(records)]}
 
 
-def amg_folder(client: SamClient, folder: str, out_dir: str, progress: bool = True, **amg_kwargs) -> List[str]:
-    """One SA-1B style JSON (image info + COCO RLE annotations) per image of `folder`."""
-    from tqdm import tqdm  # tqdm: the client extra
-
+def list_images(folder: str) -> List[str]:
+    """The image files of `folder` (by suffix, IMAGE_SUFFIXES), sorted; InputError when none."""
     if not os.path.isdir(folder):
         raise InputError(f"{folder}: not a folder; expected a folder of images")
     files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
     if not files:
         raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _encode_one(client: SamClient, path: str) -> str:
+    """'encoded' or 'held' (the server already holds the image: nothing sent but its id)."""
+    image = load_image(path)
+    try:
+        client.image_size(image_id_of(image))  # asks the cache (memory, or its disk tier) without encoding
+        return "held"
+    except ImageNotCachedError:
+        client.encode(image, **BULK_ENCODE)
+        return "encoded"
+
+
+def encode_folder(client: SamClient, folder: str, workers: int = ENCODE_WORKERS, progress: bool = True) -> dict:
+    """`samrt encode`: embed every image of `folder` on the server ahead of time, `workers`
+    requests in flight. Resumable: an image the server already holds (same pixels: same id) is
+    skipped. An image that cannot be read or encoded is listed under `failed` and the rest go on.
+    Returns {images, encoded, held, failed: [{file_name, reason}], seconds}."""
+    from tqdm import tqdm  # tqdm: the client extra
+
+    if workers < 1:
+        raise InputError(f"workers: got {workers}, expected >= 1")
+    files = list_images(folder)
+    counts, failed, t0 = {"encoded": 0, "held": 0}, [], time.monotonic()
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(files), desc="encode", unit="image",
+                                                   disable=not progress) as bar:
+        futures = {pool.submit(_encode_one, client, os.path.join(folder, name)): name for name in files}
+        for future in as_completed(futures):
+            try:
+                counts[future.result()] += 1
+            except (SamrtError, OSError, ValueError) as e:
+                failed.append({"file_name": futures[future], "reason": f"{type(e).__name__}: {e}"})
+            bar.update(1)
+            bar.set_postfix(encoded=counts["encoded"], held=counts["held"], failed=len(failed))
+    return {"images": len(files), **counts, "failed": sorted(failed, key=lambda f: f["file_name"]),
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
+def amg_folder(client: SamClient, folder: str, out_dir: str, progress: bool = True, **amg_kwargs) -> List[str]:
+    """One SA-1B style JSON (image info + COCO RLE annotations) per image of `folder`."""
+    from tqdm import tqdm  # tqdm: the client extra
+
+    files = list_images(folder)
     generator = TritonSamAutomaticMaskGenerator(client, output_mode="coco_rle", **amg_kwargs)
     os.makedirs(out_dir, exist_ok=True)
     written = []

@@ -271,6 +271,24 @@ def _cmd_amg_server(args) -> int:
     return 0
 
 
+def _add_encode(sub) -> None:
+    p = sub.add_parser("encode", help="embed a folder of images on the server ahead of time (resumable)")
+    p.add_argument("folder")
+    p.add_argument("--workers", type=int, default=4, help="requests in flight (the server's encoder batch: 4)")
+    _client_args(p)
+    p.set_defaults(func=cmd_encode)
+
+
+def cmd_encode(args) -> int:
+    from samrt.client import SamClient  # tritonclient: the client extra
+    from samrt.client.cli import encode_folder
+
+    with SamClient(args.url, args.protocol, timeout=args.timeout) as client:
+        summary = encode_folder(client, args.folder, args.workers)
+    print(json.dumps(summary, indent=2))
+    return 1 if summary["failed"] else 0
+
+
 def _add_annotate(sub) -> None:
     p = sub.add_parser("annotate", help="SAM's data engine in a browser: click, accept, next; SA-1B JSON per image")
     p.add_argument("folder", help="folder of images to annotate")
@@ -444,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_segment(sub)
     _add_amg(sub)
+    _add_encode(sub)
     _add_build_engine(sub)
     _add_bench(sub)
     _add_eval(sub)
