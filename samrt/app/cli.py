@@ -271,6 +271,33 @@ def _cmd_amg_server(args) -> int:
     return 0
 
 
+def _add_label_studio(sub) -> None:
+    p = sub.add_parser("label-studio", help="Label Studio's ML backend: interactive SAM masks and pre-annotation")
+    p.add_argument("--url", default="localhost:8001", help="the samrt server (`samrt serve`), or replicas comma-separated")
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=9090, help="Label Studio's ML backends' usual port")
+    p.add_argument("--preannotate", action="store_true",
+                   help="automatic masks for tasks opened without a prompt, in every project (a project can ask "
+                        "for it alone with extra_params {\"preannotate\": true})")
+    p.add_argument("--preannotate-timeout", type=float, default=60.0,
+                   help="seconds per task for automatic masks (keep it below Label Studio's ML_TIMEOUT_PREDICT, 100)")
+    p.add_argument("--points-per-side", type=int, default=32, help="pre-annotation grid")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="pre-annotation filter")
+    p.add_argument("--stability-score-thresh", type=float, default=0.95, help="pre-annotation filter")
+    p.set_defaults(func=cmd_label_studio)
+
+
+def cmd_label_studio(args) -> int:
+    from .label_studio.app import run_label_studio  # aiohttp, label_studio_converter: the label-studio extra
+
+    run_label_studio(args.url, args.host, args.port, protocol=args.protocol, preannotate=args.preannotate,
+                     preannotate_timeout=args.preannotate_timeout,
+                     amg_options={"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+                                  "stability_score_thresh": args.stability_score_thresh})
+    return 0
+
+
 def _add_encode(sub) -> None:
     p = sub.add_parser("encode", help="embed a folder of images on the server ahead of time (resumable)")
     p.add_argument("folder")
@@ -463,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment(sub)
     _add_amg(sub)
     _add_encode(sub)
+    _add_label_studio(sub)
     _add_build_engine(sub)
     _add_bench(sub)
     _add_eval(sub)

@@ -32,7 +32,7 @@ from samrt.errors import InputError
 
 from .label_studio.regions import DEFAULT_LABEL, LABEL_TAGS, brush_region
 
-__all__ = ["FORMATS", "POLYGON_TOLERANCE", "CATEGORY", "mask_polygons", "coco_instances", "yolo_lines",
+__all__ = ["FORMATS", "POLYGON_TOLERANCE", "CATEGORY", "rle_mask", "mask_polygons", "coco_instances", "yolo_lines",
            "label_studio_tasks", "write_exports", "read_documents", "parse_formats"]
 
 FORMATS = ("coco", "yolo", "label-studio")
@@ -49,13 +49,18 @@ def parse_formats(text: str) -> List[str]:
     return [n for n in names if n != "sa1b"]
 
 
-def _mask(record: dict) -> np.ndarray:
+def rle_mask(rle: dict) -> np.ndarray:
+    """COCO RLE ({"size": [H, W], "counts": str or bytes}) -> HxW bool (pycocotools)."""
     from pycocotools import mask as mask_utils  # the client extra (COCO RLE)
 
-    rle = dict(record["segmentation"])
+    rle = dict(rle)
     if isinstance(rle.get("counts"), str):
         rle["counts"] = rle["counts"].encode()
     return mask_utils.decode(rle).astype(bool)
+
+
+def _mask(record: dict) -> np.ndarray:
+    return rle_mask(record["segmentation"])
 
 
 def mask_polygons(mask: np.ndarray, tolerance: float = POLYGON_TOLERANCE) -> List[np.ndarray]:
