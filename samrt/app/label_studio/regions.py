@@ -131,7 +131,7 @@ def context_prompt(results: Sequence[dict]) -> Prompt:
     for r in results:
         kind = r.get("type")
         if kind not in ("keypointlabels", "rectanglelabels"):
-            raise InputError(f"context: result of type {kind!r}, expected keypointlabels or rectanglelabels")
+            raise InputError(f"context: got a result of type {kind!r}, expected keypointlabels or rectanglelabels")
         w, h = _number(r.get("original_width"), "original_width"), _number(r.get("original_height"), "original_height")
         if w < 1 or h < 1:
             raise InputError(f"context: original size {w}x{h}, expected at least 1x1")
