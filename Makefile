@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.samrt-installed
+LS_VENV ?= .venv-label-studio
 # torch 2.14.1 + torchvision 0.29.1: the pair segment-anything's torchvision import works with here.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
@@ -19,6 +20,13 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH) "numpy<2"
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	@# ultralytics (tests only) declares opencv-python, the GUI build of the cv2 the dev extra has headless: two cv2
+	@# distributions overwrite each other's files, so it goes in without dependencies (the ones it needs are in dev)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps "ultralytics==8.4.190"
+	@# Label Studio (the real server of the label-studio test) needs numpy 2 and Django 5: its own venv (~4 min, 1 GB)
+	@test -x $(LS_VENV)/bin/label-studio || ($(PYTHON) -m venv $(LS_VENV) && $(LS_VENV)/bin/python -m pip install -q \
+		--disable-pip-version-check "label-studio==1.23.2") || echo "could not install Label Studio into $(LS_VENV): \
+		the real Label Studio test will skip, saying so"
 	@touch $@
 
 demo: install

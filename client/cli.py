@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -11,7 +13,8 @@ from PIL import Image
 
 from samrt import imageio, prompts
 from samrt.artifacts import atomic_write_json
-from samrt.errors import InputError, InvalidRequestError
+from samrt.errors import ImageNotCachedError, InputError, InvalidRequestError, SamrtError
+from samrt.wire import image_id_of
 from samrt.visualize import overlay, save_png
 
 from ._client import SamClient
@@ -19,7 +22,9 @@ from .amg import TritonSamAutomaticMaskGenerator, served_amg_options
 from .predictor import TritonSamPredictor
 
 __all__ = ["parse_point", "parse_box", "check_pixel_prompt", "load_image", "segment_file", "amg_folder", "amg_document",
-           "AmgFolderResult"]
+           "AmgFolderResult", "encode_folder", "ENCODE_WORKERS"]
+
+ENCODE_WORKERS = 4  # requests in flight: the server's encoder batch (RepoOptions.encoder_max_batch)
 
 
 def parse_point(text: str) -> Tuple[float, float, int]:
@@ -96,6 +101,42 @@ def amg_document(image_id: int, file_name: str, image: np.ndarray, records: List
     return {"image": {"image_id": int(image_id), "file_name": file_name, "height": int(image.shape[0]),
                       "width": int(image.shape[1])},
             "annotations": [{"id": k, **r} for k, r in enumerate(records)]}
+
+
+def _encode_one(client: SamClient, path: str) -> str:
+    """'encoded' or 'held' (the server already holds the image: nothing sent but its id)."""
+    image = load_image(path)
+    try:
+        client.image_size(image_id_of(image))  # asks the cache (memory, or its disk tier) without encoding
+        return "held"
+    except ImageNotCachedError:
+        client.encode(image, background=True)  # bulk work: behind the images people look at
+        return "encoded"
+
+
+def encode_folder(client: SamClient, folder: str, workers: int = ENCODE_WORKERS, progress: bool = True) -> dict:
+    """`samrt encode`: embed every image of `folder` on the server ahead of time, `workers`
+    requests in flight. Resumable: an image the server already holds (same pixels: same id) is
+    skipped. An image that cannot be read or encoded is listed under `failed` and the rest go on.
+    Returns {images, encoded, held, failed: [{file_name, reason}], seconds}."""
+    from tqdm import tqdm  # tqdm: the client extra
+
+    if workers < 1:
+        raise InputError(f"workers: got {workers}, expected >= 1")
+    files = imageio.list_images(folder)
+    counts, failed, t0 = {"encoded": 0, "held": 0}, [], time.monotonic()
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(files), desc="encode", unit="image",
+                                                   disable=not progress) as bar:
+        futures = {pool.submit(_encode_one, client, os.path.join(folder, name)): name for name in files}
+        for future in as_completed(futures):
+            try:
+                counts[future.result()] += 1
+            except (SamrtError, OSError, ValueError) as e:
+                failed.append({"file_name": futures[future], "reason": f"{type(e).__name__}: {e}"})
+            bar.update(1)
+            bar.set_postfix(encoded=counts["encoded"], held=counts["held"], failed=len(failed))
+    return {"images": len(files), **counts, "failed": sorted(failed, key=lambda f: f["file_name"]),
+            "seconds": round(time.monotonic() - t0, 3)}
 
 
 @dataclass

@@ -21,10 +21,13 @@ from samrt.errors import InputError, SamrtError
 from samrt.imageio import decode_image_bytes  # noqa: F401  (re-exported: the one decoder lives in samrt.imageio)
 from samrt.masks import masks_to_rles
 
+from .disk_cache import DiskTier
+
 
 __all__ = [
     "EmbeddingCache",
     "CacheEntry",
+    "cache_from_params",
     "UnknownImageError",
     "CacheWriteRefused",
     "CACHE_KEY_ENV",
@@ -74,12 +77,18 @@ class CacheEntry:
 
 
 class EmbeddingCache:
-    """LRU cache of image embeddings, bounded in bytes. Thread-safe."""
+    """LRU cache of image embeddings, bounded in bytes. Thread-safe.
 
-    def __init__(self, max_bytes: int) -> None:
+    With a `disk` tier (`samrt.model_repository.disk_cache.DiskTier`, `samrt serve --cache-dir`):
+    every put is also written to disk (in the background), and an id the memory does not hold is
+    read back from disk (checked; a bad file is a miss) into memory, so `get` and `in` answer for
+    entries written before a restart. Without one, the memory is all there is."""
+
+    def __init__(self, max_bytes: int, disk=None) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes: got {max_bytes}, expected > 0")
         self.max_bytes = int(max_bytes)
+        self.disk = disk
         self._items: "OrderedDict[str, CacheEntry]" = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -93,18 +102,40 @@ class EmbeddingCache:
         return self._bytes
 
     def __contains__(self, image_id: str) -> bool:
+        """Whether the id is held: in memory (the LRU order is not touched), else on disk (a sound
+        file is read back into memory, so the decode that follows finds it)."""
         with self._lock:
-            return image_id in self._items
+            if image_id in self._items:
+                return True
+        return self._from_disk(image_id) is not None
 
     def get(self, image_id: str) -> CacheEntry:
         with self._lock:
             entry = self._items.get(image_id)
+            if entry is not None:
+                self._items.move_to_end(image_id)
+                self.hits += 1
+                return entry
+        entry = self._from_disk(image_id)
+        with self._lock:
             if entry is None:
                 self.misses += 1
                 raise UnknownImageError(image_id)
-            self._items.move_to_end(image_id)
             self.hits += 1
-            return entry
+        return entry
+
+    def _from_disk(self, image_id: str) -> Optional[CacheEntry]:
+        if self.disk is None:
+            return None
+        try:
+            found = self.disk.load(image_id)
+        except ValueError:  # an id that cannot name a file: not held
+            return None
+        if found is None:
+            return None
+        embeddings, original_size, image_state = found
+        entry = CacheEntry(embeddings, original_size, image_state)
+        return self._put_memory(image_id, entry)
 
     def put(self, image_id: str, entry: CacheEntry) -> CacheEntry:
         """Store `entry` under `image_id` and return the entry the cache now holds for it.
@@ -114,7 +145,17 @@ class EmbeddingCache:
         image racing store one embedding, and a click never sees its image's embedding change).
         One cached with another size is damaged (the id hashes the image's shape with its pixels,
         so one id has one size): `entry`, just computed from the pixels by the caller, replaces it.
-        The entry's arrays are made read-only, so no code path can change a cached embedding."""
+        The entry's arrays are made read-only, so no code path can change a cached embedding.
+        With a disk tier, a newly stored entry is also written to disk (in the background)."""
+        kept = self._put_memory(image_id, entry)
+        if self.disk is not None and kept is entry:
+            try:
+                self.disk.save(image_id, kept)
+            except ValueError:  # an id that cannot name a file: memory only
+                pass
+        return kept
+
+    def _put_memory(self, image_id: str, entry: CacheEntry) -> CacheEntry:
         if entry.nbytes > self.max_bytes:
             raise ValueError(f"embedding of {entry.nbytes} bytes: larger than the cache ({self.max_bytes} bytes)")
         for a in (entry.embeddings, *entry.image_state.values()):
@@ -142,8 +183,19 @@ class EmbeddingCache:
             return self._items.get(image_id)
 
     def stats(self) -> Dict[str, int]:
-        return {"entries": len(self._items), "bytes": self._bytes, "max_bytes": self.max_bytes,
-                "hits": self.hits, "misses": self.misses, "evictions": self.evictions, "repairs": self.repairs}
+        out = {"entries": len(self._items), "bytes": self._bytes, "max_bytes": self.max_bytes,
+               "hits": self.hits, "misses": self.misses, "evictions": self.evictions, "repairs": self.repairs}
+        return {**out, **(self.disk.stats() if self.disk is not None else {})}
+
+
+def cache_from_params(params: Dict[str, str]) -> EmbeddingCache:
+    """The cache its owner's config parameters describe: `cache_bytes` in memory, and with
+    `cache_dir` a disk tier there (`cache_dir_bytes`, `cache_model_key`: see
+    `samrt.model_repository.render.RepoOptions.cache_dir`)."""
+    disk = None
+    if params.get("cache_dir"):
+        disk = DiskTier(params["cache_dir"], params["cache_model_key"], int(params["cache_dir_bytes"]))
+    return EmbeddingCache(int(params["cache_bytes"]), disk)
 
 
 class CacheWriteRefused(InputError):

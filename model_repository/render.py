@@ -16,9 +16,11 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from samrt import wire
-from samrt.artifacts import record_entries, replace_recorded_entries
+from samrt.artifacts import prepare_output_dir, record_entries, replace_recorded_entries
 from samrt.spec import SamConfig, decoder_spec, encoder_spec
 from samrt.variants import BACKENDS
+
+from .disk_cache import engine_fingerprint
 
 __all__ = ["RepoOptions", "render_repository", "model_configs", "parse_config", "decoder_files", "WARMUP_ORIGINAL_SIZE"]
 
@@ -73,6 +75,10 @@ class RepoOptions:
     encoder_queue_delay_us: int = 2000
     # "idle": image encoding and automatic masks run under SCHED_IDLE, so clicks come first.
     background_priority: str = "idle"
+    # A disk tier under the embedding cache (samrt.model_repository.disk_cache): entries survive a
+    # restart. None: memory only. Its files are keyed by the served engines' content.
+    cache_dir: Optional[str] = None
+    cache_dir_bytes: int = 16 * 1024 ** 3  # 4096 official embeddings of 4 MiB
 
 
 def _params(**kw) -> dict:
@@ -135,6 +141,9 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder: DecoderFiles, opts
     cache_params = _params(cache_bytes=opts.cache_bytes, embedding_shape=embedding_shape, image_size=cfg.image_size)
     files = decoder_files(decoder)
     decoder_params = _params(decoder_engine=json.dumps(files), device=opts.device, image_size=cfg.image_size)
+    if opts.cache_dir:
+        cache_params.update(_params(cache_dir=os.path.abspath(opts.cache_dir), cache_dir_bytes=opts.cache_dir_bytes,
+                                    cache_model_key=engine_fingerprint([encoder_onnx, *files.values()])))
     batching = {"dynamic_batching": {"max_queue_delay_microseconds": opts.decoder_queue_delay_us}}
     batching = batching if opts.dynamic_batching else {}
     cache_model = wire.SAM_EMBEDDING_CACHE.name if opts.native else wire.SAM_MASK_DECODER.name
@@ -243,6 +252,8 @@ def render_repository(
     for path in [encoder_onnx, *decoder_files(decoder).values()]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no such engine or ONNX file (run `samrt export` first)")
+    if opts.cache_dir:  # refused now, with the folder named, rather than when the model loads
+        prepare_output_dir(opts.cache_dir, "embedding-cache")
     replace_recorded_entries(out_dir, "build-repo")
     configs = model_configs(cfg, encoder_onnx, decoder, opts, served_model)
     record_entries(out_dir, list(configs))

@@ -68,7 +68,9 @@ OPTIONAL_DEPENDENCIES: Dict[str, str] = {
     "pycocotools": "the client extra (COCO RLE)",
     "scipy": "the client extra",
     "tqdm": "the client extra (progress bars)",
-    "aiohttp": "the annotate extra",
+    "aiohttp": "the annotate and label-studio extras",
+    "cv2": "the exports extra (polygons from OpenCV's contours)",
+    "label_studio_converter": "the exports extra (Label Studio's own brush RLE)",
     "matplotlib": "the dev extra (benchmark plots)",
 }
 

@@ -45,7 +45,7 @@ class _CacheOwner(PythonModel):
     model: wire.WireModel
 
     def _init_cache(self, params: Dict[str, str]) -> None:
-        self.cache = logic.EmbeddingCache(int(params["cache_bytes"]))
+        self.cache = logic.cache_from_params(params)  # memory, and a disk tier with cache_dir
         self.missing = np.zeros([1] + [int(d) for d in params["embedding_shape"].split(",")], np.float32)
         self.image_size = int(params["image_size"])
         self.cache_key = logic.internal_cache_key()  # no key in the environment: the model does not load

@@ -25,6 +25,7 @@ from samrt.spec import MODEL_CONFIGS, MODEL_TYPE_CHOICES
 from samrt.variants import BACKENDS, DECODERS, PRECISIONS, SERVING_BACKENDS
 
 from . import pipeline
+from .exports import parse_formats, read_documents, write_exports
 
 
 _MODEL_TYPE_HELP = "expected model type; 'auto' detects it from the checkpoint's tensor shapes"
@@ -152,13 +153,18 @@ def _repo_options(p) -> None:
                    help="fast: the exact, lighter decoder (per-image precompute, fixed prompt slots); classic: "
                         "the decoder graph as other tools consume it")
     p.add_argument("--cache-bytes", type=int, default=d.cache_bytes, help="embedding cache budget (LRU, bytes)")
+    p.add_argument("--cache-dir", default=d.cache_dir,
+                   help="a disk tier under the embedding cache: embeddings survive restarts (new, empty, or "
+                        "a folder samrt made for it)")
+    p.add_argument("--cache-dir-bytes", type=int, default=d.cache_dir_bytes,
+                   help="bound of --cache-dir in bytes (LRU; default 16 GiB)")
     p.add_argument("--max-prompts", type=int, default=d.max_prompts, help="prompts per sam_decode request")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image (pixels) sam_encode and sam_amg accept; default 8192*8192 = 67 M")
 
 
 def _opts(args):
     return RepoOptions(device=args.device, cache_bytes=args.cache_bytes, max_prompts=args.max_prompts,
-                       max_pixels=args.max_pixels)
+                       max_pixels=args.max_pixels, cache_dir=args.cache_dir, cache_dir_bytes=args.cache_dir_bytes)
 
 
 def _add_build_repo(sub) -> None:
@@ -239,6 +245,12 @@ def _add_amg(sub) -> None:
     p.add_argument("--crop-n-layers", type=int, default=d.crop_n_layers, help="crop layers (4^i crops each)")
     p.add_argument("--min-mask-region-area", type=int, default=d.min_mask_region_area,
                    help="remove holes and islands smaller than this (px; 0: off)")
+    p.add_argument("--format", default="sa1b",
+                   help="beside the SA-1B JSON per image (COCO RLE): coco (polygons, OUT/coco/instances.json), "
+                        "yolo (Ultralytics, OUT/yolo/), label-studio (tasks with predictions, OUT/label-studio/); "
+                        "comma-separated")
+    p.add_argument("--image-url", help="label-studio: prefix of the tasks' image URLs (default "
+                                       "/data/local-files/?d=<folder name>/, Label Studio's local files)")
     _client_args(p)
     r = p.add_argument_group("on Ray, in-process engines instead of a server (pip install 'samrt[ray]')")
     r.add_argument("--ray", action="store_true", help="run on a Ray cluster: resumable, failures to OUT/failures.jsonl")
@@ -251,8 +263,17 @@ def _add_amg(sub) -> None:
 
 
 def cmd_amg(args) -> int:
-    if args.ray:
-        return _cmd_amg_ray(args)
+    formats = parse_formats(args.format)
+    rc = _cmd_amg_ray(args) if args.ray else _cmd_amg_server(args)
+    if formats:
+        names = sorted(n for n in os.listdir(args.out) if n.endswith(".json"))
+        for fmt, path in write_exports(formats, read_documents(args.out, names), args.out, args.folder,
+                                       args.image_url).items():
+            print(f"wrote {fmt}: {path}")
+    return rc
+
+
+def _cmd_amg_server(args) -> int:
     given = [f for f, v in (("--ray-address", args.ray_address), ("--checkpoint", args.checkpoint),
                             ("--actors", args.actors is not None), ("--cpus-per-actor", args.cpus_per_actor)) if v]
     if given:
@@ -281,6 +302,49 @@ def _amg_given(args) -> dict:
     return {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
             "stability_score_thresh": args.stability_score_thresh, "crop_n_layers": args.crop_n_layers,
             "min_mask_region_area": args.min_mask_region_area}
+def _add_label_studio(sub) -> None:
+    p = sub.add_parser("label-studio", help="Label Studio's ML backend: interactive SAM masks and pre-annotation")
+    p.add_argument("--url", default="localhost:8001", help="the samrt server (`samrt serve`), or replicas comma-separated")
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=9090, help="Label Studio's ML backends' usual port")
+    p.add_argument("--preannotate", action="store_true",
+                   help="automatic masks for tasks opened without a prompt, in every project (a project can ask "
+                        "for it alone with extra_params {\"preannotate\": true})")
+    p.add_argument("--preannotate-timeout", type=float, default=60.0,
+                   help="seconds per task for automatic masks (keep it below Label Studio's ML_TIMEOUT_PREDICT, 100)")
+    p.add_argument("--points-per-side", type=int, default=32, help="pre-annotation grid")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="pre-annotation filter")
+    p.add_argument("--stability-score-thresh", type=float, default=0.95, help="pre-annotation filter")
+    p.set_defaults(func=cmd_label_studio)
+
+
+def cmd_label_studio(args) -> int:
+    from .label_studio.app import run_label_studio  # aiohttp, label_studio_converter: the label-studio extra
+
+    run_label_studio(args.url, args.host, args.port, protocol=args.protocol, preannotate=args.preannotate,
+                     preannotate_timeout=args.preannotate_timeout,
+                     amg_options={"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+                                  "stability_score_thresh": args.stability_score_thresh})
+    return 0
+
+
+def _add_encode(sub) -> None:
+    p = sub.add_parser("encode", help="embed a folder of images on the server ahead of time (resumable)")
+    p.add_argument("folder")
+    p.add_argument("--workers", type=int, default=4, help="requests in flight (the server's encoder batch: 4)")
+    _client_args(p)
+    p.set_defaults(func=cmd_encode)
+
+
+def cmd_encode(args) -> int:
+    from samrt.client import SamClient  # tritonclient: the client extra
+    from samrt.client.cli import encode_folder
+
+    with SamClient(args.url, args.protocol, timeout=args.timeout) as client:
+        summary = encode_folder(client, args.folder, args.workers)
+    print(json.dumps(summary, indent=2))
+    return 1 if summary["failed"] else 0
 
 
 def _add_annotate(sub) -> None:
@@ -488,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_segment(sub)
     _add_amg(sub)
+    _add_encode(sub)
+    _add_label_studio(sub)
     _add_build_engine(sub)
     _add_bench(sub)
     _add_eval(sub)

@@ -13,7 +13,7 @@ from PIL import Image
 from samrt.client import AsyncSamClient, SamClient, ServerUnavailableError
 from samrt.client._endpoints import ServerShm
 
-from ..conftest import random_image
+from ..conftest import random_image, settled_count
 
 pytestmark = pytest.mark.triton
 
@@ -139,3 +139,48 @@ def test_cli_segment_and_amg(server, tmp_path, capsys):
     assert set(doc["annotations"][0]) >= {"segmentation", "area", "bbox", "predicted_iou", "stability_score"}
     assert main(["segment", str(img_dir / "im0.png"), "--point", "oops", "--out", str(tmp_path / "m.png")] + url) == 2
     assert "--point: got 'oops'" in capsys.readouterr().err
+
+
+def test_cli_amg_exports_for_training_tools(server, tmp_path):
+    from samrt.app.cli import main
+
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    Image.fromarray(random_image(96, 128, seed=42)).save(img_dir / "im0.png")
+    out = tmp_path / "masks"
+    assert main(["amg", str(img_dir), "--out", str(out), "--points-per-side", "4", "--pred-iou-thresh", "0",
+                 "--stability-score-thresh", "0", "--format", "coco,yolo,label-studio", "--url", server.grpc_url]) == 0
+    n = len(json.load(open(out / "im0.json"))["annotations"])
+    coco = json.load(open(out / "coco" / "instances.json"))
+    assert n and len(coco["annotations"]) + coco["info"]["objects_without_polygon"] == n
+    assert len((out / "yolo" / "labels" / "im0.txt").read_text().splitlines()) <= n
+    assert (out / "yolo" / "data.yaml").is_file() and (out / "yolo" / "images" / "im0.png").is_file()
+    (task,) = json.load(open(out / "label-studio" / "tasks.json"))
+    assert task["data"]["image"] == "/data/local-files/?d=images/im0.png" and len(task["predictions"][0]["result"]) == n
+    assert main(["amg", str(img_dir), "--out", str(out), "--format", "pascal", "--url", server.grpc_url]) == 2
+
+
+def test_cli_encode_a_folder_ahead_resumes_and_lists_failures(server, tmp_path, capsys):
+    """`samrt encode`: every image embedded; a rerun finds them held and encodes nothing (the
+    server's cache holds 3 embeddings: 3 images); a file that is no image is listed, not fatal."""
+    from samrt.app.cli import main
+    from samrt.client import SamClient
+
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    for i in range(3):
+        Image.fromarray(random_image(40 + 8 * i, 56, seed=60 + i)).save(img_dir / f"im{i}.png")
+    (img_dir / "broken.jpg").write_bytes(b"not an image")
+    count = lambda c: int(c.statistics("sam_image_encoder").get("inference_count", 0))
+    with SamClient(server.grpc_url) as c:
+        before = count(c)
+        assert main(["encode", str(img_dir), "--url", server.grpc_url, "--workers", "3"]) == 1  # 1: a failure
+        summary = json.loads(capsys.readouterr().out)
+        assert (summary["images"], summary["encoded"], summary["held"]) == (4, 3, 0)
+        assert [f["file_name"] for f in summary["failed"]] == ["broken.jpg"]
+        assert settled_count(lambda: count(c), before + 3) == before + 3
+        (img_dir / "broken.jpg").unlink()
+        assert main(["encode", str(img_dir), "--url", server.grpc_url]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert (summary["encoded"], summary["held"], summary["failed"]) == (0, 3, [])
+        assert settled_count(lambda: count(c), before + 3) == before + 3  # nothing encoded again

@@ -7,7 +7,8 @@
     GET  /api/images                         images with object counts, skipped files with reasons, stats
     GET  /api/stats                          seconds per mask, masks per image, ...
     GET  /api/health                         {"model_server": "ready" or "unreachable"}
-    POST /api/export/coco                    writes <out>/instances.json
+    POST /api/export/coco-rle                writes <out>/instances.json (COCO RLE)
+    POST /api/export/{fmt}                   coco (polygons), yolo, label-studio: <out>/<fmt>/ (samrt.app.exports)
     POST /api/sessions                       a new annotator session -> {"session": id}
     POST /api/sessions/{sid}/open            {"index": i}
     POST /api/sessions/{sid}/prompt          {"point": [x, y, label]} or {"box": [x0, y0, x1, y1]}
@@ -28,6 +29,7 @@ page of another site whose name was made to resolve to 127.0.0.1 (DNS rebinding)
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
@@ -39,6 +41,7 @@ from samrt.client import AsyncSamClient, ServerError, ServerUnavailableError
 from samrt.errors import InputError
 from samrt.visualize import STYLE
 
+from ..exports import FORMATS
 from .folder import ImageFolder
 from .service import AnnotationService, PromptNotAnswered, UnknownSession, chosen_prefill_options
 from .store import AnnotationStore
@@ -207,9 +210,13 @@ async def stats(request: web.Request):
     return web.json_response(request.app[SERVICE].store.stats())
 
 
-@routes.post("/api/export/coco")
-async def export_coco(request: web.Request):
-    return web.json_response(request.app[SERVICE].store.export_coco())
+@routes.post("/api/export/{fmt}")
+async def export(request: web.Request):
+    fmt, store = request.match_info["fmt"], request.app[SERVICE].store
+    if fmt not in ("coco-rle",) + FORMATS:
+        raise InputError(f"export format: got {fmt!r}, expected coco-rle or one of {', '.join(FORMATS)}")
+    write = store.export_coco if fmt == "coco-rle" else (lambda: store.export(fmt))
+    return web.json_response(await asyncio.get_running_loop().run_in_executor(None, write))
 
 
 @routes.post("/api/sessions")

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 from samrt.artifacts import atomic_write_json, prepare_output_dir
 from samrt.errors import SamrtError
 
+from ..exports import write_exports
 from .folder import ImageEntry, ImageFolder
 
 __all__ = ["AnnotationStore", "STATE_FILE", "COCO_FILE"]
@@ -134,6 +135,18 @@ class AnnotationStore:
                                 if manual else None),
             "abandoned_attempts": abandoned["attempts"],
         }
+
+    def documents(self) -> List[dict]:
+        """The SA-1B document of every image with at least one object (what the exports read)."""
+        return [{"image": {"image_id": e.index, "file_name": e.name, "width": e.width, "height": e.height},
+                 "annotations": self._objects[e.name]} for e in self.folder.images if self._objects.get(e.name)]
+
+    def export(self, fmt: str) -> dict:
+        """`samrt.app.exports` format `fmt` (coco with polygons, yolo, label-studio) of the annotated
+        images into `<out>/<fmt>/`; returns {path, images, annotations}."""
+        docs = self.documents()
+        path = write_exports([fmt], docs, self.out_dir, self.folder.path)[fmt]
+        return {"path": path, "images": len(docs), "annotations": sum(len(d["annotations"]) for d in docs)}
 
     def export_coco(self, path: Optional[str] = None) -> dict:
         """COCO instances for the whole folder (one category, 'object'); returns {path, images, annotations}."""

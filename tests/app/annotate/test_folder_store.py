@@ -91,6 +91,18 @@ def test_store_writes_each_image_and_continues_where_it_stopped(scene_folder, tm
     assert coco["images"] == 3 and len(api.getAnnIds()) == coco["annotations"] == 3
     np.testing.assert_array_equal(api.annToMask(api.loadAnns(api.getAnnIds(imgIds=[0]))[0]), mask)
 
+    # the exports of samrt.app.exports, over the annotated images only (e0: 2 objects, e1: 1)
+    polygons = store.export("coco")
+    assert polygons == {"path": os.path.join(out, "coco", "instances.json"), "images": 2, "annotations": 3}
+    api = COCO(polygons["path"])
+    back = api.annToMask(api.loadAnns(api.getAnnIds(imgIds=[0]))[0]).astype(bool)  # through the boundary pixels' centres
+    assert (back & ~mask).sum() == 0 and (back & mask).sum() / mask.sum() >= 0.6  # a 10x4 rectangle loses its rim
+    yolo = store.export("yolo")
+    assert yolo["path"] == os.path.join(out, "yolo", "data.yaml")
+    assert len(open(os.path.join(out, "yolo", "labels", "scene_00.txt")).read().splitlines()) == 2
+    assert os.path.isfile(os.path.join(out, "yolo", "images", "scene_00.png"))
+    assert store.export("label-studio")["annotations"] == 3
+
 
 def test_store_refuses_a_folder_it_did_not_write(scene_folder, tmp_path):
     folder, _ = scene_folder

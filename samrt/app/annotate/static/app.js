@@ -351,10 +351,10 @@ async function rejectProposal(pid) {
   renderProposals(); render();
 }
 
-async function exportCoco() {
+async function exportAs(fmt) {
   $("export-info").textContent = "writing…";
   try {
-    const r = await post("/api/export/coco");
+    const r = await post(`/api/export/${fmt}`);
     $("export-info").textContent = `wrote ${r.path} (${r.images} images, ${r.annotations} annotations)`;
   } catch (e) { $("export-info").textContent = `failed: ${e.message}`; throw e; }
 }
@@ -430,7 +430,10 @@ click("prev", () => step(-1));
 click("next", () => step(1));
 click("undo", undo); click("redo", redo); click("clear", clear); click("accept", accept);
 click("prefill", prefill);
-click("export-coco", exportCoco);
+for (const [id, fmt] of [["export-coco", "coco-rle"], ["export-polygons", "coco"], ["export-yolo", "yolo"],
+                         ["export-label-studio", "label-studio"]]) {
+  click(id, () => exportAs(fmt));
+}
 
 // -- start -------------------------------------------------------------------------------------------
 async function start() {
