@@ -51,7 +51,7 @@ def reference_amg(checkpoint: str, images: Sequence[np.ndarray], points_per_side
     import torch  # torch: the export extra
     from segment_anything import SamAutomaticMaskGenerator
 
-    from samrt.export import load_sam
+    from samrt.export import load_sam  # torch: the export extra
 
     sam, _ = load_sam(checkpoint)
     gen = SamAutomaticMaskGenerator(sam.eval(), points_per_side=points_per_side, output_mode="coco_rle", **params)

@@ -24,6 +24,7 @@ import numpy as np
 
 from samrt import processing as P
 from samrt.app.pipeline import ensure_export, plan_engines
+from samrt.cpus import usable_cpus
 from samrt.engines.build import EngineAccuracyError, build_variant
 from samrt.engines.decoders import STATIC_SHAPES, decoder_from_paths
 from samrt.engines.factory import runner_for_engine
@@ -50,7 +51,6 @@ def _openvino_profile(path: str, feeds: Dict[str, np.ndarray], snippets: bool, r
     import openvino.properties as props
     import openvino.properties.hint as hints
 
-    from samrt.cpus import usable_cpus
 
     core = ov.Core()
     model = core.read_model(path)

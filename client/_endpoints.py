@@ -53,9 +53,11 @@ def protocol_module(protocol: str, aio: bool = False):
 
 # gRPC reconnects with an exponential backoff that grows to 120 s: a client that had seen its server
 # go failed every call at once ("failed to connect to all addresses") for as long after the
-# server came back (measured). samrt's gRPC clients try again at most a second apart.
-RECONNECT_BACKOFF_MS = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.min_reconnect_backoff_ms": 200,
-                        "grpc.max_reconnect_backoff_ms": 1000}
+# server came back (measured). samrt's gRPC clients try again at most a second apart. Not
+# "grpc.min_reconnect_backoff_ms": gRPC also takes it as the time a connection attempt may take (20 s
+# by default), and at 200 ms a server slow to answer the handshake failed as UNAVAILABLE before the
+# call's own timeout (ServerTimeoutError) could fire.
+RECONNECT_BACKOFF_MS = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.max_reconnect_backoff_ms": 1000}
 
 
 def grpc_channel_args(mod) -> list:

@@ -424,7 +424,7 @@ def int8_ir_from_onnx(src: str, dst_xml: str, calibration_images: Sequence[np.nd
             scores = [float(ac.metric(compiled({input_name: item[input_name]})[0], item)) for item in items]
             return float(np.mean(scores)), scores
 
-        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters  # nncf: the openvino extra
 
         quantized = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(samples), nncf.Dataset(list(ac.items)), validate, max_drop=ac.max_drop,

@@ -305,7 +305,7 @@ def _amg_given(args) -> dict:
 def _add_label_studio(sub) -> None:
     p = sub.add_parser("label-studio", help="Label Studio's ML backend: interactive SAM masks and pre-annotation")
     p.add_argument("--url", default="localhost:8001", help="the samrt server (`samrt serve`), or replicas comma-separated")
-    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    p.add_argument("--protocol", default="grpc", choices=["grpc", "http"], help="protocol of --url")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=9090, help="Label Studio's ML backends' usual port")
     p.add_argument("--preannotate", action="store_true",
@@ -474,8 +474,9 @@ def _add_bench(sub) -> None:
             k.add_argument("--concurrency", default="1,4,16", help="clients at once, per run")
             k.add_argument("--backend", default="auto", choices=SERVING_BACKENDS[:3],
                            help="engines of the servers started here, chosen as `samrt serve` chooses them")
-            k.add_argument("--precision", default="auto", choices=("auto",) + PRECISIONS)
-            k.add_argument("--decoder", default="fast", choices=sorted(DECODERS))
+            k.add_argument("--precision", default="auto", choices=("auto",) + PRECISIONS,
+                           help="as `samrt serve --precision`")
+            k.add_argument("--decoder", default="fast", choices=sorted(DECODERS), help="as `samrt serve --decoder`")
             k.add_argument("--clicks", type=int, default=10, help="clicks per client")
         if kind == "amg":
             k.add_argument("--images", help="folder of images (default: generated scenes)")
