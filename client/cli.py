@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from samrt import imageio, prompts
-from samrt.artifacts import atomic_write_json
+from samrt.artifacts import atomic_write_json, prepare_output_dir
 from samrt.errors import ImageNotCachedError, InputError, InvalidRequestError, SamrtError
 from samrt.wire import image_id_of
 from samrt.visualize import overlay, save_png
@@ -162,13 +162,16 @@ def amg_folder(client: SamClient, folder: str, out_dir: str, progress: bool = Tr
     Options: `amg_kwargs` (SamAutomaticMaskGenerator's names; None: not given), then what the
     served model's card recommends (`served_amg_options`), then SAM's defaults. A file that cannot
     be decoded, or that the server refuses (InvalidRequestError: too large, ...), is skipped with
-    its reason; `on_image(name, masks, None)` or `on_image(name, None, reason)` is called per file."""
+    its reason; `on_image(name, masks, None)` or `on_image(name, None, reason)` is called per file.
+    `out_dir` must be new, empty, or written by samrt amg before (OutputDirError otherwise,
+    nothing in it changed); its JSON files of the same images are replaced."""
     from tqdm import tqdm  # tqdm: the client extra
 
     files = imageio.list_images(folder)
     options = served_amg_options(client.model_info(), **amg_kwargs).to_dict()
     generator = TritonSamAutomaticMaskGenerator(client, output_mode="coco_rle", **options)
-    os.makedirs(out_dir, exist_ok=True)
+    # new, empty, or written by samrt amg (its marker): a folder of the user's own files is refused untouched
+    prepare_output_dir(out_dir, "amg")
     result = AmgFolderResult(options=options)
     for i, name in enumerate(tqdm(files, desc="amg", disable=not progress)):
         try:

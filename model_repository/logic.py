@@ -178,9 +178,11 @@ class EmbeddingCache:
             return entry
 
     def peek(self, image_id: str) -> Optional[CacheEntry]:
-        """The entry for `image_id` or None, without touching the LRU order or the counters."""
+        """The entry for `image_id` or None, without touching the LRU order or the counters: in
+        memory, else on disk (a sound file is read back into memory, as `__contains__` does)."""
         with self._lock:
-            return self._items.get(image_id)
+            entry = self._items.get(image_id)
+        return entry if entry is not None else self._from_disk(image_id)
 
     def stats(self) -> Dict[str, int]:
         out = {"entries": len(self._items), "bytes": self._bytes, "max_bytes": self.max_bytes,

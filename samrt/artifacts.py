@@ -117,7 +117,7 @@ def _output_dir_state(path: str, kind: str, accept: Sequence[str]) -> Tuple[str,
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
     raise OutputDirError(f"{path}: not empty ({len(entries)} entries: {shown}) and not written by samrt "
                          f"(no {MARKER} marker); expected a new or empty folder for samrt {kind}. "
-                         "Nothing in it was changed; choose another --out")
+                         "Nothing in it was changed; choose another folder")
 
 
 def check_output_dir(path: str, kind: str, accept: Sequence[str] = ()) -> Optional[dict]:

@@ -114,7 +114,10 @@ def check_points(point_coords, point_labels) -> Tuple[np.ndarray, np.ndarray]:
     corners are not paired (as many 2s as 3s)."""
     if point_labels is None:
         raise InputError("point_labels: got None, expected one label per point when point_coords is given")
-    pc = np.asarray(point_coords, dtype=np.float64)
+    try:
+        pc = np.asarray(point_coords, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"point_coords: got values that are not numbers ({e}), expected [P,N,2] (x, y) in pixels") from None
     pl = np.asarray(point_labels)
     if pc.ndim != 3 or pc.shape[2] != 2 or pc.shape[1] < 1:
         raise InputError(f"point_coords: got shape {list(pc.shape)}, expected [P,N,2] (x, y) with N >= 1")

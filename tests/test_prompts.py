@@ -128,3 +128,8 @@ def test_at_most_max_points_per_prompt():
     prompts.check_points(np.zeros((2, n, 2)), np.ones((2, n)))
     with pytest.raises(InputError, match=rf"point_coords: got {n + 1} points per prompt, expected at most {n}"):
         prompts.check_points(np.zeros((2, n + 1, 2)), np.ones((2, n + 1)))
+
+
+def test_coordinates_that_are_not_numbers_are_an_input_error():
+    with pytest.raises(InputError, match=r"point_coords: got values that are not numbers .*'a'.*expected \[P,N,2\]"):
+        prompts.check_points([[["a", "b"]]], [[1]])

@@ -265,8 +265,9 @@ def _add_amg(sub) -> None:
 def cmd_amg(args) -> int:
     formats = parse_formats(args.format)
     rc = _cmd_amg_ray(args) if args.ray else _cmd_amg_server(args)
-    if formats:
-        names = sorted(n for n in os.listdir(args.out) if n.endswith(".json"))
+    if formats:  # the documents of this folder's images only (an earlier run's of other images stay out)
+        stems = {os.path.splitext(n)[0] for n in imageio.list_images(args.folder)}
+        names = sorted(n for n in os.listdir(args.out) if n.endswith(".json") and n[:-5] in stems)
         for fmt, path in write_exports(formats, read_documents(args.out, names), args.out, args.folder,
                                        args.image_url).items():
             print(f"wrote {fmt}: {path}")
@@ -284,7 +285,7 @@ def _cmd_amg_server(args) -> int:
     from samrt.client.cli import amg_folder
 
     def report(name, masks, skipped):
-        tqdm.write(f"{name}: {masks} masks" if skipped is None else f"{name}: skipped ({skipped})")
+        tqdm.write(f"{name}: {masks} masks" if skipped is None else f"{name}: skipped ({skipped})", file=sys.stderr)
 
     with SamClient(args.url, args.protocol, timeout=args.timeout) as client:
         result = amg_folder(client, args.folder, args.out, on_image=report, **_amg_given(args))
@@ -294,7 +295,7 @@ def _cmd_amg_server(args) -> int:
           f"(given, else {model}'s card, else SAM's defaults)")
     print(f"wrote {len(result.written)} files to {args.out}: {result.total} masks in all"
           + (f"; skipped {len(result.skipped)}: {', '.join(result.skipped)}" if result.skipped else ""))
-    return 0
+    return 1 if result.skipped else 0  # as `samrt encode` and `amg --ray`: 1 when an image was not done
 
 
 def _amg_given(args) -> dict:
@@ -302,6 +303,8 @@ def _amg_given(args) -> dict:
     return {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
             "stability_score_thresh": args.stability_score_thresh, "crop_n_layers": args.crop_n_layers,
             "min_mask_region_area": args.min_mask_region_area}
+
+
 def _add_label_studio(sub) -> None:
     p = sub.add_parser("label-studio", help="Label Studio's ML backend: interactive SAM masks and pre-annotation")
     p.add_argument("--url", default="localhost:8001", help="the samrt server (`samrt serve`), or replicas comma-separated")
@@ -313,9 +316,14 @@ def _add_label_studio(sub) -> None:
                         "for it alone with extra_params {\"preannotate\": true})")
     p.add_argument("--preannotate-timeout", type=float, default=60.0,
                    help="seconds per task for automatic masks (keep it below Label Studio's ML_TIMEOUT_PREDICT, 100)")
-    p.add_argument("--points-per-side", type=int, default=32, help="pre-annotation grid")
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="pre-annotation filter")
-    p.add_argument("--stability-score-thresh", type=float, default=0.95, help="pre-annotation filter")
+    p.add_argument("--points-per-side", type=int, default=None,
+                   help="pre-annotation grid (default: the served model's card, else SAM's 32)")
+    p.add_argument("--pred-iou-thresh", type=float, default=None,
+                   help="pre-annotation filter (default: the served model's card, 0.5 for the embedded model; "
+                        "else SAM's 0.88)")
+    p.add_argument("--stability-score-thresh", type=float, default=None,
+                   help="pre-annotation filter (default: the served model's card, 0.85 for the embedded model; "
+                        "else SAM's 0.95)")
     p.set_defaults(func=cmd_label_studio)
 
 

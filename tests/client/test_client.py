@@ -127,9 +127,9 @@ def test_cli_segment_and_amg(server, tmp_path, capsys):
     (img_dir / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)   # not decodable: skipped, the rest goes on
     capsys.readouterr()
     assert main(["amg", str(img_dir), "--out", str(tmp_path / "masks"), "--points-per-side", "4",
-                 "--pred-iou-thresh", "0", "--stability-score-thresh", "0"] + url) == 0
+                 "--pred-iou-thresh", "0", "--stability-score-thresh", "0"] + url) == 1  # an image was skipped
     printed = capsys.readouterr()
-    docs = sorted(os.listdir(tmp_path / "masks"))
+    docs = sorted(n for n in os.listdir(tmp_path / "masks") if n.endswith(".json"))
     assert docs == ["im0.json", "im1.json"]
     counts = {n: len(json.load(open(tmp_path / "masks" / f"{n}.json"))["annotations"]) for n in ("im0", "im1")}
     assert f"im0.png: {counts['im0']} masks" in printed.err and "cut.jpg: skipped (" in printed.err
@@ -158,6 +158,19 @@ def test_cli_amg_exports_for_training_tools(server, tmp_path):
     (task,) = json.load(open(out / "label-studio" / "tasks.json"))
     assert task["data"]["image"] == "/data/local-files/?d=images/im0.png" and len(task["predictions"][0]["result"]) == n
     assert main(["amg", str(img_dir), "--out", str(out), "--format", "pascal", "--url", server.grpc_url]) == 2
+    # another folder into the same --out: its exports hold its own images, not the earlier run's
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(random_image(64, 64, seed=43)).save(other / "im9.png")
+    assert main(["amg", str(other), "--out", str(out), "--points-per-side", "4", "--pred-iou-thresh", "0",
+                 "--stability-score-thresh", "0", "--format", "coco", "--url", server.grpc_url]) == 0
+    assert [i["file_name"] for i in json.load(open(out / "coco" / "instances.json"))["images"]] == ["im9.png"]
+    # a folder of the user's own files is refused, and nothing in it changes
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "im0.json").write_text('{"mine": 1}')
+    assert main(["amg", str(img_dir), "--out", str(mine), "--url", server.grpc_url]) == 2
+    assert sorted(os.listdir(mine)) == ["im0.json"] and (mine / "im0.json").read_text() == '{"mine": 1}'
 
 
 def test_cli_encode_a_folder_ahead_resumes_and_lists_failures(server, tmp_path, capsys):

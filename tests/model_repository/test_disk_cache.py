@@ -178,6 +178,19 @@ def test_embedding_cache_reads_back_from_disk_what_memory_evicted(tmp_path):
     assert logic.cache_from_params({"cache_bytes": "100"}).disk is None
 
 
+def test_asking_whether_an_id_is_held_finds_it_on_disk_after_a_restart(tmp_path):
+    """What the SDK's image_size(), `samrt encode` and sam_encode ask (`peek`): the disk counts, so a
+    restarted server answers "held" and encodes nothing (a fresh-eyes run found it re-encoding)."""
+    cache = logic.EmbeddingCache(1 << 20, DiskTier(str(tmp_path), "model-a", 1 << 20))
+    cache.put("a1", _entry(1))
+    cache.disk.flush()
+    restarted = logic.EmbeddingCache(1 << 20, DiskTier(str(tmp_path), "model-a", 1 << 20))
+    found = restarted.peek("a1")
+    assert found is not None
+    _same(found, _entry(1))
+    assert restarted.peek("zz9") is None
+
+
 def test_engine_fingerprint_follows_content_and_companions(tmp_path):
     enc, dec = tmp_path / "m.encoder.onnx", tmp_path / "m.decoder.onnx"
     enc.write_bytes(b"enc")

@@ -61,9 +61,11 @@ async def _auth_and_errors(request: web.Request, handler):
         return await handler(request)
     except web.HTTPException:
         raise
-    except InputError as e:
+    except InputError as e:  # logged too: Label Studio shows the user only "400 Client Error"
+        log.warning("%s %s: 400 %s", request.method, request.path, e)
         return web.json_response({"error": str(e)}, status=400)
     except ImageFetchError as e:
+        log.warning("%s %s: 502 %s", request.method, request.path, e)
         return web.json_response({"error": str(e)}, status=502)
     except ServerUnavailableError as e:
         return web.json_response({"error": f"model server unreachable: {e}"}, status=503)
@@ -138,6 +140,7 @@ def create_app(url: str, protocol: str = "grpc", preannotate: bool = False, prea
 def run_label_studio(url: str, host: str = "127.0.0.1", port: int = 9090, **options) -> None:
     """`samrt label-studio`: serve until Ctrl-C or SIGTERM."""
     app = create_app(url, **options)
+    log.setLevel(logging.INFO)  # refused requests are logged: Label Studio shows its user only "400 Client Error"
     print(f"samrt label-studio: Label Studio's ML backend at http://{host}:{port} (model server {url}); "
           f"connect it in the project's Settings > Model", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -29,20 +29,22 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from samrt.amg import AmgOptions
-from samrt.client import AsyncSamClient
+from samrt.client import AsyncSamClient, served_amg_options
 from samrt.errors import ImageNotCachedError, InputError, SamrtError
 
 from ..exports import rle_mask
 from .images import ImageSource
 from .regions import Prompt, Tags, brush_region, context_prompt, image_value, parse_label_config
 
-__all__ = ["LabelStudioBackend", "PREANNOTATE_DEFAULTS"]
+__all__ = ["LabelStudioBackend"]
 
 log = logging.getLogger("samrt.label_studio")
 
 # Automatic-mask options for pre-annotation (SAM's released models: points_per_side 32,
 # pred_iou_thresh 0.88, stability_score_thresh 0.95; extra_params may override any of AmgOptions).
-PREANNOTATE_DEFAULTS = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
+# Pre-annotation's options: those given (CLI, the project's extra_params), else what the served
+# model's card recommends (the embedded model's filters are lower than SAM's), else SAM's defaults
+# (`samrt.client.served_amg_options`), as `samrt amg` and `samrt annotate` choose them.
 REGIONS_KEPT = 256  # regions whose last logits are kept for refinement (256 KiB each)
 IMAGES_KNOWN = 10000  # image URL -> (image_id, size): a few hundred bytes each
 
@@ -64,8 +66,8 @@ class LabelStudioBackend:
         self.client = client
         self.images = images or ImageSource()
         self.preannotate, self.preannotate_timeout = preannotate, float(preannotate_timeout)
-        self.amg_options = {**PREANNOTATE_DEFAULTS, **(amg_options or {})}
-        AmgOptions(**self.amg_options)  # checked now
+        self.amg_options = {k: v for k, v in (amg_options or {}).items() if v is not None}  # given
+        AmgOptions.from_fields(dict(self.amg_options))  # checked now
         self.amg_client = amg_client or AsyncSamClient(client.url, client.protocol, timeout=self.preannotate_timeout)
         self.model_version = model_version
         self._projects: Dict[str, dict] = {}  # project id -> extra_params from /setup
@@ -104,7 +106,7 @@ class LabelStudioBackend:
         options = self._projects.get(project, {})
         if not options.get("preannotate", self.preannotate):
             return {"results": []}
-        amg = self._project_options(options)
+        amg = served_amg_options(await self.amg_client.model_info(), **self._project_options(options)).to_dict()
         return {"results": [await self._preannotate(t, tags, amg) for t in tasks]}
 
     # -- interactive -------------------------------------------------------------------------
@@ -173,7 +175,7 @@ class LabelStudioBackend:
     def _project_options(self, extra: dict) -> dict:
         opts = {**self.amg_options, **{k: v for k, v in extra.items() if k not in ("preannotate",)}}
         try:
-            AmgOptions(**opts)
+            AmgOptions.from_fields(dict(opts))
         except TypeError as e:
             raise InputError(f"extra_params: {e}; expected preannotate and AmgOptions' fields") from None
         return opts

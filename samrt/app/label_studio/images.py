@@ -123,12 +123,17 @@ class ImageSource:
                 if r.status != 200:
                     raise ImageFetchError(f"image {absolute}: HTTP {r.status}"
                                           + (" (check LABEL_STUDIO_API_KEY)" if r.status in (401, 403) else ""))
-                data = await r.content.read(MAX_IMAGE_BYTES + 1)
+                # the whole body: StreamReader.read(n) answers what has arrived so far, up to n bytes
+                # (a test saw 16 KiB of a larger PNG: "image file is truncated" at random)
+                chunks, size = [], 0
+                async for chunk in r.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > MAX_IMAGE_BYTES:
+                        raise ImageFetchError(f"image {absolute}: larger than {MAX_IMAGE_BYTES} bytes")
+                    chunks.append(chunk)
         except aiohttp.ClientError as e:
             raise ImageFetchError(f"image {absolute}: {type(e).__name__}: {e}") from None
-        if len(data) > MAX_IMAGE_BYTES:
-            raise ImageFetchError(f"image {absolute}: larger than {MAX_IMAGE_BYTES} bytes")
-        return data
+        return b"".join(chunks)
 
     async def fetch(self, url: str) -> np.ndarray:
         """HxWx3 uint8 RGB, EXIF orientation applied (InputError for bytes that are no image)."""

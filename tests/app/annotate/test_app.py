@@ -185,7 +185,8 @@ def test_the_pages_prompt_protocol_equals_samrt_eval(small_server, tmp_path):
     served model). Three scenes (14 objects) keep it short; the 60-scene figures are in
     docs/annotate.md."""
     from samrt.client import SamClient, TritonSamPredictor
-    from samrt.scenes import centre_point, eval_scenes, evaluate, mask_iou, next_click
+    from samrt.masks import mask_iou
+    from samrt.scenes import centre_point, eval_scenes, evaluate, next_click
 
     scenes = eval_scenes(3)
     folder = tmp_path / "held_out"
