@@ -42,6 +42,7 @@ from samrt.errors import InputError
 from samrt.visualize import STYLE
 
 from ..exports import FORMATS
+from ..web import json_object
 from .folder import ImageFolder
 from .service import AnnotationService, PromptNotAnswered, UnknownSession, chosen_prefill_options
 from .store import AnnotationStore
@@ -127,15 +128,7 @@ async def _errors(request: web.Request, handler):
 
 
 async def _json(request: web.Request) -> dict:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InputError("request body: expected JSON") from None
-    if not isinstance(body, dict):
-        raise InputError(f"request body: got {type(body).__name__}, expected a JSON object")
-    return body
+    return await json_object(request, empty_ok=True)
 
 
 def _number(body: dict, key: str, kind=int):

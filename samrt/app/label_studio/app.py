@@ -26,6 +26,7 @@ from aiohttp import web
 from samrt.client import AsyncSamClient, ServerError, ServerUnavailableError
 from samrt.errors import InputError
 
+from ..web import json_object
 from .backend import LabelStudioBackend
 from .images import ImageFetchError, ImageSource
 
@@ -74,13 +75,7 @@ async def _auth_and_errors(request: web.Request, handler):
 
 
 async def _body(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InputError("request body: expected JSON") from None
-    if not isinstance(body, dict):
-        raise InputError(f"request body: got {type(body).__name__}, expected a JSON object")
-    return body
+    return await json_object(request)
 
 
 routes = web.RouteTableDef()
