@@ -41,6 +41,7 @@ __all__ = [
     "check_points",
     "check_boxes",
     "check_mask_input",
+    "MAX_MASK_LOGIT",
     "check_points_in_image",
     "looks_like_fractions",
     "FRACTIONS_MIN_SIDE",
@@ -202,14 +203,24 @@ def check_boxes(boxes, batch: Optional[int] = None) -> np.ndarray:
     return b
 
 
+# Largest |logit| a mask prompt may carry. SAM's own low-res logits stay within a few tens; values
+# near float32's limit (3e38) overflow in the decoder's mask downscaling and answered NaN scores
+# (found by the wire fuzz test). 1e4 is far above any logit SAM gives and far below overflow.
+MAX_MASK_LOGIT = 1e4
+
+
 def check_mask_input(mask_input, num_prompts: int, low_res_size: int) -> np.ndarray:
-    """[P,1,m,m] finite low-res logits -> float32."""
+    """[P,1,m,m] finite low-res logits, |x| <= MAX_MASK_LOGIT -> float32."""
     mask = np.asarray(mask_input, dtype=np.float32)
     want = (num_prompts, 1, low_res_size, low_res_size)
     if mask.shape != want:
         raise InputError(f"mask_input: got shape {list(mask.shape)}, expected {list(want)}")
     if not np.all(np.isfinite(mask)):
         raise InputError("mask_input: got non-finite values, expected finite low-res logits")
+    largest = float(np.abs(mask).max()) if mask.size else 0.0
+    if largest > MAX_MASK_LOGIT:
+        raise InputError(f"mask_input: got a logit of magnitude {largest:g}, expected at most {MAX_MASK_LOGIT:g} "
+                         "(SAM's low-res logits, e.g. a previous answer's low_res_masks, stay within a few tens)")
     return mask
 
 

@@ -133,3 +133,11 @@ def test_at_most_max_points_per_prompt():
 def test_coordinates_that_are_not_numbers_are_an_input_error():
     with pytest.raises(InputError, match=r"point_coords: got values that are not numbers .*'a'.*expected \[P,N,2\]"):
         prompts.check_points([[["a", "b"]]], [[1]])
+
+
+def test_mask_logits_near_float_limits_are_refused():
+    """3e38 in a mask prompt overflowed in the decoder and answered NaN scores (the wire fuzz test)."""
+    ok = np.full((1, 1, 4, 4), -prompts.MAX_MASK_LOGIT, np.float32)
+    assert prompts.check_mask_input(ok, 1, 4).shape == (1, 1, 4, 4)
+    with pytest.raises(InputError, match=r"mask_input: got a logit of magnitude 3e\+38, expected at most 10000"):
+        prompts.check_mask_input(np.full((1, 1, 4, 4), 3e38, np.float32), 1, 4)
