@@ -18,6 +18,18 @@ from samrt.scenes import eval_scenes
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (the exports extra) is not installed")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _ultralytics_patches_stay_in_this_module():
+    """Importing Ultralytics replaces PIL.Image.open (and cv2.imshow) process-wide: its version
+    tries to pip-install pi-heif when a file is no image, so later tests of undecodable files in
+    the same process got "needs the Python package 'pi_heif'". Restore them after this module."""
+    import cv2
+
+    saved = (Image.open, cv2.imshow)
+    yield
+    Image.open, cv2.imshow = saved
+
+
 def _rle(mask):
     from pycocotools import mask as mask_utils
 
