@@ -5,10 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.samrt-installed
 LS_VENV ?= .venv-label-studio
+LS_PID := $(VENV)/.label-studio-install.pid
 # torch 2.14.1 + torchvision 0.29.1: the pair segment-anything's torchvision import works with here.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-quick perf-analyzer clean
+.PHONY: install demo test test-quick test-release perf-analyzer clean
 
 install: $(STAMP)
 
@@ -18,27 +19,35 @@ $(STAMP): pyproject.toml Makefile
 		apt-get install -y -q chromium chromium-driver nginx) || echo "could not install chromium/nginx with apt: \
 		the browser test of samrt annotate and the NGINX routing test will skip, saying so"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# Label Studio (the real server of the label-studio test) needs numpy 2 and Django 5: its own venv (~4 min,
+	@# 1 GB), installed in the background while the main venv installs (log: $(LS_VENV).log)
+	@test -x $(LS_VENV)/bin/label-studio || { ($(PYTHON) -m venv $(LS_VENV) && $(LS_VENV)/bin/python -m pip install \
+		-q --disable-pip-version-check "label-studio==1.23.2") > $(LS_VENV).log 2>&1 & echo $$! > $(LS_PID); }
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH) "numpy<2"
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
 	@# ultralytics (tests only) declares opencv-python, the GUI build of the cv2 the dev extra has headless: two cv2
 	@# distributions overwrite each other's files, so it goes in without dependencies (the ones it needs are in dev)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps "ultralytics==8.4.190"
-	@# Label Studio (the real server of the label-studio test) needs numpy 2 and Django 5: its own venv (~4 min, 1 GB)
-	@test -x $(LS_VENV)/bin/label-studio || ($(PYTHON) -m venv $(LS_VENV) && $(LS_VENV)/bin/python -m pip install -q \
-		--disable-pip-version-check "label-studio==1.23.2") || echo "could not install Label Studio into $(LS_VENV): \
-		the real Label Studio test will skip, saying so"
+	@if test -f $(LS_PID); then echo "waiting for the Label Studio install ($(LS_VENV).log)"; \
+		while kill -0 $$(cat $(LS_PID)) 2>/dev/null; do sleep 2; done; rm -f $(LS_PID); fi
+	@test -x $(LS_VENV)/bin/label-studio || echo "could not install Label Studio into $(LS_VENV) (see \
+		$(LS_VENV).log): the real Label Studio test will skip, saying so"
 	@touch $@
 
 demo: install
 	$(VENV)/bin/samrt demo --out build/demo
 
-# The full suite (what .ci/run calls).
+# The suite (what .ci/run calls): all but the tests marked `release`.
 test: install
+	$(PY) -m pytest -q -m "not release" tests
+
+# Everything, release tests included (vit_b parity at every image size).
+test-release: install
 	$(PY) -m pytest -q tests
 
 # The developers' loop: every test that starts no server and is not marked slow (a few minutes).
 test-quick: install
-	$(PY) -m pytest -q -m "not triton and not slow" tests
+	$(PY) -m pytest -q -m "not triton and not slow and not release" tests
 
 # Triton's perf_analyzer (for `samrt bench serve`): the binary ships in the tritonclient[all] 2.51.0
 # wheel (the server's version), kept in its own venv; it links libb64 (Debian) and libcudart 12.

@@ -181,7 +181,8 @@ def model_configs(cfg: SamConfig, encoder_onnx: str, decoder: DecoderFiles, opts
                                                     background_priority=opts.background_priority)}),
         wire.SAM_SEGMENT.name: _model(
             wire.SAM_SEGMENT, sizes, **python, **one_cpu,
-            parameters=_params(image_size=cfg.image_size, max_pixels=opts.max_pixels, cache_model=cache_model)),
+            parameters=_params(image_size=cfg.image_size, max_pixels=opts.max_pixels, cache_model=cache_model,
+                               low_res_size=sizes["m"])),
     }
     if not opts.native:
         # one instance: one process owns the cache, and the engine reads embeddings in place

@@ -4,7 +4,11 @@ The recipe: copy the bundled tree, put the python stub for this interpreter into
 backends/python, put the interpreter's own lib dir and `nvidia_pytriton.libs` on
 LD_LIBRARY_PATH and the venv's bin first on PATH (the stub finds python3 there), pick free
 ports, log to a file, wait for readiness. Stopping sends SIGTERM to the server's process
-group (server and stubs), then SIGKILL after a timeout, so no process is left behind.
+group (server and stubs), then SIGKILL after a timeout, so no process is left behind. The
+python backend's shared-memory regions (`/dev/shm`, 32 MiB per model instance, RAM on a tmpfs)
+carry a prefix of this server's own (`shm_prefix`); Triton unlinks them on a clean exit, but a
+stub or server that is killed leaves them behind (measured: 169 regions, 5.4 GB of RAM, after a
+day of tests), so stop() removes whatever is left under this server's prefix, nothing else.
 
 A model process that dies (killed for memory, crashed) is restarted. Triton 2.51 does not do it
 itself: when a python-backend stub dies, `/v2/health/ready` and the model's readiness still answer
@@ -36,6 +40,7 @@ read the command line of a process (`ps`), so the admin key keeps out network cl
 from __future__ import annotations
 
 import atexit
+import glob
 import importlib.util
 import logging
 import os
@@ -56,6 +61,9 @@ from samrt import wire
 from samrt.errors import SamrtError
 
 from .logic import CACHE_KEY_ENV
+
+SHM_DIR = "/dev/shm"  # where POSIX shared memory (shm_open) lives on Linux
+AFTER_RESTART_EXIT_S = 5.0  # stop()'s grace for a server whose watchdog restarted a model
 
 __all__ = ["TritonServer", "TritonLaunchError", "free_port", "bundled_triton_dir", "check_installed"]
 
@@ -150,6 +158,8 @@ class TritonServer:
         bad = sorted(set(self.restricted_apis) - set(_TRITON_APIS))
         if bad:
             raise TritonLaunchError(f"restricted_apis: got {bad}, expected names from {list(_TRITON_APIS)}")
+        # this server's python-backend regions in /dev/shm: <shm_prefix>_<uuid> (removed by stop())
+        self.shm_prefix = f"samrt_triton_{os.getpid()}_{secrets.token_hex(4)}"
         self.cache_key = secrets.token_hex(16)  # the models' own: only they may write the embedding cache
         self._watchdog: Optional[threading.Thread] = None
         self._stop_watchdog = threading.Event()
@@ -183,6 +193,7 @@ class TritonServer:
             # Room for 4 MiB embeddings between server and stubs without regrowing.
             "--backend-config=python,shm-default-byte-size=33554432",
             "--backend-config=python,shm-growth-byte-size=33554432",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--log-verbose=0",
         ]
         if self.restart_dead_models and not any(a.startswith("--model-control-mode") for a in self.extra_args):
@@ -244,6 +255,13 @@ class TritonServer:
             return ""
 
     def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, up to `timeout` s for in-flight requests to finish (Triton's own exit timeout
+        is 30 s), then SIGKILL to the whole group, then the leftover shared memory. After the
+        watchdog restarted a model, Triton 2.51 waits its whole exit timeout for the dead
+        instance ("Found 2 live models" until the end, measured), so such a server gets
+        `AFTER_RESTART_EXIT_S` instead."""
+        if self.restarts:
+            timeout = min(timeout, AFTER_RESTART_EXIT_S)
         self._stop_watchdog.set()
         if self._watchdog is not None and self._watchdog is not threading.current_thread():
             self._watchdog.join(timeout=timeout)
@@ -264,6 +282,20 @@ class TritonServer:
         except ProcessLookupError:
             pass
         p.wait()
+        _wait_for_group(p.pid, timeout=5.0)
+        self.remove_leftover_shm()
+
+    def leftover_shm(self) -> List[str]:
+        """Paths of this server's python-backend regions still in /dev/shm."""
+        return sorted(glob.glob(os.path.join(SHM_DIR, glob.escape(self.shm_prefix) + "*")))
+
+    def remove_leftover_shm(self) -> None:
+        """Unlink the regions a killed stub or server left (only this server's prefix)."""
+        for path in self.leftover_shm():
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     # -- the watchdog: a model process that dies is reloaded --
     def model_processes(self) -> Dict[str, int]:
@@ -350,6 +382,29 @@ def _stub_processes(server_pid: int) -> Dict[str, int]:
                 and state not in (b"Z", b"X")):
             found[cmd[8].decode()] = int(entry)
     return found
+
+
+def _group_members(pgid: int) -> List[int]:
+    """PIDs of the live (not zombie) processes in process group `pgid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            found.append(int(entry))
+    return found
+
+
+def _wait_for_group(pgid: int, timeout: float) -> None:
+    """Wait (up to `timeout` s) until no live process of group `pgid` is left (killed stubs exit asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _model_of(instance: str) -> str:

@@ -269,6 +269,7 @@ class SegmentModel(PythonModel):
     def setup(self, params) -> None:
         self.image_size = int(params["image_size"])
         self.max_pixels = int(params["max_pixels"])
+        self.low_res_size = int(params["low_res_size"])
         self.cache = cache_model(params)
 
     def _one(self, request):
@@ -278,15 +279,15 @@ class SegmentModel(PythonModel):
             raise InputError("sam_segment: expected point_coords [N,2] and point_labels [N], got "
                              f"{None if coords is None else list(coords.shape)} and "
                              f"{None if labels is None else list(labels.shape)}")
-        prompts.complete_prompts(*prompts.check_points(coords[None], labels[None]))
+        options = {opt: input_array(request, opt) for opt in ("mask_input", "multimask_output")}
+        options = {opt: v[None] for opt, v in options.items() if v is not None}
+        # every rule sam_decode's prompt step applies, here (the mask's shape and logit bound too)
+        logic.prepare_prompts(coords[None], labels[None], options.get("mask_input"),
+                              options.get("multimask_output"), self.low_res_size)
         prompts.check_points_in_image(coords, labels, image.shape[:2])
         image_id = encode(image, self.image_size, self.cache)
         dec_in = {"image_id": np.array([[image_id.encode()]], dtype=object),
-                  "point_coords": coords[None], "point_labels": labels[None]}
-        for opt in ("mask_input", "multimask_output"):
-            v = input_array(request, opt)
-            if v is not None:
-                dec_in[opt] = v[None]
+                  "point_coords": coords[None], "point_labels": labels[None], **options}
         wanted = request.requested_output_names() or ["masks", "iou_predictions", "low_res_masks"]
         out = bls(wire.SAM_DECODE, dec_in, list(wanted))
         return response(wire.SAM_SEGMENT, {k: v[0] for k, v in out.items()})

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Callable, List, Optional, Tuple
 
-from samrt.artifacts import ArtifactError, ExportManifest, default_checkpoint
+from samrt.artifacts import ArtifactError, ExportManifest, check_output_dir, default_checkpoint
 from samrt.engines import OnnxSamPredictor
 from samrt.engines.build import EngineAccuracyError, build_variant
 from samrt.engines.openvino_engine import bf16_support
@@ -213,6 +213,7 @@ def repository_for_export(export_dir: str, out_dir: str, opts=None, backend: str
     """`samrt build-repo`: the repository of an export folder, with the engines `plan_engines`
     chooses (built into the export folder when missing)."""
     manifest = ExportManifest.read(export_dir)
+    check_output_dir(out_dir, "build-repo")  # a folder it may not write is refused before any engine is built
     device = getattr(opts, "device", "cpu") if opts is not None else "cpu"
     plan = plan_engines(manifest, backend or "auto", precision or "auto", decoder, device)
     _say(plan.describe())

@@ -4,6 +4,7 @@ Tolerances: masks agree on >= 99.99% of pixels, IoU scores within 1e-4, low-res 
 within 1e-3 (measured here: about 1e-6).
 """
 
+import os
 import subprocess
 import sys
 
@@ -93,11 +94,10 @@ def test_predict_before_set_image(tiny_export):
 
 @pytest.fixture(scope="module")
 def vit_b(tmp_path_factory):
-    """A vit_b checkpoint written by the test (official format), exported through the CLI,
-    and the reference built by segment_anything's own registry from the same file."""
-    from segment_anything import SamPredictor, sam_model_registry
-
-    from samrt.engines import OnnxSamPredictor
+    """A vit_b checkpoint written by the test (official format), exported through the CLI in its own
+    process, as a user runs it: (checkpoint, export folder). The comparisons run in processes of
+    their own too (tests/engines/vit_b_worker.py): two vit_b models beside the session's servers and
+    engines got this process OOM-killed in CI."""
     from samrt.export import random_sam, save_checkpoint
     from samrt.spec import get_config
 
@@ -105,30 +105,32 @@ def vit_b(tmp_path_factory):
     ckpt = str(tmp / "sam_vit_b_test.pth")
     save_checkpoint(random_sam(get_config("vit_b"), seed=11), ckpt)
     out = str(tmp / "export")
-    # the CLI in its own process, as a user runs it: the exporter's peak (torch's tracing of four
-    # graphs) is given back when it exits, not kept by this process beside the two models below
     done = subprocess.run([sys.executable, "-m", "samrt.app.cli", "export", "--model-type", "vit_b", "--checkpoint",
                            ckpt, "--out", out], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    ref = SamPredictor(sam_model_registry["vit_b"](checkpoint=ckpt))
-    ours = OnnxSamPredictor.from_onnx(f"{out}/vit_b.encoder.onnx", f"{out}/vit_b.decoder.onnx")
-    return ref, ours, out
+    return ckpt, out
+
+
+# 480 x 640 in `make test`; the two other sizes (the letterbox's other orientation, a resize from
+# 2250 px) are covered on the tiny model above and run for vit_b with `make test-release`
+VIT_B_SIZES = [pytest.param(*SIZES[0], marks=pytest.mark.release), SIZES[1],
+               pytest.param(*SIZES[2], marks=pytest.mark.release)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("h,w", VIT_B_SIZES)
 def test_vit_b_matches_sam_predictor(vit_b, h, w):
-    ref, ours, _ = vit_b
-    image = random_image(h, w, seed=w)
-    ref.set_image(image)
-    ours.set_image(image)
-    run_prompt_suite(ref, ours, h, w, seed=w)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-m", "tests.engines.vit_b_worker", *vit_b, str(h), str(w)],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
+    assert f"vit_b {h}x{w}: same as SamPredictor" in done.stdout
 
 
 @pytest.mark.slow
 def test_vit_b_export_report(vit_b):
     import json
 
-    report = json.load(open(f"{vit_b[2]}/export_report.json"))
+    report = json.load(open(f"{vit_b[1]}/export_report.json"))
     assert report["passed"] and report["config"]["model_type"] == "vit_b" and not report["random_init"]
     assert report["checkpoint"].endswith("sam_vit_b_test.pth")

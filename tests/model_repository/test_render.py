@@ -126,9 +126,16 @@ def test_build_repo_cli_production_variant(tiny_export, tmp_path, capsys):
     assert "TensorRT" in capsys.readouterr().err
 
 
-def test_build_repo_refuses_a_folder_it_did_not_render(tiny_export, tmp_path, capsys):
-    """The fault: `build-repo --out DIR` used to delete DIR whatever it held."""
+def test_build_repo_refuses_a_folder_it_did_not_render(tiny_export, tmp_path, capsys, monkeypatch):
+    """The fault: `build-repo --out DIR` used to delete DIR whatever it held. It is refused before
+    any engine is built (minutes on a real model)."""
+    from samrt.app import pipeline
     from samrt.app.cli import main
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("an engine was built for a folder that is refused")
+
+    monkeypatch.setattr(pipeline, "build_variant", no_build)
 
     export_dir = os.path.dirname(tiny_export.encoder_path)
     users = tmp_path / "work"

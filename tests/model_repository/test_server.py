@@ -256,3 +256,25 @@ def test_shutdown_leaves_no_process(tiny_repo, tmp_path):
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     assert _processes_mentioning(str(tmp_path / "work")) == []
     assert not [p for p in _processes_mentioning("triton_python_backend_stub") if os.getpgid(p) == pid]
+    assert srv.leftover_shm() == []  # a clean exit: Triton unlinked its regions itself
+
+
+def test_a_killed_server_leaves_no_shared_memory(tiny_repo, tmp_path):
+    """A SIGKILLed server cannot unlink its python-backend regions (32 MiB of RAM each); stop() does."""
+    import signal
+
+    from samrt.model_repository.server import TritonServer
+
+    srv = TritonServer(tiny_repo, work_dir=str(tmp_path / "work"))
+    srv.start()
+    try:
+        regions = srv.leftover_shm()
+        assert regions and all(os.path.basename(r).startswith(srv.shm_prefix) for r in regions)  # the prefix is ours
+        others = set(os.listdir("/dev/shm")) - {os.path.basename(r) for r in regions}
+        os.killpg(srv.process.pid, signal.SIGKILL)
+        srv.process.wait()
+        assert srv.leftover_shm() == regions  # what a crash leaves
+    finally:
+        srv.stop()
+    assert srv.leftover_shm() == []
+    assert others <= set(os.listdir("/dev/shm"))  # nobody else's region was touched
