@@ -159,7 +159,7 @@ class TritonServer:
         if bad:
             raise TritonLaunchError(f"restricted_apis: got {bad}, expected names from {list(_TRITON_APIS)}")
         # this server's python-backend regions in /dev/shm: <shm_prefix>_<uuid> (removed by stop())
-        self.shm_prefix = f"samrt_triton_{os.getpid()}_{secrets.token_hex(4)}"
+        self.shm_prefix = f"samrt_triton_{os.getpid()}_{secrets.token_hex(4)}_"
         self.cache_key = secrets.token_hex(16)  # the models' own: only they may write the embedding cache
         self._watchdog: Optional[threading.Thread] = None
         self._stop_watchdog = threading.Event()

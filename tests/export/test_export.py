@@ -69,6 +69,7 @@ def test_decoder_rows_are_independent(tiny_export, tiny_sam, tiny_cfg):
         np.testing.assert_allclose(one[1][0], batched[1][i], atol=1e-6)
 
 
+@pytest.mark.slow  # a whole export of the tiny model (~45 s here)
 def test_tolerance_gate_fails_with_report(tiny_sam, tiny_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "DECODER_TOLERANCE", Tolerance(atol=0.0, rtol=0.0))
     with pytest.raises(ExportCheckError, match=r"decoder\.low_res_masks: max abs .* > atol 0.0"):
