@@ -8,7 +8,9 @@ group (server and stubs), then SIGKILL after a timeout, so no process is left be
 python backend's shared-memory regions (`/dev/shm`, 32 MiB per model instance, RAM on a tmpfs)
 carry a prefix of this server's own (`shm_prefix`); Triton unlinks them on a clean exit, but a
 stub or server that is killed leaves them behind (measured: 169 regions, 5.4 GB of RAM, after a
-day of tests), so stop() removes whatever is left under this server's prefix, nothing else.
+day of tests), so stop() removes whatever is left under this server's prefix, nothing else (after
+the process group is gone, or 5 s after its SIGKILL). A process that started servers and was
+itself killed (SIGKILL, OOM) runs no stop(): its servers' regions stay until removed by hand.
 
 A model process that dies (killed for memory, crashed) is restarted. Triton 2.51 does not do it
 itself: when a python-backend stub dies, `/v2/health/ready` and the model's readiness still answer
@@ -230,7 +232,9 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise TritonLaunchError(f"tritonserver exited with code {self.process.returncode} before it was ready; "
+                code = self.process.returncode
+                self.stop()  # stubs it started and their shared memory
+                raise TritonLaunchError(f"tritonserver exited with code {code} before it was ready; "
                                   f"log {self.log_path}:\n{self.log_tail()}")
             if self.is_ready():
                 if self.restart_dead_models:

@@ -269,7 +269,8 @@ class SegmentModel(PythonModel):
     def setup(self, params) -> None:
         self.image_size = int(params["image_size"])
         self.max_pixels = int(params["max_pixels"])
-        self.low_res_size = int(params["low_res_size"])
+        # a repository rendered before low_res_size was passed here: SAM's low-res masks are a quarter of the input
+        self.low_res_size = int(params.get("low_res_size", self.image_size // 4))
         self.cache = cache_model(params)
 
     def _one(self, request):

@@ -122,7 +122,7 @@ VIT_B_SIZES = [pytest.param(*SIZES[0], marks=pytest.mark.release), SIZES[1],
 def test_vit_b_matches_sam_predictor(vit_b, h, w):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     done = subprocess.run([sys.executable, "-m", "tests.engines.vit_b_worker", *vit_b, str(h), str(w)],
-                          capture_output=True, text=True, cwd=root)
+                          capture_output=True, text=True, cwd=root, timeout=1800)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
     assert f"vit_b {h}x{w}: same as SamPredictor" in done.stdout
 

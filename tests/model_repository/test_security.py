@@ -143,6 +143,7 @@ def test_administrative_apis_need_the_admin_key(server, protocol):
     deadline = time.monotonic() + 30
     while not client.is_model_ready(wire.SAM_DECODE.name) and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert client.is_model_ready(wire.SAM_DECODE.name), "sam_decode not ready 30 s after the load"
     for api, call in OPEN_CALLS.items():  # what every client needs stays open
         assert call(client) is not None, api
     image = np.zeros((32, 32, 3), np.uint8)
@@ -203,3 +204,24 @@ def test_a_bad_put_from_inside_gets_its_error_and_the_server_goes_on(server, cli
         err = _typed(lambda: _put(raw, mod, "x" * 32, emb, size, server.cache_key))
         assert isinstance(err, InvalidRequestError) and re.search(match, str(err)), err
     assert client.encode(random_image(30, 40, seed=2505)).original_size == (30, 40)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_sam_segment_checks_the_mask_prompt_itself(server, protocol):
+    """A mask_input with a logit of 1e9 through sam_segment: INVALID_ARG naming the bound (the fuzz
+    test found it arriving untyped, from sam_decode behind BLS), and the server goes on."""
+    from samrt.errors import InvalidRequestError
+
+    client, mod = _client(server, protocol), MODULES[protocol]
+    image = random_image(40, 30, seed=3)
+    mask = np.zeros((1, 256, 256), np.float32)
+    mask[0, 5, 5] = 1e9
+    inputs = [_tensor(mod, "image", image, "UINT8"),
+              _tensor(mod, "point_coords", np.array([[10.0, 10.0]], np.float32), "FP32"),
+              _tensor(mod, "point_labels", np.array([1], np.int32), "INT32"),
+              _tensor(mod, "mask_input", mask, "FP32")]
+    err = _typed(lambda: client.infer(wire.SAM_SEGMENT.name, inputs))
+    assert isinstance(err, InvalidRequestError) and "mask_input: got a logit of magnitude 1e+09" in str(err), err
+    mask[0, 5, 5] = 3.0  # the same request within the bound is answered
+    inputs[3] = _tensor(mod, "mask_input", mask, "FP32")
+    assert client.infer(wire.SAM_SEGMENT.name, inputs).as_numpy("masks").shape == (3, 40, 30)  # multimask by default

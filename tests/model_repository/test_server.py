@@ -247,6 +247,7 @@ def test_shutdown_leaves_no_process(tiny_repo, tmp_path):
     from samrt.model_repository.server import TritonServer
 
     srv = TritonServer(tiny_repo, work_dir=str(tmp_path / "work"))
+    srv.remove_leftover_shm = lambda: None  # this test checks what Triton's own clean exit leaves
     srv.start()
     with SamClient(srv.grpc_url) as c:
         c.encode(random_image(32, 32))
@@ -256,7 +257,9 @@ def test_shutdown_leaves_no_process(tiny_repo, tmp_path):
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     assert _processes_mentioning(str(tmp_path / "work")) == []
     assert not [p for p in _processes_mentioning("triton_python_backend_stub") if os.getpgid(p) == pid]
-    assert srv.leftover_shm() == []  # a clean exit: Triton unlinked its regions itself
+    left = srv.leftover_shm()
+    TritonServer.remove_leftover_shm(srv)
+    assert left == []  # a clean exit: Triton unlinked its regions itself
 
 
 def test_a_killed_server_leaves_no_shared_memory(tiny_repo, tmp_path):
@@ -266,15 +269,25 @@ def test_a_killed_server_leaves_no_shared_memory(tiny_repo, tmp_path):
     from samrt.model_repository.server import TritonServer
 
     srv = TritonServer(tiny_repo, work_dir=str(tmp_path / "work"))
+    # names beside this server's prefix that are not its own: another server of this process, a
+    # name the prefix is a prefix of without its separator
+    decoys = [os.path.join("/dev/shm", srv.shm_prefix[:-1] + "X" + "0" * 8),
+              os.path.join("/dev/shm", f"samrt_triton_{os.getpid()}_00000000_" + "0" * 8)]
+    for d in decoys:
+        open(d, "wb").close()
     srv.start()
     try:
         regions = srv.leftover_shm()
         assert regions and all(os.path.basename(r).startswith(srv.shm_prefix) for r in regions)  # the prefix is ours
-        others = set(os.listdir("/dev/shm")) - {os.path.basename(r) for r in regions}
+        assert not set(decoys) & set(regions)
         os.killpg(srv.process.pid, signal.SIGKILL)
         srv.process.wait()
         assert srv.leftover_shm() == regions  # what a crash leaves
+        srv.stop()
+        assert srv.leftover_shm() == []
+        assert all(os.path.exists(d) for d in decoys)  # nobody else's region was touched
     finally:
         srv.stop()
-    assert srv.leftover_shm() == []
-    assert others <= set(os.listdir("/dev/shm"))  # nobody else's region was touched
+        for d in decoys:
+            if os.path.exists(d):
+                os.unlink(d)
