@@ -18,9 +18,11 @@ itself: when a python-backend stub dies, `/v2/health/ready` and the model's read
 the server restarts (measured; a plain `load` of the unchanged model is a no-op). So the server
 runs with `--model-control-mode=explicit --load-model=*` (everything loaded at start, as before)
 and a watchdog thread (`restart_dead_models=True`, the default) watches the stubs of this server
-(by PID, every `watchdog_interval` s); when one is gone it unloads and loads that model through
-the repository API. While it reloads, the model and the server report not ready (strict
-readiness), so readiness does not lie for longer than the watchdog's interval. The embedding
+(by PID, every `watchdog_interval` s); when one is gone, no new stub took its instance name and
+Triton still reports its model ready, it unloads and loads that model through the repository API
+(an admin's unload, or load of a changed model that starts new stubs, is left alone; a reload of
+a step makes the ensembles that use it answer "no available versions" for a moment). While it
+reloads, the model and the server report not ready (strict readiness), so readiness does not lie for longer than the watchdog's interval. The embedding
 cache lives in the `sam_mask_decoder` process (`sam_embedding_cache` in the production variant): if that one dies, cached images are lost and
 decodes answer NOT_FOUND (`ImageNotCachedError`) until the image is encoded again.
 `TritonServer.restarts` lists what was restarted (model name, time).
@@ -313,18 +315,32 @@ class TritonServer:
         self._watchdog.start()
 
     def _watch(self) -> None:
+        """Every `watchdog_interval` s: a known stub whose PID is gone (exited, zombie, or reused by
+        another process) is dead only if no live stub has taken its instance name (an admin's load
+        of a changed model starts new stubs) and Triton still reports its model ready (an admin's
+        unload leaves it not ready: not the watchdog's to undo). Those models are reloaded."""
         known = self.model_processes()
         while not self._stop_watchdog.wait(self.watchdog_interval):
             p = self.process
             if p is None or p.poll() is not None:
                 return
-            alive = self.model_processes()
-            dead = sorted({_model_of(name) for name in known if name not in alive or alive[name] != known[name]})
-            for model in dead:
-                if self._stop_watchdog.is_set():
-                    return
-                self._reload(model)
-            known = self.model_processes() if dead else {**known, **alive}
+            gone = {name for name, pid in known.items() if not _stub_alive(pid, p.pid)}
+            if gone:
+                alive = self.model_processes()
+                for model in sorted({_model_of(n) for n in gone if n not in alive}):
+                    if self._stop_watchdog.is_set():
+                        return
+                    if self._model_ready(model):
+                        self._reload(model)
+            known = {**{n: pid for n, pid in known.items() if n not in gone}, **self.model_processes()}
+
+    def _model_ready(self, model: str) -> bool:
+        """Triton's readiness of `model` (an open API): False when it answers otherwise or not at all."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{model}/ready", timeout=5) as r:
+                return r.status == 200
+        except OSError:
+            return False
 
     def _reload(self, model: str) -> bool:
         """Unload and load `model` (a plain load of an unchanged model is a no-op in Triton)."""
@@ -409,6 +425,20 @@ def _wait_for_group(pgid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while _group_members(pgid) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _stub_alive(pid: int, server_pid: int) -> bool:
+    """Whether `pid` is still a live (not zombie) child of `server_pid`. Reads /proc/<pid>/stat only
+    (its command line needs the process's memory, which a read under memory pressure can miss);
+    a read that fails for any reason but the process being gone counts as alive."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return fields[0] not in (b"Z", b"X") and fields[1] == str(server_pid).encode()
 
 
 def _model_of(instance: str) -> str:

@@ -54,6 +54,25 @@ def pytest_runtest_setup(item):
         pytest.skip(f"no tritonserver: {_triton_missing()}")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used a tritonserver gets that server's restarts and its log's last lines
+    in its report (CI shows only the report)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        if isinstance(value, TritonServer):
+            try:
+                with open(value.log_path, "rb") as f:
+                    tail = f.read()[-6000:].decode(errors="replace")
+            except OSError as e:
+                tail = f"(log unreadable: {e})"
+            report.sections.append((f"tritonserver of fixture {name!r}",
+                                    f"restarts: {value.restarts}\nlog {value.log_path}, last lines:\n{tail}"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _servers_only_in_triton_tests():
     """A tritonserver started while an unmarked test is set up or runs fails that test: the quick

@@ -106,6 +106,29 @@ def test_readiness_does_not_lie_while_a_model_reloads(own_server):
     assert model_ready() and own_server.is_ready()
 
 
+def test_an_admins_unload_is_not_undone_by_the_watchdog(own_server):
+    """An unload through the repository API ends the model's stub too; Triton then reports the model
+    not ready, so the watchdog leaves it unloaded (it reloads only models Triton still serves)
+    until the admin loads it again."""
+    import tritonclient.http as httpclient
+
+    from samrt import wire
+
+    c = httpclient.InferenceServerClient(own_server.http_url)
+    key = wire.admin_headers("http", own_server.admin_key)
+    before = len(own_server.restarts)
+    c.unload_model("sam_mask_rle", headers=key)
+    t0 = time.monotonic()
+    while "sam_mask_rle_0_0" in own_server.model_processes() and time.monotonic() - t0 < 30:
+        time.sleep(0.1)
+    time.sleep(4 * own_server.watchdog_interval)  # the watchdog looked at least three times
+    assert "sam_mask_rle_0_0" not in own_server.model_processes()
+    assert not c.is_model_ready("sam_mask_rle")
+    assert len(own_server.restarts) == before, own_server.restarts
+    c.load_model("sam_mask_rle", headers=key)
+    assert c.is_model_ready("sam_mask_rle") and own_server.is_ready()
+
+
 # -- abandoned automatic-mask jobs --
 # ~10 s to the end on a quiet 2-core CPU (18 batches of 8 points); minutes when the machine is shared
 JOB = dict(points_per_side=12, points_per_batch=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
