@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 from typing import Optional
 
 import numpy as np
@@ -131,6 +132,30 @@ def tiny_export(tiny_sam, tiny_cfg, tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp("export_tiny"))
     return export_sam(tiny_sam, tiny_cfg, out, random_init=True)
+
+
+@pytest.fixture
+def tiny_graphs_reused(tiny_export, monkeypatch):
+    """Tests of what surrounds the exporter (its gate and report, `samrt export`, the pipeline) on
+    the tiny model with seed 0: `export_graph` copies the session's graph of the same name instead of
+    running torch.onnx's dynamo exporter again (~40 s a whole export here). The copies come from the
+    same weights (`tiny_export`: random_sam(tiny, seed=0), what --random-init exports), so the
+    checks against PyTorch that follow are the real ones; the exporter itself ran for `tiny_export`."""
+    import shutil
+
+    from samrt.export import onnx_export
+
+    copied = []
+
+    def copy_graph(module, spec, example, path):
+        src = os.path.join(os.path.dirname(tiny_export.report_path), os.path.basename(path))
+        assert os.path.isfile(src), f"{path}: the session's tiny export has no {os.path.basename(path)}"
+        shutil.copyfile(src, path)
+        copied.append(os.path.basename(path))
+        return path
+
+    monkeypatch.setattr(onnx_export, "export_graph", copy_graph)
+    return copied
 
 
 @pytest.fixture(scope="session")

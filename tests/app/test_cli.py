@@ -10,8 +10,7 @@ import torch
 from samrt.app.cli import main
 
 
-@pytest.mark.slow  # a whole export of the tiny model (~45 s here)
-def test_export_random_init_says_so(tmp_path, capsys):
+def test_export_random_init_says_so(tmp_path, capsys, tiny_graphs_reused):
     assert main(["export", "--model-type", "tiny", "--random-init", "--out", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "RANDOM-INIT WEIGHTS" in captured.err and "mean nothing" in captured.err

@@ -85,8 +85,8 @@ def test_an_export_without_the_fast_decoder_is_exported_again(asked, tmp_path):
     assert asked == [("random_sam", "vit_b"), ("export_sam", "vit_b")]
 
 
-@pytest.mark.slow
-def test_build_repository_exports_builds_once_and_renders(tmp_path, monkeypatch, capsys):
+@pytest.mark.slow  # builds the engines it serves (~20 s here)
+def test_build_repository_exports_builds_once_and_renders(tmp_path, monkeypatch, capsys, tiny_graphs_reused):
     """On the tiny model, as `samrt serve` runs it with no flags: the first call exports, builds the
     engines it serves and renders; the second reuses the export and the engines (nothing built)."""
     from samrt.engines import build as engine_build
@@ -105,6 +105,7 @@ def test_build_repository_exports_builds_once_and_renders(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "exporting random-init tiny" in err and "serving encoder:" in err and "serving decoder:" in err
     first = list(builds)
+    assert "tiny.encoder.onnx" in tiny_graphs_reused  # exported (the dynamo step copied: see the fixture)
     assert first  # OpenVINO (the dev install has it) engines were built: the default serves them
     served = json.load(open(os.path.join(repo, "serving_plan.json")))
     assert served["decoder"]["variant"].startswith("fast_decoder")
@@ -112,4 +113,5 @@ def test_build_repository_exports_builds_once_and_renders(tmp_path, monkeypatch,
     repo2 = pipeline.build_repository(build_dir, None, "tiny", random_init=True)
     err = capsys.readouterr().err
     assert repo2 == repo and builds == first and "reusing the export" in err
+    assert len(tiny_graphs_reused) == 5  # nothing exported the second time
     assert json.load(open(os.path.join(repo, "serving_plan.json"))) == served

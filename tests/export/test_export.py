@@ -69,13 +69,13 @@ def test_decoder_rows_are_independent(tiny_export, tiny_sam, tiny_cfg):
         np.testing.assert_allclose(one[1][0], batched[1][i], atol=1e-6)
 
 
-@pytest.mark.slow  # a whole export of the tiny model (~45 s here)
-def test_tolerance_gate_fails_with_report(tiny_sam, tiny_cfg, tmp_path, monkeypatch):
+def test_tolerance_gate_fails_with_report(tiny_sam, tiny_cfg, tmp_path, monkeypatch, tiny_graphs_reused):
     monkeypatch.setattr(onnx_export, "DECODER_TOLERANCE", Tolerance(atol=0.0, rtol=0.0))
     with pytest.raises(ExportCheckError, match=r"decoder\.low_res_masks: max abs .* > atol 0.0"):
         export_sam(tiny_sam, tiny_cfg, str(tmp_path), random_init=True)
     report = json.load(open(tmp_path / "export_report.json"))
     assert report["passed"] is False
+    assert "tiny.decoder.onnx" in tiny_graphs_reused  # the session's graphs, checked again here
 
 
 def test_check_graph_reports_real_differences(tiny_export, tiny_sam, tiny_cfg):
