@@ -12,6 +12,7 @@ import numpy as np
 from samrt.app.pipeline import ensure_export, plan_engines
 from samrt.client import SamClient
 from samrt.imageio import list_images, load_image
+from samrt.memory import estimate_server_memory
 from samrt.model_repository.launch import repository_from_plan
 from samrt.model_repository.render import RepoOptions
 from samrt.model_repository.server import TritonServer
@@ -22,13 +23,14 @@ from samrt.visualize import sample_image
 from .amg import bench_amg
 from .common import write_rows
 from .decoder import bench_decoder
+from .memory import bench_memory
 from .engines import bench_engines
 from .perf_analyzer import run_perf_analyzer, write_decode_input_data
 from .plots import plot_all
 from .serve import DEFAULT_VARIANTS, bench_serve, interactive_rows, reference_clicks, reference_sessions
 from .upscale import DEFAULT_SIZES, bench_upscale
 
-__all__ = ["run_engines", "run_decoder", "run_serve", "run_amg", "run_upscale"]
+__all__ = ["run_engines", "run_decoder", "run_serve", "run_amg", "run_upscale", "run_memory"]
 
 
 def _saved(paths: Dict[str, str]) -> List[dict]:
@@ -175,3 +177,30 @@ def run_upscale(out: str, quick: bool) -> Dict[str, str]:
     else:
         rows = bench_upscale(DEFAULT_SIZES)
     return write_rows(rows, out, "upscale")
+
+
+def run_memory(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str,
+               clients: Sequence[int] = (4, 32), rounds: int = 2, clicks: int = 5, backend: str = "auto",
+               precision: str = "auto", decoder: str = "fast") -> Dict[str, str]:
+    """`samrt bench memory`: the engines `samrt serve` would serve with these flags (built when
+    missing), a server on them, PSS per process at idle, during an encode and under load
+    (`benchmarks.memory`); beside each row, the estimate `samrt serve` checks before a start."""
+    if quick:
+        clients, rounds, clicks = [min(clients, default=2)][:1], 1, 2
+    if checkpoint:
+        from samrt.export import load_sam  # torch: the export extra
+
+        _, cfg = load_sam(checkpoint)
+        model_type = cfg.model_type
+    manifest = ensure_export(os.path.join(build_dir, "export_" + model_type), model_type, checkpoint)
+    plan = plan_engines(manifest, backend, precision, decoder)
+    opts = RepoOptions()
+    repo = repository_from_plan(manifest, plan, os.path.join(build_dir, f"repo_memory_{model_type}"), opts)
+    est = estimate_server_memory(manifest.config, plan.encoder.variant.backend, plan.encoder.variant.precision,
+                                 opts.encoder_max_batch, opts.cache_bytes)
+    base = {"model": manifest.name, "model_type": manifest.config.model_type, "backend": backend,
+            "precision": precision, "decoder": decoder, "engines": [str(plan.encoder.variant), str(plan.decoder.variant)],
+            "estimate_gib": round(est.total / 2**30, 2), "estimate": est.describe()}
+    images = _images(2 + sum(clients) * rounds, 320 if quick else None)
+    rows = bench_memory(repo, images, clients, rounds, clicks, os.path.join(build_dir, f"work_memory_{model_type}"), base)
+    return write_rows(rows, out, f"memory_{model_type}")

@@ -34,9 +34,11 @@ import contextlib
 import errno
 import fcntl
 import itertools
+import logging
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -49,6 +51,8 @@ SHM_DIR = "/dev/shm"
 MIN_REGION_BYTES = 1 << 20
 ALIGN = 64
 _create_lock = threading.Lock()  # tritonclient's shared_memory keeps a module-level table of keys
+UNREGISTER_TRIES = 3
+log = logging.getLogger("samrt.client")
 
 
 def layout(inputs: Dict[str, Tuple[np.ndarray, str]], outputs: Sequence[str],
@@ -177,10 +181,19 @@ class RegionPool:
             self._unregister_and_destroy(region)
 
     def _unregister_and_destroy(self, region: Region) -> None:
-        try:
-            self.server.unregister(region.name)
-        except Exception:  # noqa: BLE001 - a server that is gone has nothing registered; free our side anyway
-            pass
+        """Unregister (three tries: a busy server can miss the client's deadline once), then unlink.
+        A server that is gone has nothing registered; our side is freed either way, and a region the
+        server still lists is swept by the next client (its file and lock are gone: `stale_regions`)."""
+        for attempt in range(UNREGISTER_TRIES):
+            try:
+                self.server.unregister(region.name)
+                break
+            except Exception as e:  # noqa: BLE001 - any failure: try again, then leave it to the sweep
+                if attempt == UNREGISTER_TRIES - 1:
+                    log.warning("shared memory region %s: unregistering failed (%s: %s); the next client's "
+                                "sweep removes it", region.name, type(e).__name__, e)
+                else:
+                    time.sleep(0.2 * (attempt + 1))
         _destroy(region)
 
 

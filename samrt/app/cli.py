@@ -456,7 +456,7 @@ def cmd_build_engine(args) -> int:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="latency and throughput benchmarks (rows as JSON/CSV with the machine, plots)")
     kinds = p.add_subparsers(dest="kind", required=True)
-    for kind in ("engines", "decoder", "serve", "amg"):
+    for kind in ("engines", "decoder", "serve", "amg", "memory"):
         k = kinds.add_parser(kind)
         k.add_argument("--out", required=True, help="results folder, e.g. benchmarks/results/<machine>/")
         k.add_argument("--quick", action="store_true", help="a smoke run in under two minutes")
@@ -464,7 +464,7 @@ def _add_bench(sub) -> None:
         if kind != "amg":
             k.add_argument("--model-type", default="vit_b", choices=list(MODEL_CONFIGS), help="model to measure")
             k.add_argument("--checkpoint", help="its weights (default: seeded random ones)")
-        if kind != "engines":
+        if kind not in ("engines", "memory"):
             k.add_argument("--url", help="a running server's gRPC endpoint (default: start servers here)"
                            if kind == "serve" else "a running server's gRPC endpoint", required=kind == "amg")
         if kind == "engines":
@@ -475,16 +475,22 @@ def _add_bench(sub) -> None:
             k.add_argument("--ort-precisions", default="fp32,int8,fp16", help="ONNX Runtime encoder engines")
             k.add_argument("--openvino-precisions", default="fp32,bf16,int8",
                            help="OpenVINO encoder engines (the decoder: fp32/bf16 among them); '' for none")
-        if kind == "serve":
-            k.add_argument("--scenarios", default="sessions,interactive",
-                           help="sessions: clients encoding and clicking (a concurrency sweep, batching on/off); "
-                                "interactive: one client clicking, idle and while another streams new images")
-            k.add_argument("--concurrency", default="1,4,16", help="clients at once, per run")
+        if kind in ("serve", "memory"):
             k.add_argument("--backend", default="auto", choices=SERVING_BACKENDS[:3],
                            help="engines of the servers started here, chosen as `samrt serve` chooses them")
             k.add_argument("--precision", default="auto", choices=("auto",) + PRECISIONS,
                            help="as `samrt serve --precision`")
             k.add_argument("--decoder", default="fast", choices=sorted(DECODERS), help="as `samrt serve --decoder`")
+        if kind == "memory":
+            k.add_argument("--clients", default="4,32", help="clients at once in each load phase, each encoding "
+                                                             "new images and clicking")
+            k.add_argument("--rounds", type=int, default=2, help="new images per client in a load phase")
+            k.add_argument("--clicks", type=int, default=5, help="clicks per image")
+        if kind == "serve":
+            k.add_argument("--scenarios", default="sessions,interactive",
+                           help="sessions: clients encoding and clicking (a concurrency sweep, batching on/off); "
+                                "interactive: one client clicking, idle and while another streams new images")
+            k.add_argument("--concurrency", default="1,4,16", help="clients at once, per run")
             k.add_argument("--clicks", type=int, default=10, help="clicks per client")
         if kind == "amg":
             k.add_argument("--images", help="folder of images (default: generated scenes)")
@@ -518,6 +524,10 @@ def cmd_bench(args) -> int:
                               args.precision, args.decoder)
     elif args.kind == "upscale":
         paths = bench_run.run_upscale(args.out, args.quick)
+    elif args.kind == "memory":
+        paths = bench_run.run_memory(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir,
+                                     [int(c) for c in args.clients.split(",") if c], args.rounds, args.clicks,
+                                     args.backend, args.precision, args.decoder)
     else:
         paths = bench_run.run_amg(args.out, args.url, args.images, args.quick, args.points_per_side,
                                   args.reference_checkpoint)

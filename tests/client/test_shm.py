@@ -107,6 +107,37 @@ def test_closing_while_a_request_is_in_flight():
 
 
 @linux_shm
+def test_an_unregister_the_server_misses_once_is_tried_again(caplog):
+    """A busy server can miss the client's deadline on an unregister: close() tries again, and
+    after three misses says so (the next client's sweep removes the region) and frees its side."""
+    class Flaky(FakeServer):
+        def __init__(self, misses):
+            super().__init__()
+            self.misses = misses
+
+        def unregister(self, name):
+            if self.misses:
+                self.misses -= 1
+                raise TimeoutError("Deadline Exceeded")
+            super().unregister(name)
+
+    server = Flaky(misses=2)
+    pool = RegionPool(server)
+    with pool.lease(100) as a:
+        pass
+    pool.close()
+    assert server.regions == {} and not os.path.exists(os.path.join(SHM_DIR, a.name))
+    server = Flaky(misses=3)
+    pool = RegionPool(server)
+    with pool.lease(100) as b:
+        pass
+    with caplog.at_level("WARNING", logger="samrt.client"):
+        pool.close()
+    assert b.name in server.regions and not os.path.exists(os.path.join(SHM_DIR, b.name))
+    assert f"shared memory region {b.name}: unregistering failed (TimeoutError: Deadline Exceeded)" in caplog.text
+
+
+@linux_shm
 def test_stale_regions_are_those_nobody_holds():
     pid = os.getpid()
     live, dead, gone = (f"{PREFIX}{pid}_test_{k}" for k in ("live", "dead", "gone"))

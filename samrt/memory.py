@@ -1,0 +1,176 @@
+"""What a server (or an export) will take from this machine's memory, estimated before it starts:
+`samrt serve` refuses a start that will not fit, with the estimate's parts, instead of being
+killed by the kernel half-way.
+
+The estimate of a server (bytes, PSS summed over tritonserver and its model processes) is a sum of
+parts, each derived from the model's configuration (`samrt.spec.SamConfig`):
+
+- "processes": tritonserver and the python-backend stubs with their libraries (`PROCESS_BASE`);
+- "encoder weights": the encoder's parameters (`encoder_params`, exact for SAM's ViT) times the
+  bytes each takes resident in the serving engine (`WEIGHT_BYTES[(backend, precision)]`);
+- "encoder activations": `encoder_batch` images at once, each the global-attention score tensors
+  (heads x N^2 float32, N = (image_size / patch_size)^2 tokens; SAM's largest tensors) times
+  `ATTENTION_COPIES`; the engine's arena keeps its peak after the first batch;
+- "decoders": the decoder weights (fp32) in each process that holds a decoder (sam_mask_decoder and
+  sam_amg) plus their working memory (`DECODER_WORKING`);
+- "embedding cache": the cache's byte bound (`RepoOptions.cache_bytes`), reached under load.
+
+The constants are measured (`samrt bench memory`, docs/memory.md gives the machine and the
+figures); the estimate is meant to err high by a little, not to be exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+from samrt.errors import SamrtError
+from samrt.spec import SamConfig, get_config, resolve_model_type
+
+__all__ = ["MemoryEstimate", "InsufficientMemoryError", "encoder_params", "decoder_params",
+           "estimate_server_memory", "estimate_export_memory", "available_memory", "check_fits"]
+
+GIB = 2**30
+MIB = 2**20
+
+# Measured on this project's servers (docs/memory.md): the PSS of tritonserver and its 10-13
+# python-backend stubs at idle, less the engines' weights.
+PROCESS_BASE = 900 * MIB
+# Resident bytes per encoder parameter, by (backend, precision) of the served encoder.
+WEIGHT_BYTES: Dict[Tuple[str, str], float] = {
+    ("onnxruntime", "fp32"): 4.0,
+    ("onnxruntime", "int8"): 1.0,
+    ("onnxruntime", "fp16"): 2.0,
+    ("openvino", "fp32"): 4.0,
+    ("openvino", "bf16"): 2.0,
+    ("openvino", "int8"): 1.0,
+    ("tensorrt", "fp16"): 2.0,
+    ("tensorrt", "int8"): 1.0,
+}
+# Global-attention score tensors alive at the encoder's peak, per image (fp32 heads x N^2 each).
+ATTENTION_COPIES = 3.0
+DECODER_WORKING = 200 * MIB  # per decoder process: prompts of a batch, upscaled masks, RLE
+DEFAULT_CACHE_BYTES = 1024 * MIB  # RepoOptions.cache_bytes
+# An export holds the PyTorch model, the traced program and the ONNX graph being written, then
+# runs both for the check: bytes per parameter at its peak, plus the encoder's activations twice.
+EXPORT_BYTES_PER_PARAM = 16.0
+EXPORT_BASE = 1500 * MIB
+
+
+class InsufficientMemoryError(SamrtError):
+    """A start that would not fit in this machine's available memory (estimated before it starts)."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a server (or an export) will take, by part; `total` is their sum."""
+
+    what: str
+    parts: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in self.parts.items())
+        return f"{self.what}: about {self.total / GIB:.1f} GiB ({parts} GiB)"
+
+
+def _cfg(model: "str | SamConfig") -> SamConfig:
+    if isinstance(model, SamConfig):
+        return model
+    try:
+        model_type = resolve_model_type(model)
+    except KeyError as e:
+        raise SamrtError(str(e.args[0])) from None
+    if model_type in (None, "auto"):
+        raise SamrtError(f"model type: got {model!r}, expected a model type (the estimate needs one)")
+    return get_config(model_type)
+
+
+def encoder_params(model: "str | SamConfig") -> int:
+    """Parameters of SAM's image encoder (ViT + neck), exact: patch embedding, absolute position
+    embedding, `depth` blocks (two LayerNorms, qkv, projection, MLP 4x, decomposed relative position
+    tables of 2*size-1 rows per axis: size = window_size, or the token grid in global blocks), and the
+    neck (1x1 and 3x3 convolutions without bias, two LayerNorms). Source: segment_anything/modeling/
+    image_encoder.py (ImageEncoderViT, Block, Attention)."""
+    cfg = _cfg(model)
+    d, p, grid, out = cfg.encoder_embed_dim, cfg.patch_size, cfg.image_size // cfg.patch_size, cfg.prompt_embed_dim
+    head_dim = d // cfg.encoder_num_heads
+    block = 12 * d * d + 13 * d
+    sizes = [grid if i in cfg.encoder_global_attn_indexes else cfg.window_size for i in range(cfg.encoder_depth)]
+    rel = sum(2 * (2 * size - 1) * head_dim for size in sizes)
+    neck = d * out + 2 * out + out * out * 9 + 2 * out
+    return p * p * 3 * d + d + grid * grid * d + cfg.encoder_depth * block + rel + neck
+
+
+def decoder_params(model: "str | SamConfig") -> int:
+    """Parameters of the prompt encoder and mask decoder: 4,064,560 for SAM's (256-wide) decoder.
+    Counted from the module definitions once (segment_anything 1.0), scaled by the width squared."""
+    cfg = _cfg(model)
+    return int(round(4_064_560 * (cfg.prompt_embed_dim / 256) ** 2))
+
+
+def _attention_bytes(cfg: SamConfig) -> int:
+    """One fp32 global-attention score tensor of one image: heads x N x N x 4 bytes."""
+    tokens = (cfg.image_size // cfg.patch_size) ** 2
+    return cfg.encoder_num_heads * tokens * tokens * 4
+
+
+def estimate_server_memory(model: "str | SamConfig", backend: str, precision: str, encoder_batch: int = 4,
+                           cache_bytes: int = DEFAULT_CACHE_BYTES, amg: bool = True) -> MemoryEstimate:
+    """The server's memory (PSS summed over its processes) under load, by part (see the module
+    docstring). `backend`/`precision`: the served encoder's (`WEIGHT_BYTES` keys; SamrtError for
+    another); `encoder_batch`: images the encoder runs at once (RepoOptions.encoder_max_batch)."""
+    cfg = _cfg(model)
+    if (backend, precision) not in WEIGHT_BYTES:
+        raise SamrtError(f"encoder engine: got {backend} {precision}, expected one of "
+                         f"{sorted(f'{b} {p}' for b, p in WEIGHT_BYTES)}")
+    if encoder_batch < 1:
+        raise SamrtError(f"encoder_batch: got {encoder_batch}, expected at least 1")
+    decoders = 2 if amg else 1
+    parts = {
+        "processes": PROCESS_BASE,
+        "encoder weights": int(encoder_params(cfg) * WEIGHT_BYTES[(backend, precision)]),
+        "encoder activations": int(encoder_batch * ATTENTION_COPIES * _attention_bytes(cfg)),
+        "decoders": decoders * (decoder_params(cfg) * 4 + DECODER_WORKING),
+        "embedding cache": int(cache_bytes),
+    }
+    return MemoryEstimate(f"a {cfg.model_type} server ({backend} {precision} encoder, batch {encoder_batch})", parts)
+
+
+def estimate_export_memory(model: "str | SamConfig") -> MemoryEstimate:
+    """The peak of `samrt export` (PyTorch model, traced program, ONNX graph, the checks), by part."""
+    cfg = _cfg(model)
+    params = encoder_params(cfg) + decoder_params(cfg)
+    return MemoryEstimate(f"the export of {cfg.model_type}", {
+        "process": EXPORT_BASE,
+        "weights, traced and written": int(params * EXPORT_BYTES_PER_PARAM),
+        "encoder activations (PyTorch and ONNX Runtime)": int(2 * ATTENTION_COPIES * _attention_bytes(cfg)),
+    })
+
+
+def available_memory(meminfo: str = "/proc/meminfo") -> Optional[int]:
+    """The kernel's estimate of memory available to a new workload (MemAvailable), bytes; None
+    where it cannot be read."""
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_fits(estimate: MemoryEstimate, available: Optional[int] = None, override: str = "") -> None:
+    """Raise InsufficientMemoryError when `estimate` exceeds `available` (default: MemAvailable
+    now); the message gives the estimate's parts and, when given, how to go on anyway (`override`).
+    Where the available memory cannot be read, nothing is checked."""
+    available = available_memory() if available is None else available
+    if available is None or estimate.total <= available:
+        return
+    hint = f"; {override}" if override else ""
+    raise InsufficientMemoryError(
+        f"{estimate.describe()}; this machine has {available / GIB:.1f} GiB available: it would not fit{hint}")

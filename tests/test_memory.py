@@ -1,0 +1,66 @@
+"""samrt.memory: the parameter counts are exact, the estimate adds its parts, a start that would
+not fit is refused with the figures."""
+
+import pytest
+
+from samrt.errors import SamrtError
+from samrt.memory import (GIB, InsufficientMemoryError, MemoryEstimate, available_memory, check_fits, decoder_params,
+                          encoder_params, estimate_export_memory, estimate_server_memory)
+
+
+@pytest.mark.parametrize("model_type", ["tiny", "vit_b", "vit_l", "vit_h"])
+def test_parameter_counts_equal_the_official_modules(model_type):
+    torch = pytest.importorskip("torch")
+    from samrt.export.checkpoint import build_sam
+    from samrt.spec import get_config
+
+    with torch.device("meta"):  # the official modules' shapes, no memory
+        sam = build_sam(get_config(model_type))
+    enc = sum(p.numel() for p in sam.image_encoder.parameters())
+    rest = sum(p.numel() for n, p in sam.named_parameters() if not n.startswith("image_encoder."))
+    assert encoder_params(model_type) == enc
+    assert decoder_params(model_type) == rest
+
+
+def test_the_alias_default_is_vit_h_and_bad_input_is_named():
+    assert encoder_params("default") == encoder_params("vit_h") == 637_026_048
+    with pytest.raises(SamrtError, match="unknown model type 'vit_x'"):
+        encoder_params("vit_x")
+    with pytest.raises(SamrtError, match=r"model type: got 'auto', expected a model type"):
+        estimate_server_memory("auto", "openvino", "bf16")
+    with pytest.raises(SamrtError, match=r"encoder engine: got openvino fp16, expected one of"):
+        estimate_server_memory("vit_b", "openvino", "fp16")
+    with pytest.raises(SamrtError, match=r"encoder_batch: got 0, expected at least 1"):
+        estimate_server_memory("vit_b", "openvino", "bf16", encoder_batch=0)
+
+
+def test_the_estimate_is_the_sum_of_its_parts_and_grows_with_the_model():
+    b = estimate_server_memory("vit_b", "onnxruntime", "fp32")
+    h = estimate_server_memory("vit_h", "onnxruntime", "fp32")
+    assert b.total == sum(b.parts.values()) and h.total > b.total
+    assert h.parts["encoder weights"] == 637_026_048 * 4
+    assert estimate_server_memory("vit_h", "openvino", "bf16").parts["encoder weights"] == 637_026_048 * 2
+    one = estimate_server_memory("vit_h", "onnxruntime", "fp32", encoder_batch=1)
+    assert h.parts["encoder activations"] == 4 * one.parts["encoder activations"]
+    assert estimate_server_memory("vit_b", "onnxruntime", "fp32", cache_bytes=0).parts["embedding cache"] == 0
+    assert estimate_export_memory("vit_h").total > estimate_export_memory("vit_b").total
+    assert "a vit_h server (onnxruntime fp32 encoder, batch 4): about" in h.describe()
+
+
+def test_a_start_that_would_not_fit_is_refused_with_the_figures():
+    est = MemoryEstimate("a test server", {"weights": 3 * GIB, "activations": 2 * GIB})
+    check_fits(est, available=6 * GIB)  # fits: nothing happens
+    with pytest.raises(InsufficientMemoryError,
+                       match=r"a test server: about 5\.0 GiB \(weights 3\.0, activations 2\.0 GiB\); this machine "
+                             r"has 4\.0 GiB available: it would not fit; pass --no-memory-check to start anyway"):
+        check_fits(est, available=4 * GIB, override="pass --no-memory-check to start anyway")
+
+
+def test_available_memory_reads_meminfo(tmp_path):
+    f = tmp_path / "meminfo"
+    f.write_text("MemTotal:       24000000 kB\nMemFree:  1000 kB\nMemAvailable:   20971520 kB\n")
+    assert available_memory(str(f)) == 20 * GIB
+    f.write_text("MemTotal: 1 kB\n")
+    assert available_memory(str(f)) is None
+    assert available_memory(str(tmp_path / "missing")) is None
+    assert available_memory() is None or available_memory() > 0
