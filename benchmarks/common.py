@@ -32,6 +32,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU flags that decide which engines run fast (AVX-512 and its bf16/VNNI units, AMX): machines
+# sold under one model name ("AMD EPYC") differ in them.
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+
+
+def _isa() -> List[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [x for x in _ISA_FLAGS if x in flags]
+    except OSError:
+        pass
+    return []
+
+
 def _gpu() -> Optional[str]:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
@@ -60,7 +77,7 @@ def machine_info() -> Dict[str, object]:
             mem = round(int(f.readline().split()[1]) / 2**20, 1)
     except OSError:
         pass
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": mem, "gpu": _gpu(),
+    return {"cpu": _cpu_model(), "isa": _isa(), "cores": os.cpu_count(), "memory_gib": mem, "gpu": _gpu(),
             "python": platform.python_version(), "os": platform.platform(), **{f"{k}_version": v for k, v in versions.items()}}
 
 

@@ -9,10 +9,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 
-from samrt.app.pipeline import ensure_export, plan_engines
+from samrt.app.pipeline import ensure_export, plan_engines, server_memory
 from samrt.client import SamClient
 from samrt.imageio import list_images, load_image
-from samrt.memory import estimate_server_memory
 from samrt.model_repository.launch import repository_from_plan
 from samrt.model_repository.render import RepoOptions
 from samrt.model_repository.server import TritonServer
@@ -23,6 +22,7 @@ from samrt.visualize import sample_image
 from .amg import bench_amg
 from .common import write_rows
 from .decoder import bench_decoder
+from .e2e import bench_e2e
 from .memory import bench_memory
 from .engines import bench_engines
 from .perf_analyzer import run_perf_analyzer, write_decode_input_data
@@ -30,7 +30,7 @@ from .plots import plot_all
 from .serve import DEFAULT_VARIANTS, bench_serve, interactive_rows, reference_clicks, reference_sessions
 from .upscale import DEFAULT_SIZES, bench_upscale
 
-__all__ = ["run_engines", "run_decoder", "run_serve", "run_amg", "run_upscale", "run_memory"]
+__all__ = ["run_engines", "run_decoder", "run_serve", "run_amg", "run_upscale", "run_memory", "run_e2e"]
 
 
 def _saved(paths: Dict[str, str]) -> List[dict]:
@@ -181,10 +181,11 @@ def run_upscale(out: str, quick: bool) -> Dict[str, str]:
 
 def run_memory(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str,
                clients: Sequence[int] = (4, 32), rounds: int = 2, clicks: int = 5, backend: str = "auto",
-               precision: str = "auto", decoder: str = "fast") -> Dict[str, str]:
+               precision: str = "auto", decoder: str = "fast", encoder_max_batch: Optional[int] = None) -> Dict[str, str]:
     """`samrt bench memory`: the engines `samrt serve` would serve with these flags (built when
     missing), a server on them, PSS per process at idle, during an encode and under load
-    (`benchmarks.memory`); beside each row, the estimate `samrt serve` checks before a start."""
+    (`benchmarks.memory`); beside each row, the estimate `samrt serve` checks before a start.
+    `encoder_max_batch`: RepoOptions.encoder_max_batch (None: its default)."""
     if quick:
         clients, rounds, clicks = [min(clients, default=2)][:1], 1, 2
     if checkpoint:
@@ -194,13 +195,28 @@ def run_memory(out: str, model_type: str, checkpoint: Optional[str], quick: bool
         model_type = cfg.model_type
     manifest = ensure_export(os.path.join(build_dir, "export_" + model_type), model_type, checkpoint)
     plan = plan_engines(manifest, backend, precision, decoder)
-    opts = RepoOptions()
+    opts = RepoOptions() if encoder_max_batch is None else RepoOptions(encoder_max_batch=encoder_max_batch)
     repo = repository_from_plan(manifest, plan, os.path.join(build_dir, f"repo_memory_{model_type}"), opts)
-    est = estimate_server_memory(manifest.config, plan.encoder.variant.backend, plan.encoder.variant.precision,
-                                 opts.encoder_max_batch, opts.cache_bytes)
+    est = server_memory(manifest, plan, opts)
     base = {"model": manifest.name, "model_type": manifest.config.model_type, "backend": backend,
             "precision": precision, "decoder": decoder, "engines": [str(plan.encoder.variant), str(plan.decoder.variant)],
-            "estimate_gib": round(est.total / 2**30, 2), "estimate": est.describe()}
+            "encoder_max_batch": opts.encoder_max_batch, "estimate_gib": round(est.total / 2**30, 2),
+            "estimate": est.describe()}
     images = _images(2 + sum(clients) * rounds, 320 if quick else None)
     rows = bench_memory(repo, images, clients, rounds, clicks, os.path.join(build_dir, f"work_memory_{model_type}"), base)
-    return write_rows(rows, out, f"memory_{model_type}")
+    enc = plan.encoder.variant
+    return write_rows(rows, out, f"memory_{model_type}_{enc.backend}_{enc.precision}_batch{opts.encoder_max_batch}")
+
+
+def run_e2e(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str, clients: int = 4,
+            serve_args: Sequence[str] = ()) -> Dict[str, str]:
+    """`samrt bench e2e`: a checkpoint (default: seeded random weights of `model_type`, official
+    format) exported, built, served by `samrt serve` with no other flags (or `serve_args`) and
+    checked against SamPredictor, each step's time and peak memory (`benchmarks.e2e`). `quick`:
+    one client, a small image."""
+    if quick:
+        clients = 1
+    tag = "_".join([model_type] + [a.lstrip("-") for a in serve_args])
+    rows = bench_e2e(model_type, os.path.join(build_dir, f"e2e_{tag}"), checkpoint, clients,
+                     320 if quick else 640, serve_args)
+    return write_rows(rows, out, f"e2e_{tag}")

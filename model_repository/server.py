@@ -59,7 +59,7 @@ import sysconfig
 import threading
 import time
 import urllib.request
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from samrt import wire
 from samrt.errors import SamrtError
@@ -69,7 +69,8 @@ from .logic import CACHE_KEY_ENV
 SHM_DIR = "/dev/shm"  # where POSIX shared memory (shm_open) lives on Linux
 AFTER_RESTART_EXIT_S = 5.0  # stop()'s grace for a server whose watchdog restarted a model
 
-__all__ = ["TritonServer", "TritonLaunchError", "free_port", "bundled_triton_dir", "check_installed"]
+__all__ = ["TritonServer", "TritonLaunchError", "free_port", "bundled_triton_dir", "check_installed", "stub_processes",
+           "live_processes"]
 
 
 class TritonLaunchError(SamrtError):
@@ -307,7 +308,7 @@ class TritonServer:
     def model_processes(self) -> Dict[str, int]:
         """{instance name (e.g. "sam_decode_0_0"): PID} of this server's live python-backend stubs."""
         p = self.process
-        return {} if p is None else _stub_processes(p.pid)
+        return {} if p is None else stub_processes(p.pid)
 
     def _start_watchdog(self) -> None:
         self._stop_watchdog.clear()
@@ -382,42 +383,44 @@ def _write_private(path: str, text: str) -> None:
         os.close(fd)
 
 
-def _stub_processes(server_pid: int) -> Dict[str, int]:
+def live_processes() -> Iterator[Tuple[int, str, List[bytes]]]:
+    """(PID, command name, the /proc/<pid>/stat fields after the name: state, ppid, pgrp, ...) of
+    every live (not zombie) process this machine lists."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, rest = stat[stat.index(b"(") + 1: stat.rindex(b")")], stat[stat.rindex(b")") + 1:].split()
+        if rest and rest[0] not in (b"Z", b"X"):
+            yield int(entry), name.decode(errors="replace"), rest
+
+
+def stub_processes(server_pid: int) -> Dict[str, int]:
     """{instance name: PID} of the live (not zombie) python-backend stubs whose parent is `server_pid`.
 
     A stub's command line is: stub, model.py, shm region, shm sizes (2), parent PID, backend dir,
     IPC handle, instance name, ..."""
     found: Dict[str, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for pid, _, fields in live_processes():
+        if fields[1] != str(server_pid).encode():
             continue
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if (len(cmd) > 8 and cmd[0].endswith(b"triton_python_backend_stub") and cmd[5] == str(server_pid).encode()
-                and state not in (b"Z", b"X")):
-            found[cmd[8].decode()] = int(entry)
+        if len(cmd) > 8 and cmd[0].endswith(b"triton_python_backend_stub") and cmd[5] == str(server_pid).encode():
+            found[cmd[8].decode()] = pid
     return found
 
 
 def _group_members(pgid: int) -> List[int]:
     """PIDs of the live (not zombie) processes in process group `pgid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            found.append(int(entry))
-    return found
+    return [pid for pid, _, fields in live_processes() if int(fields[2]) == pgid]
 
 
 def _wait_for_group(pgid: int, timeout: float) -> None:

@@ -7,6 +7,7 @@ __all__ = [
     "CheckpointError",
     "ModelTypeMismatchError",
     "InputError",
+    "InsufficientMemoryError",
     "ExportCheckError",
     "ServerError",
     "InvalidRequestError",
@@ -31,6 +32,11 @@ class ModelTypeMismatchError(CheckpointError):
 
 class InputError(SamrtError, ValueError):
     """A prompt, image or tensor given by a caller is malformed."""
+
+
+class InsufficientMemoryError(SamrtError):
+    """A start (export, server) whose memory estimate exceeds what the machine has available
+    (`samrt.memory.check_fits`), refused before it begins."""
 
 
 class ExportCheckError(SamrtError):

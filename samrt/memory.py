@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-from samrt.errors import SamrtError
+from samrt.errors import InsufficientMemoryError, SamrtError
 from samrt.spec import SamConfig, get_config, resolve_model_type
 
 __all__ = ["MemoryEstimate", "InsufficientMemoryError", "encoder_params", "decoder_params",
@@ -55,10 +55,6 @@ DEFAULT_CACHE_BYTES = 1024 * MIB  # RepoOptions.cache_bytes
 # runs both for the check: bytes per parameter at its peak, plus the encoder's activations twice.
 EXPORT_BYTES_PER_PARAM = 16.0
 EXPORT_BASE = 1500 * MIB
-
-
-class InsufficientMemoryError(SamrtError):
-    """A start that would not fit in this machine's available memory (estimated before it starts)."""
 
 
 @dataclass(frozen=True)

@@ -146,3 +146,49 @@ def test_perf_analyzer_on_sam_decode(tmp_path, server):
     header = lines[0].split(",")
     assert header[0] == "Concurrency" and "Inferences/Second" in header and len(lines) == 3
     assert all(float(line.split(",")[1]) > 0 for line in lines[1:])  # throughput at concurrency 1 and 2
+
+
+def test_e2e_steps_measure_their_own_process(tmp_path):
+    """`samrt bench e2e` (benchmarks/e2e.py): a step's peak memory is its own process's; a failed
+    step names its log; children are found by name; mask IoU of two empty masks is 1."""
+    import subprocess
+    import sys
+
+    from samrt.benchmarks import e2e
+    from samrt.errors import SamrtError
+
+    log = str(tmp_path / "log")
+    seconds, peak = e2e._measured([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"],
+                                  log)
+    assert seconds > 0 and 300 * 2**20 < peak < 2 * 2**30
+    with pytest.raises(SamrtError, match=r"exit status 3, expected 0 \(see .*log\)"):
+        e2e._measured([sys.executable, "-c", "import sys; sys.exit(3)"], log)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert e2e._children(os.getpid(), "sleep") == [child.pid]
+        assert e2e._vm_hwm(child.pid) > 0
+    finally:
+        child.kill()
+        child.wait()
+    empty = np.zeros((4, 4), bool)
+    assert e2e._iou(empty, empty) == 1.0 and e2e._iou(empty, ~empty) == 0.0
+
+
+@pytest.mark.triton
+def test_memory_phases_on_the_session_server(server):
+    """`samrt bench memory`'s phases (benchmarks/memory.py) on the running tiny server: every
+    phase sees tritonserver and every model's stub, with a positive PSS that sums per model."""
+    from samrt.benchmarks.memory import bench_memory
+    from samrt.scenes import scene_for_index
+
+    images = [scene_for_index(i, stream=11, long_side=96).image for i in range(4)]
+    rows = bench_memory("", images, clients=[2], rounds=1, clicks=1, work_dir="", base={"model": "tiny"},
+                        server=server)
+    assert [r["phase"] for r in rows] == ["idle", "encode", "load 2 clients", "idle after 2 clients"]
+    models = set(server.model_processes())
+    for r in rows:
+        assert r["model"] == "tiny" and r["processes"] == len(models) + 1
+        per_model = r["per_model_peak_mib"]
+        assert {"tritonserver", "sam_image_encoder", "sam_mask_decoder", "sam_encode"} <= set(per_model)
+        assert all(v > 0 for v in per_model.values())
+        assert 0 < r["peak_total_gib"] * 1024 <= sum(per_model.values()) + 1  # the peak of the sum <= sum of peaks

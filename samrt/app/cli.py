@@ -65,13 +65,14 @@ def _add_demo(sub) -> None:
     p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES, help=_MODEL_TYPE_HELP)
     p.add_argument("--random-init", action="store_true", help="seeded random weights (masks mean nothing)")
     p.add_argument("--out", default="build/demo", help="output folder")
+    _memory_check_option(p)
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo  # tritonclient (samrt.client): the client extra
 
-    result = run_demo(args.out, args.checkpoint, args.model_type, args.random_init)
+    result = run_demo(args.out, args.checkpoint, args.model_type, args.random_init, memory_check=args.memory_check)
     print(json.dumps(result, indent=2))
     if result["random_init"]:
         print("\nWARNING: random-init weights: the mask means nothing.")
@@ -160,11 +161,23 @@ def _repo_options(p) -> None:
                    help="bound of --cache-dir in bytes (LRU; default 16 GiB)")
     p.add_argument("--max-prompts", type=int, default=d.max_prompts, help="prompts per sam_decode request")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image (pixels) sam_encode and sam_amg accept; default 8192*8192 = 67 M")
+    p.add_argument("--encoder-max-batch", type=int, default=d.encoder_max_batch,
+                   help=f"images the encoder runs at once (default {d.encoder_max_batch}); its activations grow "
+                        "with it (docs/memory.md)")
 
 
 def _opts(args):
+    if args.encoder_max_batch < 1:
+        raise SamrtError(f"--encoder-max-batch: got {args.encoder_max_batch}, expected at least 1")
     return RepoOptions(device=args.device, cache_bytes=args.cache_bytes, max_prompts=args.max_prompts,
-                       max_pixels=args.max_pixels, cache_dir=args.cache_dir, cache_dir_bytes=args.cache_dir_bytes)
+                       max_pixels=args.max_pixels, cache_dir=args.cache_dir, cache_dir_bytes=args.cache_dir_bytes,
+                       encoder_max_batch=args.encoder_max_batch)
+
+
+def _memory_check_option(p) -> None:
+    p.add_argument("--no-memory-check", dest="memory_check", action="store_false",
+                   help="start even where the memory estimate (docs/memory.md) exceeds what this machine has "
+                        "available (by default such a start is refused before it begins)")
 
 
 def _add_build_repo(sub) -> None:
@@ -191,13 +204,14 @@ def _add_serve(sub) -> None:
     p.add_argument("--grpc-port", type=int, default=8001, help="Triton's gRPC endpoint")
     p.add_argument("--metrics-port", type=int, default=8002, help="Triton's Prometheus metrics")
     _repo_options(p)
+    _memory_check_option(p)
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args) -> int:
     pipeline.serve(args.build_dir, args.checkpoint, args.model_type, _opts(args), args.random_init, args.precision,
           host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-          backend=args.backend, decoder=args.decoder)
+          backend=args.backend, decoder=args.decoder, memory_check=args.memory_check)
     return 0
 
 
@@ -456,7 +470,7 @@ def cmd_build_engine(args) -> int:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="latency and throughput benchmarks (rows as JSON/CSV with the machine, plots)")
     kinds = p.add_subparsers(dest="kind", required=True)
-    for kind in ("engines", "decoder", "serve", "amg", "memory"):
+    for kind in ("engines", "decoder", "serve", "amg", "memory", "e2e"):
         k = kinds.add_parser(kind)
         k.add_argument("--out", required=True, help="results folder, e.g. benchmarks/results/<machine>/")
         k.add_argument("--quick", action="store_true", help="a smoke run in under two minutes")
@@ -464,7 +478,11 @@ def _add_bench(sub) -> None:
         if kind != "amg":
             k.add_argument("--model-type", default="vit_b", choices=list(MODEL_CONFIGS), help="model to measure")
             k.add_argument("--checkpoint", help="its weights (default: seeded random ones)")
-        if kind not in ("engines", "memory"):
+        if kind == "e2e":
+            k.add_argument("--clients", type=int, default=4, help="clients encoding and clicking at once (last step)")
+            k.add_argument("--serve-args", default="", help="flags added to `samrt serve` (default: none, the "
+                                                            "default path), e.g. '--backend onnxruntime --precision fp32'")
+        if kind not in ("engines", "memory", "e2e"):
             k.add_argument("--url", help="a running server's gRPC endpoint (default: start servers here)"
                            if kind == "serve" else "a running server's gRPC endpoint", required=kind == "amg")
         if kind == "engines":
@@ -486,6 +504,8 @@ def _add_bench(sub) -> None:
                                                              "new images and clicking")
             k.add_argument("--rounds", type=int, default=2, help="new images per client in a load phase")
             k.add_argument("--clicks", type=int, default=5, help="clicks per image")
+            k.add_argument("--encoder-max-batch", type=int, default=RepoOptions().encoder_max_batch,
+                           help="as `samrt serve --encoder-max-batch`")
         if kind == "serve":
             k.add_argument("--scenarios", default="sessions,interactive",
                            help="sessions: clients encoding and clicking (a concurrency sweep, batching on/off); "
@@ -527,7 +547,10 @@ def cmd_bench(args) -> int:
     elif args.kind == "memory":
         paths = bench_run.run_memory(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir,
                                      [int(c) for c in args.clients.split(",") if c], args.rounds, args.clicks,
-                                     args.backend, args.precision, args.decoder)
+                                     args.backend, args.precision, args.decoder, args.encoder_max_batch)
+    elif args.kind == "e2e":
+        paths = bench_run.run_e2e(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir,
+                                  args.clients, args.serve_args.split())
     else:
         paths = bench_run.run_amg(args.out, args.url, args.images, args.quick, args.points_per_side,
                                   args.reference_checkpoint)

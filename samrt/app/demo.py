@@ -18,13 +18,14 @@ from samrt.visualize import candidates, overlay, sample_image, save_png
 from .pipeline import build_repository
 
 
-def run_demo(out_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", random_init: bool = False) -> dict:
+def run_demo(out_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", random_init: bool = False,
+             memory_check: bool = True) -> dict:
     if checkpoint is None and not random_init and default_checkpoint() is None:
         print("no embedded model in this install: using RANDOM-INIT vit_b weights (the mask means nothing)",
               file=sys.stderr)
         random_init, model_type = True, "vit_b" if model_type == "auto" else model_type
     prepare_output_dir(out_dir, "demo")
-    repo = build_repository(out_dir, checkpoint, model_type, random_init=random_init)
+    repo = build_repository(out_dir, checkpoint, model_type, random_init=random_init, memory_check=memory_check)
     manifest = ExportManifest.read(os.path.join(out_dir, "export"))
     image, click = sample_image()
     with TritonServer(repo, work_dir=os.path.join(out_dir, "triton_work")) as server:

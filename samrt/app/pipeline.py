@@ -18,7 +18,9 @@ from samrt.engines import OnnxSamPredictor
 from samrt.engines.build import EngineAccuracyError, build_variant
 from samrt.engines.openvino_engine import bf16_support
 from samrt.errors import SamrtError
+from samrt.memory import MemoryEstimate, available_memory, check_fits, estimate_export_memory, estimate_server_memory
 from samrt.model_repository.launch import repository_from_plan, serve_forever
+from samrt.model_repository.render import RepoOptions
 from samrt.model_repository.server import TritonServer
 from samrt.scenes import eval_scenes, evaluate
 from samrt.spec import get_config, resolve_model_type
@@ -26,7 +28,10 @@ from samrt.variants import (BACKENDS, DECODERS, GRAPHS, NATIVE_SERVING, PRECISIO
                             ServedEngine, ServingPlan, Variant, auto_candidates)
 
 __all__ = ["resolve_source", "export_model", "ensure_export", "plan_engines", "build_repository",
-           "repository_for_export", "serve", "evaluate_model"]
+           "repository_for_export", "server_memory", "serve", "evaluate_model", "NO_MEMORY_CHECK"]
+
+# What a refused start tells the user to pass to go on anyway (the CLI's flag of `memory_check`).
+NO_MEMORY_CHECK = "pass --no-memory-check to start anyway"
 
 
 def resolve_source(checkpoint: Optional[str], model_type: str = "auto", random_init: bool = False):
@@ -65,10 +70,12 @@ def export_model(out_dir: str, model_type: str = "auto", checkpoint: Optional[st
 
 
 def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[str] = None,
-                  seed: int = 0) -> ExportManifest:
+                  seed: int = 0, memory_check: bool = True) -> ExportManifest:
     """Export (encoder, decoder and fast decoder ONNX, checked against PyTorch) unless `out_dir`
     already holds a passing export of the same source with every graph; `checkpoint` None means
-    seeded random weights of `model_type`."""
+    seeded random weights of `model_type`. `memory_check`: an export whose estimated peak
+    (`samrt.memory.estimate_export_memory`) exceeds the memory available now is refused with
+    InsufficientMemoryError before it starts (as soon as the model type is known)."""
     source = os.path.abspath(checkpoint) if checkpoint else None
     try:
         manifest = ExportManifest.read(out_dir)
@@ -78,19 +85,32 @@ def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[s
             return manifest
     except ArtifactError:
         pass
+    known = resolve_model_type(model_type) not in ("auto", None)
+    if memory_check and known:
+        _check_memory(estimate_export_memory(model_type))
     _say(f"exporting {checkpoint or f'random-init {model_type}'} to ONNX in {out_dir} (first start only; "
-         "each graph is checked against PyTorch; vit_b takes about two minutes here)")
+         "each graph is checked against PyTorch; vit_b takes about two minutes here, vit_h about four)")
     t0 = time.perf_counter()
     from samrt.export import export_sam, load_sam, random_sam  # torch: only when an export has to run
 
     if checkpoint:
         sam, cfg = load_sam(checkpoint, model_type)
+        if memory_check and not known:
+            _check_memory(estimate_export_memory(cfg))
     else:
         cfg = get_config(model_type)
         sam = random_sam(cfg, seed=seed)
     export_sam(sam, cfg, out_dir, checkpoint=checkpoint, random_init=checkpoint is None, seed=seed)
     _say(f"  exported in {time.perf_counter() - t0:.0f} s")
     return ExportManifest.read(out_dir)
+
+
+def _check_memory(estimate: MemoryEstimate) -> None:
+    """Say the estimate and what is available; raise InsufficientMemoryError when it does not fit."""
+    available = available_memory()
+    where = f"; {available / 2**30:.1f} GiB available" if available is not None else ""
+    _say(f"memory: {estimate.describe()}{where}")
+    check_fits(estimate, available, override=NO_MEMORY_CHECK)
 
 
 def _say(text: str) -> None:
@@ -198,33 +218,72 @@ def _choose(manifest: ExportManifest, role: str, candidates: List[Variant], by_s
 
 def build_repository(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", opts=None,
                      random_init: bool = False, precision: str = "auto", backend: str = "auto",
-                     decoder: str = "fast") -> str:
+                     decoder: str = "fast", memory_check: bool = True) -> str:
     """Export (cached in `build_dir/export`), choose and build the engines (`plan_engines`), render
-    `build_dir/repo`; returns the repository path."""
+    `build_dir/repo`; returns the repository path. What starts a server on it calls this first
+    (`samrt serve`, `samrt demo`, `samrt annotate`): with `memory_check`, an export and then a
+    server whose estimated memory (`samrt.memory`) exceeds what this machine has available now
+    are refused with InsufficientMemoryError (the estimate's parts) before they start."""
     checkpoint, model_type = resolve_source(checkpoint, model_type, random_init)
-    manifest = ensure_export(os.path.join(build_dir, "export"), model_type, checkpoint)
+    manifest = ensure_export(os.path.join(build_dir, "export"), model_type, checkpoint, memory_check=memory_check)
     _say(f"model: {manifest.describe()}")
-    return repository_for_export(manifest.export_dir, os.path.join(build_dir, "repo"), opts, backend, precision,
-                                 decoder)
+    repo, estimate = _repository(manifest, os.path.join(build_dir, "repo"), opts, backend, precision, decoder,
+                                 memory_check)
+    if estimate is not None and memory_check:
+        _check_memory(estimate)
+    return repo
 
 
 def repository_for_export(export_dir: str, out_dir: str, opts=None, backend: str = "auto", precision: str = "auto",
                           decoder: str = "fast") -> str:
     """`samrt build-repo`: the repository of an export folder, with the engines `plan_engines`
-    chooses (built into the export folder when missing)."""
-    manifest = ExportManifest.read(export_dir)
+    chooses (built into the export folder when missing). Says the server's memory estimate."""
+    repo, estimate = _repository(ExportManifest.read(export_dir), out_dir, opts, backend, precision, decoder)
+    if estimate is not None:
+        available = available_memory()
+        where = f"; {available / 2**30:.1f} GiB available here" if available is not None else ""
+        _say(f"memory of a server on it: {estimate.describe()}{where}")
+    return repo
+
+
+def _repository(manifest: ExportManifest, out_dir: str, opts, backend: str, precision: str, decoder: str,
+                memory_check: bool = False) -> Tuple[str, Optional[MemoryEstimate]]:
     check_output_dir(out_dir, "build-repo")  # a folder it may not write is refused before any engine is built
-    device = getattr(opts, "device", "cpu") if opts is not None else "cpu"
+    opts = opts or RepoOptions()
+    device = opts.device
+    if memory_check and device == "cpu" and backend not in NATIVE_SERVING:
+        # before any engine is built: the least a server on any of the candidates would take
+        candidates = _candidates("encoder", backend or "auto", precision or "auto", decoder, device)[0]
+        least = min((_server_estimate(manifest, v, opts) for v in candidates), key=lambda e: e.total)
+        check_fits(least, available_memory(), override=NO_MEMORY_CHECK)
     plan = plan_engines(manifest, backend or "auto", precision or "auto", decoder, device)
     _say(plan.describe())
-    return repository_from_plan(manifest, plan, out_dir, opts)
+    return repository_from_plan(manifest, plan, out_dir, opts), server_memory(manifest, plan, opts)
+
+
+def server_memory(manifest: ExportManifest, plan: ServingPlan, opts=None) -> Optional[MemoryEstimate]:
+    """The memory estimate (`samrt.memory.estimate_server_memory`) of a server on `plan` with
+    `opts` (RepoOptions; default settings when None); None where this machine does not run it (a
+    production variant for NVIDIA's container, or models on a GPU: its memory is not estimated)."""
+    opts = opts or RepoOptions()
+    if plan.native or opts.device != "cpu":
+        return None
+    return _server_estimate(manifest, plan.encoder.variant, opts)
+
+
+def _server_estimate(manifest: ExportManifest, encoder: Variant, opts) -> MemoryEstimate:
+    return estimate_server_memory(manifest.config, encoder.backend, encoder.precision, opts.encoder_max_batch,
+                                  opts.cache_bytes)
 
 
 def serve(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", opts=None,
           random_init: bool = False, precision: str = "auto", host: str = "127.0.0.1", http_port: int = 8000,
-          grpc_port: int = 8001, metrics_port: int = 8002, backend: str = "auto", decoder: str = "fast") -> None:
-    """`samrt serve`: build the repository, run tritonserver until Ctrl-C or SIGTERM."""
-    repo = build_repository(build_dir, checkpoint, model_type, opts, random_init, precision, backend, decoder)
+          grpc_port: int = 8001, metrics_port: int = 8002, backend: str = "auto", decoder: str = "fast",
+          memory_check: bool = True) -> None:
+    """`samrt serve`: build the repository (`build_repository`, memory checked), run tritonserver
+    until Ctrl-C or SIGTERM."""
+    repo = build_repository(build_dir, checkpoint, model_type, opts, random_init, precision, backend, decoder,
+                            memory_check)
     gpu = bool(opts is not None and getattr(opts, "device", "cpu") == "cuda")
     serve_forever(TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                                gpu=gpu))

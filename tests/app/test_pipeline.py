@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+import samrt.errors
 import samrt.export
 from samrt.app import pipeline
 from samrt.app.cli import main
@@ -33,6 +34,8 @@ def asked(monkeypatch):
 
     monkeypatch.setattr(samrt.export, "random_sam", random_sam)
     monkeypatch.setattr(samrt.export, "export_sam", export_sam)
+    # the memory check passes (what this machine has free does not decide these tests; see `available`)
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 2**40)
     return seen
 
 
@@ -115,3 +118,74 @@ def test_build_repository_exports_builds_once_and_renders(tmp_path, monkeypatch,
     assert repo2 == repo and builds == first and "reusing the export" in err
     assert len(tiny_graphs_reused) == 5  # nothing exported the second time
     assert json.load(open(os.path.join(repo, "serving_plan.json"))) == served
+
+
+# -- the memory check: a start that will not fit is refused before it begins (issue #24) --
+
+@pytest.fixture
+def available(monkeypatch):
+    """Sets what the pipeline reads as this machine's available memory (GiB)."""
+    def set_gib(gib):
+        monkeypatch.setattr(pipeline, "available_memory", lambda: int(gib * 2**30))
+    return set_gib
+
+
+def test_an_export_that_would_not_fit_is_refused_before_it_starts(asked, available, tmp_path, capsys):
+    available(2)
+    assert main(["serve", "--random-init", "--model-type", "vit_h", "--build-dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "error: the export of vit_h: about" in err and "this machine has 2.0 GiB available: it would not fit" in err
+    assert "pass --no-memory-check to start anyway" in err
+    assert asked == []  # no model was even built
+    assert not (tmp_path / "b" / "export").exists()
+    with pytest.raises(_Stop):  # the override goes on to the export
+        main(["serve", "--random-init", "--model-type", "vit_h", "--no-memory-check", "--build-dir", str(tmp_path / "b")])
+    assert asked == [("random_sam", "vit_h"), ("export_sam", "vit_h")]
+
+
+def test_an_export_of_a_checkpoint_of_unknown_type_is_checked_once_loaded(asked, available, tmp_path, monkeypatch):
+    loaded = []
+
+    def load_sam(path, model_type="auto"):
+        loaded.append(path)
+        return object(), get_config("vit_l")
+
+    monkeypatch.setattr(samrt.export, "load_sam", load_sam)
+    available(1)
+    with pytest.raises(samrt.errors.InsufficientMemoryError, match=r"the export of vit_l: about .* 1\.0 GiB available"):
+        pipeline.ensure_export(str(tmp_path / "export"), "auto", str(tmp_path / "sam_vit_l.pth"))
+    assert loaded and asked == []
+
+
+def test_a_server_that_would_not_fit_is_refused_before_any_engine_is_built(available, tmp_path, monkeypatch):
+    """vit_h's export is there (reused); the least any candidate engine would take does not fit:
+    refused before an engine is built; --no-memory-check goes on to the build."""
+    built = []
+
+    def build_variant(manifest, variant, **kwargs):
+        built.append(str(variant))
+        raise _Stop(str(variant))
+
+    monkeypatch.setattr(pipeline, "build_variant", build_variant)
+    _fake_export(tmp_path / "b" / "export", "vit_h")
+    available(3)
+    with pytest.raises(samrt.errors.InsufficientMemoryError,
+                       match=r"a vit_h server \(.* encoder, batch 4\): about .*encoder weights.*3\.0 GiB available"):
+        pipeline.build_repository(str(tmp_path / "b"), None, "vit_h", random_init=True)
+    assert built == [] and not (tmp_path / "b" / "repo").exists()
+    with pytest.raises(_Stop):
+        pipeline.build_repository(str(tmp_path / "b"), None, "vit_h", random_init=True, memory_check=False)
+    assert len(built) == 1
+
+
+def test_the_server_estimate_follows_the_served_engine_and_the_options():
+    from samrt.model_repository.render import RepoOptions
+    from samrt.variants import ServedEngine, ServingPlan, Variant
+
+    manifest = type("M", (), {"config": get_config("vit_b")})()
+    plan = ServingPlan(ServedEngine(Variant("encoder", "openvino", "bf16"), {}, None, ""),
+                       ServedEngine(Variant("fast_decoder", "openvino", "bf16"), {}, None, ""))
+    est = pipeline.server_memory(manifest, plan, RepoOptions(encoder_max_batch=1, cache_bytes=0))
+    assert "a vit_b server (openvino bf16 encoder, batch 1)" in est.describe() and est.parts["embedding cache"] == 0
+    assert pipeline.server_memory(manifest, plan, RepoOptions(device="cuda")) is None  # GPU memory: not estimated
+    assert pipeline.server_memory(manifest, ServingPlan(plan.encoder, plan.decoder, "tensorrt")) is None

@@ -86,3 +86,44 @@ def test_check_graph_reports_real_differences(tiny_export, tiny_sam, tiny_cfg):
     r = check_graph(tiny_export.decoder_path, other, decoder_spec(tiny_cfg),
                     random_decoder_inputs(tiny_cfg, 2, 2), onnx_export.DECODER_TOLERANCE)
     assert r["passed"] is False and r["outputs"]["iou_predictions"]["max_abs_diff"] > 1e-3
+
+
+@pytest.mark.slow  # one dynamo export of the tiny encoder (~8 s)
+def test_a_graph_past_the_protobuf_limit_goes_to_external_data_and_loads_from_a_moved_folder(
+        tiny_sam, tiny_cfg, tiny_export, tmp_path, monkeypatch):
+    """vit_h's encoder (2.5 GB of weights) is past protobuf's 2 GB limit: its weights go to a file
+    beside the graph. Here the limit is lowered so that the tiny encoder takes that path: the
+    graph holds no weights, the folder can be moved, and ONNX Runtime and OpenVINO read it there
+    with the same answers as the tiny export's in-graph encoder (same weights)."""
+    import shutil
+
+    import onnxruntime as ort
+    import torch
+
+    from samrt.export.wrappers import ImageEncoder
+
+    monkeypatch.setattr(onnx_export, "_EXTERNAL_DATA_BYTES", 0)
+    first = tmp_path / "first"
+    s = tiny_cfg.image_size
+    onnx_export.export_graph(ImageEncoder(tiny_sam).eval(), encoder_spec(tiny_cfg), {"image": torch.randn(2, 3, s, s)},
+                             str(first / "tiny.encoder.onnx"))
+    files = sorted(os.listdir(first))
+    data = [f for f in files if f != "tiny.encoder.onnx"]
+    assert data, f"expected a weights file beside the graph, got {files}"
+    graph_bytes = os.path.getsize(first / "tiny.encoder.onnx")
+    weight_bytes = sum(p.numel() * 4 for p in tiny_sam.image_encoder.parameters())
+    assert graph_bytes < weight_bytes / 10 < sum(os.path.getsize(first / f) for f in data)
+    moved = tmp_path / "moved"
+    shutil.move(str(first), str(moved))
+
+    image = np.random.default_rng(3).standard_normal((1, 3, s, s), dtype=np.float32)
+    ref = ort.InferenceSession(tiny_export.encoder_path, providers=["CPUExecutionProvider"]).run(None, {"image": image})[0]
+    got = ort.InferenceSession(str(moved / "tiny.encoder.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": image})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+    ov = pytest.importorskip("openvino")
+    compiled = ov.Core().compile_model(str(moved / "tiny.encoder.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled([image])[0], ref, atol=1e-3, rtol=1e-3)
+    r = check_graph(str(moved / "tiny.encoder.onnx"), ImageEncoder(tiny_sam), encoder_spec(tiny_cfg), {"image": image},
+                    onnx_export.ENCODER_TOLERANCE)
+    assert r["passed"], r
