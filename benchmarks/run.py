@@ -217,6 +217,8 @@ def run_e2e(out: str, model_type: str, checkpoint: Optional[str], quick: bool, b
     if quick:
         clients = 1
     tag = "_".join([model_type] + [a.lstrip("-") for a in serve_args])
-    rows = bench_e2e(model_type, os.path.join(build_dir, f"e2e_{tag}"), checkpoint, clients,
+    # one folder per model: the checkpoint, the export and every engine built are shared by runs
+    # with other serve flags (the repository is rendered again for each)
+    rows = bench_e2e(model_type, os.path.join(build_dir, f"e2e_{model_type}"), checkpoint, clients,
                      320 if quick else 640, serve_args)
     return write_rows(rows, out, f"e2e_{tag}")

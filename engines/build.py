@@ -278,7 +278,7 @@ def build_engine(
     prepare_output_dir(out_dir, "engines", accept=("export",))
     first_file = GRAPHS[graph].files[0]
     prefix = sources[first_file][: -len(f".{first_file}.onnx")]
-    reference = OnnxRuntimeRunner(f"{prefix}.encoder.onnx", device)
+    reference = OnnxRuntimeRunner(f"{prefix}.encoder.onnx", device, memory_arena=False)  # see OnnxRuntimeRunner
     ref_decoder = ClassicDecoder(OnnxRuntimeRunner(f"{prefix}.decoder.onnx", device))
     image_size = int(reference.input_shapes["image"][-1])
     held_out = eval_scenes(eval_images)
@@ -307,7 +307,7 @@ def build_engine(
 
     _say(progress, f"  {variant}: checking against fp32 on {eval_images} held-out scenes")
     if graph == "encoder":
-        engine = runner_for_engine(outs["encoder"], device)
+        engine = runner_for_engine(outs["encoder"], device, memory_arena=False)
         accuracy = accuracy_against_fp32(reference, engine, ref_decoder, held_out)
     else:
         engine = decoder_from_paths(outs, device, static_shapes=STATIC_SHAPES)

@@ -18,14 +18,15 @@ ENGINE_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".plan": "tensorr
 
 
 def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = None, static_shapes: int = 0,
-                      snippets: bool = True, dynamic: bool = True) -> Runner:
+                      snippets: bool = True, dynamic: bool = True, memory_arena: bool = True) -> Runner:
     """A Runner for an engine built by `samrt build-engine` (or an exported graph).
 
     `.onnx` -> OnnxRuntimeRunner (`device` "cpu" or "cuda"; `threads`: intra-op threads);
     `.xml` -> OpenVINORunner on the CPU (its precision as recorded in the IR; `threads`:
     INFERENCE_NUM_THREADS; `static_shapes`: compiles for that many recurring input shapes, see
     OpenVINORunner; `snippets`: OpenVINO's Snippets fusion, off for decoders; `dynamic` False: the
-    dynamic model compiled only when a shape needs it); `.plan` ->
+    dynamic model compiled only when a shape needs it; `memory_arena`: ONNX Runtime's CPU arena, off
+    for encoders, see OnnxRuntimeRunner); `.plan` ->
     TensorRTRunner (CUDA). `threads` None: `samrt.cpus.usable_cpus()` (the CPUs this process may
     use: affinity and cgroup quota, or SAMRT_THREADS). Raises SamrtError for another extension or an
     impossible device.
@@ -35,7 +36,7 @@ def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = N
     if backend is None:
         raise SamrtError(f"engine {path!r}: got extension {ext!r}, expected one of {sorted(ENGINE_SUFFIXES)}")
     if backend == "onnxruntime":
-        return OnnxRuntimeRunner(path, device, threads or usable_cpus())
+        return OnnxRuntimeRunner(path, device, threads or usable_cpus(), memory_arena=memory_arena)
     if backend == "openvino":
         if device != "cpu":
             raise SamrtError(f"engine {path!r}: got device {device!r}, expected 'cpu' (samrt runs OpenVINO on the CPU)")

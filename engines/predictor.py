@@ -31,7 +31,7 @@ class OnnxSamPredictor(SamPredictorAPI):
 
     @classmethod
     def from_onnx(cls, encoder_path: str, decoder_path: str, device: str = "cpu") -> "OnnxSamPredictor":
-        return cls(OnnxRuntimeRunner(encoder_path, device), OnnxRuntimeRunner(decoder_path, device))
+        return cls(OnnxRuntimeRunner(encoder_path, device, memory_arena=False), OnnxRuntimeRunner(decoder_path, device))
 
     def reset_image(self) -> None:
         self.is_image_set = False

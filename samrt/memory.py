@@ -2,21 +2,24 @@
 `samrt serve` refuses a start that will not fit, with the estimate's parts, instead of being
 killed by the kernel half-way.
 
-The estimate of a server (bytes, PSS summed over tritonserver and its model processes) is a sum of
-parts, each derived from the model's configuration (`samrt.spec.SamConfig`):
+The estimate of a server (bytes, PSS summed over tritonserver and its model processes, under
+load) is a sum of parts, each derived from the model's configuration (`samrt.spec.SamConfig`):
 
-- "processes": tritonserver and the python-backend stubs with their libraries (`PROCESS_BASE`);
+- "processes": tritonserver and the python-backend stubs with their libraries, the decoders and
+  the requests in flight under load (`PROCESS_BASE`; the same for every model type: SAM's decoder
+  is the same size in all);
 - "encoder weights": the encoder's parameters (`encoder_params`, exact for SAM's ViT) times the
   bytes each takes resident in the serving engine (`WEIGHT_BYTES[(backend, precision)]`);
-- "encoder activations": `encoder_batch` images at once, each the global-attention score tensors
-  (heads x N^2 float32, N = (image_size / patch_size)^2 tokens; SAM's largest tensors) times
-  `ATTENTION_COPIES`; the engine's arena keeps its peak after the first batch;
-- "decoders": the decoder weights (fp32) in each process that holds a decoder (sam_mask_decoder and
-  sam_amg) plus their working memory (`DECODER_WORKING`);
+- "encoder activations": the images the encoder runs at once (one on a CPU: `sam_image_encoder`
+  runs a batch's images one at a time there; `encoder_batch` on a GPU), each the global-attention
+  score tensor (heads x N^2 float32, N = (image_size / patch_size)^2 tokens; SAM's largest) times
+  what the backend keeps alive at its peak (`ACTIVATION_FACTOR`);
+- "automatic masks": `sam_amg`'s working memory while it generates (`AMG_WORKING`; it grows with
+  the image's size, not the model's);
 - "embedding cache": the cache's byte bound (`RepoOptions.cache_bytes`), reached under load.
 
-The constants are measured (`samrt bench memory`, docs/memory.md gives the machine and the
-figures); the estimate is meant to err high by a little, not to be exact.
+The constants are measured (`samrt bench memory`, `samrt bench e2e`; docs/memory.md gives the
+machine and the figures); the estimate is meant to err high, not to be exact.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ __all__ = ["MemoryEstimate", "InsufficientMemoryError", "encoder_params", "decod
 GIB = 2**30
 MIB = 2**20
 
-# Measured on this project's servers (docs/memory.md): the PSS of tritonserver and its 10-13
-# python-backend stubs at idle, less the engines' weights.
-PROCESS_BASE = 900 * MIB
+# Measured (docs/memory.md, vit_b under a 32-client soak, 2026-12-04): everything but the encoder's
+# weights and activations and the embedding cache came to 1.3 GiB.
+PROCESS_BASE = 1400 * MIB
 # Resident bytes per encoder parameter, by (backend, precision) of the served encoder.
 WEIGHT_BYTES: Dict[Tuple[str, str], float] = {
     ("onnxruntime", "fp32"): 4.0,
@@ -47,14 +50,17 @@ WEIGHT_BYTES: Dict[Tuple[str, str], float] = {
     ("tensorrt", "fp16"): 2.0,
     ("tensorrt", "int8"): 1.0,
 }
-# Global-attention score tensors alive at the encoder's peak, per image (fp32 heads x N^2 each).
-ATTENTION_COPIES = 3.0
-DECODER_WORKING = 200 * MIB  # per decoder process: prompts of a batch, upscaled masks, RLE
+# Global-attention-score-sized tensors alive at the encoder's peak, per image, by backend
+# (measured on vit_b, 2026-12-04: OpenVINO keeps ~1.7 after a run; ONNX Runtime, arena off,
+# peaks at ~4.4 during one).
+ACTIVATION_FACTOR: Dict[str, float] = {"openvino": 2.0, "onnxruntime": 4.5, "tensorrt": 4.5}
+AMG_WORKING = 1024 * MIB  # sam_amg generating on a phone photo: its masks of a batch, RLE, records
 DEFAULT_CACHE_BYTES = 1024 * MIB  # RepoOptions.cache_bytes
 # An export holds the PyTorch model, the traced program and the ONNX graph being written, then
 # runs both for the check: bytes per parameter at its peak, plus the encoder's activations twice.
 EXPORT_BYTES_PER_PARAM = 16.0
 EXPORT_BASE = 1500 * MIB
+EXPORT_ACTIVATION_FACTOR = 6.0
 
 
 @dataclass(frozen=True)
@@ -115,25 +121,28 @@ def _attention_bytes(cfg: SamConfig) -> int:
 
 
 def estimate_server_memory(model: "str | SamConfig", backend: str, precision: str, encoder_batch: int = 4,
-                           cache_bytes: int = DEFAULT_CACHE_BYTES, amg: bool = True) -> MemoryEstimate:
+                           cache_bytes: int = DEFAULT_CACHE_BYTES, amg: bool = True,
+                           device: str = "cpu") -> MemoryEstimate:
     """The server's memory (PSS summed over its processes) under load, by part (see the module
     docstring). `backend`/`precision`: the served encoder's (`WEIGHT_BYTES` keys; SamrtError for
-    another); `encoder_batch`: images the encoder runs at once (RepoOptions.encoder_max_batch)."""
+    another); `encoder_batch`: RepoOptions.encoder_max_batch (the images at once on a GPU; a CPU
+    runs them one at a time); `amg`: whether `sam_amg` may run."""
     cfg = _cfg(model)
     if (backend, precision) not in WEIGHT_BYTES:
         raise SamrtError(f"encoder engine: got {backend} {precision}, expected one of "
                          f"{sorted(f'{b} {p}' for b, p in WEIGHT_BYTES)}")
     if encoder_batch < 1:
         raise SamrtError(f"encoder_batch: got {encoder_batch}, expected at least 1")
-    decoders = 2 if amg else 1
+    at_once = 1 if device == "cpu" else encoder_batch
     parts = {
         "processes": PROCESS_BASE,
         "encoder weights": int(encoder_params(cfg) * WEIGHT_BYTES[(backend, precision)]),
-        "encoder activations": int(encoder_batch * ATTENTION_COPIES * _attention_bytes(cfg)),
-        "decoders": decoders * (decoder_params(cfg) * 4 + DECODER_WORKING),
+        "encoder activations": int(at_once * ACTIVATION_FACTOR[backend] * _attention_bytes(cfg)),
+        "automatic masks": AMG_WORKING if amg else 0,
         "embedding cache": int(cache_bytes),
     }
-    return MemoryEstimate(f"a {cfg.model_type} server ({backend} {precision} encoder, batch {encoder_batch})", parts)
+    images = "one image at a time" if at_once == 1 else f"{at_once} images at once"
+    return MemoryEstimate(f"a {cfg.model_type} server ({backend} {precision} encoder, {images})", parts)
 
 
 def estimate_export_memory(model: "str | SamConfig") -> MemoryEstimate:
@@ -143,7 +152,7 @@ def estimate_export_memory(model: "str | SamConfig") -> MemoryEstimate:
     return MemoryEstimate(f"the export of {cfg.model_type}", {
         "process": EXPORT_BASE,
         "weights, traced and written": int(params * EXPORT_BYTES_PER_PARAM),
-        "encoder activations (PyTorch and ONNX Runtime)": int(2 * ATTENTION_COPIES * _attention_bytes(cfg)),
+        "encoder activations (PyTorch and ONNX Runtime)": int(EXPORT_ACTIVATION_FACTOR * _attention_bytes(cfg)),
     })
 
 

@@ -40,11 +40,16 @@ def test_the_estimate_is_the_sum_of_its_parts_and_grows_with_the_model():
     assert b.total == sum(b.parts.values()) and h.total > b.total
     assert h.parts["encoder weights"] == 637_026_048 * 4
     assert estimate_server_memory("vit_h", "openvino", "bf16").parts["encoder weights"] == 637_026_048 * 2
-    one = estimate_server_memory("vit_h", "onnxruntime", "fp32", encoder_batch=1)
-    assert h.parts["encoder activations"] == 4 * one.parts["encoder activations"]
+    # a CPU runs a batch's images one at a time (sam_image_encoder): the batch does not count there
+    assert estimate_server_memory("vit_h", "onnxruntime", "fp32", encoder_batch=1).parts == h.parts
+    gpu = estimate_server_memory("vit_h", "tensorrt", "fp16", encoder_batch=4, device="cuda")
+    one = estimate_server_memory("vit_h", "tensorrt", "fp16", encoder_batch=1, device="cuda")
+    assert gpu.parts["encoder activations"] == 4 * one.parts["encoder activations"] > 0
+    assert estimate_server_memory("vit_b", "openvino", "fp32", amg=False).parts["automatic masks"] == 0
     assert estimate_server_memory("vit_b", "onnxruntime", "fp32", cache_bytes=0).parts["embedding cache"] == 0
     assert estimate_export_memory("vit_h").total > estimate_export_memory("vit_b").total
-    assert "a vit_h server (onnxruntime fp32 encoder, batch 4): about" in h.describe()
+    assert "a vit_h server (onnxruntime fp32 encoder, one image at a time): about" in h.describe()
+    assert "4 images at once" in gpu.describe()
 
 
 def test_a_start_that_would_not_fit_is_refused_with_the_figures():

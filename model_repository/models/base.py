@@ -147,13 +147,15 @@ class PythonModel:
         raise NotImplementedError
 
 
-def engine_runner(params: Dict[str, str], static_shapes: int = 0, dynamic: bool = True):
+def engine_runner(params: Dict[str, str], static_shapes: int = 0, dynamic: bool = True,
+                  memory_arena: bool = True):
     """The runner for the model's engine file (samrt.engines.runner_for_engine: OpenVINO for an IR
     .xml, ONNX Runtime for .onnx, TensorRT for .plan), with as many threads as this process may use
     (`samrt.cpus.usable_cpus`, or SAMRT_THREADS); OpenVINO compiles up to `static_shapes` recurring
-    input shapes statically (each checked when compiled)."""
+    input shapes statically (each checked when compiled); `memory_arena`: ONNX Runtime's (off for
+    the encoder: see OnnxRuntimeRunner)."""
     return runner_for_engine(params["engine_path"], params.get("device", "cpu"), static_shapes=static_shapes,
-                             dynamic=dynamic)
+                             dynamic=dynamic, memory_arena=memory_arena)
 
 
 def decoder_engine(params: Dict[str, str]):

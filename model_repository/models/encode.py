@@ -105,7 +105,8 @@ class ImageEncoderModel(PythonModel):
         # from one static compile (~20% faster than its dynamic model for vit_b here), checked now;
         # the dynamic model is never compiled (one copy of the weights in memory, not two).
         self.one_at_a_time = params.get("device", "cpu") == "cpu"
-        self.runner = engine_runner(params, static_shapes=1, dynamic=not self.one_at_a_time)
+        # ONNX Runtime's memory arena off: a run's activations go back after it (docs/memory.md)
+        self.runner = engine_runner(params, static_shapes=1, dynamic=not self.one_at_a_time, memory_arena=False)
         side = int(self.runner.input_shapes["image"][-1])
         try:
             self.runner.run({"image": np.zeros((1, 3, side, side), np.float32)})

@@ -182,7 +182,7 @@ class _AmgActor:
             path = os.path.join(self._tmp.name, file_name)
             with open(path, "wb") as f:
                 f.write(ray.get(ref))
-            runners[role] = OnnxRuntimeRunner(path, "cpu", threads)
+            runners[role] = OnnxRuntimeRunner(path, "cpu", threads, memory_arena=role != "encoder")
         decoder = FastDecoder(runners["image_prep"], runners["fast_decoder"], runners["fast_decoder_mask"])
         self.generator = InProcessMaskGenerator(runners["encoder"], decoder)
         self.options = AmgOptions(**options).validate()

@@ -273,7 +273,7 @@ def server_memory(manifest: ExportManifest, plan: ServingPlan, opts=None) -> Opt
 
 def _server_estimate(manifest: ExportManifest, encoder: Variant, opts) -> MemoryEstimate:
     return estimate_server_memory(manifest.config, encoder.backend, encoder.precision, opts.encoder_max_batch,
-                                  opts.cache_bytes)
+                                  opts.cache_bytes, device=opts.device)
 
 
 def serve(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto", opts=None,

@@ -170,7 +170,7 @@ def test_a_server_that_would_not_fit_is_refused_before_any_engine_is_built(avail
     _fake_export(tmp_path / "b" / "export", "vit_h")
     available(3)
     with pytest.raises(samrt.errors.InsufficientMemoryError,
-                       match=r"a vit_h server \(.* encoder, batch 4\): about .*encoder weights.*3\.0 GiB available"):
+                       match=r"a vit_h server \(.* encoder, one image at a time\): about .*encoder weights.*3\.0 GiB available"):
         pipeline.build_repository(str(tmp_path / "b"), None, "vit_h", random_init=True)
     assert built == [] and not (tmp_path / "b" / "repo").exists()
     with pytest.raises(_Stop):
@@ -186,6 +186,7 @@ def test_the_server_estimate_follows_the_served_engine_and_the_options():
     plan = ServingPlan(ServedEngine(Variant("encoder", "openvino", "bf16"), {}, None, ""),
                        ServedEngine(Variant("fast_decoder", "openvino", "bf16"), {}, None, ""))
     est = pipeline.server_memory(manifest, plan, RepoOptions(encoder_max_batch=1, cache_bytes=0))
-    assert "a vit_b server (openvino bf16 encoder, batch 1)" in est.describe() and est.parts["embedding cache"] == 0
+    assert "a vit_b server (openvino bf16 encoder, one image at a time)" in est.describe()
+    assert est.parts["embedding cache"] == 0
     assert pipeline.server_memory(manifest, plan, RepoOptions(device="cuda")) is None  # GPU memory: not estimated
     assert pipeline.server_memory(manifest, ServingPlan(plan.encoder, plan.decoder, "tensorrt")) is None

@@ -50,3 +50,21 @@ def test_masks_are_upscaled_a_chunk_at_a_time(monkeypatch):
     assert masks.dtype == np.bool_ and masks.shape == (21, 3, 30, 40)
     assert max(seen) <= logic.UPSCALE_CHUNK and sum(seen) == 21
     np.testing.assert_array_equal(masks, real(low, (48, 64), (30, 40), 64) > 0)
+
+
+def test_encoders_run_without_onnx_runtimes_memory_arena(tiny_export):
+    """The encoder's session has ONNX Runtime's CPU arena off (a run's activations go back after
+    it: vit_b's encoder process held 6.9 GB after two images with it, 1.2 GB without; docs/memory.md);
+    decoders keep it; the answers are the same."""
+    from samrt.engines import OnnxSamPredictor
+    from samrt.engines.factory import runner_for_engine
+    from samrt.engines.runner import OnnxRuntimeRunner
+
+    pred = OnnxSamPredictor.from_onnx(tiny_export.encoder_path, tiny_export.decoder_path)
+    assert pred.encoder.session.get_session_options().enable_cpu_mem_arena is False
+    assert pred.decoder.session.get_session_options().enable_cpu_mem_arena is True
+    on = OnnxRuntimeRunner(tiny_export.encoder_path)
+    off = runner_for_engine(tiny_export.encoder_path, memory_arena=False)
+    assert off.session.get_session_options().enable_cpu_mem_arena is False
+    image = np.random.default_rng(0).standard_normal((1, 3, 1024, 1024), dtype=np.float32)
+    np.testing.assert_array_equal(on.run({"image": image})["image_embeddings"], off.run({"image": image})["image_embeddings"])
