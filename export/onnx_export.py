@@ -9,7 +9,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -223,11 +223,17 @@ def export_sam(
     checkpoint: Optional[str] = None,
     random_init: bool = False,
     seed: int = 0,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> ExportResult:
     """Export encoder and decoder of `sam` to `out_dir`, check both, write export_report.json.
+    `progress` gets a line after each step (what, how long it took).
 
     Raises ExportCheckError (after writing the report) when a tolerance is exceeded.
     """
+    def step(what: str, key: str) -> None:
+        if progress is not None:
+            progress(f"  {what} in {timings[key]:.0f} s")
+
     name = name or cfg.model_type
     prepare_output_dir(out_dir, "export")
     enc_path = os.path.join(out_dir, f"{name}.encoder.onnx")
@@ -242,30 +248,37 @@ def export_sam(
     s = cfg.image_size
     export_graph(encoder, enc_spec, {"image": torch.randn(2, 3, s, s)}, enc_path)
     timings["encoder_export_s"] = time.perf_counter() - t0
+    step(f"encoder exported{' (weights to external data: past protobuf limit)' if _param_bytes(encoder) > _EXTERNAL_DATA_BYTES else ''}",
+         "encoder_export_s")
 
     t0 = time.perf_counter()
     example = {k: torch.from_numpy(v) for k, v in random_decoder_inputs(cfg, 3, 4, seed).items()}
     export_graph(decoder, dec_spec, example, dec_path)
     timings["decoder_export_s"] = time.perf_counter() - t0
+    step("decoder exported", "decoder_export_s")
 
     t0 = time.perf_counter()
     image = rng.standard_normal((1, 3, s, s), dtype=np.float32)
     enc_check = check_graph(enc_path, encoder, enc_spec, {"image": image}, ENCODER_TOLERANCE)
     timings["encoder_check_s"] = time.perf_counter() - t0
+    step("encoder checked against PyTorch", "encoder_check_s")
     t0 = time.perf_counter()
     dec_checks: List[dict] = [
         check_graph(dec_path, decoder, dec_spec, random_decoder_inputs(cfg, p, n, seed + 1 + i), DECODER_TOLERANCE)
         for i, (p, n) in enumerate([(1, 1), (5, 3)])
     ]
     timings["decoder_check_s"] = time.perf_counter() - t0
+    step("decoder checked against PyTorch", "decoder_check_s")
 
     t0 = time.perf_counter()
     fast_paths = {g: os.path.join(out_dir, f"{name}.{g}.onnx") for g in FAST_DECODER_GRAPHS}
     _export_fast_decoder(sam, cfg, fast_paths, seed)
     timings["fast_decoder_export_s"] = time.perf_counter() - t0
+    step("fast decoder exported", "fast_decoder_export_s")
     t0 = time.perf_counter()
     fast_checks = check_fast_decoder(fast_paths, decoder, cfg, seed + 7)
     timings["fast_decoder_check_s"] = time.perf_counter() - t0
+    step("fast decoder checked against the decoder in PyTorch", "fast_decoder_check_s")
 
     report = {
         "name": name,

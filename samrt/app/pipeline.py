@@ -66,7 +66,8 @@ def export_model(out_dir: str, model_type: str = "auto", checkpoint: Optional[st
     else:
         sam, cfg = load_sam(checkpoint, model_type)
         print(f"loaded {checkpoint}: {cfg.model_type}", file=sys.stderr)
-    return export_sam(sam, cfg, out_dir, name=name, checkpoint=checkpoint, random_init=random_init, seed=seed)
+    return export_sam(sam, cfg, out_dir, name=name, checkpoint=checkpoint, random_init=random_init, seed=seed,
+                      progress=_say)
 
 
 def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[str] = None,
@@ -100,7 +101,7 @@ def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[s
     else:
         cfg = get_config(model_type)
         sam = random_sam(cfg, seed=seed)
-    export_sam(sam, cfg, out_dir, checkpoint=checkpoint, random_init=checkpoint is None, seed=seed)
+    export_sam(sam, cfg, out_dir, checkpoint=checkpoint, random_init=checkpoint is None, seed=seed, progress=_say)
     _say(f"  exported in {time.perf_counter() - t0:.0f} s")
     return ExportManifest.read(out_dir)
 

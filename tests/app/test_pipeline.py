@@ -107,6 +107,8 @@ def test_build_repository_exports_builds_once_and_renders(tmp_path, monkeypatch,
     repo = pipeline.build_repository(build_dir, None, "tiny", random_init=True)
     err = capsys.readouterr().err
     assert "exporting random-init tiny" in err and "serving encoder:" in err and "serving decoder:" in err
+    for step in ("encoder exported in", "encoder checked against PyTorch in", "fast decoder exported in"):
+        assert step in err  # the first start says what it is doing, step by step
     first = list(builds)
     assert "tiny.encoder.onnx" in tiny_graphs_reused  # exported (the dynamo step copied: see the fixture)
     assert first  # OpenVINO (the dev install has it) engines were built: the default serves them
