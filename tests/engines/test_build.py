@@ -140,3 +140,36 @@ def test_tensorrt_absent_is_a_clear_error():
 
     with pytest.raises(TensorRTUnavailable, match="TensorRT is not available here"):
         TensorRTRunner("nothing.plan")
+
+
+def test_the_gate_encodes_each_scene_once_per_process_and_times_both_encoders(tiny_export):
+    """The fp32 reference embeddings of the held-out scenes are kept for the process (the encoder's
+    gate and then the decoder's use the same ones: vit_h took ~1.5 min an image here), and the
+    encoder's speed comes from the gate's own runs."""
+    from samrt.engines import build as engine_build
+    from samrt.engines.decoders import ClassicDecoder
+    from samrt.scenes import eval_scenes
+
+    class Counting:
+        def __init__(self, runner):
+            self.runner, self.path, self.input_shapes, self.runs = runner, runner.path, runner.input_shapes, 0
+
+        def run(self, feeds, outputs=None):
+            self.runs += 1
+            return self.runner.run(feeds, outputs)
+
+    engine_build._REFERENCE_EMBEDDINGS.clear()
+    reference = Counting(OnnxRuntimeRunner(tiny_export.encoder_path))
+    engine = Counting(OnnxRuntimeRunner(tiny_export.encoder_path))
+    decoder = ClassicDecoder(OnnxRuntimeRunner(tiny_export.decoder_path))
+    scenes = eval_scenes(3)
+    lines = []
+    first = engine_build.accuracy_against_fp32(reference, engine, decoder, scenes, progress=lines.append)
+    assert reference.runs == 3 and engine.runs == 3 and len(first["fp32_encoder_ms"]) == 3
+    assert lines[-1].startswith("    scene 3/3 encoded (")
+    again = engine_build.accuracy_against_fp32(reference, reference, decoder, scenes, engine_decoder=decoder)
+    assert reference.runs == 3 and again["fp32_encoder_ms"] == [] and again["mean_mask_iou"] == 1.0
+    speed = engine_build._speed("encoder", reference, decoder, engine, scenes[0].image, 3, first)
+    assert reference.runs == 3 and engine.runs == 3  # nothing run again
+    assert speed["fp32_ms"] == float(np.median(first["fp32_encoder_ms"])) and "gate's held-out scenes" in speed["timed"]
+    engine_build._REFERENCE_EMBEDDINGS.clear()
