@@ -57,10 +57,12 @@ ACTIVATION_FACTOR: Dict[str, float] = {"openvino": 2.0, "onnxruntime": 4.5, "ten
 AMG_WORKING = 1024 * MIB  # sam_amg generating on a phone photo: its masks of a batch, RLE, records
 DEFAULT_CACHE_BYTES = 1024 * MIB  # RepoOptions.cache_bytes
 # An export holds the PyTorch model, the traced program and the ONNX graph being written, then
-# runs both for the check: bytes per parameter at its peak, plus the encoder's activations twice.
-EXPORT_BYTES_PER_PARAM = 16.0
+# runs both for the check. Measured (docs/memory.md, 2026-12-04): vit_h's export peaked at 10.3 GiB
+# RSS (model 2.4 GiB), the tiny model's at 1.8 GiB; bytes per parameter at the peak and the
+# encoder's activations in PyTorch and ONNX Runtime, in global-attention-score tensors:
+EXPORT_BYTES_PER_PARAM = 8.0
 EXPORT_BASE = 1500 * MIB
-EXPORT_ACTIVATION_FACTOR = 6.0
+EXPORT_ACTIVATION_FACTOR = 5.0
 
 
 @dataclass(frozen=True)
