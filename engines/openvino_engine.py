@@ -29,6 +29,7 @@ import numpy as np
 from samrt import processing as P
 from samrt.cpus import usable_cpus
 from samrt.errors import SamrtError
+from samrt.memory import give_back_freed_memory
 
 from .runner import Runner, check_feeds
 
@@ -274,6 +275,7 @@ class OpenVINORunner(Runner):
             reference = _core().compile_model(_core().read_model(self.path), "CPU", ref_config)
             ref = {p.get_any_name(): v for p, v in reference.create_infer_request().infer(dict(feeds)).items()}
             del reference
+            give_back_freed_memory()  # the reference compile's freed blocks leave the process
             problem = _static_disagreement(got, ref)
             if problem:
                 log.warning("%s: the static compile for shapes %s disagrees with the f32 model (%s); "

@@ -24,6 +24,8 @@ machine and the figures); the estimate is meant to err high, not to be exact.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -31,7 +33,8 @@ from samrt.errors import InsufficientMemoryError, SamrtError
 from samrt.spec import SamConfig, get_config, resolve_model_type
 
 __all__ = ["MemoryEstimate", "InsufficientMemoryError", "encoder_params", "decoder_params",
-           "estimate_server_memory", "estimate_export_memory", "available_memory", "check_fits"]
+           "estimate_server_memory", "estimate_export_memory", "available_memory", "check_fits",
+           "give_back_freed_memory"]
 
 GIB = 2**30
 MIB = 2**20
@@ -181,3 +184,17 @@ def check_fits(estimate: MemoryEstimate, available: Optional[int] = None, overri
     hint = f"; {override}" if override else ""
     raise InsufficientMemoryError(
         f"{estimate.describe()}; this machine has {available / GIB:.1f} GiB available: it would not fit{hint}")
+
+
+def give_back_freed_memory() -> bool:
+    """Collect Python's garbage and hand glibc's free heap pages back to the system
+    (`malloc_trim(0)`). Blocks freed by an engine (a model compiled only for a check, a session
+    closed) otherwise stay in the process: tensors of a few MiB to 32 MiB, an encoder's weights,
+    come from the heap, which glibc does not shrink by itself. Returns False where the C library
+    is not glibc (nothing is done but the collection)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True

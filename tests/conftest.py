@@ -12,8 +12,6 @@ starts none, and without the tritonserver binary those tests skip, saying what i
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import os
 from typing import Optional
 
@@ -21,6 +19,7 @@ import numpy as np
 import pytest
 
 from samrt.artifacts import default_checkpoint
+from samrt.memory import give_back_freed_memory
 from samrt.model_repository.render import RepoOptions, render_repository
 from samrt.model_repository.server import TritonLaunchError, TritonServer, check_installed
 from samrt.spec import get_config
@@ -97,11 +96,7 @@ def _give_memory_back():
     system (malloc_trim). Engine sessions and torch models freed by one module otherwise stay in
     this process's heap; the suite grew to 15 GB and was OOM-killed in CI."""
     yield
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    give_back_freed_memory()
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from samrt import amg, wire
 from samrt.engines.amg import amg_crop_decoder  # shared with the in-process generator (Ray job)
 from samrt.engines.decoders import ClassicDecoder
 from samrt.errors import InputError
+from samrt.memory import give_back_freed_memory
 
 from .base import CANCELLED, PythonModel, bls, decoder_engine, error, input_array, log, lower_priority, response
 from .encode import cache_model, cached, encode, image_from_request
@@ -77,6 +78,8 @@ class AmgModel(PythonModel):
             if isinstance(e, InputError):
                 raise
             raise InputError(str(e)) from e
+        finally:
+            give_back_freed_memory()  # an image's masks (~1 GB at the peak) do not stay with the process
         return response(wire.SAM_AMG, {"records": np.array([json.dumps(records).encode()], dtype=object)})
 
     def _set_crop(self, crop: np.ndarray):
