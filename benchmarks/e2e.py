@@ -180,12 +180,17 @@ def bench_e2e(model_type: str, build_dir: str, checkpoint: Optional[str] = None,
         row(f"load {clients} clients", time.perf_counter() - t, server_pss_gib=round(s.peak_total / GIB, 2),
             per_model_mib=grouped(s.peak))
     finally:
-        launcher.send_signal(signal.SIGINT)
+        # SIGTERM, as a service manager stops it (SIGINT is ignored by a process started in the
+        # background of a non-interactive shell, and so by this one's children)
+        launcher.send_signal(signal.SIGTERM)
         try:
             launcher.wait(120)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # its server goes with it: nothing is left running
+            servers = _children(launcher.pid, "tritonserver")
             launcher.kill()
             launcher.wait()
+            for pid in servers:
+                os.kill(pid, signal.SIGKILL)
 
     inputs, out = os.path.join(build_dir, "reference_in.npz"), os.path.join(build_dir, "reference_out.npz")
     np.savez(inputs, image=image, point_coords=point, point_labels=label, box=box)
