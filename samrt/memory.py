@@ -10,6 +10,9 @@ load) is a sum of parts, each derived from the model's configuration (`samrt.spe
   is the same size in all);
 - "encoder weights": the encoder's parameters (`encoder_params`, exact for SAM's ViT) times the
   bytes each takes resident in the serving engine (`WEIGHT_BYTES[(backend, precision)]`);
+- "encoder weights file (mapped)": OpenVINO maps the IR's weights file and its pages stay
+  resident beside the compiled copy (vit_h: 2.4 GiB; clean file pages, which the kernel can drop
+  under pressure, but they count in the process's PSS);
 - "encoder activations": the images the encoder runs at once (one on a CPU: `sam_image_encoder`
   runs a batch's images one at a time there; `encoder_batch` on a GPU), each the global-attention
   score tensor (heads x N^2 float32, N = (image_size / patch_size)^2 tokens; SAM's largest) times
@@ -40,7 +43,7 @@ GIB = 2**30
 MIB = 2**20
 
 # Measured (docs/memory.md, vit_b under a 32-client soak, 2026-12-04): everything but the encoder's
-# weights and activations and the embedding cache came to 1.3 GiB.
+# weights and activations and the embedding cache came to 1.3 GiB (vit_h with 4 clients: 1.3 GiB).
 PROCESS_BASE = 1400 * MIB
 # Resident bytes per encoder parameter, by (backend, precision) of the served encoder.
 WEIGHT_BYTES: Dict[Tuple[str, str], float] = {
@@ -80,7 +83,7 @@ class MemoryEstimate:
         return sum(self.parts.values())
 
     def describe(self) -> str:
-        parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in self.parts.items())
+        parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in self.parts.items() if v)
         return f"{self.what}: about {self.total / GIB:.1f} GiB ({parts} GiB)"
 
 
@@ -142,6 +145,8 @@ def estimate_server_memory(model: "str | SamConfig", backend: str, precision: st
     parts = {
         "processes": PROCESS_BASE,
         "encoder weights": int(encoder_params(cfg) * WEIGHT_BYTES[(backend, precision)]),
+        "encoder weights file (mapped)": int(encoder_params(cfg) * WEIGHT_BYTES[(backend, precision)])
+        if backend == "openvino" else 0,
         "encoder activations": int(at_once * ACTIVATION_FACTOR[backend] * _attention_bytes(cfg)),
         "automatic masks": AMG_WORKING if amg else 0,
         "embedding cache": int(cache_bytes),

@@ -90,7 +90,7 @@ def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[s
     if memory_check and known:
         _check_memory(estimate_export_memory(model_type))
     _say(f"exporting {checkpoint or f'random-init {model_type}'} to ONNX in {out_dir} (first start only; "
-         "each graph is checked against PyTorch; vit_b takes about two minutes here, vit_h about four)")
+         "each graph is checked against PyTorch; vit_b takes about two minutes on a 2-core CPU, vit_h about five)")
     t0 = time.perf_counter()
     from samrt.export import export_sam, load_sam, random_sam  # torch: only when an export has to run
 
@@ -193,7 +193,7 @@ def _choose(manifest: ExportManifest, role: str, candidates: List[Variant], by_s
         report = EngineReport.find(manifest, variant)
         if report is None:
             say(f"building {variant} for the {role}: first start only, cached in {manifest.export_dir} "
-                f"(an encoder of vit_b takes a few minutes here, a decoder under one)")
+                f"(on a 2-core CPU an encoder of vit_b takes about 5 minutes, of vit_h about 15; a decoder 1-3)")
             t0 = time.perf_counter()
             try:
                 build_variant(manifest, variant, device=device, progress=say)
