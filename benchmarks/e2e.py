@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from samrt.artifacts import ArtifactError, ExportManifest
 from samrt.client import SamClient, TritonSamPredictor
 from samrt.engines.build import DEFAULT_MIN_MEAN_IOU
 from samrt.errors import SamrtError
@@ -111,6 +112,12 @@ def bench_e2e(model_type: str, build_dir: str, checkpoint: Optional[str] = None,
             row("checkpoint", s, peak_rss_gib=round(peak / GIB, 2), file_gib=round(os.path.getsize(checkpoint) / GIB, 2))
     checkpoint = os.path.abspath(checkpoint)
     export_dir = os.path.join(build_dir, "export")
+    try:  # an export of another checkpoint is not this run's (samrt serve would export again, unmeasured)
+        if ExportManifest.read(export_dir).checkpoint != checkpoint:
+            raise SamrtError(f"{export_dir}: got an export of another checkpoint, expected {checkpoint}'s "
+                             "(use another --build-dir)")
+    except ArtifactError:
+        pass
     if not os.path.exists(os.path.join(export_dir, "export_report.json")):
         s, peak = _measured(CLI + ["export", "--checkpoint", checkpoint, "--out", export_dir], log)
         files = sum(os.path.getsize(os.path.join(export_dir, f)) for f in os.listdir(export_dir))
@@ -120,16 +127,19 @@ def bench_e2e(model_type: str, build_dir: str, checkpoint: Optional[str] = None,
     ports = [free_port() for _ in range(3)]
     url = f"127.0.0.1:{ports[1]}"
     serve_log = os.path.join(build_dir, "serve.log")
-    start = len(open(serve_log).read()) if os.path.exists(serve_log) else 0
+    start = os.path.getsize(serve_log) if os.path.exists(serve_log) else 0
     t0 = time.perf_counter()
-    launcher = subprocess.Popen(CLI + ["serve", "--checkpoint", checkpoint, "--build-dir", build_dir,
-                                       "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
-                                       "--metrics-port", str(ports[2]), *serve_args],
-                                stdout=open(serve_log, "a"), stderr=subprocess.STDOUT)
+    with open(serve_log, "a") as log_file:  # its own session: the launcher, tritonserver and stubs go together
+        launcher = subprocess.Popen(CLI + ["serve", "--checkpoint", checkpoint, "--build-dir", build_dir,
+                                           "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+                                           "--metrics-port", str(ports[2]), *serve_args],
+                                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_ready(url, launcher, serve_log, ready_timeout)
         start_s = time.perf_counter() - t0
-        said = open(serve_log).read()[start:]
+        with open(serve_log) as f:
+            f.seek(start)
+            said = f.read()
         triton = _children(launcher.pid, "tritonserver")
         if len(triton) != 1:
             raise SamrtError(f"tritonserver under samrt serve ({launcher.pid}): got {triton}, expected one process")
@@ -185,12 +195,9 @@ def bench_e2e(model_type: str, build_dir: str, checkpoint: Optional[str] = None,
         launcher.send_signal(signal.SIGTERM)
         try:
             launcher.wait(120)
-        except subprocess.TimeoutExpired:  # its server goes with it: nothing is left running
-            servers = _children(launcher.pid, "tritonserver")
-            launcher.kill()
+        except subprocess.TimeoutExpired:  # its whole session goes: nothing is left running
+            os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
-            for pid in servers:
-                os.kill(pid, signal.SIGKILL)
 
     inputs, out = os.path.join(build_dir, "reference_in.npz"), os.path.join(build_dir, "reference_out.npz")
     np.savez(inputs, image=image, point_coords=point, point_labels=label, box=box)

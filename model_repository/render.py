@@ -17,6 +17,7 @@ import numpy as np
 
 from samrt import wire
 from samrt.artifacts import prepare_output_dir, record_entries, replace_recorded_entries
+from samrt.errors import InputError
 from samrt.spec import SamConfig, decoder_spec, encoder_spec
 from samrt.variants import BACKENDS
 
@@ -79,6 +80,11 @@ class RepoOptions:
     # restart. None: memory only. Its files are keyed by the served engines' content.
     cache_dir: Optional[str] = None
     cache_dir_bytes: int = 16 * 1024 ** 3  # 4096 official embeddings of 4 MiB
+
+    def __post_init__(self) -> None:
+        for name in ("encoder_max_batch", "max_prompts", "max_pixels"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name}: got {getattr(self, name)}, expected at least 1")
 
 
 def _params(**kw) -> dict:

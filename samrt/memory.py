@@ -37,7 +37,7 @@ from samrt.spec import SamConfig, get_config, resolve_model_type
 
 __all__ = ["MemoryEstimate", "InsufficientMemoryError", "encoder_params", "decoder_params",
            "estimate_server_memory", "estimate_export_memory", "available_memory", "check_fits",
-           "give_back_freed_memory"]
+           "give_back_freed_memory", "estimate_build_memory"]
 
 GIB = 2**30
 MIB = 2**20
@@ -56,6 +56,9 @@ WEIGHT_BYTES: Dict[Tuple[str, str], float] = {
     ("tensorrt", "fp16"): 2.0,
     ("tensorrt", "int8"): 1.0,
 }
+# Bytes per parameter in an OpenVINO IR's weights file as samrt saves it (fp32 weights for the fp32
+# and bf16 engines: `save_model(compress_to_fp16=False)`; the int8 engine's are int8).
+IR_WEIGHT_BYTES: Dict[str, float] = {"fp32": 4.0, "bf16": 4.0, "int8": 1.0}
 # Global-attention-score-sized tensors alive at the encoder's peak, per image, by backend
 # (measured on vit_b, 2026-12-04: OpenVINO keeps ~1.7 after a run; ONNX Runtime, arena off,
 # peaks at ~4.4 during one).
@@ -69,6 +72,10 @@ DEFAULT_CACHE_BYTES = 1024 * MIB  # RepoOptions.cache_bytes
 EXPORT_BYTES_PER_PARAM = 8.0
 EXPORT_BASE = 1500 * MIB
 EXPORT_ACTIVATION_FACTOR = 5.0
+# Building an engine: the engine's copies of the weights at the build's peak, bytes per parameter
+# (OpenVINO reads the ONNX graph, converts, compiles and saves the IR; vit_h's build peaked at
+# 16.0 GiB with the gate's fp32 reference beside it: docs/memory.md).
+BUILD_ENGINE_BYTES_PER_PARAM = 12.0
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ def estimate_server_memory(model: "str | SamConfig", backend: str, precision: st
     parts = {
         "processes": PROCESS_BASE,
         "encoder weights": int(encoder_params(cfg) * WEIGHT_BYTES[(backend, precision)]),
-        "encoder weights file (mapped)": int(encoder_params(cfg) * WEIGHT_BYTES[(backend, precision)])
+        "encoder weights file (mapped)": int(encoder_params(cfg) * IR_WEIGHT_BYTES[precision])
         if backend == "openvino" else 0,
         "encoder activations": int(at_once * ACTIVATION_FACTOR[backend] * _attention_bytes(cfg)),
         "automatic masks": AMG_WORKING if amg else 0,
@@ -166,6 +173,25 @@ def estimate_export_memory(model: "str | SamConfig") -> MemoryEstimate:
     })
 
 
+def estimate_build_memory(model: "str | SamConfig", backend: str) -> MemoryEstimate:
+    """The peak of building and gating one engine (`samrt.engines.build.build_engine`, what the
+    first `samrt serve` runs): the accuracy gate's fp32 ONNX Runtime encoder (weights and one
+    image's activations) beside the engine being built (OpenVINO: the model read, its compiled
+    copy and the compile's working copy; `BUILD_ENGINE_BYTES_PER_PARAM`) and its activations.
+    Measured: vit_h's launcher peaked at 16.0 GiB RSS building the OpenVINO fp32 encoder."""
+    cfg = _cfg(model)
+    if backend not in ACTIVATION_FACTOR:
+        raise SamrtError(f"engine backend: got {backend!r}, expected one of {sorted(ACTIVATION_FACTOR)}")
+    params = encoder_params(cfg)
+    return MemoryEstimate(f"building a {backend} engine of {cfg.model_type}", {
+        "process": EXPORT_BASE,
+        "fp32 reference encoder (weights, activations)": int(params * 4 + ACTIVATION_FACTOR["onnxruntime"]
+                                                             * _attention_bytes(cfg)),
+        "engine being built (weights, activations)": int(params * BUILD_ENGINE_BYTES_PER_PARAM
+                                                         + ACTIVATION_FACTOR[backend] * _attention_bytes(cfg)),
+    })
+
+
 def available_memory(meminfo: str = "/proc/meminfo") -> Optional[int]:
     """The kernel's estimate of memory available to a new workload (MemAvailable), bytes; None
     where it cannot be read."""
@@ -179,16 +205,21 @@ def available_memory(meminfo: str = "/proc/meminfo") -> Optional[int]:
     return None
 
 
-def check_fits(estimate: MemoryEstimate, available: Optional[int] = None, override: str = "") -> None:
+def check_fits(estimate: MemoryEstimate, available: Optional[int] = None, override: str = "",
+               already_held: int = 0) -> None:
     """Raise InsufficientMemoryError when `estimate` exceeds `available` (default: MemAvailable
-    now); the message gives the estimate's parts and, when given, how to go on anyway (`override`).
-    Where the available memory cannot be read, nothing is checked."""
+    now) plus `already_held` (bytes of the estimate this process holds already, e.g. a loaded
+    checkpoint); the message gives the estimate's parts and, when given, how to go on anyway
+    (`override`). Where the available memory cannot be read, nothing is checked."""
     available = available_memory() if available is None else available
+    if available is not None:
+        available += already_held
     if available is None or estimate.total <= available:
         return
     hint = f"; {override}" if override else ""
     raise InsufficientMemoryError(
-        f"{estimate.describe()}; this machine has {available / GIB:.1f} GiB available: it would not fit{hint}")
+        f"{estimate.describe()}; memory available on this machine: got {available / GIB:.1f} GiB, expected at "
+        f"least {estimate.total / GIB:.1f} GiB: it would not fit{hint}")
 
 
 def give_back_freed_memory() -> bool:

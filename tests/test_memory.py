@@ -56,9 +56,11 @@ def test_a_start_that_would_not_fit_is_refused_with_the_figures():
     est = MemoryEstimate("a test server", {"weights": 3 * GIB, "activations": 2 * GIB})
     check_fits(est, available=6 * GIB)  # fits: nothing happens
     with pytest.raises(InsufficientMemoryError,
-                       match=r"a test server: about 5\.0 GiB \(weights 3\.0, activations 2\.0 GiB\); this machine "
-                             r"has 4\.0 GiB available: it would not fit; pass --no-memory-check to start anyway"):
+                       match=r"a test server: about 5\.0 GiB \(weights 3\.0, activations 2\.0 GiB\); memory available "
+                             r"on this machine: got 4\.0 GiB, expected at least 5\.0 GiB: it would not fit; pass "
+                             r"--no-memory-check to start anyway"):
         check_fits(est, available=4 * GIB, override="pass --no-memory-check to start anyway")
+    check_fits(est, available=4 * GIB, already_held=1 * GIB)  # a loaded model counted in the estimate: fits
 
 
 def test_available_memory_reads_meminfo(tmp_path):
@@ -69,3 +71,17 @@ def test_available_memory_reads_meminfo(tmp_path):
     assert available_memory(str(f)) is None
     assert available_memory(str(tmp_path / "missing")) is None
     assert available_memory() is None or available_memory() > 0
+
+
+def test_a_build_takes_the_reference_and_the_engine_and_openvino_maps_fp32_weights():
+    from samrt.memory import IR_WEIGHT_BYTES, estimate_build_memory
+
+    h = estimate_build_memory("vit_h", "openvino")
+    assert 14 * GIB < h.total < 24 * GIB  # vit_h's build peaked at 16.0 GiB RSS here (docs/memory.md)
+    assert estimate_build_memory("vit_b", "openvino").total < h.total
+    with pytest.raises(SamrtError, match=r"engine backend: got 'x', expected one of"):
+        estimate_build_memory("vit_b", "x")
+    bf16 = estimate_server_memory("vit_h", "openvino", "bf16")  # the IR keeps fp32 weights; bf16 is a runtime hint
+    assert bf16.parts["encoder weights file (mapped)"] == 637_026_048 * IR_WEIGHT_BYTES["bf16"] == 637_026_048 * 4
+    assert estimate_server_memory("vit_h", "onnxruntime", "fp32").parts["encoder weights file (mapped)"] == 0
+    assert "mapped" not in estimate_server_memory("vit_h", "onnxruntime", "fp32").describe()  # zero parts unsaid

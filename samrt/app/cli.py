@@ -42,11 +42,13 @@ def _add_export(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init and the check inputs")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--name", help="file name prefix (default: the model type)")
+    _memory_check_option(p)
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
-    result = pipeline.export_model(args.out, args.model_type, args.checkpoint, args.random_init, args.seed, args.name)
+    result = pipeline.export_model(args.out, args.model_type, args.checkpoint, args.random_init, args.seed, args.name,
+                                   memory_check=args.memory_check)
     for graph in ("encoder", "decoder"):
         for check in result.report[graph]["checks"]:
             diffs = ", ".join(f"{k} max abs {v['max_abs_diff']:.2e}" for k, v in check["outputs"].items())
@@ -162,13 +164,11 @@ def _repo_options(p) -> None:
     p.add_argument("--max-prompts", type=int, default=d.max_prompts, help="prompts per sam_decode request")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image (pixels) sam_encode and sam_amg accept; default 8192*8192 = 67 M")
     p.add_argument("--encoder-max-batch", type=int, default=d.encoder_max_batch,
-                   help=f"images the encoder runs at once (default {d.encoder_max_batch}); its activations grow "
-                        "with it (docs/memory.md)")
+                   help=f"images the encoder's batcher gathers (default {d.encoder_max_batch}); a CPU runs them one "
+                        "at a time, so its memory does not grow with it there; a GPU runs them at once (docs/memory.md)")
 
 
 def _opts(args):
-    if args.encoder_max_batch < 1:
-        raise SamrtError(f"--encoder-max-batch: got {args.encoder_max_batch}, expected at least 1")
     return RepoOptions(device=args.device, cache_bytes=args.cache_bytes, max_prompts=args.max_prompts,
                        max_pixels=args.max_pixels, cache_dir=args.cache_dir, cache_dir_bytes=args.cache_dir_bytes,
                        encoder_max_batch=args.encoder_max_batch)
@@ -381,6 +381,7 @@ def _add_annotate(sub) -> None:
     p.add_argument("--model-type", default="auto", choices=MODEL_TYPE_CHOICES, help=_MODEL_TYPE_HELP)
     p.add_argument("--build-dir", default="build/annotate", help="where the server it starts keeps export and repository")
     p.add_argument("--prefetch", type=int, default=2, help="images encoded ahead of the one being annotated")
+    _memory_check_option(p)
     p.add_argument("--amg-points-per-side", type=int, default=None,
                    help="prefill grid (default: 16, a quarter of SAM's 32 x 32 points)")
     p.add_argument("--amg-pred-iou-thresh", type=float, default=None,
@@ -397,7 +398,7 @@ def cmd_annotate(args) -> int:
     run_annotate(args.folder, args.out, args.url, args.protocol, args.host, args.port, args.checkpoint, args.model_type,
                  args.build_dir, args.prefetch,
                  {"points_per_side": args.amg_points_per_side, "pred_iou_thresh": args.amg_pred_iou_thresh,
-                  "stability_score_thresh": args.amg_stability_score_thresh})
+                  "stability_score_thresh": args.amg_stability_score_thresh}, memory_check=args.memory_check)
     return 0
 
 
@@ -473,15 +474,17 @@ def _add_bench(sub) -> None:
     for kind in ("engines", "decoder", "serve", "amg", "memory", "e2e"):
         k = kinds.add_parser(kind)
         k.add_argument("--out", required=True, help="results folder, e.g. benchmarks/results/<machine>/")
-        k.add_argument("--quick", action="store_true", help="a smoke run in under two minutes")
+        k.add_argument("--quick", action="store_true", help="a smoke run (under two minutes, but e2e: one client, "
+                                                              "a small image; its export and engine builds still run)")
         k.add_argument("--build-dir", default="build/bench", help="where exports and servers go")
         if kind != "amg":
             k.add_argument("--model-type", default="vit_b", choices=list(MODEL_CONFIGS), help="model to measure")
             k.add_argument("--checkpoint", help="its weights (default: seeded random ones)")
         if kind == "e2e":
-            k.add_argument("--clients", type=int, default=4, help="clients encoding and clicking at once (last step)")
+            k.add_argument("--clients", type=int, default=4, help="clients encoding and clicking at once (the load step)")
             k.add_argument("--serve-args", default="", help="flags added to `samrt serve` (default: none, the "
-                                                            "default path), e.g. '--backend onnxruntime --precision fp32'")
+                                                            "default path), written with '=': "
+                                                            "--serve-args='--backend onnxruntime --precision fp32'")
         if kind not in ("engines", "memory", "e2e"):
             k.add_argument("--url", help="a running server's gRPC endpoint (default: start servers here)"
                            if kind == "serve" else "a running server's gRPC endpoint", required=kind == "amg")

@@ -18,7 +18,9 @@ from samrt.engines import OnnxSamPredictor
 from samrt.engines.build import EngineAccuracyError, build_variant
 from samrt.engines.openvino_engine import bf16_support
 from samrt.errors import SamrtError
-from samrt.memory import MemoryEstimate, available_memory, check_fits, estimate_export_memory, estimate_server_memory
+from samrt.memory import (MemoryEstimate, available_memory, check_fits, decoder_params, encoder_params,
+                          estimate_build_memory, estimate_export_memory, estimate_server_memory,
+                          give_back_freed_memory)
 from samrt.model_repository.launch import repository_from_plan, serve_forever
 from samrt.model_repository.render import RepoOptions
 from samrt.model_repository.server import TritonServer
@@ -51,9 +53,9 @@ def resolve_source(checkpoint: Optional[str], model_type: str = "auto", random_i
 
 
 def export_model(out_dir: str, model_type: str = "auto", checkpoint: Optional[str] = None, random_init: bool = False,
-                 seed: int = 0, name: Optional[str] = None):
+                 seed: int = 0, name: Optional[str] = None, memory_check: bool = True):
     """`samrt export`: a checkpoint (or seeded random weights, with a loud warning) -> checked ONNX
-    graphs in `out_dir`; returns `samrt.export.ExportResult`."""
+    graphs in `out_dir`; returns `samrt.export.ExportResult`. `memory_check`: as `ensure_export`."""
     from samrt.export import export_sam, load_sam, random_sam  # torch: the export extra
     from samrt.export.checkpoint import RANDOM_INIT_WARNING
 
@@ -61,11 +63,15 @@ def export_model(out_dir: str, model_type: str = "auto", checkpoint: Optional[st
         if model_type in ("auto", None):
             raise SamrtError("--random-init needs --model-type (vit_b, vit_l, vit_h or tiny), got 'auto'")
         cfg = get_config(model_type)
+        if memory_check:
+            _check_memory(estimate_export_memory(cfg))
         print(f"WARNING: {RANDOM_INIT_WARNING}", file=sys.stderr)
         sam = random_sam(cfg, seed=seed)
     else:
         sam, cfg = load_sam(checkpoint, model_type)
         print(f"loaded {checkpoint}: {cfg.model_type}", file=sys.stderr)
+        if memory_check:  # the loaded model is part of the estimate and already held
+            _check_memory(estimate_export_memory(cfg), already_held=4 * (encoder_params(cfg) + decoder_params(cfg)))
     return export_sam(sam, cfg, out_dir, name=name, checkpoint=checkpoint, random_init=random_init, seed=seed,
                       progress=_say)
 
@@ -96,8 +102,8 @@ def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[s
 
     if checkpoint:
         sam, cfg = load_sam(checkpoint, model_type)
-        if memory_check and not known:
-            _check_memory(estimate_export_memory(cfg))
+        if memory_check and not known:  # the loaded model is part of the estimate and already held
+            _check_memory(estimate_export_memory(cfg), already_held=4 * (encoder_params(cfg) + decoder_params(cfg)))
     else:
         cfg = get_config(model_type)
         sam = random_sam(cfg, seed=seed)
@@ -106,12 +112,13 @@ def ensure_export(out_dir: str, model_type: str = "auto", checkpoint: Optional[s
     return ExportManifest.read(out_dir)
 
 
-def _check_memory(estimate: MemoryEstimate) -> None:
-    """Say the estimate and what is available; raise InsufficientMemoryError when it does not fit."""
+def _check_memory(estimate: MemoryEstimate, already_held: int = 0) -> None:
+    """Say the estimate and what is available; raise InsufficientMemoryError when it does not fit
+    (`already_held`: bytes of it this process holds already)."""
     available = available_memory()
     where = f"; {available / 2**30:.1f} GiB available" if available is not None else ""
     _say(f"memory: {estimate.describe()}{where}")
-    check_fits(estimate, available, override=NO_MEMORY_CHECK)
+    check_fits(estimate, available, override=NO_MEMORY_CHECK, already_held=already_held)
 
 
 def _say(text: str) -> None:
@@ -157,7 +164,7 @@ def _candidates(role: str, backend: str, precision: str, decoder: str, device: s
 
 
 def plan_engines(manifest: ExportManifest, backend: str = "auto", precision: str = "auto", decoder: str = "fast",
-                 device: str = "cpu", say: Callable[[str], None] = _say) -> ServingPlan:
+                 device: str = "cpu", say: Callable[[str], None] = _say, memory_check: bool = False) -> ServingPlan:
     """The one build-and-choose step of `samrt serve` and `samrt build-repo`: which engine of each
     graph to serve, built into the export folder when missing (once; later starts reuse it).
 
@@ -168,6 +175,8 @@ def plan_engines(manifest: ExportManifest, backend: str = "auto", precision: str
     precision given narrows that list; a precision given must pass its gate (ArtifactError
     otherwise). `decoder` "fast" (default) or "classic" (`samrt.variants.DECODERS`); the
     production variants (`NATIVE_SERVING`) serve the classic decoder. `say` gets progress lines.
+    `memory_check`: a build whose estimate (`samrt.memory.estimate_build_memory`) exceeds the
+    memory available now is refused (InsufficientMemoryError) before it starts.
     """
     if backend not in SERVING_BACKENDS:
         raise SamrtError(f"--backend: got {backend!r}, expected one of {SERVING_BACKENDS}")
@@ -178,12 +187,12 @@ def plan_engines(manifest: ExportManifest, backend: str = "auto", precision: str
     chosen = {}
     for role in ROLES:
         candidates, by_speed = _candidates(role, backend, precision, decoder, device)
-        chosen[role] = _choose(manifest, role, candidates, by_speed, device, say)
+        chosen[role] = _choose(manifest, role, candidates, by_speed, device, say, memory_check)
     return ServingPlan(chosen["encoder"], chosen["decoder"], NATIVE_SERVING.get(backend))
 
 
 def _choose(manifest: ExportManifest, role: str, candidates: List[Variant], by_speed: bool, device: str,
-            say: Callable[[str], None]) -> ServedEngine:
+            say: Callable[[str], None], memory_check: bool = False) -> ServedEngine:
     refused = []
     for variant in candidates:
         variant.check(device)
@@ -192,6 +201,9 @@ def _choose(manifest: ExportManifest, role: str, candidates: List[Variant], by_s
             return ServedEngine(variant, variant.paths(manifest), None, why)
         report = EngineReport.find(manifest, variant)
         if report is None:
+            if memory_check and device == "cpu":
+                give_back_freed_memory()
+                _check_memory(estimate_build_memory(manifest.config, variant.backend))
             say(f"building {variant} for the {role}: first start only, cached in {manifest.export_dir} "
                 f"(on a 2-core CPU an encoder of vit_b takes about 5 minutes, of vit_h about 15; a decoder 1-3)")
             t0 = time.perf_counter()
@@ -231,6 +243,7 @@ def build_repository(build_dir: str, checkpoint: Optional[str] = None, model_typ
     repo, estimate = _repository(manifest, os.path.join(build_dir, "repo"), opts, backend, precision, decoder,
                                  memory_check)
     if estimate is not None and memory_check:
+        give_back_freed_memory()  # what the builds freed leaves this process before it is measured
         _check_memory(estimate)
     return repo
 
@@ -257,7 +270,7 @@ def _repository(manifest: ExportManifest, out_dir: str, opts, backend: str, prec
         candidates = _candidates("encoder", backend or "auto", precision or "auto", decoder, device)[0]
         least = min((_server_estimate(manifest, v, opts) for v in candidates), key=lambda e: e.total)
         check_fits(least, available_memory(), override=NO_MEMORY_CHECK)
-    plan = plan_engines(manifest, backend or "auto", precision or "auto", decoder, device)
+    plan = plan_engines(manifest, backend or "auto", precision or "auto", decoder, device, memory_check=memory_check)
     _say(plan.describe())
     return repository_from_plan(manifest, plan, out_dir, opts), server_memory(manifest, plan, opts)
 

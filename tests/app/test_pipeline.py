@@ -136,7 +136,7 @@ def test_an_export_that_would_not_fit_is_refused_before_it_starts(asked, availab
     available(2)
     assert main(["serve", "--random-init", "--model-type", "vit_h", "--build-dir", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
-    assert "error: the export of vit_h: about" in err and "this machine has 2.0 GiB available: it would not fit" in err
+    assert "error: the export of vit_h: about" in err and "got 2.0 GiB, expected at least" in err
     assert "pass --no-memory-check to start anyway" in err
     assert asked == []  # no model was even built
     assert not (tmp_path / "b" / "export").exists()
@@ -154,7 +154,7 @@ def test_an_export_of_a_checkpoint_of_unknown_type_is_checked_once_loaded(asked,
 
     monkeypatch.setattr(samrt.export, "load_sam", load_sam)
     available(1)
-    with pytest.raises(samrt.errors.InsufficientMemoryError, match=r"the export of vit_l: about .* 1\.0 GiB available"):
+    with pytest.raises(samrt.errors.InsufficientMemoryError, match=r"the export of vit_l: about .*got (\d|\.)+ GiB"):
         pipeline.ensure_export(str(tmp_path / "export"), "auto", str(tmp_path / "sam_vit_l.pth"))
     assert loaded and asked == []
 
@@ -172,7 +172,7 @@ def test_a_server_that_would_not_fit_is_refused_before_any_engine_is_built(avail
     _fake_export(tmp_path / "b" / "export", "vit_h")
     available(3)
     with pytest.raises(samrt.errors.InsufficientMemoryError,
-                       match=r"a vit_h server \(.* encoder, one image at a time\): about .*encoder weights.*3\.0 GiB available"):
+                       match=r"a vit_h server \(.* encoder, one image at a time\): about .*encoder weights.*got 3\.0 GiB"):
         pipeline.build_repository(str(tmp_path / "b"), None, "vit_h", random_init=True)
     assert built == [] and not (tmp_path / "b" / "repo").exists()
     with pytest.raises(_Stop):
@@ -192,3 +192,38 @@ def test_the_server_estimate_follows_the_served_engine_and_the_options():
     assert est.parts["embedding cache"] == 0
     assert pipeline.server_memory(manifest, plan, RepoOptions(device="cuda")) is None  # GPU memory: not estimated
     assert pipeline.server_memory(manifest, ServingPlan(plan.encoder, plan.decoder, "tensorrt")) is None
+
+
+def test_a_build_that_would_not_fit_is_refused_before_it_starts(available, tmp_path, monkeypatch):
+    """Past the server's check, building the engines (the gate's fp32 encoder beside the engine:
+    vit_h's took 16 GiB here) is checked before each build."""
+    built = []
+    monkeypatch.setattr(pipeline, "build_variant", lambda manifest, variant, **kw: built.append(str(variant)))
+    _fake_export(tmp_path / "export", "vit_h")
+    from samrt.artifacts import ExportManifest
+
+    manifest = ExportManifest.read(str(tmp_path / "export"))
+    available(12)  # a vit_h server fits in 12 GiB, its builds do not
+    with pytest.raises(samrt.errors.InsufficientMemoryError, match=r"building a \w+ engine of vit_h: about"):
+        pipeline.plan_engines(manifest, memory_check=True)
+    assert built == []
+
+
+def test_annotate_and_export_take_the_override(asked, available, tmp_path, capsys):
+    available(1)
+    assert main(["export", "--random-init", "--model-type", "vit_b", "--out", str(tmp_path / "e")]) == 2
+    assert "got 1.0 GiB" in capsys.readouterr().err and asked == []
+    with pytest.raises(_Stop):
+        main(["export", "--random-init", "--model-type", "vit_b", "--out", str(tmp_path / "e"), "--no-memory-check"])
+    from samrt.app.cli import build_parser
+
+    args = build_parser().parse_args(["annotate", str(tmp_path), "--out", str(tmp_path / "o"), "--no-memory-check"])
+    assert args.memory_check is False
+
+
+def test_repo_options_refuse_a_batch_of_zero():
+    from samrt.errors import InputError
+    from samrt.model_repository.render import RepoOptions
+
+    with pytest.raises(InputError, match=r"encoder_max_batch: got 0, expected at least 1"):
+        RepoOptions(encoder_max_batch=0)

@@ -15,17 +15,19 @@ from .app import MODEL_URL, create_app
 __all__ = ["start_model_server", "run_annotate"]
 
 
-def start_model_server(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto") -> TritonServer:
+def start_model_server(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "auto",
+                       memory_check: bool = True) -> TritonServer:
     """Export if needed, render the repository and start tritonserver (ready on return): the one
-    place where `samrt annotate` starts a server (`samrt.app.pipeline.build_repository`)."""
-    repo = build_repository(build_dir, checkpoint, model_type)
+    place where `samrt annotate` starts a server (`samrt.app.pipeline.build_repository`, which
+    checks memory unless `memory_check` is False)."""
+    repo = build_repository(build_dir, checkpoint, model_type, memory_check=memory_check)
     return TritonServer(repo, work_dir=os.path.join(build_dir, "triton_work")).start()
 
 
 def run_annotate(images_folder: str, out_dir: str, url: Optional[str] = None, protocol: str = "grpc",
                  host: str = "127.0.0.1", port: int = 8080, checkpoint: Optional[str] = None,
                  model_type: str = "auto", build_dir: str = "build/annotate", prefetch: int = 2,
-                 prefill_options: Optional[dict] = None) -> None:
+                 prefill_options: Optional[dict] = None, memory_check: bool = True) -> None:
     """Serve the annotation page until Ctrl-C or SIGTERM.
 
     Without `url`, starts a model server (the embedded model unless `checkpoint`) and stops it
@@ -37,7 +39,7 @@ def run_annotate(images_folder: str, out_dir: str, url: Optional[str] = None, pr
     server = None
     try:
         if url is None:
-            server = start_model_server(build_dir, checkpoint, model_type)
+            server = start_model_server(build_dir, checkpoint, model_type, memory_check)
             app[MODEL_URL] = server.grpc_url if protocol == "grpc" else server.http_url
             print(f"tritonserver ready at {app[MODEL_URL]} ({protocol}); log {server.log_path}", file=sys.stderr)
         else:
