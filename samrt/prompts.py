@@ -34,6 +34,7 @@ __all__ = [
     "ABSENT_LABEL",
     "BOX_LABELS",
     "get_preprocess_shape",
+    "decoder_coords",
     "coords_scale",
     "apply_coords",
     "restore_coords",
@@ -265,9 +266,20 @@ def complete_prompts(coords: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray
 def decoder_prompts(coords: np.ndarray, labels: np.ndarray, original_size: Tuple[int, int],
                     image_size: int) -> Tuple[np.ndarray, np.ndarray]:
     """Checked prompts in original pixels -> the decoder's `point_coords` [P,N,2] float32 in the
-    resized frame and `point_labels` [P,N] float32 (the wire's padding rule applied)."""
+    resized frame and `point_labels` [P,N] float32 (the wire's padding rule applied). Padding
+    points (label -1) go to (0, 0): SAM replaces their positional encoding (so the answer is the
+    same), and a far one (3e38) made OpenVINO's AVX2 sin return NaN (found by the wire fuzz test)."""
     coords, labels = complete_prompts(coords, labels)
-    return apply_coords(coords, original_size, image_size), labels.astype(np.float32)
+    return decoder_coords(coords, labels, original_size, image_size), labels.astype(np.float32)
+
+
+def decoder_coords(coords: np.ndarray, labels: np.ndarray, original_size: Tuple[int, int],
+                   image_size: int) -> np.ndarray:
+    """`apply_coords` for the decoder: [P,N,2] original pixels -> float32 resized frame, with the
+    padding points (label -1 in [P,N] `labels`) at (0, 0) (see `decoder_prompts`)."""
+    out = apply_coords(coords, original_size, image_size)
+    out[np.asarray(labels).reshape(out.shape[:-1]) == PAD_LABEL] = 0.0
+    return out
 
 
 def decoder_feeds(image_embeddings: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,

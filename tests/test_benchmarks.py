@@ -158,8 +158,8 @@ def test_e2e_steps_measure_their_own_process(tmp_path):
     from samrt.errors import SamrtError
 
     log = str(tmp_path / "log")
-    seconds, peak = e2e._measured([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"],
-                                  log)
+    seconds, peak = e2e._measured([sys.executable, "-c", "import time; b = bytearray(300 * 2**20); "
+                                   "b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5)"], log)
     assert seconds > 0 and 300 * 2**20 < peak < 2 * 2**30
     with pytest.raises(SamrtError, match=r"exit status 3, expected 0 \(see .*log\)"):
         e2e._measured([sys.executable, "-c", "import sys; sys.exit(3)"], log)

@@ -141,3 +141,17 @@ def test_mask_logits_near_float_limits_are_refused():
     assert prompts.check_mask_input(ok, 1, 4).shape == (1, 1, 4, 4)
     with pytest.raises(InputError, match=r"mask_input: got a logit of magnitude 3e\+38, expected at most 10000"):
         prompts.check_mask_input(np.full((1, 1, 4, 4), 3e38, np.float32), 1, 4)
+
+
+def test_padding_points_reach_the_decoder_at_the_origin():
+    """A padding point's position does not change SAM's answer (its encoding is replaced); a far
+    one gave NaN scores on OpenVINO's AVX2 kernels (wire fuzz test), so it goes to (0, 0)."""
+    from samrt.prompts import decoder_prompts
+
+    coords = np.array([[[10.0, 20.0], [3e38, -3e38]]])
+    labels = np.array([[1, -1]])
+    got, lab = decoder_prompts(coords, labels, (100, 200), 1024)
+    assert got.dtype == np.float32 and np.all(np.isfinite(got))
+    np.testing.assert_array_equal(got[0, 1], [0.0, 0.0])
+    np.testing.assert_allclose(got[0, 0], [10.0 * 1024 / 200, 20.0 * 1024 / 200], rtol=1e-6)
+    assert lab.tolist() == [[1.0, -1.0]]

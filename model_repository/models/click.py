@@ -90,10 +90,10 @@ class _CacheOwner(PythonModel):
         """The cache entry a decode request names (UnknownImageError: NOT_FOUND) and its points in
         the encoder's resized frame."""
         entry = self.cache.get(image_id)
-        coords = input_array(request, "prompt_coords")
+        coords, labels = input_array(request, "prompt_coords"), input_array(request, "prompt_labels")
         # the first place that knows the image's size: points far outside it are refused here
-        prompts.check_points_in_image(coords, input_array(request, "prompt_labels"), entry.original_size)
-        return entry, prompts.apply_coords(coords, entry.original_size, self.image_size)
+        prompts.check_points_in_image(coords, labels, entry.original_size)
+        return entry, prompts.decoder_coords(coords, labels, entry.original_size, self.image_size)
 
 
 class PromptPrepModel(PythonModel):
@@ -150,7 +150,8 @@ class MaskDecoderModel(_CacheOwner):
                     entry = self.cache.get(image_id)
                     # the first place that knows the image's size: points far outside it are refused here
                     prompts.check_points_in_image(prep["prompt_coords"], prep["prompt_labels"], entry.original_size)
-                    coords = prompts.apply_coords(prep["prompt_coords"], entry.original_size, self.image_size)
+                    coords = prompts.decoder_coords(prep["prompt_coords"], prep["prompt_labels"], entry.original_size,
+                                                    self.image_size)
                     jobs[i] = (image_id, entry, coords, prep)
             except Exception as e:
                 responses[i] = error_response(e, self.error_name)
