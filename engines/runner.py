@@ -15,7 +15,8 @@ import numpy as np
 from samrt import prompts
 from samrt.errors import InputError
 
-__all__ = ["Runner", "OnnxRuntimeRunner", "check_feeds", "default_providers", "run_decoder", "DECODER_CHUNK"]
+__all__ = ["Runner", "OnnxRuntimeRunner", "check_feeds", "default_providers", "run_decoder", "DECODER_CHUNK",
+           "ARENA_DECODER_CHUNK"]
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
                "tensor(int64)": np.int64, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
@@ -96,6 +97,12 @@ class OnnxRuntimeRunner(Runner):
 
 # Prompts per decoder run: memory grows with this chunk, not with the number of prompts asked.
 DECODER_CHUNK = 16
+# Prompts per run of an automatic-masks decoder on ONNX Runtime: its CPU arena keeps the largest
+# run's activations for the life of the process. Measured on SAM's fast decoder (the same for every
+# model type), 64 prompts, AMD EPYC 2 cores, 2026-12-05: chunk 16 kept 0.97 GiB after the runs,
+# 4 kept 0.26 GiB and was 9% slower; the arena off kept 0.05 GiB and was 34% slower (each run's
+# memory faulted in afresh). docs/memory.md.
+ARENA_DECODER_CHUNK = 4
 
 
 def run_decoder(

@@ -15,6 +15,7 @@ import numpy as np
 from samrt import amg, wire
 from samrt.engines.amg import amg_crop_decoder  # shared with the in-process generator (Ray job)
 from samrt.engines.decoders import ClassicDecoder
+from samrt.engines.runner import ARENA_DECODER_CHUNK
 from samrt.errors import InputError
 from samrt.memory import give_back_freed_memory
 
@@ -38,10 +39,11 @@ class BlsRunner:
 
 
 def _decoder(params: Dict[str, str]):
-    """The production variant's native decoder through BLS, else this process's own decoder engine."""
+    """The production variant's native decoder through BLS, else this process's own decoder engine
+    (on ONNX Runtime in runs of ARENA_DECODER_CHUNK prompts: what its arena keeps after an image)."""
     if params.get("decoder_model"):
         return ClassicDecoder(BlsRunner(params["decoder_model"], int(params["low_res_size"])))
-    return decoder_engine(params)
+    return decoder_engine(params, onnxruntime_chunk=ARENA_DECODER_CHUNK)
 
 
 def _cancelled(request):

@@ -20,6 +20,8 @@ import numpy as np
 from samrt import wire
 from samrt.engines import runner_for_engine
 from samrt.engines.decoders import STATIC_SHAPES, decoder_from_paths
+from samrt.engines.factory import ENGINE_SUFFIXES
+from samrt.engines.runner import DECODER_CHUNK
 from samrt.errors import InputError
 
 from .. import logic
@@ -158,12 +160,15 @@ def engine_runner(params: Dict[str, str], static_shapes: int = 0, dynamic: bool 
                              dynamic=dynamic, memory_arena=memory_arena)
 
 
-def decoder_engine(params: Dict[str, str]):
+def decoder_engine(params: Dict[str, str], onnxruntime_chunk: Optional[int] = None):
     """The model's mask decoder (`samrt.engines.decoders`) from its `decoder_engine` parameter: JSON
     {"decoder": path} (the classic graph) or the fast decoder's three files; OpenVINO decoders
-    compile the shapes they meet statically, each checked when compiled."""
-    return decoder_from_paths(json.loads(params["decoder_engine"]), params.get("device", "cpu"),
-                              static_shapes=STATIC_SHAPES)
+    compile the shapes they meet statically, each checked when compiled. `onnxruntime_chunk`:
+    prompts per run when the engines are ONNX Runtime's (default: DECODER_CHUNK)."""
+    paths = json.loads(params["decoder_engine"])
+    onnxruntime = all(ENGINE_SUFFIXES.get(os.path.splitext(p)[1]) == "onnxruntime" for p in paths.values())
+    chunk = onnxruntime_chunk if onnxruntime and onnxruntime_chunk else DECODER_CHUNK
+    return decoder_from_paths(paths, params.get("device", "cpu"), static_shapes=STATIC_SHAPES, chunk=chunk)
 
 
 def lower_priority(params: Dict[str, str]) -> None:

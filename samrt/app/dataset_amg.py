@@ -40,6 +40,7 @@ from samrt.artifacts import (OutputDirError, atomic_write_text, check_output_dir
 from samrt.client.cli import amg_document, load_image
 from samrt.engines import InProcessMaskGenerator, OnnxRuntimeRunner
 from samrt.engines.decoders import FastDecoder
+from samrt.engines.runner import ARENA_DECODER_CHUNK
 from samrt.errors import InputError, SamrtError
 from samrt.imageio import list_images
 
@@ -183,7 +184,8 @@ class _AmgActor:
             with open(path, "wb") as f:
                 f.write(ray.get(ref))
             runners[role] = OnnxRuntimeRunner(path, "cpu", threads, memory_arena=role != "encoder")
-        decoder = FastDecoder(runners["image_prep"], runners["fast_decoder"], runners["fast_decoder_mask"])
+        decoder = FastDecoder(runners["image_prep"], runners["fast_decoder"], runners["fast_decoder_mask"],
+                              ARENA_DECODER_CHUNK)  # what ONNX Runtime's arena keeps (engines.runner)
         self.generator = InProcessMaskGenerator(runners["encoder"], decoder)
         self.options = AmgOptions(**options).validate()
 

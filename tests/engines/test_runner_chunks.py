@@ -68,3 +68,28 @@ def test_encoders_run_without_onnx_runtimes_memory_arena(tiny_export):
     assert off.session.get_session_options().enable_cpu_mem_arena is False
     image = np.random.default_rng(0).standard_normal((1, 3, 1024, 1024), dtype=np.float32)
     np.testing.assert_array_equal(on.run({"image": image})["image_embeddings"], off.run({"image": image})["image_embeddings"])
+
+
+
+def test_automatic_masks_decode_onnx_runtime_in_small_chunks(tiny_export):
+    """sam_amg's decoder on ONNX Runtime runs ARENA_DECODER_CHUNK prompts at a time (its arena keeps
+    the largest run's activations: 0.97 GiB after 16-prompt runs of SAM's decoder, 0.26 GiB after
+    4-prompt runs; engines/runner.py); the click path keeps DECODER_CHUNK; the answers are equal."""
+    import json
+
+    from samrt.engines.runner import ARENA_DECODER_CHUNK, DECODER_CHUNK
+    from samrt.model_repository.models import amg as amg_model
+    from samrt.model_repository.models.base import decoder_engine
+
+    params = {"decoder_engine": json.dumps(dict(tiny_export.fast_decoder_paths))}
+    dec, clicks = amg_model._decoder(params), decoder_engine(params)
+    assert (dec.chunk, clicks.chunk) == (ARENA_DECODER_CHUNK, DECODER_CHUNK) and ARENA_DECODER_CHUNK < DECODER_CHUNK
+    assert dec.decoder.session.get_session_options().enable_cpu_mem_arena is True
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((1,) + dec.embedding_shape).astype(np.float32)
+    coords = rng.uniform(0, 64, (21, 1, 2)).astype(np.float32)
+    labels = np.ones((21, 1), np.float32)
+    got = dec.decode(emb, dec.prepare_image(emb), coords, labels)
+    want = clicks.decode(emb, clicks.prepare_image(emb), coords, labels)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)
