@@ -277,9 +277,9 @@ def decoder_coords(coords: np.ndarray, labels: np.ndarray, original_size: Tuple[
                    image_size: int) -> np.ndarray:
     """`apply_coords` for the decoder: [P,N,2] original pixels -> float32 resized frame, with the
     padding points (label -1 in [P,N] `labels`) at (0, 0) (see `decoder_prompts`)."""
-    out = apply_coords(coords, original_size, image_size)
-    out[np.asarray(labels).reshape(out.shape[:-1]) == PAD_LABEL] = 0.0
-    return out
+    coords = np.array(coords, dtype=np.float64, copy=True)
+    coords[np.asarray(labels).reshape(coords.shape[:-1]) == PAD_LABEL] = 0.0  # before scaling: no overflow
+    return apply_coords(coords, original_size, image_size)
 
 
 def decoder_feeds(image_embeddings: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
