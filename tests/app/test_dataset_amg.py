@@ -90,7 +90,12 @@ def served(build, small_server):
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=500 * 2**20, log_to_driver=False)
+    options = dict(num_cpus=2, include_dashboard=False, object_store_memory=500 * 2**20, log_to_driver=False)
+    try:
+        ray.init(**options)
+    except Exception:  # "the current node timed out during startup" (its raylet; seen once in a full run): once more
+        ray.shutdown()
+        ray.init(**options)
     yield
     ray.shutdown()
 
