@@ -16,7 +16,7 @@ import numpy as np
 
 from samrt.artifacts import prepare_output_dir
 
-__all__ = ["machine_info", "latency_stats", "time_calls", "write_rows", "BUDGET_MS"]
+__all__ = ["machine_info", "latency_stats", "time_calls", "time_interleaved", "write_rows", "BUDGET_MS"]
 
 BUDGET_MS = 50.0  # SAM's "amortized real time" per click
 
@@ -87,18 +87,36 @@ def latency_stats(ms: Iterable[float]) -> Dict[str, float]:
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "min_ms": float(a.min())}
 
 
-def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Dict[str, float]:
-    """Warm-up calls (timed apart, reported as warmup_ms), then `repeats` timed calls."""
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1, pause_s: float = 0.0) -> Dict[str, float]:
+    """Warm-up calls (timed apart, reported as warmup_ms), then `repeats` timed calls, each after a
+    `pause_s` sleep (not timed; a person's pause between clicks)."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
     warm = (time.perf_counter() - t0) * 1e3
     times = []
     for _ in range(repeats):
+        if pause_s > 0:
+            time.sleep(pause_s)
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1e3)
     return {**latency_stats(times), "warmup_ms": warm, "warmup_calls": warmup}
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Dict[str, Dict[str, float]]:
+    """An A/B (or more) in one run: each round calls every function once, in turn, so a machine
+    whose speed drifts (a VM) slows them alike. -> {name: time_calls-style stats}."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) * 1e3)
+    return {k: latency_stats(v) for k, v in times.items()}
 
 
 def write_rows(rows: List[dict], out_dir: str, name: str) -> Dict[str, str]:

@@ -6,6 +6,8 @@ Timed regions (each after warm-up calls, p50/p90 over repeats):
   image_prep graph; nothing for the classic decoder);
 - one click: `decode` of one prompt (a point and SAM's padding point) on a prepared image, all four
   mask tokens out (no upscaling);
+- the same click after a 100 ms pause (`PAUSE_S`, not timed), as a person clicks: whether an idle
+  pause makes the decoder itself slower (in one process: no server, no wire);
 - 64 boxes: `decode` of 64 box prompts in one call, reported per box;
 - the encoder: one preprocessed image, the exact path (ONNX Runtime fp32 on the export) against the
   encoder `samrt serve` serves by default (`plan_engines`), in the same run.
@@ -32,7 +34,7 @@ from samrt.engines.runner import OnnxRuntimeRunner
 from samrt.scenes import eval_scenes
 from samrt.variants import EngineReport, Variant
 
-from .common import time_calls
+from .common import time_calls, time_interleaved
 
 __all__ = ["bench_decoder", "DECODER_VARIANTS", "TARGET_CLICK_DECODE_MS", "TARGET_BOX_MS"]
 
@@ -42,6 +44,7 @@ DECODER_VARIANTS = (("decoder", "onnxruntime", "fp32"), ("decoder", "openvino", 
                     ("fast_decoder", "openvino", "bf16"))
 TARGET_CLICK_DECODE_MS = 8.0  # issue #23: decoder in-process, one click
 TARGET_BOX_MS = 6.0  # 64 boxes in one call, per box
+PAUSE_S = 0.1  # the pause before each click of the one_click_after_pause row (as `bench serve`'s idle phase)
 
 
 def _openvino_profile(path: str, feeds: Dict[str, np.ndarray], snippets: bool, runs: int = 20) -> dict:
@@ -135,7 +138,19 @@ def bench_decoder(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
                    "passed": report.passed, "mean_mask_iou": report.mean_mask_iou},
                "timed": "decode on a prepared image (no upscaling); prepare_image once per image",
                "prepare_image": time_calls(lambda: decoder.prepare_image(emb), repeats),
-               "one_click": time_calls(lambda: decoder.decode(emb, state, *click), repeats)}
+               "one_click": time_calls(lambda: decoder.decode(emb, state, *click), 2 * repeats),
+               "pause_s": PAUSE_S,
+               "one_click_after_pause": time_calls(lambda: decoder.decode(emb, state, *click), 2 * repeats,
+                                                   pause_s=PAUSE_S)}
+        if getattr(getattr(decoder, "decoder", None), "bf16_inputs", ()):
+            # A/B in this run: the same graphs fed image_prep's tensors in float32 (before 2026-12-05)
+            plain = decoder_from_paths(paths, static_shapes=STATIC_SHAPES, bf16_state=False)
+            plain_state = plain.prepare_image(emb)
+            ab = time_interleaved({"bf16": lambda: decoder.decode(emb, state, *click),
+                                   "float32": lambda: plain.decode(emb, plain_state, *click)}, 2 * repeats)
+            row["one_click_state_ab"] = {"note": "one click, interleaved: image_prep's tensors kept as bf16 bits "
+                                                 "(served) vs float32 (converted by the engine on every call)", **ab}
+            del plain, plain_state
         many = time_calls(lambda: decoder.decode(emb, state, box_coords, box_labels), max(2, repeats // 5))
         row.update(boxes=boxes, many_boxes=many, ms_per_box=many["p50_ms"] / boxes,
                    target_click_ms=TARGET_CLICK_DECODE_MS, met_click_ms=row["one_click"]["p50_ms"] <= TARGET_CLICK_DECODE_MS,

@@ -8,7 +8,11 @@ request.
   its tensors are kept with the embedding; `decode` pads each prompt to a fixed slot count (a power
   of two, at least 2) with absent slots (masked out, so the answer is that of the unpadded prompt),
   runs prompts with a mask prompt on the `fast_decoder_mask` graph and the others on
-  `fast_decoder` (no mask downscaling for them), `chunk` prompts at a time.
+  `fast_decoder` (no mask downscaling for them), `chunk` prompts at a time. image_prep's three
+  tensors are kept as bfloat16 bits (half the bytes) when the decoder graphs run in bf16 on
+  OpenVINO (they would round them to bf16 on every call: the same answers; the click takes as long),
+  float32 otherwise; `decode` converts a state kept the other way (e.g. one read back from the
+  disk tier of a server that ran another precision).
 
 Both answer exactly what `run_decoder` answers on the classic graph (all 4 mask tokens; select
 with `samrt.processing.select_masks`), up to float rounding for the fast decoder.
@@ -24,7 +28,7 @@ from samrt.errors import InputError
 from samrt.prompts import ABSENT_LABEL
 
 from .factory import runner_for_engine
-from .runner import DECODER_CHUNK, Runner, run_decoder
+from .runner import BF16_BITS, DECODER_CHUNK, Runner, from_bf16_bits, run_decoder, to_bf16_bits
 
 __all__ = ["MaskDecoder", "ClassicDecoder", "FastDecoder", "decoder_from_paths", "slots_for", "IMAGE_STATE",
            "STATIC_SHAPES"]
@@ -110,6 +114,7 @@ class FastDecoder(MaskDecoder):
         if emb.shape != (1,) + self.embedding_shape:
             raise InputError(f"image_embeddings: got shape {list(emb.shape)}, expected {[1, *self.embedding_shape]}")
         state = self.image_prep.run({"image_embeddings": emb}, list(IMAGE_STATE[1:]))
+        state = _state_for(self.decoder, state)
         state["image_tokens"] = np.ascontiguousarray(emb[0].reshape(emb.shape[1], -1).T)
         return state
 
@@ -138,10 +143,11 @@ class FastDecoder(MaskDecoder):
         m = self.low_res_size
         low = np.empty((p, 4, m, m), np.float32)
         iou = np.empty((p, 4), np.float32)
-        image = {k: state[k] for k in IMAGE_STATE}
         for with_mask in (False, True):
             rows = np.flatnonzero(has == with_mask)
             runner = self.decoder_mask if with_mask else self.decoder
+            if len(rows):
+                image = _state_for(runner, {k: state[k] for k in IMAGE_STATE})
             for start in range(0, len(rows), max(1, self.chunk)):
                 r = rows[start:start + max(1, self.chunk)]
                 feeds = dict(image, point_coords=np.ascontiguousarray(coords[r]),
@@ -167,14 +173,29 @@ class FastDecoder(MaskDecoder):
             self.decode(emb, state, coords, labels, rng.standard_normal((1, 1, m, m)).astype(np.float32) * 4)
 
 
+def _state_for(runner: Runner, state: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """`state` with each tensor as `runner` takes it: bf16 bits for its `bf16_inputs`, float32
+    for the others (converted only where the state holds the other kind)."""
+    wanted = set(getattr(runner, "bf16_inputs", ()))
+    out = {}
+    for name, a in state.items():
+        if name in wanted and a.dtype != BF16_BITS:
+            a = to_bf16_bits(a)
+        elif name not in wanted and a.dtype == BF16_BITS:
+            a = from_bf16_bits(a)
+        out[name] = a
+    return out
+
+
 def decoder_from_paths(paths: Mapping[str, str], device: str = "cpu", threads: Optional[int] = None,
-                       static_shapes: int = 0, chunk: int = DECODER_CHUNK) -> MaskDecoder:
+                       static_shapes: int = 0, chunk: int = DECODER_CHUNK, bf16_state: bool = True) -> MaskDecoder:
     """The MaskDecoder for engine files: {"decoder": path} (classic) or {"fast_decoder": ...,
     "fast_decoder_mask": ..., "image_prep": ...} (`samrt.variants.Variant.paths`). OpenVINO
     decoders run without Snippets (see OpenVINORunner) and, with `static_shapes` > 0, on checked
-    static compiles of the shapes they meet."""
-    def runner(path: str, shapes: int = 0) -> Runner:
-        return runner_for_engine(path, device, threads, static_shapes=shapes, snippets=False)
+    static compiles of the shapes they meet; `bf16_state` False keeps image_prep's tensors in
+    float32 even for bf16 OpenVINO graphs (the benchmark's A/B; same answers, slower)."""
+    def runner(path: str, shapes: int = 0, bf16_inputs=()) -> Runner:
+        return runner_for_engine(path, device, threads, static_shapes=shapes, snippets=False, bf16_inputs=bf16_inputs)
 
     if "decoder" in paths:
         return ClassicDecoder(runner(paths["decoder"]), chunk)
@@ -182,5 +203,6 @@ def decoder_from_paths(paths: Mapping[str, str], device: str = "cpu", threads: O
     if missing:
         raise InputError(f"decoder engine files: got {sorted(paths)}, expected 'decoder' or all of "
                          "'fast_decoder', 'fast_decoder_mask', 'image_prep'")
-    return FastDecoder(runner(paths["image_prep"]), runner(paths["fast_decoder"], static_shapes),
-                       runner(paths["fast_decoder_mask"], static_shapes), chunk)
+    kept = IMAGE_STATE[1:] if bf16_state else ()  # image_prep's tensors: the same on every click of an image
+    return FastDecoder(runner(paths["image_prep"]), runner(paths["fast_decoder"], static_shapes, kept),
+                       runner(paths["fast_decoder_mask"], static_shapes, kept), chunk)

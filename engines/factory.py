@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from samrt.cpus import usable_cpus
 from samrt.errors import SamrtError
@@ -18,7 +18,8 @@ ENGINE_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino", ".plan": "tensorr
 
 
 def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = None, static_shapes: int = 0,
-                      snippets: bool = True, dynamic: bool = True, memory_arena: bool = True) -> Runner:
+                      snippets: bool = True, dynamic: bool = True, memory_arena: bool = True,
+                      bf16_inputs: Sequence[str] = ()) -> Runner:
     """A Runner for an engine built by `samrt build-engine` (or an exported graph).
 
     `.onnx` -> OnnxRuntimeRunner (`device` "cpu" or "cuda"; `threads`: intra-op threads);
@@ -26,7 +27,8 @@ def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = N
     INFERENCE_NUM_THREADS; `static_shapes`: compiles for that many recurring input shapes, see
     OpenVINORunner; `snippets`: OpenVINO's Snippets fusion, off for decoders; `dynamic` False: the
     dynamic model compiled only when a shape needs it; `memory_arena`: ONNX Runtime's CPU arena, off
-    for encoders, see OnnxRuntimeRunner); `.plan` ->
+    for encoders, see OnnxRuntimeRunner; `bf16_inputs`: inputs an OpenVINO model running in bf16
+    takes as bf16 bits, see OpenVINORunner; other runners take them in float32); `.plan` ->
     TensorRTRunner (CUDA). `threads` None: `samrt.cpus.usable_cpus()` (the CPUs this process may
     use: affinity and cgroup quota, or SAMRT_THREADS). Raises SamrtError for another extension or an
     impossible device.
@@ -40,7 +42,8 @@ def runner_for_engine(path: str, device: str = "cpu", threads: Optional[int] = N
     if backend == "openvino":
         if device != "cpu":
             raise SamrtError(f"engine {path!r}: got device {device!r}, expected 'cpu' (samrt runs OpenVINO on the CPU)")
-        return OpenVINORunner(path, threads=threads, static_shapes=static_shapes, snippets=snippets, dynamic=dynamic)
+        return OpenVINORunner(path, threads=threads, static_shapes=static_shapes, snippets=snippets, dynamic=dynamic,
+                              bf16_inputs=bf16_inputs)
     if device != "cuda":
         raise SamrtError(f"engine {path!r}: got device {device!r}, expected 'cuda' for a TensorRT plan")
     return TensorRTRunner(path)

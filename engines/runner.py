@@ -16,18 +16,43 @@ from samrt import prompts
 from samrt.errors import InputError
 
 __all__ = ["Runner", "OnnxRuntimeRunner", "check_feeds", "default_providers", "run_decoder", "DECODER_CHUNK",
-           "ARENA_DECODER_CHUNK"]
+           "ARENA_DECODER_CHUNK", "BF16_BITS", "to_bf16_bits", "from_bf16_bits"]
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
                "tensor(int64)": np.int64, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
 
 
+# numpy has no bfloat16: a bf16 tensor travels as its bit patterns in a uint16 array (the upper
+# half of the float32's bits, rounded), and a runner names the inputs it takes that way.
+BF16_BITS = np.uint16
+
+
+def to_bf16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 array -> uint16 array of the bfloat16 bits, rounded to nearest even (the rounding of
+    OpenVINO's CPU plugin when its bf16 inference converts an f32 input, so a bf16 engine answers
+    the same to either). NaN stays NaN (a quiet NaN), infinities stay infinite."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    bits = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)).astype(BF16_BITS)
+    nan = np.isnan(np.asarray(a, dtype=np.float32))
+    if nan.any():
+        bits[nan] = (u[nan] >> np.uint32(16)).astype(BF16_BITS) | BF16_BITS(0x0040)
+    return bits
+
+
+def from_bf16_bits(bits: np.ndarray) -> np.ndarray:
+    """uint16 bfloat16 bits -> float32 (exact: every bf16 value is a float32)."""
+    return (np.asarray(bits, dtype=BF16_BITS).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
 class Runner:
-    """Interface: `run(feeds) -> {output name: array}`; `input_shapes` as declared by the graph."""
+    """Interface: `run(feeds) -> {output name: array}`; `input_shapes` as declared by the graph.
+    `bf16_inputs`: the inputs it takes as bfloat16 bits (`to_bf16_bits`, dtype `BF16_BITS`), none
+    unless the runner says so (OpenVINORunner in bf16)."""
 
     input_names: List[str]
     output_names: List[str]
     input_shapes: Dict[str, tuple]
+    bf16_inputs: Tuple[str, ...] = ()
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         raise NotImplementedError
