@@ -84,10 +84,11 @@ def interactive_table(rows: List[dict]) -> str:
            f"`SamPredictor.predict` in one process, same clicks, same run: "
            + (f"p50 {ref['p50_ms']:.1f} ms, p90 {ref['p90_ms']:.1f} ms." if ref else "not measured (external server).")
            + (f" Engines served: {'; '.join(r0['engines'])}." if r0.get("engines") else ""),
-           "", "| backend | protocol | idle p50 ms (100 ms pauses) | idle p90 | no pauses p50 | loaded p50 ms | loaded p90 "
+           "", "| backend | protocol | idle p50 ms (100 ms pauses) | idle p90 | idle p50, masks from the server "
+           "| no pauses p50 | loaded p50 ms | loaded p90 "
            "| encodes during | loaded / idle | vs SamPredictor | 64 boxes in one request: ms per box / one box alone "
            "| verdict (≤ 20 ms / ≥ 3× / ≤ 1.5× / boxes no slower) |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in inter:
         vs = "" if r.get("vs_reference_p50") is None else f"{r['vs_reference_p50']:.2f}×"
         keys = ["met_click_ms", "met_vs_reference", "met_loaded_ratio"]
@@ -100,8 +101,9 @@ def interactive_table(rows: List[dict]) -> str:
             boxes = "not measured"
             verdicts.append("not measured")
         nopause = f"{r['idle_no_pause']['p50_ms']:.1f}" if r.get("idle_no_pause") else "not measured"
+        server = f"{r['idle_masks_from_server']['p50_ms']:.1f}" if r.get("idle_masks_from_server") else "not measured"
         out.append(f"| {', '.join(r['engines']) if r.get('engines') else r.get('backend', '')} | {r['protocol']} | "
-                   f"{r['idle']['p50_ms']:.1f} | {r['idle']['p90_ms']:.1f} | {nopause} | "
+                   f"{r['idle']['p50_ms']:.1f} | {r['idle']['p90_ms']:.1f} | {server} | {nopause} | "
                    f"{r['loaded']['p50_ms']:.1f} | {r['loaded']['p90_ms']:.1f} | {r['encodes_during_clicks']} | "
                    f"{r['loaded_vs_idle_p50']:.2f}× | {vs} | {boxes} | {' / '.join(verdicts)} |")
     return "\n".join(out)
@@ -130,14 +132,21 @@ def decoder_table(rows: List[dict]) -> str:
     out = [f"Decoders in one process ({r0['model']}; {r0['machine']['cpu']} × {r0['machine']['cores']} cores): one "
            f"click (point + padding point) and {r0['boxes']} boxes in one call on a prepared image, no upscaling.", "",
            "| decoder | backend | precision | gate (mean mask IoU) | prepare_image ms | one click p50 ms | p90 | "
-           "per box (64 in one call) ms | verdict (≤ 8 ms / ≤ 6 ms per box) |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "after a 100 ms pause p50 | per box (64 in one call) ms | verdict (≤ 8 ms / ≤ 6 ms per box) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in dec:
         gate = "exact path" if r["gate"] is None else f"{r['gate']['mean_mask_iou']:.4f}" + (
             "" if r["gate"]["passed"] else " (failed)")
+        paused = f"{r['one_click_after_pause']['p50_ms']:.1f}" if "one_click_after_pause" in r else "–"
         out.append(f"| {r['decoder']} | {r['backend']} | {r['precision']} | {gate} | {r['prepare_image']['p50_ms']:.1f} | "
-                   f"{r['one_click']['p50_ms']:.1f} | {r['one_click']['p90_ms']:.1f} | {r['ms_per_box']:.1f} | "
+                   f"{r['one_click']['p50_ms']:.1f} | {r['one_click']['p90_ms']:.1f} | {paused} | {r['ms_per_box']:.1f} | "
                    f"{'met' if r['met_click_ms'] else 'missed'} / {'met' if r['met_box_ms'] else 'missed'} |")
+    for r in dec:
+        ab = r.get("one_click_state_ab")
+        if ab:
+            out += ["", f"{r['variant']}, one click, interleaved in one run: image_prep's tensors kept as bf16 "
+                        f"{ab['bf16']['p50_ms']:.1f} ms p50 against float32 {ab['float32']['p50_ms']:.1f} ms "
+                        f"({ab['float32']['p50_ms'] / ab['bf16']['p50_ms']:.2f}×; {ab['bf16']['n']} clicks each)."]
     for r in rows:
         if r.get("stage") == "encoder" and "served_ms" in r:
             out += ["", f"Encoder in one process: {r['served']} {r['served_ms']['p50_ms']:.0f} ms against "

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from samrt import wire
 from samrt.client import SamClient
+from samrt.client._requests import Prompts, pack_decode
 from samrt.model_repository.server import TritonServer
 
 from .common import BUDGET_MS, latency_stats
@@ -167,7 +169,11 @@ def interactive_under_load(url: str, protocol: str, image: np.ndarray, stream: S
     """Click-to-mask of one client on an encoded image: idle with a `think_s` pause between clicks
     (a person's), idle with no pause, and while another client encodes new images one after
     another. Timed region: `SamClient.decode` of one click, asking for masks, iou_predictions and
-    low_res_masks (what SamPredictor.predict returns), until the answer is in."""
+    low_res_masks (what SamPredictor.predict returns), until the answer is in (the SDK makes the
+    masks from the low-res logits, `client._requests.wire_outputs`). `idle_masks_from_server`: the
+    same idle clicks asking sam_decode for all three outputs itself (`SamClient.infer`: the server's
+    upscaling step and the masks on the wire, as the SDK did before 2026-12-05), interleaved click
+    by click with the idle phase so that both see the machine alike."""
     points = _click_points(image, clicks, seed)
     stop, started = threading.Event(), threading.Event()
     streamed: List[float] = []
@@ -197,11 +203,25 @@ def interactive_under_load(url: str, protocol: str, image: np.ndarray, stream: S
             time.sleep(pause)
         return out
 
+    def idle_ab(c, image_id) -> Tuple[List[float], List[float]]:
+        here, server = [], []
+        for x, y in points:
+            t = time.perf_counter()
+            c.decode(image_id, [[x, y]], [1], outputs=CLICK_OUTPUTS)
+            here.append((time.perf_counter() - t) * 1e3)
+            time.sleep(think_s)
+            inputs = pack_decode(image_id, Prompts.check([[x, y]], [1], None, True))
+            t = time.perf_counter()
+            c.infer(wire.SAM_DECODE.name, inputs, list(CLICK_OUTPUTS), headers={wire.IMAGE_ID_HEADER: image_id})
+            server.append((time.perf_counter() - t) * 1e3)
+            time.sleep(think_s)
+        return here, server
+
     with SamClient(url, protocol) as c:
         image_id = c.encode(image).image_id
         for x, y in points[:3]:  # warm-up, not timed
             c.decode(image_id, [[x, y]], [1], outputs=CLICK_OUTPUTS)
-        idle = click_phase(c, image_id)
+        idle, from_server = idle_ab(c, image_id)
         no_pause = click_phase(c, image_id, 0.0)
         boxes = boxes_per_prompt(c, image_id, image, boxes_per_request, max(3, clicks // 6), seed)
         thread = threading.Thread(target=streamer)
@@ -211,7 +231,8 @@ def interactive_under_load(url: str, protocol: str, image: np.ndarray, stream: S
         loaded = click_phase(c, image_id)
         stop.set()
         thread.join()
-    return {"idle": latency_stats(idle), "idle_no_pause": latency_stats(no_pause), "pause_s": think_s,
+    return {"idle": latency_stats(idle), "idle_masks_from_server": latency_stats(from_server),
+            "idle_no_pause": latency_stats(no_pause), "pause_s": think_s,
             "loaded": latency_stats(loaded), "encodes_during_clicks": len(streamed),
             "encode_ms": latency_stats(streamed) if streamed else None, "boxes": boxes, "errors": errors}
 

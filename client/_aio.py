@@ -19,8 +19,9 @@ from samrt.errors import ServerUnavailableError
 
 from ._endpoints import AsyncEndpoint, protocol_module
 from ._requests import (DEFAULT_OUTPUTS, MAX_RESPONSE_BYTES, EncodeResult, Prompts, _image_id, _outputs, amg_inputs,
-                        answer_size, cache_get_inputs, check_cached, encode_inputs, encode_priority, join_answers, pack_decode, parse_amg,
-                        parse_encode, parse_model_info, parse_size, prompts_per_request, segment_inputs, split_prompts)
+                        answer_size, cache_get_inputs, check_cached, encode_inputs, encode_priority, join_answers,
+                        masks_here, pack_decode, parse_amg, parse_encode, parse_model_info, parse_size,
+                        prompts_per_request, segment_inputs, split_prompts, wire_outputs)
 from ._routing import DOWN_FOR, Ring, acall, merge_statistics, routing_id, split_urls
 
 __all__ = ["AsyncSamClient"]
@@ -80,12 +81,19 @@ class AsyncSamClient:
         prompts = Prompts.check(point_coords, point_labels, mask_input, multimask_output, low_res)
         info = await self.model_info()
         c = 3 if prompts.multimask_output else 1
-        size = answer_size(prompts, await self.image_size(image_id), outputs)  # size asked once per image not encoded here
-        chunk = prompts_per_request(c, outputs, info["max_prompts"], info["low_res_size"], size, self.max_response_bytes)
+        original = await self.image_size(image_id)  # asked once per image not encoded here
+        sent = wire_outputs(outputs)  # masks are made here from the low-res logits (wire_outputs)
+        size = answer_size(prompts, original, sent)
+        chunk = prompts_per_request(c, sent, info["max_prompts"], info["low_res_size"], size, self.max_response_bytes)
         key, headers = self._aliases.get(image_id, image_id), {wire.IMAGE_ID_HEADER: image_id}
-        parts = [await self._infer(key, wire.SAM_DECODE.name, part, outputs, headers=headers)
+        parts = [await self._infer(key, wire.SAM_DECODE.name, part, sent, headers=headers)
                  for part, _ in split_prompts(pack_decode(image_id, prompts), chunk)]
-        return parts[0] if len(parts) == 1 else join_answers(parts, outputs)
+        answer = parts[0] if len(parts) == 1 else join_answers(parts, sent)
+        if "masks" not in outputs:
+            return masks_here(answer, outputs, original, info["image_size"])
+        # upscaling is CPU work: off the event loop
+        return await asyncio.get_running_loop().run_in_executor(
+            None, masks_here, answer, outputs, original, info["image_size"])
 
     async def model_info(self) -> dict:
         """As SamClient.model_info."""

@@ -26,8 +26,8 @@ from samrt.errors import (AccessDeniedError, ImageNotCachedError, InvalidRequest
 from ._endpoints import Endpoint, admin_key_or_env, protocol_module
 from ._requests import (DEFAULT_OUTPUTS, MAX_RESPONSE_BYTES, EncodeResult, Prompts, _image_id, _outputs, amg_inputs,
                         answer_size, cache_get_inputs, check_cached, decode_inputs, decode_output_specs, encode_inputs, encode_priority,
-                        join_answers, pack_decode, parse_amg, parse_encode, parse_model_info, parse_size,
-                        prompts_per_request, segment_inputs, split_prompts)
+                        join_answers, masks_here, pack_decode, parse_amg, parse_encode, parse_model_info, parse_size,
+                        prompts_per_request, segment_inputs, split_prompts, wire_outputs)
 from ._routing import DOWN_FOR, Ring, call, merge_statistics, routing_id, split_urls
 
 __all__ = [
@@ -207,16 +207,19 @@ class SamClient:
         image_id, outputs = _image_id(image_id), _outputs(outputs)
         info = self.model_info()
         c = 3 if prompts.multimask_output else 1
-        size = answer_size(prompts, self.image_size(image_id), outputs)  # size asked once per image not encoded here
-        chunk = prompts_per_request(c, outputs, info["max_prompts"], info["low_res_size"], size, self.max_response_bytes)
+        original = self.image_size(image_id)  # asked once per image not encoded here
+        sent = wire_outputs(outputs)  # masks are made here from the low-res logits (wire_outputs)
+        size = answer_size(prompts, original, sent)
+        chunk = prompts_per_request(c, sent, info["max_prompts"], info["low_res_size"], size, self.max_response_bytes)
         key, headers = self._aliases.get(image_id, image_id), {wire.IMAGE_ID_HEADER: image_id}
         parts = []
         for part, n in split_prompts(pack_decode(image_id, prompts), chunk):
             specs = None
-            if self.shared_memory and image_id in self._sizes:
-                specs = decode_output_specs(n, c, self._sizes[image_id], info["low_res_size"])
-            parts.append(self._infer(key, wire.SAM_DECODE.name, part, outputs, specs, headers=headers))
-        return parts[0] if len(parts) == 1 else join_answers(parts, outputs)
+            if self.shared_memory:
+                specs = decode_output_specs(n, c, original, info["low_res_size"])
+            parts.append(self._infer(key, wire.SAM_DECODE.name, part, sent, specs, headers=headers))
+        answer = parts[0] if len(parts) == 1 else join_answers(parts, sent)
+        return masks_here(answer, outputs, original, info["image_size"])
 
     def image_size(self, image_id: str) -> Tuple[int, int]:
         """(H, W) of an image the server holds; ImageNotCachedError when it holds none by that id."""

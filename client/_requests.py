@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from samrt import prompts, wire
+from samrt import processing, prompts, wire
 from samrt.amg import AmgOptions
 from samrt.errors import ImageNotCachedError, InputError
 
@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_OUTPUTS", "MAX_RESPONSE_BYTES", "EncodeResult", "Prompts", "encode_inputs", "encode_priority", "parse_encode",
     "decode_inputs", "answer_size", "decode_output_specs", "segment_inputs", "amg_inputs", "parse_amg",
     "cache_get_inputs", "check_cached", "parse_model_info", "prompts_per_request", "split_prompts", "join_answers",
+    "wire_outputs", "masks_here",
 ]
 
 Inputs = Dict[str, Tuple[np.ndarray, str]]
@@ -152,6 +153,35 @@ def _outputs(outputs: Sequence[str]) -> list:
     if bad:
         raise InputError(f"outputs: got {bad}, expected names from {list(wire.SAM_DECODE.output_names)}")
     return list(outputs)
+
+
+def wire_outputs(outputs: Sequence[str]) -> list:
+    """What a decode asks the server for: `outputs` with `masks` replaced by `low_res_masks` (once,
+    order kept). The SDK makes the masks itself from the low-res logits (`masks_here`): they are
+    P x C x H x W bytes on the wire against P x C x 256 x 256 x 4 (less from VGA up: 0.9 MB against
+    0.8 MB for three 480 x 640 masks, 36 MB against 0.8 MB at 12 MP), and the server's upscaling
+    step is skipped. Measured on the 2-core AMD EPYC, one click on the embedded model, gRPC: 14.3 ms
+    with the masks from the server, 9.3 ms with them made here (docs/sdk.md)."""
+    sent = []
+    for o in outputs:
+        o = "low_res_masks" if o == "masks" else o
+        if o not in sent:
+            sent.append(o)
+    return sent
+
+
+def masks_here(answer: Dict[str, np.ndarray], outputs: Sequence[str], original_size: Tuple[int, int],
+               image_size: int) -> Dict[str, np.ndarray]:
+    """The answer to a decode that asked `outputs`, from the server's answer to `wire_outputs(outputs)`:
+    `masks` [P,C,H,W] bool made from `low_res_masks` exactly as the server's sam_mask_upscale makes
+    them (`samrt.processing.upscaled_masks`: SamPredictor's postprocess_masks > 0), then only the
+    outputs asked, in their order."""
+    out = dict(answer)
+    if "masks" in outputs:
+        h, w = (int(s) for s in original_size)
+        input_size = prompts.get_preprocess_shape(h, w, int(image_size))
+        out["masks"] = processing.upscaled_masks(answer["low_res_masks"], input_size, (h, w), int(image_size))
+    return {o: out[o] for o in outputs}
 
 
 def pack_decode(image_id: str, p: Prompts) -> Inputs:

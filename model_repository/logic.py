@@ -312,20 +312,10 @@ def prepare_prompts(
             "multimask": np.full((p, 1), parse_multimask(multimask_output))}
 
 
-# Prompts upscaled at a time: float logits at the original size exist for this many only.
-UPSCALE_CHUNK = 8
-
-
-def upscaled_masks(low_res: np.ndarray, input_size, original_size, image_size: int,
-                   chunk: int = UPSCALE_CHUNK) -> np.ndarray:
-    """[P,C,m,m] logits -> [P,C,H,W] bool masks, `chunk` prompts at a time: the float logits at
-    full size (4 bytes a pixel) never exist for more than `chunk` prompts, only the bool answer."""
-    p, c = low_res.shape[:2]
-    masks = np.empty((p, c) + tuple(original_size), dtype=bool)
-    for start in range(0, p, chunk):
-        masks[start:start + chunk] = P.upscale_masks(low_res[start:start + chunk], input_size, original_size,
-                                                     image_size) > 0.0
-    return masks
+# [P,C,m,m] logits -> [P,C,H,W] bool masks, UPSCALE_CHUNK prompts at a time (samrt.processing:
+# the same function answers the SDK's masks).
+UPSCALE_CHUNK = P.UPSCALE_CHUNK
+upscaled_masks = P.upscaled_masks
 
 
 def masks_to_rle(masks: np.ndarray) -> np.ndarray:

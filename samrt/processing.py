@@ -26,6 +26,8 @@ __all__ = [
     "normalize_and_pad",
     "interpolate_bilinear",
     "upscale_masks",
+    "upscaled_masks",
+    "UPSCALE_CHUNK",
     "select_masks",
 ]
 
@@ -105,6 +107,25 @@ def upscale_masks(
     the tolerance); `interpolate_bilinear` twice with the crop is the exact reference.
     """
     return upscale_logits(low_res, input_size, original_size, image_size)
+
+
+# Prompts upscaled at a time by `upscaled_masks`: float logits at the original size exist for this many only.
+UPSCALE_CHUNK = 8
+
+
+def upscaled_masks(low_res: np.ndarray, input_size: Tuple[int, int], original_size: Tuple[int, int],
+                   image_size: int = 1024, chunk: int = UPSCALE_CHUNK) -> np.ndarray:
+    """Low-res logits [P,C,m,m] -> bool masks [P,C,H,W] at the original size: `upscale_masks` > 0.0
+    (SamPredictor's `mask_threshold`), `chunk` prompts at a time, so the float logits at full size
+    (4 bytes a pixel) never exist for more than `chunk` prompts, only the bool answer. The one
+    definition of a served mask: the server's `sam_mask_upscale` and the Python SDK's `decode`
+    (which upscales the low-res logits it receives instead of downloading the masks) both call it."""
+    p, c = low_res.shape[:2]
+    masks = np.empty((p, c) + tuple(original_size), dtype=bool)
+    for start in range(0, p, chunk):
+        masks[start:start + chunk] = upscale_masks(low_res[start:start + chunk], input_size, original_size,
+                                                   image_size) > 0.0
+    return masks
 
 
 def select_masks(

@@ -101,7 +101,8 @@ def test_interactive_under_load_quick(tmp_path, server):
         assert r["bench"] == "interactive" and not r["errors"] and r["timed"]
         _check_stats(r["idle"])
         _check_stats(r["loaded"])
-        assert r["idle"]["n"] == r["loaded"]["n"] == 8
+        _check_stats(r["idle_masks_from_server"])  # the A/B: the same idle clicks, masks made by the server
+        assert r["idle"]["n"] == r["loaded"]["n"] == r["idle_masks_from_server"]["n"] == 8
         assert r["encodes_during_clicks"] >= 1  # the load really ran while clicking
         assert r["loaded_vs_idle_p50"] > 0 and isinstance(r["met_loaded_ratio"], bool)
         boxes = r["boxes"]  # 64 boxes in one request against one box alone
@@ -192,3 +193,34 @@ def test_memory_phases_on_the_session_server(server):
         assert {"tritonserver", "sam_image_encoder", "sam_mask_decoder", "sam_encode"} <= set(per_model)
         assert all(v > 0 for v in per_model.values())
         assert 0 < r["peak_total_gib"] * 1024 <= sum(per_model.values()) + 1  # the peak of the sum <= sum of peaks
+
+
+@pytest.mark.slow  # the served encoder and the fast decoder built through the gate (a minute or two)
+def test_decoder_quick(tmp_path, tiny_export):
+    """`samrt bench decoder` on the tiny model, the fast decoder on OpenVINO bf16: one click, the
+    click after a pause, 64 boxes, and (bf16 native) the A/B of the kept tensors; the report's table."""
+    import shutil
+
+    from samrt.benchmarks.decoder import PAUSE_S, bench_decoder
+    from samrt.benchmarks.report import decoder_table
+    from samrt.engines.openvino_engine import bf16_support
+
+    build_dir = tmp_path / "build"
+    shutil.copytree(os.path.dirname(tiny_export.encoder_path), build_dir / "export_tiny")
+    rows = bench_decoder("tiny", None, str(build_dir), quick=True, variants=(("fast_decoder", "openvino", "bf16"),))
+    rows = json.load(open(write_rows(rows, str(tmp_path / "out"), "decoder")["json"]))["rows"]
+    enc = next(r for r in rows if r["stage"] == "encoder")
+    _check_stats(enc["served_ms"])
+    dec = next(r for r in rows if r["stage"] == "decoder")
+    assert "error" not in dec, dec
+    for key in ("prepare_image", "one_click", "one_click_after_pause", "many_boxes"):
+        _check_stats(dec[key])
+    assert dec["pause_s"] == PAUSE_S and dec["boxes"] == 64
+    assert dec["ms_per_box"] == pytest.approx(dec["many_boxes"]["p50_ms"] / 64)
+    if bf16_support()["mode"] == "native":
+        ab = dec["one_click_state_ab"]
+        _check_stats(ab["bf16"])
+        _check_stats(ab["float32"])
+        assert ab["bf16"]["n"] == ab["float32"]["n"]
+    table = decoder_table(rows)
+    assert "| fast_decoder | openvino | bf16 |" in table and "after a 100 ms pause" in table
