@@ -194,9 +194,13 @@ class SamClient:
         Several replicas: goes to the image's replica; if that one is down, to the next, which
         answers ImageNotCachedError (encode again there; TritonSamPredictor does).
 
+        `masks` are made here from the low-res logits the server sends (`wire_outputs`: the same
+        masks as the server's upscaling step, fewer bytes on the wire); `SamClient.infer` asks the
+        server for its own.
+
         Any P: above the server's prompt limit (`model_info()["max_prompts"]`), or when the answer
-        would exceed `max_response_bytes` (gRPC's 2 GiB message; `masks` alone is P x C x H x W
-        bytes), the prompts go in several requests whose answers are joined in order."""
+        would exceed `max_response_bytes` (gRPC's 2 GiB message; `low_res_masks` is
+        P x C x 256 x 256 x 4 bytes), the prompts go in several requests whose answers are joined in order."""
         image_id, outputs = _image_id(image_id), _outputs(outputs)
         low_res = self.model_info()["low_res_size"] if mask_input is not None else None
         return self._decode_prompts(image_id, Prompts.check(point_coords, point_labels, mask_input, multimask_output,

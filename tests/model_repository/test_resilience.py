@@ -51,14 +51,19 @@ def _until(fn, seconds: float):
 
 def test_dead_postprocessing_step_is_restarted_and_the_cache_survives(own_server):
     """A step of the click ensemble dies (sam_mask_upscale): it is reloaded, and the same image_id
-    decodes again without a new encode (the cache lives in another process)."""
+    decodes again without a new encode (the cache lives in another process). The masks are asked
+    of the server itself (`SamClient.infer`): the SDK's decode makes them on the client."""
+    from samrt import wire
     from samrt.client import SamClient
+    from samrt.client._requests import Prompts, pack_decode
 
     with SamClient(own_server.grpc_url, retries=0) as c:
         image_id = c.encode(random_image(64, 80, seed=1)).image_id
-        c.decode(image_id, *POINT)
+        inputs = pack_decode(image_id, Prompts.check(*POINT))
+        server_masks = lambda: c.infer(wire.SAM_DECODE.name, inputs, ["masks"], headers={wire.IMAGE_ID_HEADER: image_id})
+        server_masks()
         old = _kill_model_process(own_server, "sam_mask_upscale")
-        took = _until(lambda: c.decode(image_id, *POINT), 60.0)
+        took = _until(server_masks, 60.0)
         assert took < 60.0
         assert own_server.model_processes()["sam_mask_upscale_0_0"] != old
         assert any(m == "sam_mask_upscale" for m, _ in own_server.restarts)

@@ -95,7 +95,9 @@ def test_an_entry_is_not_replaced_and_a_damaged_one_is_repaired_by_encoding(serv
         for k, v in _click(c, image_id).items():
             np.testing.assert_array_equal(v, before[k])
         _put(client, grpcclient, image_id, other, (10, 10), server.cache_key)  # damaged
-        assert c.decode(image_id, [[5, 5]], [1])["masks"].shape == (1, 3, 10, 10)  # the damage is real
+        with SamClient(server.grpc_url) as fresh:  # the damage is real: the server holds 10x10
+            assert fresh.image_size(image_id) == (10, 10)
+            assert fresh.decode(image_id, [[5, 5]], [1])["masks"].shape == (1, 3, 10, 10)
         count = lambda: int(c.statistics("sam_image_encoder").get("inference_count", 0))
         encoded = settled_count(count, 0)
         assert c.encode(image).original_size == (480, 640)
