@@ -55,7 +55,11 @@ class Prompts:
         """Labelled points ([N,2] and [N] are one prompt; [P,N,2] and [P,N] are P), as the server
         checks them (`samrt.prompts.check_points`: shapes, finite coordinates, labels in -1..3,
         box corners in pairs); `mask_input` [1,m,m] or [P,1,m,m] (m = `low_res_size` when given)."""
-        pc = np.asarray(point_coords, dtype=np.float64)
+        try:
+            pc = np.asarray(point_coords, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"point_coords: got values that are not numbers ({e}), expected [N,2] or [P,N,2] "
+                             "(x, y) in pixels") from None
         pl = None if point_labels is None else np.asarray(point_labels)
         if pc.ndim == 2:
             pc = pc[None]
@@ -149,9 +153,13 @@ def _image_id(image_id) -> str:
 
 
 def _outputs(outputs: Sequence[str]) -> list:
+    if isinstance(outputs, str):
+        outputs = [outputs]
     bad = [o for o in outputs if o not in wire.SAM_DECODE.output_names]
     if bad:
         raise InputError(f"outputs: got {bad}, expected names from {list(wire.SAM_DECODE.output_names)}")
+    if not outputs:
+        raise InputError(f"outputs: got none, expected at least one of {list(wire.SAM_DECODE.output_names)}")
     return list(outputs)
 
 

@@ -131,7 +131,11 @@ def check_points(point_coords, point_labels) -> Tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(pc)):
         raise InputError("point_coords: got non-finite values (NaN or inf), expected finite pixel coordinates")
     if pl.dtype.kind not in "iub":
-        as_float = pl.astype(np.float64)
+        try:
+            as_float = pl.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"point_labels: got values that are not numbers ({e}), expected integers in "
+                             f"{VALID_LABELS}") from None
         if not np.all(np.isfinite(as_float)) or not np.all(np.equal(np.mod(as_float, 1), 0)):
             raise InputError(f"point_labels: got non-integer values of dtype {pl.dtype}, expected integers")
     labels = pl.astype(np.int64)

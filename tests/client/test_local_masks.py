@@ -83,3 +83,20 @@ def test_async_decode_makes_the_same_masks(server):
         theirs = c.infer(wire.SAM_DECODE.name, pack_decode(image_id, Prompts.check([[40, 50]], [1], None, True)),
                          ["masks"], headers={wire.IMAGE_ID_HEADER: image_id})
     _agree(got["masks"], theirs["masks"])
+
+
+def test_decode_arguments_are_checked_before_anything_is_sent():
+    """No server needed: these are refused by the client, naming what it got."""
+    from samrt.client._requests import _outputs
+    from samrt.errors import InputError
+    from samrt.prompts import check_points
+
+    with pytest.raises(InputError, match=r"outputs: got none, expected at least one of"):
+        _outputs(())
+    assert _outputs("masks") == ["masks"]
+    with pytest.raises(InputError, match=r"point_coords: got values that are not numbers"):
+        Prompts.check([["a", "b"]], [1])
+    with pytest.raises(InputError, match=r"point_labels: got values that are not numbers"):
+        Prompts.check([[10, 10]], ["a"])
+    with pytest.raises(InputError, match=r"point_labels: got values that are not numbers"):
+        check_points(np.zeros((1, 1, 2)), np.array([["a"]]))
