@@ -19,7 +19,10 @@ One file (little-endian):
 
 The header names the model key, the image id, the original size, the payload's SHA-256 and
 length, and each array (name, dtype, shape, offset): `embeddings` and every `image_state/<name>`
-array of the entry. Reads check all of it; a file that is truncated, corrupt, of another format
+array of the entry. The fast decoder's state holds the embedding itself as `image_tokens` [HW,C]
+(its exact transpose); then `embeddings` is not written a second time: the header says
+`"embeddings_from": "image_tokens"` with the embedding's shape, and a read makes the embedding
+as a view of `image_tokens` (format 2; format 1 files, which hold both, are still read). Reads check all of it; a file that is truncated, corrupt, of another format
 or model, or names another id is a miss (and is deleted), never a wrong answer or a crash.
 Writes go to a temporary file in the same folder and `os.replace` it (a reader sees the old file,
 the new one, or none). The folder is bounded in bytes: past `max_bytes` the least recently used
@@ -50,7 +53,8 @@ __all__ = ["DiskTier", "engine_fingerprint", "MAGIC", "FORMAT_VERSION", "SUFFIX"
 log = logging.getLogger("samrt.server")
 
 MAGIC = b"SAMRTEMB"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the embedding may be derived from image_state/image_tokens
+_READABLE_VERSIONS = (1, 2)
 SUFFIX = ".emb"
 _PREFIX = struct.Struct("<8sII")  # magic, format version, header bytes
 _MAX_HEADER = 1 << 20
@@ -76,8 +80,20 @@ def engine_fingerprint(paths: Iterable[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def _tokens_hold_embedding(entry) -> bool:
+    """Whether the entry's state holds the embedding exactly, as `image_tokens` = emb [C,H,W] as [HW,C]."""
+    tokens, emb = entry.image_state.get("image_tokens"), np.asarray(entry.embeddings)
+    if tokens is None or tokens.ndim != 2 or tokens.dtype != emb.dtype or tokens.size != emb.size:
+        return False
+    if emb.ndim < 3 or emb.shape[-3] != tokens.shape[1] or emb.shape[-2] * emb.shape[-1] != tokens.shape[0]:
+        return False
+    return bool(np.array_equal(emb.reshape(tokens.shape[1], -1).T, tokens))
+
+
 def _encode(model_key: str, image_id: str, entry) -> bytes:
-    arrays = [("embeddings", entry.embeddings)] + [(f"image_state/{k}", v) for k, v in sorted(entry.image_state.items())]
+    derived = _tokens_hold_embedding(entry)
+    arrays = ([] if derived else [("embeddings", entry.embeddings)]) + \
+        [(f"image_state/{k}", v) for k, v in sorted(entry.image_state.items())]
     specs, chunks, offset = [], [], 0
     for name, a in arrays:
         a = np.ascontiguousarray(a)
@@ -86,9 +102,11 @@ def _encode(model_key: str, image_id: str, entry) -> bytes:
         chunks.append(raw)
         offset += len(raw)
     payload = b"".join(chunks)
-    header = json.dumps({"model": model_key, "image_id": image_id, "original_size": [int(s) for s in entry.original_size],
-                         "arrays": specs, "payload_bytes": len(payload),
-                         "sha256": hashlib.sha256(payload).hexdigest()}).encode()
+    header = {"model": model_key, "image_id": image_id, "original_size": [int(s) for s in entry.original_size],
+              "arrays": specs, "payload_bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    if derived:
+        header.update(embeddings_from="image_tokens", embeddings_shape=[int(d) for d in np.shape(entry.embeddings)])
+    header = json.dumps(header).encode()
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + payload
 
 
@@ -97,8 +115,8 @@ def _decode(data: bytearray, model_key: str, image_id: str):
     if len(data) < _PREFIX.size:
         raise ValueError(f"{len(data)} bytes: shorter than the file prefix")
     magic, version, header_len = _PREFIX.unpack_from(data, 0)
-    if magic != MAGIC or version != FORMAT_VERSION:
-        raise ValueError(f"got magic {magic!r} version {version}, expected {MAGIC!r} version {FORMAT_VERSION}")
+    if magic != MAGIC or version not in _READABLE_VERSIONS:
+        raise ValueError(f"got magic {magic!r} version {version}, expected {MAGIC!r} version in {_READABLE_VERSIONS}")
     if header_len > _MAX_HEADER or _PREFIX.size + header_len > len(data):
         raise ValueError(f"header of {header_len} bytes: truncated or corrupt")
     header = json.loads(bytes(data[_PREFIX.size:_PREFIX.size + header_len]))
@@ -120,6 +138,11 @@ def _decode(data: bytearray, model_key: str, image_id: str):
         arrays[spec["name"]] = np.frombuffer(payload, dtype, count, spec["offset"]).reshape(shape)
     state = {k[len("image_state/"):]: v for k, v in arrays.items() if k.startswith("image_state/")}
     h, w = header["original_size"]
+    if header.get("embeddings_from") == "image_tokens" and "embeddings" not in arrays:
+        tokens, shape = state["image_tokens"], tuple(int(d) for d in header["embeddings_shape"])
+        if int(np.prod(shape, dtype=np.int64)) != tokens.size or len(shape) < 3 or shape[-3] != tokens.shape[1]:
+            raise ValueError(f"embeddings_shape {list(shape)} does not match image_tokens {list(tokens.shape)}")
+        return tokens.T.reshape(shape), (int(h), int(w)), state  # a view: no second copy in memory
     return arrays["embeddings"], (int(h), int(w)), state
 
 

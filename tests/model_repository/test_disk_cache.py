@@ -202,3 +202,63 @@ def test_engine_fingerprint_follows_content_and_companions(tmp_path):
     assert with_data != key
     (tmp_path / "m.encoder.onnx.data").write_bytes(b"other weights")
     assert engine_fingerprint([str(enc), str(dec)]) != with_data
+
+
+def _fast_entry(seed=0, c=8, e=4, view=True):
+    """An entry as the fast decoder caches it: image_tokens [HW,C] is the embedding [C,E,E] transposed."""
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((c, e, e)).astype(np.float32)
+    tokens = np.ascontiguousarray(emb.reshape(c, -1).T)
+    state = {"image_tokens": tokens, "t2i_values": rng.integers(0, 60000, (e * e, c // 2), dtype=np.uint16)}
+    return logic.CacheEntry(tokens.T.reshape(emb.shape) if view else emb, (480, 640), state)
+
+
+@pytest.mark.parametrize("view", [True, False])
+def test_an_embedding_the_state_holds_as_image_tokens_is_written_once(tmp_path, view):
+    entry = _fast_entry(3, view=view)
+    tier = _tier(tmp_path)
+    tier.write("abc123", entry)
+    size = os.path.getsize(_file(tier, "abc123"))
+    state_bytes = sum(a.nbytes for a in entry.image_state.values())
+    assert state_bytes <= size < state_bytes + entry.embeddings.nbytes  # the header, not a second embedding
+    back = _load(_tier(tmp_path), "abc123")
+    _same(back, entry)
+    assert np.shares_memory(back.embeddings, back.image_state["image_tokens"])  # a view, as the decoder makes it
+    assert back.nbytes == state_bytes  # the memory tier counts one copy
+
+
+def test_image_tokens_that_differ_from_the_embedding_are_both_kept(tmp_path):
+    entry = _fast_entry(4)
+    other = logic.CacheEntry(entry.embeddings + 1.0, entry.original_size, entry.image_state)
+    tier = _tier(tmp_path)
+    tier.write("abc123", other)
+    assert os.path.getsize(_file(tier, "abc123")) > sum(a.nbytes for a in entry.image_state.values()) + other.embeddings.nbytes
+    _same(_load(_tier(tmp_path), "abc123"), other)
+
+
+def test_a_format_1_file_with_both_copies_is_still_read(tmp_path, monkeypatch):
+    from samrt.model_repository import disk_cache
+    entry = _fast_entry(5)
+    tier = _tier(tmp_path)
+    monkeypatch.setattr(disk_cache, "FORMAT_VERSION", 1)
+    monkeypatch.setattr(disk_cache, "_tokens_hold_embedding", lambda entry: False)  # format 1 wrote both
+    tier.write("abc123", entry)
+    monkeypatch.undo()
+    with open(_file(tier, "abc123"), "rb") as f:
+        assert f.read(12)[8:] == (1).to_bytes(4, "little")
+    _same(_load(_tier(tmp_path), "abc123"), entry)
+
+
+def test_a_derived_embedding_whose_shape_does_not_fit_its_tokens_is_a_miss(tmp_path):
+    import json
+    tier = _tier(tmp_path)
+    tier.write("abc123", _fast_entry(6))
+    path = _file(tier, "abc123")
+    data = open(path, "rb").read()
+    n = int.from_bytes(data[12:16], "little")
+    header = json.loads(data[16:16 + n])
+    header["embeddings_shape"] = [4, 8, 4]  # the right size, the wrong channel count
+    new = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(data[:12] + len(new).to_bytes(4, "little") + new + data[16 + n:])
+    assert _load(_tier(tmp_path), "abc123") is None
