@@ -130,3 +130,24 @@ def test_fast_decoder_keeps_bits_and_takes_either_kind_of_state(fast_irs, tiny_e
                                     coords, labels)
     np.testing.assert_array_equal(low, ref_low)
     np.testing.assert_array_equal(iou, ref_iou)
+
+
+@pytest.mark.parametrize("static_shapes", [0, 8])
+def test_a_prompt_answers_the_same_bits_in_a_run_of_any_size_on_one_kind_of_compile(fast_irs, static_shapes):
+    """docs/fast-decoder.md "Batches and bf16": in bf16 the static compiles and the dynamic model
+    round differently, but on one kind a prompt's rows do not depend on the prompts beside it."""
+    _native_bf16()
+    dec = decoder_from_paths(fast_irs, static_shapes=static_shapes)
+    emb = np.random.default_rng(4).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    state = dec.prepare_image(emb)
+    rng = np.random.default_rng(5)
+    coords = np.concatenate([rng.uniform(0, 1024, (4, 1, 2)), np.zeros((4, 1, 2))], 1).astype(np.float32)
+    labels = np.tile(np.array([[1.0, -1.0]], np.float32), (4, 1))
+    alone = [dec.decode(emb, state, coords[i:i + 1], labels[i:i + 1]) for i in range(4)]
+    for p in (2, 3, 4):
+        low, iou = dec.decode(emb, state, coords[:p], labels[:p])
+        for i in range(p):
+            np.testing.assert_array_equal(low[i], alone[i][0][0])
+            np.testing.assert_array_equal(iou[i], alone[i][1][0])
+    if static_shapes:
+        assert len(dec.decoder._static) == 4 and not dec.decoder.refused_shapes  # P = 1..4, each compiled
