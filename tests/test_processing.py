@@ -28,6 +28,19 @@ def test_preprocess_is_bit_identical_to_sam_predictor(h, w):
     np.testing.assert_array_equal(x, t.numpy())
 
 
+@pytest.mark.parametrize("h,w", [(64, 64), (64, 1), (1, 64), (40, 64), (64, 23)])
+def test_normalize_and_pad_is_the_whole_array_formula_with_zero_padding(h, w):
+    # normalize_and_pad fills a np.empty array channel by channel: after arrays of garbage have been
+    # freed, the padding must still be exact zeros and the image part the plain float32 formula
+    for _ in range(3):
+        np.full((3, 64, 64), np.nan, np.float32)
+    resized = random_image(h, w, seed=w)
+    x = P.normalize_and_pad(resized, 64)
+    expected = np.zeros((3, 64, 64), np.float32)
+    expected[:, :h, :w] = ((resized.astype(np.float32) - np.float32(PIXEL_MEAN)) / np.float32(PIXEL_STD)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(x, expected)
+
+
 @pytest.mark.parametrize("src,dst", [((256, 256), (1024, 1024)), ((683, 1024), (1500, 2250)), ((7, 5), (3, 11))])
 def test_interpolate_bilinear_matches_torch(src, dst):
     x = np.random.default_rng(0).standard_normal((2, 3) + src).astype(np.float32)
