@@ -4,6 +4,7 @@ other paths use to embed an image and to read the cache through BLS."""
 
 from __future__ import annotations
 
+import collections
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -61,7 +62,8 @@ def encode(image: np.ndarray, image_size: int, cache: wire.WireModel, low_res_si
     """Embed `image` unless the cache holds it already with the image's size; its id either way.
     An entry of another size is damaged (one id, one shape): it is embedded again and replaced.
     The put carries the server's internal key (`logic.internal_cache_key`). With `low_res_size`,
-    the click path is prepared for a newly embedded image's size (`prepare_click_path`)."""
+    the click path is prepared for a newly embedded image's size unless this process prepared
+    that size recently (`prepare_click_path`)."""
     image_id = wire.image_id_of(image)
     key = id_tensor(image_id)[None]
     held = bls(cache, {"image_id": key}, ["found", "original_size"])
@@ -70,7 +72,7 @@ def encode(image: np.ndarray, image_size: int, cache: wire.WireModel, low_res_si
         emb = bls(ENCODER, {"image": x}, ["image_embeddings"])["image_embeddings"]
         bls(cache, {"image_id": key, "image_embeddings": emb, "original_size": np.asarray([image.shape[:2]]),
                     "cache_key": id_tensor(logic.internal_cache_key())[None]}, ["found"])
-        if low_res_size:
+        if low_res_size and _PREPARED.first_time(image.shape[:2]):
             prepare_click_path(image.shape[:2], low_res_size)
     return image_id
 
@@ -79,6 +81,28 @@ def encode(image: np.ndarray, image_size: int, cache: wire.WireModel, low_res_si
 # plans: 1-10 ms, more for large images). One request of zeros at encode time builds them in
 # those processes, so the first click on a new image does not pay for them.
 PREPARED_STEPS = (wire.SAM_MASK_UPSCALE, wire.SAM_MASK_RLE)
+
+
+class _RecentSizes:
+    """The last `n` image sizes this process prepared the click path for: a new image of one of
+    them needs no preparing (its plans are still in samrt.upscale's cache, which holds 64 axis
+    plans: 32 sizes), which saves two BLS calls (~2 ms) per new image."""
+
+    def __init__(self, n: int = 16) -> None:
+        self.n, self.sizes = n, collections.OrderedDict()
+
+    def first_time(self, size: Sequence[int]) -> bool:
+        key = tuple(int(v) for v in size)
+        if key in self.sizes:
+            self.sizes.move_to_end(key)
+            return False
+        self.sizes[key] = None
+        if len(self.sizes) > self.n:
+            self.sizes.popitem(last=False)
+        return True
+
+
+_PREPARED = _RecentSizes()
 
 
 def prepare_click_path(original_size: Sequence[int], low_res_size: int) -> None:

@@ -146,3 +146,13 @@ def test_image_bytes_errors():
         logic.decode_image_bytes(buf.getvalue(), max_pixels=100)
     assert logic.decode_image_bytes(buf.getvalue()).shape == (20, 30, 3)
     assert image_id_of(np.zeros((2, 2, 3), np.uint8)) != image_id_of(np.zeros((2, 3, 3), np.uint8))
+
+
+def test_the_click_path_is_prepared_once_per_recent_size():
+    from samrt.model_repository.models.encode import _RecentSizes
+
+    recent = _RecentSizes(n=2)
+    assert recent.first_time((480, 640)) and not recent.first_time(np.array([480, 640]))
+    assert recent.first_time((100, 200)) and not recent.first_time((480, 640))  # 480x640: the most recent now
+    assert recent.first_time((7, 9))  # three sizes in a memory of two: the least recent (100x200) goes
+    assert recent.first_time((100, 200)) and not recent.first_time((7, 9))
