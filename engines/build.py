@@ -325,9 +325,14 @@ def build_engine(
     """
     graph, sources = graph_of_onnx(onnx_path)
     variant = Variant(graph, backend, precision).check(device)
-    prepare_output_dir(out_dir, "engines", accept=("export",))
     first_file = GRAPHS[graph].files[0]
     prefix = sources[first_file][: -len(f".{first_file}.onnx")]
+    gate_graphs = [f"{prefix}.{g}.onnx" for g in ("encoder", "decoder")]  # the gate runs the exact pipeline
+    missing = [p for p in gate_graphs if not os.path.isfile(p)]
+    if missing:
+        raise SamrtError(f"--onnx {onnx_path}: the accuracy gate needs the export's encoder and decoder beside it; "
+                         f"missing {missing}; expected the folder `samrt export` writes")
+    prepare_output_dir(out_dir, "engines", accept=("export",))
     reference = OnnxRuntimeRunner(f"{prefix}.encoder.onnx", device, memory_arena=False)  # see OnnxRuntimeRunner
     ref_decoder = ClassicDecoder(OnnxRuntimeRunner(f"{prefix}.decoder.onnx", device))
     image_size = int(reference.input_shapes["image"][-1])

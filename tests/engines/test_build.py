@@ -66,6 +66,19 @@ def test_gate_fails_with_a_clear_message(export_dir):
     assert report["gate"]["passed"] is False and report["gate"]["min"] == 1.01
 
 
+def test_an_encoder_copied_alone_is_refused_before_anything_is_written(export_dir, tmp_path):
+    """The gate decodes with the export's decoder: an encoder without it is named, not a traceback."""
+    from samrt.errors import SamrtError
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(os.path.join(export_dir, "tiny.encoder.onnx"), alone)
+    out = tmp_path / "engines"
+    with pytest.raises(SamrtError, match=r"missing \[.*tiny\.decoder\.onnx'\].*`samrt export` writes"):
+        build_engine(str(alone / "tiny.encoder.onnx"), str(out), "onnxruntime", "int8", CALIB)
+    assert not out.exists() and os.listdir(alone) == ["tiny.encoder.onnx"]
+
+
 def test_fp16_keeps_sensitive_ops_in_fp32(export_dir, tmp_path):
     out = ortx.fp16_onnx_from_onnx(os.path.join(export_dir, "tiny.encoder.onnx"), str(tmp_path / "e.fp16.onnx"))
     model = onnx.load(out)
