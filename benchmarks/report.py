@@ -109,6 +109,26 @@ def interactive_table(rows: List[dict]) -> str:
     return "\n".join(out)
 
 
+def new_image_table(rows: List[dict]) -> str:
+    """New images through sam_encode against ONNX Runtime fp32 in one process (`bench serve`, "encode")."""
+    out = []
+    for r in rows:
+        if r.get("bench") != "new_image":
+            continue
+        ref = r.get("reference_onnxruntime_fp32")
+        engines = f" (engines served: {'; '.join(r['engines'])})" if r.get("engines") else ""
+        out.append(f"New {r['image'][0]}×{r['image'][1]} images through the server{engines}, {r['protocol']}, "
+                   f"{r['served']['n']} images: p50 {r['served']['p50_ms']:.0f} ms, p90 {r['served']['p90_ms']:.0f} ms"
+                   + (f"; preprocessing + ONNX Runtime fp32 encoder in one process, same images, alternating: p50 "
+                      f"{ref['p50_ms']:.0f} ms: {r['vs_reference_p50']:.2f}× "
+                      f"({'met' if r['met_vs_reference'] else 'missed'} ≥ {r['target_vs_reference']:g}×)"
+                      if ref else "; the reference was not run (external server)")
+                   + (f"; the first {len(r['first_images_ms'])} images, not in the p50s: "
+                      + ", ".join(f"{v:.0f}" for v in r["first_images_ms"]) + " ms" if r.get("first_images_ms") else "")
+                   + f"; {r['machine']['cpu']} × {r['machine']['cores']} cores.")
+    return "\n".join(out)
+
+
 def amg_table(rows: List[dict]) -> str:
     if not rows:
         return ""
@@ -161,7 +181,7 @@ def decoder_table(rows: List[dict]) -> str:
 
 def main(folder: str) -> None:
     for name, fn in (("engines", engines_table), ("decoder", decoder_table), ("serve", interactive_table),
-                     ("serve", serve_table), ("amg", amg_table)):
+                     ("serve", new_image_table), ("serve", serve_table), ("amg", amg_table)):
         text = fn(_load(os.path.join(folder, f"{name}.json")))
         if text:
             print(text + "\n")

@@ -27,8 +27,11 @@ from .memory import bench_memory
 from .engines import bench_engines
 from .perf_analyzer import run_perf_analyzer, write_decode_input_data
 from .plots import plot_all
-from .serve import DEFAULT_VARIANTS, bench_serve, interactive_rows, reference_clicks, reference_sessions
+from .serve import (DEFAULT_VARIANTS, bench_serve, interactive_rows, new_image_rows, reference_clicks,
+                    reference_sessions)
 from .upscale import DEFAULT_SIZES, bench_upscale
+
+SCENARIOS = ("sessions", "interactive", "encode")  # `samrt bench serve --scenarios`
 
 __all__ = ["run_engines", "run_decoder", "run_serve", "run_amg", "run_upscale", "run_memory", "run_e2e"]
 
@@ -72,11 +75,15 @@ def run_decoder(out: str, model_type: str, checkpoint: Optional[str], quick: boo
 
 def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str,
               url: Optional[str], concurrency: Sequence[int], clicks: int,
-              scenarios: Sequence[str] = ("sessions", "interactive"), backend: str = "auto",
+              scenarios: Sequence[str] = SCENARIOS, backend: str = "auto",
               precision: str = "auto", decoder: str = "fast") -> Dict[str, str]:
     """`samrt bench serve`. Scenarios: "sessions" (clients each encoding and clicking, a concurrency
     sweep, batching on and off) and "interactive" (one client clicking, idle and while another client
-    streams new images to sam_encode; SamPredictor.predict on the same clicks in the same run)."""
+    streams new images to sam_encode; SamPredictor.predict on the same clicks in the same run) and
+    "encode" (new images through sam_encode against ONNX Runtime fp32 in this process)."""
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        raise ValueError(f"bench serve: got scenarios {unknown}, expected some of {list(SCENARIOS)}")
     variants = DEFAULT_VARIANTS
     if quick:
         concurrency, clicks = [c for c in concurrency if c <= 4][:2] or [1], min(clicks, 5)
@@ -95,14 +102,17 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
         for mode in ("on", "off"):
             repos[mode] = repository_from_plan(manifest, plan, os.path.join(build_dir, f"repo_batching_{mode}"),
                                                RepoOptions(dynamic_batching=mode == "on"))
-        ref = reference_sessions(sam, images[: max(1, min(2, len(images)))], clicks)
-        rows.append({**base, "bench": "serve", "dynamic_batching": "n/a", "protocol": "in-process (SamPredictor)",
-                     "shared_memory": False, "concurrency": 1, "timed": "SamPredictor.set_image, then predict per click",
-                     **ref})
+        if "sessions" in scenarios:
+            ref = reference_sessions(sam, images[: max(1, min(2, len(images)))], clicks)
+            rows.append({**base, "bench": "serve", "dynamic_batching": "n/a", "protocol": "in-process (SamPredictor)",
+                         "shared_memory": False, "concurrency": 1,
+                         "timed": "SamPredictor.set_image, then predict per click", **ref})
     if url:
         variants = tuple(v for v in variants if v[0] == "on")  # one server as given: batching as it is
-    if "interactive" in scenarios:
-        rows += _interactive(repos.get("on"), url, None if url else sam, quick, base, build_dir)
+    if {"interactive", "encode"} & set(scenarios):
+        rows += _one_client(repos.get("on"), url, None if url else sam, quick, base, build_dir, scenarios,
+                            None if url else manifest.encoder_path,
+                            get_config(model_type).image_size if url else manifest.config.image_size)
     if "sessions" not in scenarios:
         paths = write_rows(rows, out, "serve")
         plot_all(_saved(paths), out)
@@ -131,20 +141,28 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
     return paths
 
 
-def _interactive(repo: Optional[str], url: Optional[str], sam, quick: bool, base: dict, build_dir: str) -> List[dict]:
-    """The interactive-under-load rows (gRPC and HTTP) on a 480x640 image, on a server started here
-    (or `url`), with the SamPredictor reference when the model is at hand."""
+def _one_client(repo: Optional[str], url: Optional[str], sam, quick: bool, base: dict, build_dir: str,
+                scenarios: Sequence[str], encoder_onnx: Optional[str], image_size: int) -> List[dict]:
+    """One client on a server started here (or `url`), 480x640 images. "interactive": the
+    interactive-under-load rows (gRPC and HTTP), with the SamPredictor reference when the model is at
+    hand. "encode": new images through sam_encode (gRPC) against ONNX Runtime fp32 on the exported
+    encoder in this process (`encoder_onnx`), alternating image by image."""
     image, _ = sample_image(480, 640)
     clicks = 8 if quick else 30
     stream = _images(4 if quick else 12, 320 if quick else None)
-    reference = reference_clicks(sam, image, clicks) if sam is not None else None
+    reference = reference_clicks(sam, image, clicks) if sam is not None and "interactive" in scenarios else None
     server = None if url else TritonServer(repo, work_dir=os.path.join(build_dir, "work_interactive")).start()
     try:
         rows = []
-        for protocol in (("grpc", "http") if url is None else ("grpc",)):  # a given url: its gRPC endpoint
-            target = url or (server.grpc_url if protocol == "grpc" else server.http_url)
-            rows += interactive_rows(target, [protocol], image, stream[:len(stream) // 2] if protocol == "grpc"
-                                     else stream[len(stream) // 2:], reference, clicks, base)
+        if "interactive" in scenarios:
+            for protocol in (("grpc", "http") if url is None else ("grpc",)):  # a given url: its gRPC endpoint
+                target = url or (server.grpc_url if protocol == "grpc" else server.http_url)
+                rows += interactive_rows(target, [protocol], image, stream[:len(stream) // 2] if protocol == "grpc"
+                                         else stream[len(stream) // 2:], reference, clicks, base)
+        if "encode" in scenarios:  # images no run has sent before: seeds apart from the click image's
+            warmup = 1 if quick else 4  # a server's first encodes are slower (docs/benchmarks.md): kept apart
+            fresh = [sample_image(480, 640, seed=2000 + i)[0] for i in range(warmup + (2 if quick else 6))]
+            rows += new_image_rows(url or server.grpc_url, "grpc", fresh, encoder_onnx, image_size, base, warmup)
         return rows
     finally:
         if server:

@@ -22,7 +22,7 @@ from samrt.model_repository.server import TritonServer
 
 from .common import BUDGET_MS, latency_stats
 
-__all__ = ["run_sessions", "bench_serve", "reference_sessions"]
+__all__ = ["run_sessions", "bench_serve", "reference_sessions", "new_image_rows"]
 
 
 def run_sessions(url: str, protocol: str, concurrency: int, clicks: int, images: Sequence[np.ndarray],
@@ -298,3 +298,47 @@ def interactive_rows(url: str, protocols: Sequence[str], image: np.ndarray, stre
                      "met_vs_reference": bool(ref and ref / idle >= TARGET_VS_REFERENCE),
                      "met_loaded_ratio": loaded / idle <= TARGET_LOADED_RATIO})
     return rows
+
+
+# -- a new image through the server against the exact encoder in one process -----------------
+TARGET_NEW_IMAGE = 2.5  # issue #23: new image through the default server >= 2.5x ONNX Runtime fp32 in-process
+
+
+def new_image_rows(url: str, protocol: str, images: Sequence[np.ndarray], encoder_onnx: Optional[str],
+                   image_size: int, base: dict, warmup: int = 1) -> List[dict]:
+    """New images (none seen by the server before) through `sam_encode` (`SamClient.encode`: the
+    image on the wire, preprocessing, encoder and caching on the server, until the image id is
+    back), alternating image by image with the exact path in this process on the same image:
+    `samrt.processing.preprocess_image` + ONNX Runtime fp32 on the exported encoder
+    (`encoder_onnx`; None: the server alone). The first `warmup` images are not in the p50s; their
+    times are kept (`first_images_ms`): a server's first few encodes after its start are slower.
+    One row with p50/p90 of both and the ratio against `TARGET_NEW_IMAGE`."""
+    from samrt import processing as P
+    from samrt.engines.runner import OnnxRuntimeRunner
+
+    if len(images) <= warmup:
+        raise ValueError(f"new_image_rows: got {len(images)} images, expected more than the {warmup} warm-up ones")
+    reference = OnnxRuntimeRunner(encoder_onnx) if encoder_onnx else None
+    served: List[float] = []
+    local: List[float] = []
+    with SamClient(url, protocol) as c:
+        for img in images:
+            t = time.perf_counter()
+            c.encode(img)
+            served.append((time.perf_counter() - t) * 1e3)
+            if reference is not None:
+                t = time.perf_counter()
+                x, _ = P.preprocess_image(img, image_size)
+                reference.run({"image": x})
+                local.append((time.perf_counter() - t) * 1e3)
+    del reference
+    row = {**base, "bench": "new_image", "protocol": protocol, "image": list(images[0].shape[:2]),
+           "timed": "SamClient.encode of an image the server has not seen, until its id is back; the reference: "
+                    "preprocess_image + ONNX Runtime fp32 encoder in this process, same images, alternating",
+           "served": latency_stats(served[warmup:]), "first_images_ms": served[:warmup],
+           "reference_onnxruntime_fp32": latency_stats(local[warmup:]) if local else None,
+           "target_vs_reference": TARGET_NEW_IMAGE}
+    if local:
+        ratio = row["reference_onnxruntime_fp32"]["p50_ms"] / row["served"]["p50_ms"]
+        row.update(vs_reference_p50=ratio, met_vs_reference=ratio >= TARGET_NEW_IMAGE)
+    return [row]

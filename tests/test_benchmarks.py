@@ -112,6 +112,36 @@ def test_interactive_under_load_quick(tmp_path, server):
     assert table.count(" | grpc | ") == 1 and "not measured (external server)" in table
 
 
+@pytest.mark.triton
+def test_new_images_through_the_server_against_onnxruntime_in_process(server, tiny_export, tiny_cfg):
+    from samrt.benchmarks.report import new_image_table
+    from samrt.benchmarks.serve import TARGET_NEW_IMAGE, new_image_rows
+    from samrt.visualize import sample_image
+
+    images = [sample_image(120, 160, seed=900 + i)[0] for i in range(3)]  # new to the session's server
+    rows = new_image_rows(server.grpc_url, "grpc", images, tiny_export.encoder_path, tiny_cfg.image_size,
+                          {"model": "tiny"})
+    (r,) = rows
+    assert r["bench"] == "new_image" and r["image"] == [120, 160] and r["timed"]
+    assert r["served"]["n"] == r["reference_onnxruntime_fp32"]["n"] == 2  # the first of each: a warm-up
+    assert len(r["first_images_ms"]) == 1 and r["first_images_ms"][0] > 0
+    _check_stats(r["served"])
+    _check_stats(r["reference_onnxruntime_fp32"])
+    assert r["vs_reference_p50"] == pytest.approx(r["reference_onnxruntime_fp32"]["p50_ms"] / r["served"]["p50_ms"])
+    assert r["met_vs_reference"] == (r["vs_reference_p50"] >= TARGET_NEW_IMAGE)
+    r["machine"] = {"cpu": "cpu", "cores": 2}
+    assert "ONNX Runtime fp32" in new_image_table(rows) and f"{r['vs_reference_p50']:.2f}×" in new_image_table(rows)
+    with pytest.raises(ValueError, match="got 1 images, expected more than the 1 warm-up ones"):
+        new_image_rows(server.grpc_url, "grpc", images[:1], None, tiny_cfg.image_size, {})
+
+
+def test_bench_serve_refuses_an_unknown_scenario(tmp_path):
+    from samrt.benchmarks.run import run_serve
+
+    with pytest.raises(ValueError, match=r"got scenarios \['encoder'\], expected some of"):
+        run_serve(str(tmp_path), "tiny", None, True, str(tmp_path), "localhost:1", [1], 1, ("encoder",))
+
+
 def test_serve_table_ratio_to_reference_and_verdict():
     from samrt.benchmarks.report import serve_table
 

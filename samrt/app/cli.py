@@ -510,9 +510,10 @@ def _add_bench(sub) -> None:
             k.add_argument("--encoder-max-batch", type=int, default=RepoOptions().encoder_max_batch,
                            help="as `samrt serve --encoder-max-batch`")
         if kind == "serve":
-            k.add_argument("--scenarios", default="sessions,interactive",
+            k.add_argument("--scenarios", default="sessions,interactive,encode",
                            help="sessions: clients encoding and clicking (a concurrency sweep, batching on/off); "
-                                "interactive: one client clicking, idle and while another streams new images")
+                                "interactive: one client clicking, idle and while another streams new images; "
+                                "encode: new images through sam_encode vs ONNX Runtime fp32 in this process")
             k.add_argument("--concurrency", default="1,4,16", help="clients at once, per run")
             k.add_argument("--clicks", type=int, default=10, help="clicks per client")
         if kind == "amg":
