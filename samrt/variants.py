@@ -198,7 +198,8 @@ def auto_candidates(role: str, device: str = "cpu", native_bf16: bool = True) ->
     """The variants serving tries for `role` when none is asked, in order; the first that builds,
     passes its accuracy gate and is faster than the exact path is served, else the exact path
     (the last candidate). On a CPU: OpenVINO bf16 where the CPU has native bf16 (int8 is built on
-    request only: its calibration is slow and its gate often fails), then OpenVINO fp32; the
+    request only: its calibration is slow and its gate often fails; once built, `plan_engines`
+    puts it first when it passed and is faster), then OpenVINO fp32; the
     decoder is the fast decoder. On a GPU: TensorRT fp16 (written, not run here)."""
     if role not in ROLES:
         raise SamrtError(f"role: got {role!r}, expected one of {ROLES}")

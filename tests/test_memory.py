@@ -81,6 +81,9 @@ def test_a_build_takes_the_reference_and_the_engine_and_openvino_maps_fp32_weigh
     assert estimate_build_memory("vit_b", "openvino").total < h.total
     with pytest.raises(SamrtError, match=r"engine backend: got 'x', expected one of"):
         estimate_build_memory("vit_b", "x")
+    int8 = estimate_build_memory("vit_b", "openvino", "int8")  # NNCF calibration: 14.9 GiB RSS measured here
+    assert 14 * GIB < int8.total < 18 * GIB and "int8 calibration" in int8.describe()
+    assert estimate_build_memory("vit_b", "onnxruntime", "int8").total < int8.total  # ORT's QDQ build: no NNCF
     bf16 = estimate_server_memory("vit_h", "openvino", "bf16")  # the IR keeps fp32 weights; bf16 is a runtime hint
     assert bf16.parts["encoder weights file (mapped)"] == 637_026_048 * IR_WEIGHT_BYTES["bf16"] == 637_026_048 * 4
     assert estimate_server_memory("vit_h", "onnxruntime", "fp32").parts["encoder weights file (mapped)"] == 0

@@ -187,8 +187,40 @@ def plan_engines(manifest: ExportManifest, backend: str = "auto", precision: str
     chosen = {}
     for role in ROLES:
         candidates, by_speed = _candidates(role, backend, precision, decoder, device)
+        if role == "encoder" and by_speed:
+            candidates = _built_int8_first(manifest, candidates, say)
         chosen[role] = _choose(manifest, role, candidates, by_speed, device, say, memory_check)
     return ServingPlan(chosen["encoder"], chosen["decoder"], NATIVE_SERVING.get(backend))
+
+
+INT8_ENCODER = Variant("encoder", "openvino", "int8")
+
+
+def _built_int8_first(manifest: ExportManifest, candidates: List[Variant], say: Callable[[str], None]) -> List[Variant]:
+    """The encoder's candidates with OpenVINO INT8 put first when it was built on request in this
+    export folder (`samrt serve --precision int8`, or `samrt build-engine` into it), passed its gate
+    and was faster against the exact path than every built float candidate that passed (each
+    speedup is timed against ONNX Runtime fp32 in its own build: a VM's speed drifts between builds,
+    the ratio less). INT8 is never built here: its calibration takes long (vit_b: ~12 minutes on 2
+    cores), so when it is not built a line says how to build it."""
+    if not any(v.backend == INT8_ENCODER.backend for v in candidates):
+        return candidates
+    report = EngineReport.find(manifest, INT8_ENCODER)
+    if report is None:
+        say(f"not built: {INT8_ENCODER} (often faster; NNCF calibration, vit_b takes ~12 minutes and ~15 GiB on 2 cores): "
+            "`samrt serve --precision int8` builds it once, and later starts with no flags serve it when it "
+            "passes its gate and is faster")
+        return candidates
+    if not report.passed:
+        say(f"not serving {INT8_ENCODER} built in {manifest.export_dir}: its gate failed ({report.describe()})")
+        return candidates
+    rivals = [r for r in (EngineReport.find(manifest, v) for v in candidates) if r is not None and r.passed]
+    best = max(rivals, key=lambda r: r.speedup, default=None)
+    if best is not None and best.speedup >= report.speedup:
+        say(f"not serving {INT8_ENCODER} built in {manifest.export_dir}: {report.speedup:.2f}x against "
+            f"{best.variant}'s {best.speedup:.2f}x, each timed against onnxruntime fp32 in its own build")
+        return candidates
+    return [INT8_ENCODER] + candidates
 
 
 def _choose(manifest: ExportManifest, role: str, candidates: List[Variant], by_speed: bool, device: str,
@@ -203,7 +235,7 @@ def _choose(manifest: ExportManifest, role: str, candidates: List[Variant], by_s
         if report is None:
             if memory_check and device == "cpu":
                 give_back_freed_memory()
-                _check_memory(estimate_build_memory(manifest.config, variant.backend))
+                _check_memory(estimate_build_memory(manifest.config, variant.backend, variant.precision))
             say(f"building {variant} for the {role}: first start only, cached in {manifest.export_dir} "
                 f"(on a 2-core CPU an encoder of vit_b takes about 5 minutes, of vit_h about 15; a decoder 1-3)")
             t0 = time.perf_counter()

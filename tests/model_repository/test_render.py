@@ -198,10 +198,21 @@ def test_serving_picks_the_first_variant_that_passes_and_is_faster(tiny_export, 
     m = ExportManifest.read(export_dir)
     _fake_engine(m, "encoder", "bf16", 50.0, 0.97, False)  # faster, but its gate failed
     fp32 = _fake_engine(m, "encoder", "fp32", 80.0, 1.0, True)
-    _fake_engine(m, "encoder", "int8", 10.0, 0.999, True)  # int8 is served on request only
     fast = _fake_engine(m, "fast_decoder", "bf16", 20.0, 0.995, True)
     plan = pipeline.plan_engines(m)
     assert plan.encoder.paths == fp32 and "encoder openvino bf16: gate failed" in plan.encoder.why
+    assert "not built: encoder openvino int8" in capsys.readouterr().err  # never built here: how to build it
+    # int8 built on request is served with no flags once it passed and beats the float candidates
+    int8 = _fake_engine(m, "encoder", "int8", 10.0, 0.999, True)
+    assert pipeline.plan_engines(m).encoder.paths == int8
+    _fake_engine(m, "encoder", "int8", 90.0, 0.999, True)  # slower than fp32's speedup (1.25x): not served
+    assert pipeline.plan_engines(m).encoder.paths == fp32
+    assert "1.11x against encoder openvino fp32's 1.25x" in capsys.readouterr().err
+    _fake_engine(m, "encoder", "int8", 10.0, 0.95, False)  # its gate failed: not served
+    assert pipeline.plan_engines(m).encoder.paths == fp32
+    assert "its gate failed" in capsys.readouterr().err
+    _fake_engine(m, "encoder", "int8", 10.0, 0.999, True)
+    assert pipeline.plan_engines(m, precision="fp32").encoder.paths == fp32  # a precision asked for: that one
     assert plan.decoder.paths == fast and plan.native is None
     repo = repository_from_plan(m, plan, str(tmp_path / "repo"))
     enc = parse_config(open(os.path.join(repo, "sam_image_encoder", "config.pbtxt")).read())
