@@ -38,6 +38,14 @@ def test_configs_follow_the_spec(tiny_cfg, tiny_export):
     assert "dynamic_batching" in configs["sam_mask_decoder"]  # the decoder step batches prompts of all clients
     assert {i["name"]: i["dims"] for i in decode["input"]}["mask_input"] == [1, m, m]
     assert [o["name"] for o in decode["output"]] == ["masks", "iou_predictions", "low_res_masks", "masks_rle"]
+    # a lone image is encoded at once on a CPU (its batches run one image at a time); on a GPU it
+    # waits 2 ms for others to run with it; a value given is kept
+    delay = lambda c: c["sam_image_encoder"]["dynamic_batching"]["max_queue_delay_microseconds"]  # noqa: E731
+    assert delay(configs) == 0
+    cuda = model_configs(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path, RepoOptions(device="cuda"))
+    assert delay(cuda) == 2000
+    assert delay(model_configs(tiny_cfg, tiny_export.encoder_path, tiny_export.decoder_path,
+                               RepoOptions(encoder_queue_delay_us=500))) == 500
 
 
 def test_missing_onnx_is_a_clear_error(tiny_cfg, tmp_path):
