@@ -15,9 +15,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from samrt import processing as P
 from samrt import wire
 from samrt.client import SamClient
 from samrt.client._requests import Prompts, pack_decode
+from samrt.engines.runner import OnnxRuntimeRunner
 from samrt.model_repository.server import TritonServer
 
 from .common import BUDGET_MS, latency_stats
@@ -313,9 +315,6 @@ def new_image_rows(url: str, protocol: str, images: Sequence[np.ndarray], encode
     (`encoder_onnx`; None: the server alone). The first `warmup` images are not in the p50s; their
     times are kept (`first_images_ms`): a server's first few encodes after its start are slower.
     One row with p50/p90 of both and the ratio against `TARGET_NEW_IMAGE`."""
-    from samrt import processing as P
-    from samrt.engines.runner import OnnxRuntimeRunner
-
     if len(images) <= warmup:
         raise ValueError(f"new_image_rows: got {len(images)} images, expected more than the {warmup} warm-up ones")
     reference = OnnxRuntimeRunner(encoder_onnx) if encoder_onnx else None

@@ -201,7 +201,7 @@ def estimate_build_memory(model: "str | SamConfig", backend: str, precision: str
     }
     if backend == "openvino" and precision == "int8":
         parts["int8 calibration (NNCF statistics, quantised copy)"] = int(INT8_CALIBRATION_FACTOR * sum(parts.values()))
-    return MemoryEstimate(f"building a {backend} {precision} engine of {cfg.model_type}", parts)
+    return MemoryEstimate(f"building the {backend} {precision} engine of {cfg.model_type}", parts)
 
 
 def available_memory(meminfo: str = "/proc/meminfo") -> Optional[int]:
