@@ -179,13 +179,31 @@ def decoder_table(rows: List[dict]) -> str:
     return "\n".join(out)
 
 
-def main(folder: str) -> None:
+RESULT_FILES = ("engines", "decoder", "serve", "amg")  # <name>.json in a results folder (`write_rows`)
+
+
+def main(folder: str) -> int:
+    """Print the tables of a results folder; 2 when it is missing, 1 when it holds no results."""
+    if not os.path.isdir(folder):
+        print(f"report: got {folder!r}, expected a results folder (what `samrt bench ... --out` wrote)", file=sys.stderr)
+        return 2
+    printed = False
     for name, fn in (("engines", engines_table), ("decoder", decoder_table), ("serve", interactive_table),
                      ("serve", new_image_table), ("serve", serve_table), ("amg", amg_table)):
         text = fn(_load(os.path.join(folder, f"{name}.json")))
         if text:
             print(text + "\n")
+            printed = True
+    if not printed:
+        print(f"report: no rows to tabulate in {folder} (looked for {', '.join(n + '.json' for n in RESULT_FILES)})",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+        print("usage: python -m samrt.benchmarks.report RESULTS_FOLDER\n"
+              "prints the tables of the rows `samrt bench ... --out RESULTS_FOLDER` wrote", file=sys.stderr)
+        sys.exit(0 if sys.argv[1:] in (["-h"], ["--help"]) else 2)
+    sys.exit(main(sys.argv[1]))

@@ -11,6 +11,7 @@ import numpy as np
 
 from samrt.app.pipeline import ensure_export, plan_engines, server_memory
 from samrt.client import SamClient
+from samrt.errors import SamrtError
 from samrt.imageio import list_images, load_image
 from samrt.model_repository.launch import repository_from_plan
 from samrt.model_repository.render import RepoOptions
@@ -82,8 +83,8 @@ def run_serve(out: str, model_type: str, checkpoint: Optional[str], quick: bool,
     streams new images to sam_encode; SamPredictor.predict on the same clicks in the same run) and
     "encode" (new images through sam_encode against ONNX Runtime fp32 in this process)."""
     unknown = sorted(set(scenarios) - set(SCENARIOS))
-    if unknown:
-        raise ValueError(f"bench serve: got scenarios {unknown}, expected some of {list(SCENARIOS)}")
+    if unknown or not scenarios:
+        raise SamrtError(f"bench serve --scenarios: got {unknown or list(scenarios)}, expected some of {list(SCENARIOS)}")
     variants = DEFAULT_VARIANTS
     if quick:
         concurrency, clicks = [c for c in concurrency if c <= 4][:2] or [1], min(clicks, 5)

@@ -303,6 +303,27 @@ def _say(progress: Optional[Callable[[str], None]], text: str) -> None:
         progress(text)
 
 
+# Inputs each exported graph has (samrt.spec): a graph without them is another graph.
+_INPUTS = {"encoder": ("image",), "decoder": ("image_embeddings", "point_coords", "mask_input"),
+           "fast_decoder": ("image_tokens", "point_coords"), "fast_decoder_mask": ("image_tokens", "mask_input"),
+           "image_prep": ("image_embeddings",)}
+
+
+def _open_graph(path: str, device: str, graph: str, **kw) -> OnnxRuntimeRunner:
+    """ONNX Runtime's session of an exported graph; SamrtError naming the file when ONNX Runtime
+    cannot load it or it is not the graph its name says (its inputs lack `_INPUTS[graph]`)."""
+    try:
+        runner = OnnxRuntimeRunner(path, device, **kw)
+    except Exception as e:  # onnxruntime's InvalidProtobuf, Fail, InvalidGraph...: plain Exception subclasses
+        raise SamrtError(f"{path}: got a file ONNX Runtime cannot load ({type(e).__name__}: {str(e)[:160]}), "
+                         f"expected the {graph} graph `samrt export` writes") from None
+    need = _INPUTS.get(graph, ())
+    if not set(need) <= set(runner.input_names) or (graph == "image_prep" and "point_coords" in runner.input_names):
+        raise SamrtError(f"{path}: got a graph with inputs {runner.input_names}, expected the {graph} graph "
+                         f"(inputs {list(need)}) `samrt export` writes")
+    return runner
+
+
 def build_engine(
     onnx_path: str,
     out_dir: str,
@@ -332,9 +353,13 @@ def build_engine(
     if missing:
         raise SamrtError(f"--onnx {onnx_path}: the accuracy gate needs the export's encoder and decoder beside it; "
                          f"missing {missing}; expected the folder `samrt export` writes")
+    # the graphs are opened (and refused) before the output folder is made
+    reference = _open_graph(f"{prefix}.encoder.onnx", device, "encoder", memory_arena=False)  # see OnnxRuntimeRunner
+    ref_decoder = ClassicDecoder(_open_graph(f"{prefix}.decoder.onnx", device, "decoder"))
+    for f, src in sources.items():
+        if f not in ("encoder", "decoder"):  # the fast decoder's graphs: opened the same way, then let go
+            _open_graph(src, device, f)
     prepare_output_dir(out_dir, "engines", accept=("export",))
-    reference = OnnxRuntimeRunner(f"{prefix}.encoder.onnx", device, memory_arena=False)  # see OnnxRuntimeRunner
-    ref_decoder = ClassicDecoder(OnnxRuntimeRunner(f"{prefix}.decoder.onnx", device))
     image_size = int(reference.input_shapes["image"][-1])
     held_out = eval_scenes(eval_images)
     calibration = list(calibration_images) if calibration_images is not None else None

@@ -222,6 +222,10 @@ class TritonServer:
         return env
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
+        """Start tritonserver and wait until it is ready. TritonLaunchError when one of its ports is
+        already taken by a listener (checked first: otherwise another server's readiness on that
+        port would answer for this one), when it exits before it is ready, or after `timeout` s."""
+        self._check_ports_free()
         os.makedirs(self.work_dir, exist_ok=True)
         _write_private(self.admin_key_path, self.admin_key + "\n")
         tree = _prepare_tree(self.work_dir)
@@ -246,6 +250,19 @@ class TritonServer:
             time.sleep(0.25)
         self.stop()
         raise TritonLaunchError(f"tritonserver not ready after {timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}")
+
+    def _check_ports_free(self) -> None:
+        for what, port, flag in (("HTTP", self.http_port, "--http-port"), ("gRPC", self.grpc_port, "--grpc-port"),
+                                 ("metrics", self.metrics_port, "--metrics-port")):
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+                # SO_REUSEADDR: a port left in TIME_WAIT by a stopped server is free; a listener is not
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((self.host, port))
+                except OSError as e:
+                    raise TritonLaunchError(
+                        f"{what} port {port} on {self.host}: in use ({e.strerror}), expected a free port; another "
+                        f"server may be running there: stop it or choose another port (samrt serve {flag})") from None
 
     def is_ready(self) -> bool:
         try:

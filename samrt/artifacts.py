@@ -115,7 +115,7 @@ def _output_dir_state(path: str, kind: str, accept: Sequence[str]) -> Tuple[str,
     if "export" in (kind,) + tuple(accept) and _is_unmarked_export(path):
         return "unmarked export", None
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-    raise OutputDirError(f"{path}: not empty ({len(entries)} entries: {shown}) and not written by samrt "
+    raise OutputDirError(f"{path}: not empty ({len(entries)} {'entry' if len(entries) == 1 else 'entries'}: {shown}) and not written by samrt "
                          f"(no {MARKER} marker); expected a new or empty folder for samrt {kind}. "
                          "Nothing in it was changed; choose another folder")
 

@@ -54,7 +54,7 @@ def test_check_output_dir_decides_as_prepare_and_changes_nothing(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(OutputDirError, match=r"not empty \(1 entries: notes.txt\) and not written by samrt"):
+    with pytest.raises(OutputDirError, match=r"not empty \(1 entry: notes.txt\) and not written by samrt"):
         check_output_dir(str(foreign), "amg-dataset")
     assert os.listdir(foreign) == ["notes.txt"]
 

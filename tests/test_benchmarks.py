@@ -137,9 +137,50 @@ def test_new_images_through_the_server_against_onnxruntime_in_process(server, ti
 
 def test_bench_serve_refuses_an_unknown_scenario(tmp_path):
     from samrt.benchmarks.run import run_serve
+    from samrt.errors import SamrtError
 
-    with pytest.raises(ValueError, match=r"got scenarios \['encoder'\], expected some of"):
+    with pytest.raises(SamrtError, match=r"--scenarios: got \['encoder'\], expected some of"):
         run_serve(str(tmp_path), "tiny", None, True, str(tmp_path), "localhost:1", [1], 1, ("encoder",))
+    with pytest.raises(SamrtError, match=r"--scenarios: got \[\], expected some of"):
+        run_serve(str(tmp_path), "tiny", None, True, str(tmp_path), "localhost:1", [1], 1, ())
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--scenarios", ""], "--scenarios: got [], expected some of"),
+    (["--scenarios", "encode,,foo"], "--scenarios: got ['foo'], expected some of"),
+    (["--concurrency", "x"], "--concurrency: got 'x', expected positive integers"),
+    (["--concurrency", "0,2"], "--concurrency: got '0,2', expected positive integers"),
+])
+def test_bench_serve_cli_says_what_is_wrong_without_a_traceback(tmp_path, capsys, argv, expect):
+    from samrt.app.cli import main
+
+    assert main(["bench", "serve", "--url", "localhost:1", "--out", str(tmp_path / "out"), *argv]) == 2
+    assert expect in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_refuses_an_out_folder_of_the_user_s_before_it_runs(tmp_path, capsys, monkeypatch):
+    from samrt.app.cli import main
+    from samrt.benchmarks import run as bench_run
+
+    ran = []
+    monkeypatch.setattr(bench_run, "run_upscale", lambda *a, **k: ran.append(a))  # would it run at all?
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["bench", "upscale", "--out", str(mine)]) == 2
+    assert ran == []  # refused before the benchmark, not after it
+    assert "notes.txt" in capsys.readouterr().err and os.listdir(mine) == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_report_says_what_it_needs(tmp_path, capsys):
+    from samrt.benchmarks.report import main
+
+    assert main(str(tmp_path / "missing")) == 2
+    assert "expected a results folder" in capsys.readouterr().err
+    assert main(str(tmp_path)) == 1
+    assert "no rows to tabulate" in capsys.readouterr().err
 
 
 def test_serve_table_ratio_to_reference_and_verdict():

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 from samrt import imageio
 from samrt.amg import AmgOptions
-from samrt.artifacts import default_checkpoint, served_model_card
+from samrt.artifacts import check_output_dir, default_checkpoint, served_model_card
 from samrt.engines.build import DEFAULT_MIN_MEAN_IOU, build_engine
 from samrt.errors import SamrtError
 from samrt.model_repository.render import RepoOptions
@@ -532,17 +532,29 @@ def _names(csv: str) -> List[str]:
     return [n for n in csv.split(",") if n]
 
 
+def _counts(csv: str, flag: str) -> List[int]:
+    """A comma-separated list of positive integers (`--concurrency 1,4,16`); SamrtError otherwise."""
+    try:
+        values = [int(n) for n in _names(csv)]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise SamrtError(f"{flag}: got {csv!r}, expected positive integers separated by commas (e.g. 1,4,16)")
+    return values
+
+
 def cmd_bench(args) -> int:
     from samrt.benchmarks import run as bench_run  # tritonclient (samrt.client), torch: the dev extra
 
+    check_output_dir(args.out, "bench")  # refused before anything runs, not after (nothing in it is changed)
     if args.kind == "decoder":
         paths = bench_run.run_decoder(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir)
     elif args.kind == "engines":
         paths = bench_run.run_engines(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.export_dir,
-                                 [int(p) for p in args.prompts.split(",")], _names(args.ort_precisions),
+                                 _counts(args.prompts, "--prompts"), _names(args.ort_precisions),
                                  _names(args.openvino_precisions))
     elif args.kind == "serve":
-        conc = [int(c) for c in args.concurrency.split(",")]
+        conc = _counts(args.concurrency, "--concurrency")
         paths = bench_run.run_serve(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir, args.url,
                               conc, args.clicks, [s for s in args.scenarios.split(",") if s], args.backend,
                               args.precision, args.decoder)
@@ -550,7 +562,7 @@ def cmd_bench(args) -> int:
         paths = bench_run.run_upscale(args.out, args.quick)
     elif args.kind == "memory":
         paths = bench_run.run_memory(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir,
-                                     [int(c) for c in args.clients.split(",") if c], args.rounds, args.clicks,
+                                     _counts(args.clients, "--clients"), args.rounds, args.clicks,
                                      args.backend, args.precision, args.decoder, args.encoder_max_batch)
     elif args.kind == "e2e":
         paths = bench_run.run_e2e(args.out, args.model_type, args.checkpoint, args.quick, args.build_dir,

@@ -212,7 +212,7 @@ def test_refuses_an_output_folder_it_did_not_write(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(OutputDirError, match=r"not empty \(1 entries: notes.txt\) and not written by samrt"):
+    with pytest.raises(OutputDirError, match=r"not empty \(1 entry: notes.txt\) and not written by samrt"):
         plan_dataset_amg(str(tmp_path / "images"), str(out), AmgOptions(**OPTIONS), default_checkpoint())
     assert os.listdir(out) == ["notes.txt"]
 

@@ -79,6 +79,28 @@ def test_an_encoder_copied_alone_is_refused_before_anything_is_written(export_di
     assert not out.exists() and os.listdir(alone) == ["tiny.encoder.onnx"]
 
 
+@pytest.mark.parametrize("damage", ["junk", "swapped"])
+def test_a_graph_that_is_not_the_export_s_is_refused_before_anything_is_written(export_dir, tmp_path, damage):
+    """A file ONNX Runtime cannot load, or the decoder under the encoder's name: named, no traceback,
+    and no output folder made."""
+    from samrt.errors import SamrtError
+
+    src = tmp_path / "export"
+    src.mkdir()
+    if damage == "junk":
+        (src / "tiny.encoder.onnx").write_text("not a model")
+        shutil.copy(os.path.join(export_dir, "tiny.decoder.onnx"), src)
+        expect = r"tiny\.encoder\.onnx: got a file ONNX Runtime cannot load .*expected the encoder graph"
+    else:
+        shutil.copy(os.path.join(export_dir, "tiny.decoder.onnx"), src / "tiny.encoder.onnx")
+        shutil.copy(os.path.join(export_dir, "tiny.decoder.onnx"), src)
+        expect = r"tiny\.encoder\.onnx: got a graph with inputs \['image_embeddings'.*expected the encoder graph"
+    out = tmp_path / "engines"
+    with pytest.raises(SamrtError, match=expect):
+        build_engine(str(src / "tiny.encoder.onnx"), str(out), "onnxruntime", "int8", CALIB)
+    assert not out.exists()
+
+
 def test_fp16_keeps_sensitive_ops_in_fp32(export_dir, tmp_path):
     out = ortx.fp16_onnx_from_onnx(os.path.join(export_dir, "tiny.encoder.onnx"), str(tmp_path / "e.fp16.onnx"))
     model = onnx.load(out)
