@@ -45,8 +45,10 @@ def serve_forever(server: TritonServer) -> None:
     """Start, print the endpoints, block until Ctrl-C or SIGTERM, stop with nothing left behind."""
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = False
     try:
         server.start()
+        started = True
         print(f"tritonserver ready\n  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n"
               f"  metrics {server.metrics_url}\n  log     {server.log_path}\n"
               f"  admin key {server.admin_key_path} (this user only): {', '.join(server.restricted_apis) or 'nothing'} "
@@ -61,4 +63,5 @@ def serve_forever(server: TritonServer) -> None:
     finally:
         server.stop()
         signal.signal(signal.SIGTERM, previous)
-        print("tritonserver stopped", flush=True)
+        if started:  # a start refused (a port in use) stopped nothing
+            print("tritonserver stopped", flush=True)

@@ -69,7 +69,7 @@ from .logic import CACHE_KEY_ENV
 SHM_DIR = "/dev/shm"  # where POSIX shared memory (shm_open) lives on Linux
 AFTER_RESTART_EXIT_S = 5.0  # stop()'s grace for a server whose watchdog restarted a model
 
-__all__ = ["TritonServer", "TritonLaunchError", "free_port", "bundled_triton_dir", "check_installed", "stub_processes",
+__all__ = ["TritonServer", "TritonLaunchError", "free_port", "check_ports_free", "bundled_triton_dir", "check_installed", "stub_processes",
            "live_processes"]
 
 
@@ -119,6 +119,23 @@ def _prepare_tree(work_dir: str) -> str:
         shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("python_backend_stubs"))
         shutil.copy2(_python_stub(src), stub)
     return dst
+
+
+def check_ports_free(host: str, http_port: int, grpc_port: int, metrics_port: int) -> None:
+    """TritonLaunchError when another process listens on one of a server's ports on `host`
+    (naming the port and `samrt serve`'s flag for it). A port a stopped server left in TIME_WAIT is
+    free (SO_REUSEADDR, as tritonserver binds). `samrt serve` calls it before it exports or builds
+    anything; TritonServer.start before it launches."""
+    for what, port, flag in (("HTTP", http_port, "--http-port"), ("gRPC", grpc_port, "--grpc-port"),
+                             ("metrics", metrics_port, "--metrics-port")):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as e:
+                raise TritonLaunchError(
+                    f"{what} port {port} on {host}: in use ({e.strerror}), expected a free port; another "
+                    f"server may be running there: stop it or choose another port (samrt serve {flag})") from None
 
 
 class TritonServer:
@@ -252,17 +269,7 @@ class TritonServer:
         raise TritonLaunchError(f"tritonserver not ready after {timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}")
 
     def _check_ports_free(self) -> None:
-        for what, port, flag in (("HTTP", self.http_port, "--http-port"), ("gRPC", self.grpc_port, "--grpc-port"),
-                                 ("metrics", self.metrics_port, "--metrics-port")):
-            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-                # SO_REUSEADDR: a port left in TIME_WAIT by a stopped server is free; a listener is not
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    sock.bind((self.host, port))
-                except OSError as e:
-                    raise TritonLaunchError(
-                        f"{what} port {port} on {self.host}: in use ({e.strerror}), expected a free port; another "
-                        f"server may be running there: stop it or choose another port (samrt serve {flag})") from None
+        check_ports_free(self.host, self.http_port, self.grpc_port, self.metrics_port)
 
     def is_ready(self) -> bool:
         try:

@@ -151,7 +151,8 @@ def _repo_options(p) -> None:
     p.add_argument("--precision", default="auto", choices=("auto",) + PRECISIONS,
                    help="auto: as --backend says; fp32 with --backend onnxruntime: the exact path (the exported "
                         "graphs, equal to SamPredictor up to float rounding); int8: the encoder (built on request, "
-                        "calibrated; the decoder stays in float)")
+                        "calibrated; the decoder stays in float; once built and passed, later starts with auto "
+                        "serve it when it is faster)")
     p.add_argument("--decoder", default="fast", choices=sorted(DECODERS),
                    help="fast: the exact, lighter decoder (per-image precompute, fixed prompt slots); classic: "
                         "the decoder graph as other tools consume it")

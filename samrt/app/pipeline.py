@@ -23,7 +23,7 @@ from samrt.memory import (MemoryEstimate, available_memory, check_fits, decoder_
                           give_back_freed_memory)
 from samrt.model_repository.launch import repository_from_plan, serve_forever
 from samrt.model_repository.render import RepoOptions
-from samrt.model_repository.server import TritonServer
+from samrt.model_repository.server import TritonServer, check_ports_free
 from samrt.scenes import eval_scenes, evaluate
 from samrt.spec import get_config, resolve_model_type
 from samrt.variants import (BACKENDS, DECODERS, GRAPHS, NATIVE_SERVING, PRECISIONS, ROLES, SERVING_BACKENDS, EngineReport,
@@ -330,7 +330,9 @@ def serve(build_dir: str, checkpoint: Optional[str] = None, model_type: str = "a
           grpc_port: int = 8001, metrics_port: int = 8002, backend: str = "auto", decoder: str = "fast",
           memory_check: bool = True) -> None:
     """`samrt serve`: build the repository (`build_repository`, memory checked), run tritonserver
-    until Ctrl-C or SIGTERM."""
+    until Ctrl-C or SIGTERM. Ports another process listens on are refused first, before any
+    export or build (TritonLaunchError)."""
+    check_ports_free(host, http_port, grpc_port, metrics_port)
     repo = build_repository(build_dir, checkpoint, model_type, opts, random_init, precision, backend, decoder,
                             memory_check)
     gpu = bool(opts is not None and getattr(opts, "device", "cpu") == "cuda")

@@ -40,3 +40,24 @@ def test_a_port_a_stopped_server_left_in_time_wait_is_free(tmp_path):
         conn.close()  # the server side closes first: its end goes to TIME_WAIT
         client.close()
     TritonServer(str(tmp_path / "repo"), http_port=port)._check_ports_free()
+
+
+def test_samrt_serve_checks_its_ports_before_it_exports_or_builds(tmp_path, monkeypatch, capsys):
+    """A busy port is found before minutes of export and engine builds, and a refused start does
+    not say a server stopped."""
+    from samrt.app import pipeline
+    from samrt.model_repository.launch import serve_forever
+
+    built = []
+    monkeypatch.setattr(pipeline, "build_repository", lambda *a, **k: built.append(a))
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(TritonLaunchError, match=rf"HTTP port {port} on 127.0.0.1: in use"):
+            pipeline.serve(str(tmp_path / "build"), http_port=port, grpc_port=port + 1 if port < 65535 else 1,
+                           metrics_port=port - 1)
+        assert built == []
+        with pytest.raises(TritonLaunchError, match="in use"):
+            serve_forever(TritonServer(str(tmp_path / "repo"), work_dir=str(tmp_path / "work"), grpc_port=port))
+    assert "tritonserver stopped" not in capsys.readouterr().out
