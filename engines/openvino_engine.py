@@ -49,13 +49,16 @@ __all__ = [
     "float_precision_for",
     "ir_from_onnx",
     "int8_ir_from_onnx",
+    "dynamic_int8_ir_from_onnx",
+    "dynamic_group_size",
+    "int8_dot_support",
     "build_openvino_engine",
     "openvino_version",
 ]
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "int8-dynamic")
 # A static compile's answers against the f32 model (OpenVINORunner): the bounds samrt's bf16
 # server parity uses (mask pixels >= 99%, scores within 0.01), loose enough for bf16 rounding and
 # tight enough for the 8-token failure (94% of mask pixels, scores off by 0.05).
@@ -65,6 +68,13 @@ STATIC_MAX_SCORE_DIFF = 0.01
 STATIC_MIN_COSINE = 0.999
 _HINTS = {"fp32": "f32", "bf16": "bf16"}
 _RT_KEY = ["samrt", "precision"]
+# int8-dynamic IRs record the group size their activations are quantised in at run time
+_DQ_KEY = ["samrt", "dynamic_quantization_group_size"]
+# Run-time quantisation groups tried, largest first: the largest that divides every quantised
+# layer's input size (vit_b/l/h: 256; larger groups ran faster here, 32 slowest).
+DYNAMIC_GROUP_SIZES = (256, 128, 64, 32, 16)
+# CPU flags with which OpenVINO runs int8 matrix products on int8 dot-product units
+_INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # CPU flags (/proc/cpuinfo) with which bf16 matrix products run natively rather than emulated.
 _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "avx_ne_convert")
 # INT8 recipe: besides what NNCF's transformer preset keeps in float (LayerNorm, Softmax, GELU),
@@ -124,6 +134,14 @@ def _cpu_flags() -> Optional[set]:
     return None
 
 
+def int8_dot_support() -> bool:
+    """True when this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8),
+    with which OpenVINO runs an int8-dynamic engine's products in int8; without them it would
+    only decompress the weights (slower than bf16 here)."""
+    flags = _cpu_flags()
+    return bool(flags) and any(f in flags for f in _INT8_DOT_FLAGS)
+
+
 def bf16_support() -> Dict[str, object]:
     """How bf16 runs on this CPU under OpenVINO.
 
@@ -155,10 +173,10 @@ def cpu_supports_bf16() -> bool:
 
 def float_precision_for(precision: str) -> str:
     """The float precision an engine of `precision` runs its float operations in: itself for
-    fp32/bf16; for int8, bf16 where it is native and fp32 otherwise."""
+    fp32/bf16; for int8 and int8-dynamic, bf16 where it is native and fp32 otherwise."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: got {precision!r}, expected one of {PRECISIONS}")
-    if precision == "int8":
+    if precision in ("int8", "int8-dynamic"):
         return "bf16" if cpu_supports_bf16() else "fp32"
     return precision
 
@@ -167,11 +185,19 @@ def _ir_precision(model) -> Optional[str]:
     return model.get_rt_info(_RT_KEY).astype(str) if model.has_rt_info(_RT_KEY) else None
 
 
+def _ir_group_size(model) -> int:
+    """The run-time quantisation group size an int8-dynamic IR records (0: none)."""
+    return int(model.get_rt_info(_DQ_KEY).astype(str)) if model.has_rt_info(_DQ_KEY) else 0
+
+
 class OpenVINORunner(Runner):
     """An OpenVINO model (.xml IR or .onnx) compiled for the CPU.
 
     `precision`: "fp32" or "bf16" (the float precision hint), "int8" (for an NNCF IR: its float
-    part in bf16 where native), or None: the IR's recorded precision, else fp32.
+    part in bf16 where native), "int8-dynamic" (an IR of `dynamic_int8_ir_from_onnx`: its
+    compressed layers run int8 products on activations quantised at run time in groups of the size
+    the IR records, OpenVINO's DYNAMIC_QUANTIZATION_GROUP_SIZE; the rest in bf16 where native), or
+    None: the IR's recorded precision, else fp32.
     `threads`: INFERENCE_NUM_THREADS (None: `samrt.cpus.usable_cpus()`, the CPUs this process may
     use). `streams`: NUM_STREAMS (1: one request at a time, lowest latency). `pinning`:
     ENABLE_CPU_PINNING, off by default because the engine shares the CPU with other processes.
@@ -227,6 +253,9 @@ class OpenVINORunner(Runner):
         }
         if not snippets:
             self.config["SNIPPETS_MODE"] = "DISABLE"
+        self.dynamic_group_size = _ir_group_size(model)
+        if self.dynamic_group_size:  # an int8-dynamic IR: activations quantised at run time
+            self.config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(self.dynamic_group_size)
         self.input_names = [p.get_any_name() for p in model.inputs]
         self.output_names = [p.get_any_name() for p in model.outputs]
         self.input_shapes = {p.get_any_name(): tuple(d.get_length() if d.is_static else -1
@@ -306,12 +335,12 @@ class OpenVINORunner(Runner):
             compiled = _core().compile_model(model, "CPU", self.config)
             self.inference_precision = compiled.get_property(hints.inference_precision()).get_type_name()
             request = compiled.create_infer_request()
-            got = {p.get_any_name(): v for p, v in request.infer(self._ov_feeds(feeds)).items()}
+            got = _by_name(request.infer(self._ov_feeds(feeds)))
             # the f32 reference exists only for the check (an encoder's weights are GBs)
             ref_config = dict(self.config)
             ref_config[hints.inference_precision] = _ov().Type.f32
             reference = _core().compile_model(self._read_model(), "CPU", ref_config)
-            ref = {p.get_any_name(): v for p, v in reference.create_infer_request().infer(self._ov_feeds(feeds)).items()}
+            ref = _by_name(reference.create_infer_request().infer(self._ov_feeds(feeds)))
             del reference
             give_back_freed_memory()  # the reference compile's freed blocks leave the process
             problem = _static_disagreement(got, ref)
@@ -337,6 +366,7 @@ class OpenVINORunner(Runner):
         get = self.compiled.get_property
         return {"precision": self.precision, "ir_precision": self.ir_precision,
                 "inference_precision": self.inference_precision, "bf16_inputs": list(self.bf16_inputs),
+                "dynamic_quantization_group_size": int(get("DYNAMIC_QUANTIZATION_GROUP_SIZE")),
                 "performance_hint": str(get(hints.performance_mode())),
                 "num_streams": int(get(props.num_streams())),
                 "inference_num_threads": int(get(props.inference_num_threads())),
@@ -358,8 +388,14 @@ class OpenVINORunner(Runner):
             # inputs are read in place (the caller's arrays stay untouched until infer returns);
             # outputs are copied out (share_outputs=False)
             result = self._request_for(key).infer(self._ov_feeds(feeds), share_inputs=True)
-            by_name = {port.get_any_name(): value for port, value in result.items()}
+            by_name = _by_name(result)
         return {n: by_name[n] for n in names}
+
+
+def _by_name(result) -> Dict[str, np.ndarray]:
+    """An infer result by every name of each output port (a port can carry several tensor names,
+    e.g. after NNCF's weight compression, and `get_any_name` may answer any of them)."""
+    return {name: value for port, value in result.items() for name in port.get_names()}
 
 
 def _static_disagreement(got: Dict[str, np.ndarray], ref: Dict[str, np.ndarray]) -> Optional[str]:
@@ -395,6 +431,49 @@ def ir_from_onnx(src: str, dst_xml: str, precision: str = "fp32") -> str:
     if precision not in _HINTS:
         raise ValueError(f"precision: got {precision!r}, expected one of {tuple(_HINTS)} (int8: int8_ir_from_onnx)")
     return _save_ir(_ov().convert_model(src), dst_xml, precision)
+
+
+def dynamic_group_size(model) -> int:
+    """The largest of `DYNAMIC_GROUP_SIZES` that divides the input size of every MatMul with a
+    constant (weight) operand of `model` (0 when none does)."""
+    sizes = set()
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        if any(i.get_source_output().get_node().get_type_name() == "Constant" for i in op.inputs()):
+            k = op.input(0).get_partial_shape()[-1]
+            if k.is_static:
+                sizes.add(k.get_length())
+    return next((g for g in DYNAMIC_GROUP_SIZES if sizes and all(k % g == 0 for k in sizes)), 0)
+
+
+def dynamic_int8_ir_from_onnx(src: str, dst_xml: str) -> Tuple[str, Dict[str, object]]:
+    """An int8-dynamic encoder IR: the weights of its linear layers (MatMul with a weight) int8,
+    symmetric per output channel (`nncf.compress_weights`, INT8_SYM); convolutions (the patch
+    embedding, the neck) and products of two activations (attention) stay in float. At run time
+    OpenVINO quantises each linear layer's input to int8 in groups of `dynamic_group_size` values
+    (recorded in the IR; `OpenVINORunner` sets DYNAMIC_QUANTIZATION_GROUP_SIZE from it) and runs
+    the products on the CPU's int8 dot-product units. No calibration: seconds to build.
+    Returns (dst_xml, details for the engine report)."""
+    import nncf  # nncf: the openvino extra
+
+    nncf.set_log_level(logging.WARNING)
+    model = _ov().convert_model(src)
+    group = dynamic_group_size(model)
+    if not group:
+        raise SamrtError(f"{os.path.basename(src)}: no run-time quantisation group of {DYNAMIC_GROUP_SIZES} divides "
+                         "the input size of every linear layer; expected an encoder with such sizes "
+                         "(build --precision bf16 or int8 instead)")
+    compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM,
+                                       ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
+    compressed.set_rt_info(str(group), _DQ_KEY)
+    layers = sum(1 for op in compressed.get_ops()  # one int8 weight constant per compressed layer
+                 if op.get_type_name() == "Constant" and op.get_element_type() == _ov().Type.i8)
+    details = {"tool": f"nncf {nncf.__version__} compress_weights", "weights": "int8, symmetric, per output channel",
+               "activations": f"int8, quantised at run time by OpenVINO in groups of {group} values",
+               "float": "convolutions (patch embedding, neck), attention products, LayerNorm, Softmax, GELU",
+               "dynamic_quantization_group_size": group, "int8_layers": layers, "calibration_images": 0}
+    return _save_ir(compressed, dst_xml, "int8-dynamic"), details
 
 
 def int8_float_nodes(model, weight_name_parts: Sequence[str] = INT8_FLOAT_WEIGHTS,
@@ -507,7 +586,12 @@ def build_openvino_engine(onnx_path: str, out: str, precision: str,
     support = bf16_support()
     details: Dict[str, object] = {"bf16_support": support, "openvino": openvino_version(), "ir_weights": "fp32"}
     t0 = time.perf_counter()
-    if precision == "int8":
+    if precision in ("int8", "int8-dynamic") and not onnx_path.endswith(".encoder.onnx"):
+        raise SamrtError(f"--backend openvino --precision {precision}: the decoders stay in float (fp32 or bf16); "
+                         "quantise the encoder")
+    if precision == "int8-dynamic":
+        details["quantization"] = dynamic_int8_ir_from_onnx(onnx_path, out)[1]
+    elif precision == "int8":
         import nncf  # nncf: the openvino extra
 
         if onnx_path.endswith(".decoder.onnx"):

@@ -53,12 +53,13 @@ WEIGHT_BYTES: Dict[Tuple[str, str], float] = {
     ("openvino", "fp32"): 4.0,
     ("openvino", "bf16"): 2.0,
     ("openvino", "int8"): 1.0,
+    ("openvino", "int8-dynamic"): 1.0,  # int8 linear weights; the small convolutions in bf16
     ("tensorrt", "fp16"): 2.0,
     ("tensorrt", "int8"): 1.0,
 }
 # Bytes per parameter in an OpenVINO IR's weights file as samrt saves it (fp32 weights for the fp32
 # and bf16 engines: `save_model(compress_to_fp16=False)`; the int8 engine's are int8).
-IR_WEIGHT_BYTES: Dict[str, float] = {"fp32": 4.0, "bf16": 4.0, "int8": 1.0}
+IR_WEIGHT_BYTES: Dict[str, float] = {"fp32": 4.0, "bf16": 4.0, "int8": 1.0, "int8-dynamic": 1.0}
 # Global-attention-score-sized tensors alive at the encoder's peak, per image, by backend
 # (measured on vit_b, 2026-12-04: OpenVINO keeps ~1.7 after a run; ONNX Runtime, arena off,
 # peaks at ~4.4 during one).

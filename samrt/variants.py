@@ -7,7 +7,8 @@ A variant is (graph, backend, precision):
   decoder: its three exported graphs image_prep, fast_decoder, fast_decoder_mask, built and gated
   together; `samrt.export.fast_decoder`);
 - backend: `onnxruntime`, `openvino`, `tensorrt`;
-- precision: `fp32`, `fp16`, `bf16`, `int8`.
+- precision: `fp32`, `fp16`, `bf16`, `int8` (calibrated post-training quantisation), `int8-dynamic`
+  (OpenVINO: int8 weights, activations quantised at run time per group: no calibration).
 Its files are named by `engine_path` (the settings in the name: vit_b.encoder.bf16.xml), its
 report sits beside its first file (`<file>.report.json`, read with `EngineReport`). onnxruntime
 fp32 is the export itself (the exact path): nothing to build, no report.
@@ -30,7 +31,7 @@ __all__ = ["Backend", "Graph", "Variant", "EngineReport", "ServedEngine", "Servi
            "PRECISIONS", "ROLES", "REPORT_SUFFIX", "SERVING_BACKENDS", "NATIVE_SERVING", "DECODERS",
            "auto_candidates", "parse_variant"]
 
-PRECISIONS: Tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS: Tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "int8-dynamic")
 REPORT_SUFFIX = ".report.json"
 
 
@@ -49,7 +50,7 @@ class Backend:
 BACKENDS: Dict[str, Backend] = {
     "onnxruntime": Backend("onnxruntime", "onnx", ("fp32", "fp16", "int8"), ("cpu", "cuda"),
                            ("platform", "onnxruntime_onnx", "model.onnx")),
-    "openvino": Backend("openvino", "xml", ("fp32", "bf16", "int8"), ("cpu",), ("backend", "openvino", "model.xml")),
+    "openvino": Backend("openvino", "xml", ("fp32", "bf16", "int8", "int8-dynamic"), ("cpu",), ("backend", "openvino", "model.xml")),
     "tensorrt": Backend("tensorrt", "plan", ("fp32", "fp16", "int8"), ("cuda",),
                         ("platform", "tensorrt_plan", "model.plan")),
 }
@@ -194,19 +195,23 @@ class EngineReport:
                 f"{'passed' if self.passed else 'FAILED'})")
 
 
-def auto_candidates(role: str, device: str = "cpu", native_bf16: bool = True) -> List[Variant]:
+def auto_candidates(role: str, device: str = "cpu", native_bf16: bool = True,
+                    int8_dot: bool = False) -> List[Variant]:
     """The variants serving tries for `role` when none is asked, in order; the first that builds,
     passes its accuracy gate and is faster than the exact path is served, else the exact path
-    (the last candidate). On a CPU: OpenVINO bf16 where the CPU has native bf16 (int8 is built on
-    request only: its calibration is slow and its gate often fails; once built, `plan_engines`
-    puts it first when it passed and is faster), then OpenVINO fp32; the
-    decoder is the fast decoder. On a GPU: TensorRT fp16 (written, not run here)."""
+    (the last candidate). On a CPU: for the encoder, OpenVINO int8-dynamic where the CPU has int8
+    dot-product instructions (`int8_dot`: VNNI or AMX; weights compressed in seconds, no
+    calibration; vit_b 1.28x its bf16 engine on the 2-core AMD EPYC, docs/engines.md), then
+    OpenVINO bf16 where the CPU has native bf16 (calibrated int8 is built on request only: its
+    calibration is slow; once built, `plan_engines` puts it first when it passed and is faster),
+    then OpenVINO fp32; the decoder is the fast decoder, in float (bf16, fp32). On a GPU: TensorRT
+    fp16 (written, not run here)."""
     if role not in ROLES:
         raise SamrtError(f"role: got {role!r}, expected one of {ROLES}")
     graph = "encoder" if role == "encoder" else "fast_decoder"
     if device == "cuda":
         return [Variant(graph, "tensorrt", "fp16"), Variant(graph, "onnxruntime", "fp32")]
-    order = (["bf16"] if native_bf16 else []) + ["fp32"]
+    order = (["int8-dynamic"] if int8_dot and role == "encoder" else []) + (["bf16"] if native_bf16 else []) + ["fp32"]
     return [Variant(graph, "openvino", p) for p in order] + [Variant(graph, "onnxruntime", "fp32")]
 
 

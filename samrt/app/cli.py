@@ -143,16 +143,18 @@ def _repo_options(p) -> None:
     d = RepoOptions()  # the library's defaults, stated once
     p.add_argument("--device", default=d.device, choices=["cpu", "cuda"], help="where the models run")
     p.add_argument("--backend", default="auto", choices=SERVING_BACKENDS,
-                   help="auto: per graph, the fastest engine that passes the accuracy gate (on a CPU: OpenVINO bf16 "
-                        "where bf16 is native, else OpenVINO fp32, else ONNX Runtime fp32), built on first use and "
+                   help="auto: per graph, the fastest engine that passes the accuracy gate (on a CPU: the encoder in "
+                        "OpenVINO int8-dynamic where the CPU has int8 dot-product units (VNNI/AMX), else bf16 where "
+                        "bf16 is native, else fp32, else ONNX Runtime fp32; the decoder in float), built on first use and "
                         "reused; onnxruntime / openvino: that backend's engines in python-backend models; "
                         "onnxruntime-native / openvino-native / tensorrt: the production variant for NVIDIA's "
                         "Triton container (rendered here, not run)")
     p.add_argument("--precision", default="auto", choices=("auto",) + PRECISIONS,
                    help="auto: as --backend says; fp32 with --backend onnxruntime: the exact path (the exported "
-                        "graphs, equal to SamPredictor up to float rounding); int8: the encoder (built on request, "
-                        "calibrated; the decoder stays in float; once built and passed, later starts with auto "
-                        "serve it when it is faster)")
+                        "graphs, equal to SamPredictor up to float rounding); int8-dynamic: the encoder's linear layers "
+                        "in int8, activations quantised at run time (no calibration; the default encoder on CPUs "
+                        "with VNNI/AMX); int8: the encoder calibrated (built on request; once built and passed, "
+                        "later starts with auto serve it when it is faster); the decoder stays in float")
     p.add_argument("--decoder", default="fast", choices=sorted(DECODERS),
                    help="fast: the exact, lighter decoder (per-image precompute, fixed prompt slots); classic: "
                         "the decoder graph as other tools consume it")
@@ -442,7 +444,9 @@ def _add_build_engine(sub) -> None:
     p.add_argument("--onnx", required=True, help="an export's *.encoder.onnx, *.decoder.onnx or *.fast_decoder.onnx")
     p.add_argument("--backend", default="onnxruntime", choices=sorted(BACKENDS), help="engine kind")
     p.add_argument("--precision", default="int8", choices=PRECISIONS,
-                   help="fp16: onnxruntime, tensorrt; bf16: openvino (native on CPUs with AVX512_BF16/AMX)")
+                   help="fp16: onnxruntime, tensorrt; bf16: openvino (native on CPUs with AVX512_BF16/AMX); "
+                        "int8-dynamic: openvino, the encoder (int8 weights, activations quantised at run time, "
+                        "no calibration)")
     p.add_argument("--calib-images", help="folder of calibration images for int8 (default: generated scenes)")
     p.add_argument("--out", required=True, help="output folder (usually the export folder)")
     p.add_argument("--min-mean-iou", type=float, default=DEFAULT_MIN_MEAN_IOU,

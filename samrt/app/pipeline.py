@@ -16,7 +16,7 @@ from typing import Callable, List, Optional, Tuple
 from samrt.artifacts import ArtifactError, ExportManifest, check_output_dir, default_checkpoint
 from samrt.engines import OnnxSamPredictor
 from samrt.engines.build import EngineAccuracyError, build_variant
-from samrt.engines.openvino_engine import bf16_support
+from samrt.engines.openvino_engine import bf16_support, int8_dot_support
 from samrt.errors import SamrtError
 from samrt.memory import (MemoryEstimate, available_memory, check_fits, decoder_params, encoder_params,
                           estimate_build_memory, estimate_export_memory, estimate_server_memory,
@@ -133,6 +133,15 @@ def _openvino_bf16_native() -> Optional[bool]:
         return None
 
 
+def _openvino_int8_dot() -> bool:
+    """Whether OpenVINO runs int8 products on this CPU's int8 dot-product units (int8-dynamic
+    first); False when openvino is not installed."""
+    try:
+        return _openvino_bf16_native() is not None and int8_dot_support()
+    except (ImportError, SamrtError):
+        return False
+
+
 def _candidates(role: str, backend: str, precision: str, decoder: str, device: str) -> Tuple[List[Variant], bool]:
     """(the variants to try for `role` in order, whether speed decides): see `plan_engines`."""
     graph = "encoder" if role == "encoder" else DECODERS[decoder]
@@ -150,12 +159,13 @@ def _candidates(role: str, backend: str, precision: str, decoder: str, device: s
         if backend == "auto":
             if device == "cuda":
                 return [Variant(graph, "tensorrt", "fp16"), exact], True
-            return (auto_candidates(role, device, bool(native_bf16)) if native_bf16 is not None else [exact]), True
+            return (auto_candidates(role, device, bool(native_bf16), _openvino_int8_dot())
+                    if native_bf16 is not None else [exact]), True
         if backend == "openvino":
-            order = (["bf16"] if native_bf16 else []) + ["fp32"]
-            return [Variant(graph, "openvino", p) for p in order], True
+            return [v for v in auto_candidates(role, device, bool(native_bf16), _openvino_int8_dot())
+                    if v.backend == "openvino"], True
         return [Variant(graph, backend, "fp32")], False
-    if role == "decoder" and precision not in GRAPHS[graph].precisions:  # int8: the encoder only
+    if role == "decoder" and precision not in GRAPHS[graph].precisions:  # int8, int8-dynamic: the encoder only
         return _candidates(role, backend, "auto", decoder, device)
     if backend == "auto":
         backend = next(b for b in (["openvino", "onnxruntime"] if device == "cpu" else ["tensorrt", "onnxruntime"])
@@ -170,8 +180,9 @@ def plan_engines(manifest: ExportManifest, backend: str = "auto", precision: str
 
     `backend` "auto" and `precision` "auto" (the defaults): per graph, the first of
     `samrt.variants.auto_candidates` that builds, passes its accuracy gate and is faster than the
-    exact path in its own build's timing (on a CPU: OpenVINO bf16 where bf16 is native, then
-    OpenVINO fp32, then the exact path, ONNX Runtime fp32 on the exported graphs). A backend or a
+    exact path in its own build's timing (on a CPU: for the encoder OpenVINO int8-dynamic where the
+    CPU has int8 dot-product units, then OpenVINO bf16 where bf16 is native, then OpenVINO fp32,
+    then the exact path, ONNX Runtime fp32 on the exported graphs; the decoder in float). A backend or a
     precision given narrows that list; a precision given must pass its gate (ArtifactError
     otherwise). `decoder` "fast" (default) or "classic" (`samrt.variants.DECODERS`); the
     production variants (`NATIVE_SERVING`) serve the classic decoder. `say` gets progress lines.
@@ -199,7 +210,7 @@ INT8_ENCODER = Variant("encoder", "openvino", "int8")
 def _built_int8_first(manifest: ExportManifest, candidates: List[Variant], say: Callable[[str], None]) -> List[Variant]:
     """The encoder's candidates with OpenVINO INT8 put first when it was built on request in this
     export folder (`samrt serve --precision int8`, or `samrt build-engine` into it), passed its gate
-    and was faster against the exact path than every built float candidate that passed (each
+    and was faster against the exact path than every other built candidate that passed (each
     speedup is timed against ONNX Runtime fp32 in its own build: a VM's speed drifts between builds,
     the ratio less). INT8 is never built here: its calibration takes long (vit_b: ~12 minutes on 2
     cores), so when it is not built a line says how to build it."""
@@ -207,10 +218,14 @@ def _built_int8_first(manifest: ExportManifest, candidates: List[Variant], say: 
         return candidates
     report = EngineReport.find(manifest, INT8_ENCODER)
     if report is None:
-        say(f"not built: {INT8_ENCODER} (NNCF calibration; vit_b: ~12 minutes and ~15 GiB on 2 cores, "
-            f"3.07x ONNX Runtime fp32 per new image against bf16's 2.26x here). `--precision int8` on this "
-            f"command builds it once into {manifest.export_dir}; later runs with no flags serve it when it passed its "
-            "gate and its speedup over onnxruntime fp32 beats the built float engines' (each timed in its own build)")
+        dynamic = any(v.precision == "int8-dynamic" for v in candidates)
+        measured = ("no faster here than int8-dynamic, which needs no calibration: 2231 against 2184 ms per new "
+                    "vit_b image through the server" if dynamic else
+                    "3.07x ONNX Runtime fp32 per new image against bf16's 2.26x here")
+        say(f"not built: {INT8_ENCODER} (NNCF calibration; vit_b: ~12 minutes and ~15 GiB on 2 cores; {measured}). "
+            f"`--precision int8` on this command builds it once into {manifest.export_dir}; later runs with no flags "
+            "serve it when it passed its gate and its speedup over onnxruntime fp32 beats the other built engines' "
+            "(each timed in its own build)")
         return candidates
     if not report.passed:
         say(f"not serving {INT8_ENCODER} built in {manifest.export_dir}: its gate failed ({report.describe()})")
@@ -238,7 +253,8 @@ def _choose(manifest: ExportManifest, role: str, candidates: List[Variant], by_s
                 give_back_freed_memory()
                 _check_memory(estimate_build_memory(manifest.config, variant.backend, variant.precision))
             took = ("an INT8 encoder of vit_b takes about 12 minutes" if variant.precision == "int8" else
-                    "an encoder of vit_b takes about 5 minutes, of vit_h about 15; a decoder 1-3 minutes")
+                    "an encoder of vit_b takes 2-5 minutes (mostly its accuracy gate), of vit_h about 15; "
+                    "a decoder 1-3 minutes")
             say(f"building {variant} for the {role}: first start only, cached in {manifest.export_dir} "
                 f"(on a 2-core CPU {took})")
             t0 = time.perf_counter()

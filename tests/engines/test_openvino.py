@@ -194,6 +194,61 @@ def test_build_encoder_int8_through_the_gate(export_dir, gate):
         assert "FakeQuantize" not in sources, (name, sources)
 
 
+def test_build_encoder_int8_dynamic(export_dir, tmp_path):
+    """int8-dynamic (no calibration): the linear layers' weights int8 in the IR, the convolutions
+    in float, the run-time group size recorded in the IR and set on the compiled model; the
+    embedding stays close to fp32 and the default gate is asserted as it stands."""
+    import openvino as ov
+
+    enc = os.path.join(export_dir, "tiny.encoder.onnx")
+    report = build_engine(enc, export_dir, "openvino", "int8-dynamic", eval_images=2, speed_repeats=1)
+    assert report["path"] == os.path.join(export_dir, "tiny.encoder.int8-dynamic.xml")
+    saved = _check_report(report, "int8-dynamic", "encoder")
+    q = saved["details"]["quantization"]
+    group = q["dynamic_quantization_group_size"]
+    assert q["calibration_images"] == 0 and group in ove.DYNAMIC_GROUP_SIZES and q["int8_layers"] > 0
+    assert saved["details"]["runtime"]["dynamic_quantization_group_size"] == group
+    assert saved["details"]["runtime"]["inference_precision"] == ("bf16" if ove.cpu_supports_bf16() else "f32")
+    assert saved["accuracy"]["mean_embedding_cosine"] > 0.999 and saved["gate"]["passed"] is True
+    model = ov.Core().read_model(report["path"])
+    int8 = [op for op in model.get_ops() if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8]
+    assert len(int8) == q["int8_layers"]
+    for op in model.get_ops():  # convolutions keep float weights
+        if op.get_type_name() == "Convolution":
+            w = op.input(1).get_source_output().get_node()
+            assert not (w.get_type_name() == "Constant" and w.get_element_type() == ov.Type.i8)
+    runner = runner_for_engine(report["path"])
+    assert runner.precision == "int8-dynamic" and runner.dynamic_group_size == group
+    # a plain IR records no group size (its weights are float: nothing for OpenVINO to quantise)
+    plain = ove.ir_from_onnx(enc, str(tmp_path / "plain.xml"), "bf16")
+    assert runner_for_engine(plain).dynamic_group_size == 0
+
+
+def test_dynamic_group_size_divides_every_linear_layer():
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    def model_with(*ks):
+        x = ops.parameter([1, 4, ks[0]], np.float32)
+        y = x
+        for k, n in zip(ks, ks[1:] + (8,)):
+            y = ops.matmul(y, ops.constant(np.zeros((k, n), np.float32)), False, False)
+        return ov.Model([y], [x])
+
+    assert ove.dynamic_group_size(model_with(768, 3072)) == 256
+    assert ove.dynamic_group_size(model_with(192, 768)) == 64
+    assert ove.dynamic_group_size(model_with(24)) == 0
+
+
+def test_int8_dot_support_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(ove, "_cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    assert ove.int8_dot_support()
+    monkeypatch.setattr(ove, "_cpu_flags", lambda: {"avx2"})
+    assert not ove.int8_dot_support()
+    monkeypatch.setattr(ove, "_cpu_flags", lambda: None)
+    assert not ove.int8_dot_support()
+
+
 def test_precision_and_backend_combinations_are_checked(export_dir):
     enc = os.path.join(export_dir, "tiny.encoder.onnx")
     dec = os.path.join(export_dir, "tiny.decoder.onnx")
@@ -203,8 +258,11 @@ def test_precision_and_backend_combinations_are_checked(export_dir):
         build_engine(enc, export_dir, "openvino", "fp16")
     with pytest.raises(SamrtError, match=r"--device cuda with --backend openvino"):
         build_engine(enc, export_dir, "openvino", "fp32", device="cuda")
-    with pytest.raises(SamrtError, match=r"the decoder stays in float"):
-        build_engine(dec, export_dir, "openvino", "int8", eval_images=1)
+    for precision in ("int8", "int8-dynamic"):
+        with pytest.raises(SamrtError, match=r"the decoder stays in float"):
+            build_engine(dec, export_dir, "openvino", precision, eval_images=1)
+    with pytest.raises(SamrtError, match=r"--precision int8-dynamic with --backend onnxruntime: expected one of"):
+        build_engine(enc, export_dir, "onnxruntime", "int8-dynamic")
 
 
 def test_cli_rejects_bf16_for_onnxruntime(export_dir, capsys):

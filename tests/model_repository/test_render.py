@@ -190,6 +190,42 @@ def _fake_engine(manifest, graph, precision, ms, iou, passed, backend="openvino"
     return paths
 
 
+def test_int8_dynamic_encoder_first_where_the_cpu_has_int8_dot_products(tiny_export, tmp_path, capsys, monkeypatch):
+    """With int8 dot-product units (VNNI/AMX) the encoder's first candidate is OpenVINO
+    int8-dynamic, then bf16; the decoder stays in float. A failed int8-dynamic gate falls through to
+    bf16; a calibrated int8 built on request is served only when its speedup beats int8-dynamic's."""
+    import shutil
+
+    from samrt.app import pipeline
+    from samrt.artifacts import ExportManifest
+    from samrt.variants import Variant, auto_candidates
+
+    assert [str(v) for v in auto_candidates("encoder", "cpu", True, True)] == [
+        "encoder openvino int8-dynamic", "encoder openvino bf16", "encoder openvino fp32", "encoder onnxruntime fp32"]
+    assert [v.precision for v in auto_candidates("decoder", "cpu", True, True)] == ["bf16", "fp32", "fp32"]
+    assert [v.precision for v in auto_candidates("encoder", "cpu", True, False)] == ["bf16", "fp32", "fp32"]
+    monkeypatch.setattr(pipeline, "_openvino_bf16_native", lambda: True)
+    monkeypatch.setattr(pipeline, "_openvino_int8_dot", lambda: True)
+    export_dir = str(tmp_path / "export")
+    shutil.copytree(os.path.dirname(tiny_export.encoder_path), export_dir)
+    m = ExportManifest.read(export_dir)
+    dynamic = _fake_engine(m, "encoder", "int8-dynamic", 40.0, 0.995, True)
+    bf16 = _fake_engine(m, "encoder", "bf16", 50.0, 0.997, True)
+    _fake_engine(m, "fast_decoder", "bf16", 20.0, 0.995, True)
+    plan = pipeline.plan_engines(m)
+    assert plan.encoder.paths == dynamic and plan.decoder.variant == Variant("fast_decoder", "openvino", "bf16")
+    assert pipeline.plan_engines(m, "openvino").encoder.paths == dynamic  # --backend openvino: the same order
+    assert pipeline.plan_engines(m, precision="bf16").encoder.paths == bf16
+    int8 = _fake_engine(m, "encoder", "int8", 45.0, 0.99, True)  # calibrated, slower than int8-dynamic: not served
+    assert pipeline.plan_engines(m).encoder.paths == dynamic
+    assert "2.22x against encoder openvino int8-dynamic's 2.50x" in capsys.readouterr().err
+    _fake_engine(m, "encoder", "int8-dynamic", 40.0, 0.95, False)  # its gate failed: int8 beats bf16 (2.22x, 2.00x)
+    assert pipeline.plan_engines(m).encoder.paths == int8
+    _fake_engine(m, "encoder", "int8", 45.0, 0.95, False)  # both gates failed: bf16
+    plan = pipeline.plan_engines(m)
+    assert plan.encoder.paths == bf16 and "encoder openvino int8-dynamic: gate failed" in plan.encoder.why
+
+
 def test_serving_picks_the_first_variant_that_passes_and_is_faster(tiny_export, tmp_path, capsys, monkeypatch):
     """plan_engines on built engines (their reports say how they did): the first auto candidate that
     passed its gate and is faster than the exact path; a refused one is named in the why."""
@@ -201,6 +237,7 @@ def test_serving_picks_the_first_variant_that_passes_and_is_faster(tiny_export, 
     from samrt.model_repository.launch import repository_from_plan
 
     monkeypatch.setattr(pipeline, "_openvino_bf16_native", lambda: True)  # this test's CPU: native bf16
+    monkeypatch.setattr(pipeline, "_openvino_int8_dot", lambda: False)  # and no int8 dot-product units
     export_dir = str(tmp_path / "export")
     shutil.copytree(os.path.dirname(tiny_export.encoder_path), export_dir)
     m = ExportManifest.read(export_dir)
