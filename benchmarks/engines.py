@@ -3,7 +3,7 @@
 Timed regions: the encoder on one preprocessed image (no preprocessing); the decoder for P
 prompts of N points each on one cached embedding (no postprocessing). PyTorch eager fp32 is the
 reference; every ONNX Runtime engine samrt can build on this machine is measured beside it, and
-the OpenVINO engines (encoder fp32/bf16/int8, decoder fp32/bf16) where openvino is installed. Each
+the OpenVINO engines (encoder fp32/bf16/int8/int8-dynamic, decoder fp32/bf16) where openvino is installed. Each
 engine row carries its build report's accuracy (the gate's mask IoU against fp32).
 """
 
@@ -34,7 +34,7 @@ __all__ = ["bench_engines"]
 def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, build_dir: str = "build/bench",
                   quick: bool = False, prompts: Sequence[int] = (1, 4, 16, 64, 256), points: Sequence[int] = (1, 4),
                   precisions: Sequence[str] = ("fp32", "int8", "fp16"), export_dir: Optional[str] = None,
-                  openvino_precisions: Sequence[str] = ("fp32", "bf16", "int8")) -> List[dict]:
+                  openvino_precisions: Sequence[str] = ("fp32", "bf16", "int8", "int8-dynamic")) -> List[dict]:
     """`export_dir`: measure this export folder (engines already built there are reused, their
     reports supplying the accuracy); default <build_dir>/export_<model>, exported if missing.
     `precisions`: the ONNX Runtime encoder engines; `openvino_precisions`: the OpenVINO encoder
@@ -105,7 +105,7 @@ def bench_engines(model_type: str = "vit_b", checkpoint: Optional[str] = None, b
     emb = OnnxRuntimeRunner(encoder_onnx).run({"image": x})["image_embeddings"]
     gc.collect()
     ov_decoders = {p: (path, ov_runner(path)) for p, path in _openvino_engines(
-        decoder_onnx, export_dir, [p for p in openvino_precisions if p != "int8"], quick, base, rows).items()}
+        decoder_onnx, export_dir, [p for p in openvino_precisions if p in ("fp32", "bf16")], quick, base, rows).items()}
     torch_decoder = PromptDecoder(sam).eval()
     rng = np.random.default_rng(0)
     for n in points:

@@ -61,7 +61,7 @@ def _model(model_type: str, checkpoint: Optional[str], build_dir: str):
 def run_engines(out: str, model_type: str, checkpoint: Optional[str], quick: bool, build_dir: str,
                 export_dir: Optional[str] = None, prompts: Sequence[int] = (1, 4, 16, 64, 256),
                 precisions: Sequence[str] = ("fp32", "int8", "fp16"),
-                openvino_precisions: Sequence[str] = ("fp32", "bf16", "int8")) -> Dict[str, str]:
+                openvino_precisions: Sequence[str] = ("fp32", "bf16", "int8", "int8-dynamic")) -> Dict[str, str]:
     rows = bench_engines(model_type, checkpoint, build_dir, quick, prompts=prompts, export_dir=export_dir,
                          precisions=precisions, openvino_precisions=openvino_precisions)
     paths = write_rows(rows, out, "engines")

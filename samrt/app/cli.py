@@ -499,7 +499,7 @@ def _add_bench(sub) -> None:
             k.add_argument("--export-dir", help="an export folder to measure, reusing the engines already built "
                                                 "there with `samrt build-engine` (default: <build-dir>/export_<model>)")
             k.add_argument("--ort-precisions", default="fp32,int8,fp16", help="ONNX Runtime encoder engines")
-            k.add_argument("--openvino-precisions", default="fp32,bf16,int8",
+            k.add_argument("--openvino-precisions", default="fp32,bf16,int8,int8-dynamic",
                            help="OpenVINO encoder engines (the decoder: fp32/bf16 among them); '' for none")
         if kind in ("serve", "memory"):
             k.add_argument("--backend", default="auto", choices=SERVING_BACKENDS[:3],
