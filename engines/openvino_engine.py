@@ -591,6 +591,7 @@ def build_openvino_engine(onnx_path: str, out: str, precision: str,
                          "quantise the encoder")
     if precision == "int8-dynamic":
         details["quantization"] = dynamic_int8_ir_from_onnx(onnx_path, out)[1]
+        details["ir_weights"] = "int8 (linear layers, with their scales), fp32 elsewhere"
     elif precision == "int8":
         import nncf  # nncf: the openvino extra
 

@@ -190,25 +190,32 @@ def _fake_engine(manifest, graph, precision, ms, iou, passed, backend="openvino"
     return paths
 
 
-def test_int8_dynamic_encoder_first_where_the_cpu_has_int8_dot_products(tiny_export, tmp_path, capsys, monkeypatch):
-    """With int8 dot-product units (VNNI/AMX) the encoder's first candidate is OpenVINO
-    int8-dynamic, then bf16; the decoder stays in float. A failed int8-dynamic gate falls through to
-    bf16; a calibrated int8 built on request is served only when its speedup beats int8-dynamic's."""
+def _vnni_bf16_export(tiny_export, tmp_path, monkeypatch):
+    """A copy of the tiny export, planned as on a CPU with int8 dot products and native bf16."""
     import shutil
 
     from samrt.app import pipeline
     from samrt.artifacts import ExportManifest
+
+    monkeypatch.setattr(pipeline, "_openvino_bf16_native", lambda: True)
+    monkeypatch.setattr(pipeline, "_openvino_int8_dot", lambda: True)
+    export_dir = str(tmp_path / "export")
+    shutil.copytree(os.path.dirname(tiny_export.encoder_path), export_dir)
+    return ExportManifest.read(export_dir)
+
+
+def test_int8_dynamic_encoder_first_where_the_cpu_has_int8_dot_products(tiny_export, tmp_path, capsys, monkeypatch):
+    """With int8 dot-product units (VNNI/AMX) the encoder's first candidate is OpenVINO
+    int8-dynamic, then bf16; the decoder stays in float. A failed int8-dynamic gate falls through to
+    bf16; a calibrated int8 built on request is served only when its speedup beats int8-dynamic's."""
+    from samrt.app import pipeline
     from samrt.variants import Variant, auto_candidates
 
     assert [str(v) for v in auto_candidates("encoder", "cpu", True, True)] == [
         "encoder openvino int8-dynamic", "encoder openvino bf16", "encoder openvino fp32", "encoder onnxruntime fp32"]
     assert [v.precision for v in auto_candidates("decoder", "cpu", True, True)] == ["bf16", "fp32", "fp32"]
     assert [v.precision for v in auto_candidates("encoder", "cpu", True, False)] == ["bf16", "fp32", "fp32"]
-    monkeypatch.setattr(pipeline, "_openvino_bf16_native", lambda: True)
-    monkeypatch.setattr(pipeline, "_openvino_int8_dot", lambda: True)
-    export_dir = str(tmp_path / "export")
-    shutil.copytree(os.path.dirname(tiny_export.encoder_path), export_dir)
-    m = ExportManifest.read(export_dir)
+    m = _vnni_bf16_export(tiny_export, tmp_path, monkeypatch)
     dynamic = _fake_engine(m, "encoder", "int8-dynamic", 40.0, 0.995, True)
     bf16 = _fake_engine(m, "encoder", "bf16", 50.0, 0.997, True)
     _fake_engine(m, "fast_decoder", "bf16", 20.0, 0.995, True)
@@ -284,3 +291,28 @@ def test_serving_picks_the_first_variant_that_passes_and_is_faster(tiny_export, 
     assert os.path.isfile(os.path.join(native, "sam_image_encoder", "1", "model.xml"))
     assert os.path.isfile(os.path.join(native, "sam_image_encoder", "1", "model.bin"))
     assert parse_config(open(os.path.join(native, "sam_prompt_decoder", "config.pbtxt")).read()).backend == "openvino"
+
+
+def test_a_built_engine_changed_after_its_build_is_refused_on_reuse(tiny_export, tmp_path, monkeypatch):
+    """The sizes its report recorded (engine file and IR weights) are checked when an engine is
+    reused: a truncated weights file is named, with what was expected and how to rebuild."""
+    import json
+
+    from samrt.app import pipeline
+    from samrt.artifacts import ArtifactError
+    from samrt.variants import Variant
+
+    m = _vnni_bf16_export(tiny_export, tmp_path, monkeypatch)
+    paths = _fake_engine(m, "encoder", "int8-dynamic", 40.0, 0.995, True)
+    _fake_engine(m, "fast_decoder", "bf16", 20.0, 0.995, True)
+    report_path = Variant("encoder", "openvino", "int8-dynamic").report_path(m)
+    report = json.load(open(report_path))
+    xml = paths["encoder"]
+    report["files"] = {"encoder": {"bytes": os.path.getsize(xml)}}
+    report["details"] = {"weights_bytes": os.path.getsize(xml[:-4] + ".bin")}
+    json.dump(report, open(report_path, "w"))
+    assert pipeline.plan_engines(m).encoder.paths == paths  # as recorded: reused
+    open(xml[:-4] + ".bin", "wb").close()  # truncated after the build
+    with pytest.raises(ArtifactError, match=r"encoder\.int8-dynamic\.bin: got 0 bytes, expected 1 bytes as its report"):
+        pipeline.plan_engines(m)
+    assert os.path.isfile(xml) and os.path.isfile(report_path)  # nothing deleted
